@@ -1,0 +1,194 @@
+"""MTA settings: one validated object for the layer, read from the ``"mta"`` section of a DeepSpeed JSON."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+EXPERT_KINDS = ("bottleneck", "ffn")
+GATE_MODES = ("task", "learned", "both")
+SEQUENCE_REPRS = ("first", "mean")
+ACTIVATIONS = ("relu", "gelu", "gelu_new", "silu", "tanh")
+DEFAULT_TASK_TYPES = ("classify", "nli", "generate")
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the key and what is allowed."""
+
+
+@dataclass
+class MTAConfig:
+    """Settings of the Mixture-of-Task-Adapters layer.
+
+    Defaults reproduce the official ALTER setup: 5 adapters, 3 task types, dense mixture,
+    Softmax-T with T = 0.1 and task biases 0.22 (assigned) vs 0.20 (others).
+    """
+
+    num_experts: int = 5
+    k: int | None = None  # None: all experts (the dense mixture)
+    expert_kind: str = "bottleneck"
+    adapter_dim: int = 64
+    adapter_activation: str = "relu"
+    ep_size: int = 1
+    task_types: list[str] = field(default_factory=lambda: list(DEFAULT_TASK_TYPES))
+    # task type name -> adapters it starts out favouring; None: contiguous split of the adapters
+    task_adapter_assignment: dict[str, list[int]] | None = None
+    gate_mode: str = "task"
+    temperature: float = 0.1
+    bias_init: float = 0.20
+    bias_margin: float = 0.02
+    selector_init_std: float = 0.0
+    sequence_repr: str = "first"
+    load_balance_coef: float = 0.0
+    z_loss_coef: float = 0.0
+    num_shared_adapters: int = 1
+    shared_adapter_dim: int = 64
+    gate_network_hidden: int | None = None  # None: the model's hidden size
+    init_seed: int = 0
+    track_routing: bool = True
+
+    def __post_init__(self) -> None:
+        self.task_types = list(self.task_types)
+        self.validate()
+
+    # ----------------------------------------------------------------- derived
+    @property
+    def num_task_types(self) -> int:
+        return len(self.task_types)
+
+    @property
+    def top_k(self) -> int:
+        """Number of adapters each sequence uses (``k``, or all of them when ``k`` is None)."""
+        return self.num_experts if self.k is None else self.k
+
+    def assignment(self) -> list[list[int]]:
+        """Adapters favoured by each task type, in task-type-id order."""
+        if self.task_adapter_assignment is not None:
+            return [list(self.task_adapter_assignment[name]) for name in self.task_types]
+        n, t = self.num_experts, self.num_task_types
+        base, extra = divmod(n, t)
+        if base == 0:  # fewer adapters than task types: task type i favours adapter i mod E
+            return [[i % n] for i in range(t)]
+        out, start = [], 0
+        for i in range(t):
+            size = base + (1 if i < extra else 0)
+            out.append(list(range(start, start + size)))
+            start += size
+        return out
+
+    # -------------------------------------------------------------- validation
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the first invalid key."""
+        _int(self.num_experts, "num_experts", minimum=1)
+        if self.k is not None:
+            _int(self.k, "k", minimum=1)
+            if self.k > self.num_experts:
+                raise ConfigError(f"mta.k: must be between 1 and num_experts ({self.num_experts}), got {self.k}")
+        _choice(self.expert_kind, "expert_kind", EXPERT_KINDS)
+        _int(self.adapter_dim, "adapter_dim", minimum=1)
+        _choice(self.adapter_activation, "adapter_activation", ACTIVATIONS)
+        _int(self.ep_size, "ep_size", minimum=1)
+        if self.num_experts % self.ep_size != 0:
+            raise ConfigError(f"mta.ep_size: num_experts ({self.num_experts}) must be divisible by ep_size, "
+                              f"got ep_size={self.ep_size}")
+        if not self.task_types or not all(isinstance(t, str) and t for t in self.task_types):
+            raise ConfigError(f"mta.task_types: must be a non-empty list of non-empty names, got {self.task_types!r}")
+        if len(set(self.task_types)) != len(self.task_types):
+            raise ConfigError(f"mta.task_types: names must be unique, got {self.task_types!r}")
+        self._validate_assignment()
+        _choice(self.gate_mode, "gate_mode", GATE_MODES)
+        _number(self.temperature, "temperature")
+        if self.temperature <= 0:
+            raise ConfigError(f"mta.temperature: must be > 0, got {self.temperature}")
+        _number(self.bias_init, "bias_init")
+        _number(self.bias_margin, "bias_margin")
+        _number(self.selector_init_std, "selector_init_std")
+        if self.selector_init_std < 0:
+            raise ConfigError(f"mta.selector_init_std: must be >= 0, got {self.selector_init_std}")
+        _choice(self.sequence_repr, "sequence_repr", SEQUENCE_REPRS)
+        for key in ("load_balance_coef", "z_loss_coef"):
+            _number(getattr(self, key), key)
+            if getattr(self, key) < 0:
+                raise ConfigError(f"mta.{key}: must be >= 0, got {getattr(self, key)}")
+        _int(self.num_shared_adapters, "num_shared_adapters", minimum=0)
+        _int(self.shared_adapter_dim, "shared_adapter_dim", minimum=1)
+        if self.gate_network_hidden is not None:
+            _int(self.gate_network_hidden, "gate_network_hidden", minimum=1)
+        _int(self.init_seed, "init_seed", minimum=0)
+        if not isinstance(self.track_routing, bool):
+            raise ConfigError(f"mta.track_routing: must be true or false, got {self.track_routing!r}")
+
+    def _validate_assignment(self) -> None:
+        table = self.task_adapter_assignment
+        if table is None:
+            return
+        key = "mta.task_adapter_assignment"
+        if not isinstance(table, Mapping):
+            raise ConfigError(f"{key}: must map each task type name to a list of adapter ids, got {table!r}")
+        unknown = sorted(set(table) - set(self.task_types))
+        if unknown:
+            raise ConfigError(f"{key}: unknown task type(s) {unknown}; task_types are {self.task_types}")
+        missing = [t for t in self.task_types if t not in table]
+        if missing:
+            raise ConfigError(f"{key}: no adapters given for task type(s) {missing}")
+        for name, ids in table.items():
+            if (not isinstance(ids, (list, tuple)) or not ids
+                    or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids)):
+                raise ConfigError(f"{key}.{name}: must be a non-empty list of adapter ids, got {ids!r}")
+            bad = [i for i in ids if not 0 <= i < self.num_experts]
+            if bad:
+                raise ConfigError(f"{key}.{name}: adapter ids must be in [0, {self.num_experts - 1}], got {bad}")
+
+    # ------------------------------------------------------------------ (de)serialisation
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], section: str = "mta") -> "MTAConfig":
+        """Build from a mapping; unknown keys are rejected by name."""
+        if not isinstance(values, Mapping):
+            raise ConfigError(f"{section}: must be a JSON object, got {type(values).__name__}")
+        allowed = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - allowed)
+        if unknown:
+            raise ConfigError(f"{section}.{unknown[0]}: unknown key; allowed keys are {sorted(allowed)}")
+        return cls(**dict(values))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> "MTAConfig":
+        """A validated copy with some values changed."""
+        return MTAConfig.from_dict({**self.to_dict(), **changes})
+
+
+def load_ds_config(path: str | Path) -> tuple[dict[str, Any], MTAConfig]:
+    """Read a DeepSpeed JSON; return (the DeepSpeed keys, the validated ``"mta"`` section)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: DeepSpeed config file not found")
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: line {exc.lineno}: not valid JSON ({exc.msg})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a JSON object")
+    mta = raw.pop("mta", {})
+    try:
+        return raw, MTAConfig.from_dict(mta)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def _int(value: Any, key: str, minimum: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ConfigError(f"mta.{key}: must be an integer >= {minimum}, got {value!r}")
+
+
+def _number(value: Any, key: str) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise ConfigError(f"mta.{key}: must be a number, got {value!r}")
+
+
+def _choice(value: Any, key: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"mta.{key}: must be one of {list(allowed)}, got {value!r}")

@@ -1,0 +1,65 @@
+"""Task adapters: the experts of the MTA layer, and the stage-2 shared adapters."""
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+_ACTIVATIONS = {
+    "relu": F.relu,
+    "gelu": F.gelu,
+    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
+    "silu": F.silu,
+    "tanh": torch.tanh,
+}
+
+
+class BottleneckAdapter(nn.Module):
+    """``up(act(down(x)))`` with d -> r -> d; the up-projection starts at zero so the adapter adds nothing."""
+
+    def __init__(self, hidden_size: int, adapter_dim: int, activation: str = "relu") -> None:
+        super().__init__()
+        if activation not in _ACTIVATIONS:
+            raise ValueError(f"adapter activation must be one of {sorted(_ACTIVATIONS)}, got {activation!r}")
+        self.activation = activation
+        self.down = nn.Linear(hidden_size, adapter_dim)
+        self.up = nn.Linear(adapter_dim, hidden_size)
+        self.reset_parameters()
+
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """Kaiming-uniform down-projection (like ``nn.Linear``), zero up-projection."""
+        bound = 1.0 / math.sqrt(self.down.in_features)
+        with torch.no_grad():
+            self.down.weight.uniform_(-bound, bound, generator=generator)
+            self.down.bias.uniform_(-bound, bound, generator=generator)
+            self.up.weight.zero_()
+            self.up.bias.zero_()
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.up(_ACTIVATIONS[self.activation](self.down(hidden_states)))
+
+
+def make_expert_template(kind: str, hidden_size: int, adapter_dim: int, activation: str,
+                         ffn: nn.Module | None) -> nn.Module:
+    """The module DeepSpeed copies once per local expert.
+
+    ``bottleneck``: a fresh :class:`BottleneckAdapter`. ``ffn``: a copy of the backbone's FFN
+    (the official ALTER variant), so every expert starts as the pretrained FFN.
+    """
+    if kind == "bottleneck":
+        return BottleneckAdapter(hidden_size, adapter_dim, activation)
+    if kind == "ffn":
+        if ffn is None:
+            raise ValueError("mta.expert_kind='ffn' needs the backbone's FFN module to copy (ffn=None was given)")
+        return copy.deepcopy(ffn)
+    raise ValueError(f"mta.expert_kind: must be one of ['bottleneck', 'ffn'], got {kind!r}")
+
+
+def expert_generator(init_seed: int, layer_id: int, global_expert_id: int) -> torch.Generator:
+    """A private RNG for one expert, so its initial weights do not depend on the ep size or rank."""
+    gen = torch.Generator(device="cpu")
+    gen.manual_seed((init_seed * 1_000_003 + layer_id * 10_007 + global_expert_id) % (2**63 - 1))
+    return gen

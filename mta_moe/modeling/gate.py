@@ -1,0 +1,166 @@
+"""Task Weight Selector: a per-sequence, task-biased top-k gate in DeepSpeed's ``TopKGate`` contract."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from deepspeed import comm as ds_comm
+from deepspeed.comm import pg_utils
+from deepspeed.moe.sharded_moe import TopKGate
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from ..config import MTAConfig
+
+
+@dataclass
+class SequenceRouting:
+    """Routing decision of one MTA layer for a batch of sequences (one row per sequence)."""
+
+    indices: Tensor  # [B, k] int64: selected adapters, best first
+    weights: Tensor  # [B, k] fp32: renormalised weights of the selected adapters (sum to 1)
+    probs: Tensor  # [B, E] fp32: softmax(logits / T) before top-k
+    task_type_ids: Tensor | None  # [B] int64, or None for a learned-only gate without task ids
+    aux_loss: Tensor  # scalar fp32: load-balancing + z-loss terms (0 when both coefficients are 0)
+
+    def detach(self) -> "SequenceRouting":
+        tt = None if self.task_type_ids is None else self.task_type_ids.detach()
+        return SequenceRouting(self.indices.detach(), self.weights.detach(), self.probs.detach(), tt,
+                               torch.zeros_like(self.aux_loss.detach()))
+
+    def dense_weights(self) -> Tensor:
+        """[B, E] weights with zeros on the adapters a sequence does not use."""
+        out = torch.zeros_like(self.probs)
+        return out.scatter(1, self.indices, self.weights)
+
+
+def sequence_representation(hidden_states: Tensor, attention_mask: Tensor | None, mode: str) -> Tensor:
+    """[B, L, d] -> [B, d]: the first attended position's state (``first``) or the masked mean (``mean``)."""
+    if hidden_states.dim() != 3:
+        raise ValueError(f"hidden_states must be [batch, seq_len, hidden], got shape {tuple(hidden_states.shape)}")
+    if attention_mask is not None and attention_mask.shape != hidden_states.shape[:2]:
+        raise ValueError(f"attention_mask must be [batch, seq_len] = {tuple(hidden_states.shape[:2])}, "
+                         f"got {tuple(attention_mask.shape)}")
+    if mode == "first":
+        if attention_mask is None:
+            return hidden_states[:, 0]
+        # first attended position, so left padding does not make the gate read a pad token
+        first = attention_mask.ne(0).int().argmax(dim=1)
+        return hidden_states[torch.arange(hidden_states.size(0), device=hidden_states.device), first]
+    if mode == "mean":
+        if attention_mask is None:
+            return hidden_states.mean(dim=1)
+        mask = attention_mask.ne(0).to(hidden_states.dtype).unsqueeze(-1)
+        return (hidden_states * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+    raise ValueError(f"mta.sequence_repr: must be one of ['first', 'mean'], got {mode!r}")
+
+
+class TaskWeightSelector(TopKGate):
+    """Per-sequence gate: logits ``W·r + β[task_type]``, probabilities ``softmax(logits / T)``, top-k.
+
+    ``route`` makes the per-sequence decision; ``forward`` (called by DeepSpeed's ``MOELayer``
+    with the decision as its second argument) expands it to every token of each sequence and
+    returns DeepSpeed 0.19.8's sparse-route 7-tuple. Capacity is the largest expert load,
+    maximised over the expert-parallel group, so no token is ever dropped.
+    """
+
+    def __init__(self, config: MTAConfig, hidden_size: int) -> None:
+        super().__init__(hidden_size, config.num_experts, k=config.top_k, capacity_factor=1.0,
+                         eval_capacity_factor=1.0, min_capacity=0, noisy_gate_policy=None,
+                         drop_tokens=False, use_rts=False)
+        self.num_experts = config.num_experts
+        self.num_task_types = config.num_task_types
+        self.task_types = list(config.task_types)
+        self.gate_mode = config.gate_mode
+        self.temperature = float(config.temperature)
+        self.load_balance_coef = float(config.load_balance_coef)
+        self.z_loss_coef = float(config.z_loss_coef)
+        self.task_bias = nn.Parameter(softmax_t_bias(config))
+        with torch.no_grad():
+            if config.selector_init_std > 0:
+                self.wg.weight.normal_(0.0, config.selector_init_std)
+            else:
+                self.wg.weight.zero_()
+        # a mode that does not use a term does not train it
+        self.wg.weight.requires_grad_(self.gate_mode != "task")
+        self.task_bias.requires_grad_(self.gate_mode != "learned")
+
+    # ------------------------------------------------------------------ routing
+    def route(self, seq_repr: Tensor, task_type_ids: Tensor | None) -> SequenceRouting:
+        """Choose adapters and weights for each sequence from its representation and task type."""
+        batch = seq_repr.size(0)
+        task_type_ids = self._check_task_ids(task_type_ids, batch, seq_repr.device)
+        logits = seq_repr.new_zeros(batch, self.num_experts, dtype=torch.float32)
+        if self.gate_mode != "task":
+            logits = logits + F.linear(seq_repr.float(), self.wg.weight.float())
+        if self.gate_mode != "learned":
+            logits = logits + self.task_bias.float()[task_type_ids]
+        scaled = logits / self.temperature
+        probs = F.softmax(scaled, dim=-1)
+        top_vals, top_idx = torch.topk(probs, k=self.k, dim=-1)
+        weights = top_vals / top_vals.sum(dim=-1, keepdim=True)
+        aux = self._aux_loss(scaled, probs, top_idx)
+        return SequenceRouting(top_idx, weights, probs, task_type_ids, aux)
+
+    def _check_task_ids(self, task_type_ids: Tensor | None, batch: int, device: torch.device) -> Tensor | None:
+        if task_type_ids is None:
+            if self.gate_mode == "learned":
+                return None
+            raise ValueError(f"task_type_ids: required when mta.gate_mode is {self.gate_mode!r} "
+                             "(use gate_mode 'learned' to route without task ids)")
+        task_type_ids = torch.as_tensor(task_type_ids, device=device).long().reshape(-1)
+        if task_type_ids.numel() != batch:
+            raise ValueError(f"task_type_ids: need one id per sequence ({batch}), got {task_type_ids.numel()}")
+        if task_type_ids.numel() and (task_type_ids.min() < 0 or task_type_ids.max() >= self.num_task_types):
+            bad = task_type_ids[(task_type_ids < 0) | (task_type_ids >= self.num_task_types)][0].item()
+            raise ValueError(f"task_type_ids: ids must be in [0, {self.num_task_types - 1}] "
+                             f"(mta.task_types = {self.task_types}), got {bad}")
+        return task_type_ids
+
+    def _aux_loss(self, scaled_logits: Tensor, probs: Tensor, top_idx: Tensor) -> Tensor:
+        aux = probs.new_zeros(())
+        if self.load_balance_coef > 0:
+            # Switch-style balance over sequences: E * sum_e (share of routes to e) * (mean prob of e)
+            routes = torch.zeros_like(probs).scatter(1, top_idx, 1.0)
+            share = routes.mean(0) / self.k
+            aux = aux + self.load_balance_coef * self.num_experts * (share * probs.mean(0)).sum()
+        if self.z_loss_coef > 0:
+            aux = aux + self.z_loss_coef * torch.logsumexp(scaled_logits, dim=-1).pow(2).mean()
+        return aux
+
+    # ----------------------------------------------------------- DeepSpeed path
+    def forward(self, input: Tensor, used_token: SequenceRouting | None = None, sparse_routes: bool = True,
+                use_tutel: bool = False):  # type: ignore[override]
+        if not isinstance(used_token, SequenceRouting):
+            raise TypeError("TaskWeightSelector routes whole sequences: call MTALayer, which passes the "
+                            "per-sequence routing, rather than the gate or MOELayer directly")
+        if not sparse_routes or use_tutel:
+            raise ValueError("TaskWeightSelector returns sparse routes only (DeepSpeed 0.19.8 index dispatch, no Tutel)")
+        return expand_to_tokens(used_token, input.size(0), self.num_experts, self.ep_group)
+
+
+def expand_to_tokens(routing: SequenceRouting, num_tokens: int, num_experts: int, ep_group=None):
+    """Per-sequence routes -> DeepSpeed's ``(l_aux, capacity, E, indices[k,s], locations[k,s], gates[k,s], counts)``."""
+    batch = routing.indices.size(0)
+    if batch == 0 or num_tokens % batch != 0:
+        raise ValueError(f"{num_tokens} tokens cannot be split into {batch} equal-length sequences")
+    seq_len = num_tokens // batch
+    token_idx = routing.indices.repeat_interleave(seq_len, dim=0)  # [S, k]
+    token_w = routing.weights.repeat_interleave(seq_len, dim=0)  # [S, k]
+    mask = torch.zeros(num_tokens, num_experts, dtype=torch.int64, device=token_idx.device)
+    mask.scatter_(1, token_idx, 1)
+    exp_counts = mask.sum(0)
+    locations = (torch.cumsum(mask, dim=0) - 1).gather(1, token_idx)
+    capacity = exp_counts.max().detach().clone()
+    if pg_utils.is_parallel(ep_group):
+        ds_comm.all_reduce(capacity, op=ds_comm.ReduceOp.MAX, group=ep_group)
+    return (routing.aux_loss, capacity, num_experts, token_idx.t().contiguous().to(torch.int32),
+            locations.t().contiguous().to(torch.int32), token_w.t().contiguous().float(), exp_counts.detach())
+
+
+def softmax_t_bias(config: MTAConfig) -> Tensor:
+    """β at init: ``bias_init`` everywhere, ``+ bias_margin`` on each task type's assigned adapters."""
+    bias = torch.full((config.num_task_types, config.num_experts), float(config.bias_init))
+    for task_id, adapters in enumerate(config.assignment()):
+        bias[task_id, adapters] += float(config.bias_margin)
+    return bias

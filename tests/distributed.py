@@ -1,0 +1,35 @@
+"""Start real worker processes with torchrun (gloo on CPU) and collect their JSON results."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+WORKERS = Path(__file__).resolve().parent / "workers"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_workers(script: str, args: list[str], nproc: int, out_dir: Path, timeout: float = 300) -> list[dict]:
+    """Run ``workers/<script>`` on ``nproc`` ranks; fail (never hang) after ``timeout`` seconds."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr",
+           "127.0.0.1", "--master_port", str(free_port()), str(WORKERS / script), *args, str(out_dir)]
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # the launcher and every rank it started
+        proc.communicate()
+        raise AssertionError(f"{script} {args} did not finish within {timeout} s (a rank hung)") from None
+    assert proc.returncode == 0, f"workers failed ({proc.returncode}):\n{stdout[-4000:]}\n{stderr[-4000:]}"
+    return [json.loads((out_dir / f"rank{r}.json").read_text()) for r in range(nproc)]
