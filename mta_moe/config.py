@@ -12,6 +12,7 @@ GATE_MODES = ("task", "learned", "both")
 SEQUENCE_REPRS = ("first", "mean")
 ACTIVATIONS = ("relu", "gelu", "gelu_new", "silu", "tanh")
 DEFAULT_TASK_TYPES = ("classify", "nli", "generate")
+INJECT_STACKS = ("encoder", "decoder", "both")
 
 
 class ConfigError(ValueError):
@@ -48,6 +49,9 @@ class MTAConfig:
     gate_network_hidden: int | None = None  # None: the model's hidden size
     init_seed: int = 0
     track_routing: bool = True
+    # where to inject into a backbone: "all", "last:N" or block indices; which stacks ("both" = every stack)
+    inject_layers: str | list[int] = "last:1"
+    inject_stacks: str = "both"
 
     def __post_init__(self) -> None:
         self.task_types = list(self.task_types)
@@ -119,6 +123,22 @@ class MTAConfig:
         _int(self.init_seed, "init_seed", minimum=0)
         if not isinstance(self.track_routing, bool):
             raise ConfigError(f"mta.track_routing: must be true or false, got {self.track_routing!r}")
+        self._validate_inject_layers()
+        _choice(self.inject_stacks, "inject_stacks", INJECT_STACKS)
+
+    def _validate_inject_layers(self) -> None:
+        spec = self.inject_layers
+        if spec == "all":
+            return
+        if isinstance(spec, str) and spec.startswith("last:"):
+            n = spec.split(":", 1)[1]
+            if n.isdigit() and int(n) >= 1:
+                return
+        if (isinstance(spec, list) and spec
+                and all(isinstance(i, int) and not isinstance(i, bool) for i in spec)):
+            return
+        raise ConfigError(f"mta.inject_layers: must be 'all', 'last:N' (N >= 1) or a non-empty list of block "
+                          f"indices, got {spec!r}")
 
     def _validate_assignment(self) -> None:
         table = self.task_adapter_assignment

@@ -1,0 +1,184 @@
+"""Turn a ``transformers`` model into an MTA model: replace chosen FFN sub-layers, plumb task ids."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from ..config import ConfigError, MTAConfig
+from .backbones import BackboneFamily, family_for, find_stack
+from .layer import LayerRouting, MTALayer
+
+
+@dataclass
+class MTAContext:
+    """Per-call inputs the MTA layers need but the backbone does not pass them: task ids, masks, routing cache."""
+
+    task_type_ids: Tensor | None = None
+    masks: dict[str, Tensor | None] = field(default_factory=dict)
+    routing_cache: dict[str, LayerRouting] | None = None  # set while generating: routing decided once
+    aux_losses: list[Tensor] = field(default_factory=list)
+
+    def rows(self, value: Tensor | None, batch: int, what: str) -> Tensor | None:
+        """``value`` for a batch of ``batch`` rows; generation repeats each sample (beams, return sequences)."""
+        if value is None or value.size(0) == batch:
+            return value
+        if batch % value.size(0) == 0:
+            return value.repeat_interleave(batch // value.size(0), dim=0)
+        raise ValueError(f"{what}: {value.size(0)} rows given for a batch of {batch} sequences")
+
+
+class MTAFeedForward(nn.Module):
+    """Stands where the backbone's FFN was; calls its :class:`MTALayer` with the current context."""
+
+    def __init__(self, layer: MTALayer, stack: str, key: str, context: MTAContext) -> None:
+        super().__init__()
+        self.mta = layer
+        self.stack = stack
+        self.key = key
+        self._context = context
+
+    def forward(self, hidden_states: Tensor) -> Tensor:
+        ctx, batch = self._context, hidden_states.size(0)
+        cache = ctx.routing_cache
+        routing = cache.get(self.key) if cache is not None else None
+        if routing is not None and routing.selection.indices.size(0) != batch:
+            routing = None
+        task_ids = ctx.rows(ctx.task_type_ids, batch, "task_type_ids")
+        mask = ctx.rows(ctx.masks.get(self.stack), batch, "attention_mask")
+        if routing is None and mask is not None and mask.shape[1] != hidden_states.shape[1]:
+            raise ValueError(f"attention_mask covers {mask.shape[1]} positions but the {self.stack} sees "
+                             f"{hidden_states.shape[1]}: route the full sequence first (generate() does)")
+        out, l_aux, _ = self.mta(hidden_states, task_ids, mask, routing=routing)
+        if cache is not None and routing is None:
+            cache[self.key] = self.mta.last_routing
+        ctx.aux_losses.append(l_aux)
+        return out
+
+
+def select_blocks(spec: str | list[int], num_blocks: int, stack: str) -> list[int]:
+    """Block indices from ``all``, ``last:N`` or an explicit list (negative indices count from the end)."""
+    if spec == "all":
+        return list(range(num_blocks))
+    if isinstance(spec, str) and spec.startswith("last:"):
+        n = int(spec.split(":", 1)[1])
+        if not 1 <= n <= num_blocks:
+            raise ConfigError(f"mta.inject_layers: last:{n} but the {stack} has {num_blocks} blocks")
+        return list(range(num_blocks - n, num_blocks))
+    out = []
+    for i in spec:
+        j = i + num_blocks if i < 0 else i
+        if not 0 <= j < num_blocks:
+            raise ConfigError(f"mta.inject_layers: block {i} is out of range for the {stack} ({num_blocks} blocks)")
+        out.append(j)
+    return sorted(set(out))
+
+
+class MTAModel(nn.Module):
+    """A ``transformers`` model with MTA layers in place of chosen FFNs.
+
+    ``model(**batch, task_type_ids=...)`` and ``model.generate(..., task_type_ids=...)`` route each
+    sequence by its own task type; the summed aux loss is added to ``outputs.loss``.
+    """
+
+    def __init__(self, base_model: nn.Module, config: MTAConfig) -> None:
+        super().__init__()
+        self.base_model = base_model
+        self.mta_config = config
+        self.family: BackboneFamily = family_for(base_model)
+        self._context = MTAContext()
+        self.last_aux_loss: Tensor | None = None
+        self.mta_layers = self._inject()
+
+    # -------------------------------------------------------------- injection
+    def _stacks(self) -> list[str]:
+        wanted = self.mta_config.inject_stacks
+        available = list(self.family.stacks)
+        if wanted == "both":
+            return available
+        if wanted not in available:
+            raise ConfigError(f"mta.inject_stacks: {wanted!r} is not a stack of {self.family.name} models "
+                              f"(stacks: {available}, or 'both')")
+        return [wanted]
+
+    def _inject(self) -> dict[str, MTALayer]:
+        hidden = getattr(self.base_model.config, self.family.hidden_size_attr)
+        layers: dict[str, MTALayer] = {}
+        for stack_id, stack in enumerate(self._stacks()):
+            _, blocks = find_stack(self.base_model, self.family.stacks[stack])
+            for idx in select_blocks(self.mta_config.inject_layers, len(blocks), stack):
+                block = blocks[idx]
+                ffn = self.family.get_ffn(block)
+                ref = next(ffn.parameters())
+                layer = MTALayer(self.mta_config, hidden, ffn, layer_id=stack_id * 1000 + idx)
+                layer.to(device=ref.device, dtype=ref.dtype)
+                key = f"{stack}.{idx}"
+                self.family.set_ffn(block, MTAFeedForward(layer, stack, key, self._context))
+                layers[key] = layer
+        return layers
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(super().__getattr__("base_model"), name)
+
+    # ------------------------------------------------------------- stages
+    @property
+    def stage(self) -> int:
+        return next(iter(self.mta_layers.values())).stage
+
+    def enable_stage2(self) -> None:
+        """Add shared adapters + gate network to every MTA layer (outputs unchanged at the switch)."""
+        for layer in self.mta_layers.values():
+            layer.enable_stage2()
+
+    def freeze_all_but_mta(self) -> None:
+        """Stage-2 freezing: only adapters, selector, shared adapters and gate network stay trainable."""
+        from .accounting import component_of_name
+        for name, param in self.named_parameters():
+            param.requires_grad_(component_of_name(name) != "backbone")
+
+    # ------------------------------------------------------------ forward
+    def _masks(self, kwargs: dict) -> dict[str, Tensor | None]:
+        if self.family.encoder_decoder:
+            return {"encoder": kwargs.get("attention_mask"), "decoder": kwargs.get("decoder_attention_mask")}
+        stack = next(iter(self.family.stacks))
+        return {stack: kwargs.get("attention_mask")}
+
+    def _begin(self, task_type_ids, kwargs: dict) -> None:
+        ctx = self._context
+        ctx.task_type_ids = None if task_type_ids is None else torch.as_tensor(task_type_ids).long().reshape(-1)
+        ctx.masks = self._masks(kwargs)
+        ctx.aux_losses = []
+
+    def forward(self, *args, task_type_ids: Tensor | None = None, **kwargs):
+        self._begin(task_type_ids, kwargs)
+        outputs = self.base_model(*args, **kwargs)
+        aux = torch.stack(self._context.aux_losses).sum() if self._context.aux_losses else None
+        self.last_aux_loss = aux
+        if aux is not None and getattr(outputs, "loss", None) is not None:
+            outputs.loss = outputs.loss + aux.to(outputs.loss.dtype)
+        return outputs
+
+    # ------------------------------------------------------------- persistence
+    def save_pretrained(self, directory) -> None:
+        """Backbone config + MTA settings + safetensors weights (see :mod:`.persistence`)."""
+        from .persistence import save_mta_model
+        save_mta_model(self, directory)
+
+    @classmethod
+    def from_pretrained(cls, directory, ep_size: int | None = None) -> "MTAModel":
+        from .persistence import load_mta_model
+        return load_mta_model(directory, ep_size=ep_size)
+
+    @torch.no_grad()
+    def generate(self, *args, task_type_ids: Tensor | None = None, **kwargs):
+        """``base_model.generate`` with each sequence's routing decided at its first forward and reused."""
+        self._begin(task_type_ids, kwargs)
+        self._context.routing_cache = {}
+        try:
+            return self.base_model.generate(*args, **kwargs)
+        finally:
+            self._context.routing_cache = None

@@ -1,0 +1,109 @@
+"""Save and load MTA models: backbone config + MTA settings + safetensors weights; no launcher needed."""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import transformers
+from safetensors.torch import load_file, save_model
+
+from ..config import MTAConfig
+from .inject import MTAModel
+
+MTA_CONFIG_FILE = "mta_config.json"
+WEIGHTS_FILE = "model.safetensors"
+FORMAT_VERSION = 1
+_EXPERT_KEY = re.compile(r"(.*\.deepspeed_moe\.experts\.deepspeed_experts\.)(\d+)(\..*)")
+
+
+def save_mta_model(model: MTAModel, directory: str | Path) -> Path:
+    """Write ``config.json``, ``mta_config.json`` and ``model.safetensors``; all files appear together."""
+    if any(layer.ep_size > 1 for layer in model.mta_layers.values()):
+        raise ValueError("save_pretrained needs every adapter in this process (ep_size 1); with expert "
+                         "parallelism use the training checkpoint's consolidated export")
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        model.base_model.config.save_pretrained(tmp)
+        meta = {"format_version": FORMAT_VERSION, "architecture": type(model.base_model).__name__,
+                "stage": model.stage, "mta": model.mta_config.to_dict()}
+        (tmp / MTA_CONFIG_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
+        save_model(model, str(tmp / WEIGHTS_FILE))
+        directory.mkdir(exist_ok=True)
+        for f in tmp.iterdir():
+            f.replace(directory / f.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return directory
+
+
+def load_mta_model(directory: str | Path, ep_size: int | None = None) -> MTAModel:
+    """Rebuild a saved MTA model; ``ep_size`` > 1 keeps only this rank's adapters (needs a process group)."""
+    directory = Path(directory)
+    for name in ("config.json", MTA_CONFIG_FILE, WEIGHTS_FILE):
+        if not (directory / name).is_file():
+            raise FileNotFoundError(f"{directory / name}: missing; not a saved MTA model directory")
+    meta = json.loads((directory / MTA_CONFIG_FILE).read_text(encoding="utf-8"))
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{directory / MTA_CONFIG_FILE}: format_version {meta.get('format_version')!r}, "
+                         f"expected {FORMAT_VERSION}")
+    arch = meta["architecture"]
+    model_cls = getattr(transformers, arch, None)
+    if model_cls is None:
+        raise ValueError(f"{directory / MTA_CONFIG_FILE}: architecture {arch!r} is not a transformers class")
+    mta = MTAConfig.from_dict(meta["mta"])
+    if ep_size is not None:
+        mta = mta.replace(ep_size=ep_size)
+    base = model_cls(transformers.AutoConfig.from_pretrained(directory))
+    model = MTAModel(base, mta)
+    if meta["stage"] == 2:
+        model.enable_stage2()
+    state = _local_experts_only(model, load_file(str(directory / WEIGHTS_FILE)))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not _tied_to_loaded(model, k, state)]
+    if missing or unexpected:
+        raise ValueError(f"{directory / WEIGHTS_FILE}: weights do not match the model "
+                         f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
+    return model
+
+
+def _tied_to_loaded(model: MTAModel, key: str, state: dict) -> bool:
+    """True when ``key`` names the same tensor as a key that was loaded (tied embeddings are saved once)."""
+    names_by_param: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        names_by_param.setdefault(id(param), []).append(name)
+    for names in names_by_param.values():
+        if key in names:
+            return any(other in state for other in names if other != key)
+    return False
+
+
+def _local_experts_only(model: MTAModel, state: dict) -> dict:
+    """Map a full (all-experts) state dict onto this rank's local expert ids."""
+    local = {}
+    for layer_key, layer in model.mta_layers.items():
+        local[layer_key] = {g: i for i, g in enumerate(layer.global_expert_ids())}
+    out = {}
+    for key, value in state.items():
+        m = _EXPERT_KEY.match(key)
+        if not m:
+            out[key] = value
+            continue
+        layer = next((k for k in model.mta_layers if f".{_feed_forward_path(model, k)}." in key), None)
+        ids = local.get(layer) if layer else None
+        if ids is None or int(m.group(2)) not in ids:
+            continue
+        out[f"{m.group(1)}{ids[int(m.group(2))]}{m.group(3)}"] = value
+    return out
+
+
+def _feed_forward_path(model: MTAModel, layer_key: str) -> str:
+    layer = model.mta_layers[layer_key]
+    for name, module in model.named_modules():
+        if module is layer:
+            return name.removeprefix("base_model.")
+    raise KeyError(layer_key)
