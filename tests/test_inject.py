@@ -54,6 +54,9 @@ def test_training_step_with_frozen_backbone_changes_only_mta(name):
             assert moved, f"adapter up-projection did not train: {n}"  # every adapter is used by some task
     counts = parameter_counts(model)
     assert counts["backbone"]["trainable"] == 0 and counts["shared_adapters"]["trainable"] > 0
+    layer = next(iter(model.mta_layers.values()))
+    assert counts["selector"]["trainable"] == layer.selector.task_bias.numel() * len(model.mta_layers)
+    assert not layer.selector.wg.weight.requires_grad  # 'task' mode never uses W
     assert counts["all"]["trainable"] == sum(counts[c]["trainable"] for c in counts if c != "all")
 
 

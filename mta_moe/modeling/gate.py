@@ -81,9 +81,12 @@ class TaskWeightSelector(TopKGate):
                 self.wg.weight.normal_(0.0, config.selector_init_std)
             else:
                 self.wg.weight.zero_()
-        # a mode that does not use a term does not train it
-        self.wg.weight.requires_grad_(self.gate_mode != "task")
-        self.task_bias.requires_grad_(self.gate_mode != "learned")
+        self.set_trainable(True)
+
+    def set_trainable(self, trainable: bool) -> None:
+        """(Un)freeze the selector; a term its mode does not use (W in 'task', β in 'learned') stays frozen."""
+        self.wg.weight.requires_grad_(trainable and self.gate_mode != "task")
+        self.task_bias.requires_grad_(trainable and self.gate_mode != "learned")
 
     # ------------------------------------------------------------------ routing
     def route(self, seq_repr: Tensor, task_type_ids: Tensor | None) -> SequenceRouting:

@@ -139,6 +139,8 @@ class MTAModel(nn.Module):
         from .accounting import component_of_name
         for name, param in self.named_parameters():
             param.requires_grad_(component_of_name(name) != "backbone")
+        for layer in self.mta_layers.values():
+            layer.selector.set_trainable(True)
 
     # ------------------------------------------------------------ forward
     def _masks(self, kwargs: dict) -> dict[str, Tensor | None]:
