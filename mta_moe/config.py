@@ -13,6 +13,7 @@ SEQUENCE_REPRS = ("first", "mean")
 ACTIVATIONS = ("relu", "gelu", "gelu_new", "silu", "tanh")
 DEFAULT_TASK_TYPES = ("classify", "nli", "generate")
 INJECT_STACKS = ("encoder", "decoder", "both")
+DISPATCH_MODES = ("grouped", "deepspeed")
 
 
 class ConfigError(ValueError):
@@ -52,6 +53,8 @@ class MTAConfig:
     # where to inject into a backbone: "all", "last:N" or block indices; which stacks ("both" = every stack)
     inject_layers: str | list[int] = "last:1"
     inject_stacks: str = "both"
+    # "grouped": whole sequences per adapter, exact split sizes; "deepspeed": DeepSpeed's stock index dispatch
+    dispatch: str = "grouped"
 
     def __post_init__(self) -> None:
         self.task_types = list(self.task_types)
@@ -125,6 +128,7 @@ class MTAConfig:
             raise ConfigError(f"mta.track_routing: must be true or false, got {self.track_routing!r}")
         self._validate_inject_layers()
         _choice(self.inject_stacks, "inject_stacks", INJECT_STACKS)
+        _choice(self.dispatch, "dispatch", DISPATCH_MODES)
 
     def _validate_inject_layers(self) -> None:
         spec = self.inject_layers

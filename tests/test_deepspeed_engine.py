@@ -33,12 +33,15 @@ def test_ep1_and_ep2_give_equal_losses_at_zero1_and_zero2(tmp_path):
         assert len(ep1) == len(ep2) == 4
         assert max(abs(a - b) for a, b in zip(ep1, ep2)) <= 1e-6, (zero, ep1, ep2)
         assert ep1[-1] < ep1[0], "training lowers the loss"
+    stock = r0["zero2_ep2_deepspeed"]
+    assert max(abs(a - b) for a, b in zip(stock, r0["zero2_ep2"])) <= 1e-6, "grouped == DeepSpeed dispatch"
     assert all(r0[k] == r1[k] for k in r0 if k.startswith("zero")), "ranks agree on the mean loss"
 
 
-def test_adapter_without_sequences_does_not_hang(tmp_path):
+@pytest.mark.parametrize("scenario", ["empty_expert", "empty_expert_deepspeed"])
+def test_adapter_without_sequences_does_not_hang(tmp_path, scenario):
     # rank 0 routes everything to adapter 0, rank 1 to adapter 1; adapters 2 and 3 get nothing
-    r0, r1 = run_workers("engine_worker.py", ["empty_expert"], nproc=2, out_dir=tmp_path, timeout=180)
+    r0, r1 = run_workers("engine_worker.py", [scenario], nproc=2, out_dir=tmp_path, timeout=180)
     assert len(r0["losses"]) == 3 and all(l == l for l in r0["losses"])  # completed, finite (not NaN)
     for r in (r0, r1):
         counts = r["stats_all_reduced"]["adapter_counts"]

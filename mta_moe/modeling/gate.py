@@ -100,8 +100,10 @@ class TaskWeightSelector(TopKGate):
             logits = logits + self.task_bias.float()[task_type_ids]
         scaled = logits / self.temperature
         probs = F.softmax(scaled, dim=-1)
-        top_vals, top_idx = torch.topk(probs, k=self.k, dim=-1)
-        weights = top_vals / top_vals.sum(dim=-1, keepdim=True)
+        top_idx = torch.topk(probs, k=self.k, dim=-1).indices
+        # renormalised top-k weights p_i / Σ_sel p_j == softmax over the selected logits: written this
+        # way, unselected logits get exactly no gradient (no cancellation through the full softmax)
+        weights = F.softmax(scaled.gather(1, top_idx), dim=-1)
         aux = self._aux_loss(scaled, probs, top_idx)
         return SequenceRouting(top_idx, weights, probs, task_type_ids, aux)
 

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from ..config import MTAConfig
 from .adapters import BottleneckAdapter, expert_generator, make_expert_template
+from .dispatch import grouped_dispatch
 from .gate import SequenceRouting, TaskWeightSelector, sequence_representation
 from .routing_stats import RoutingSnapshot, RoutingStatistics
 from .shared import GateNetwork, build_shared_adapters, mix_with_shared
@@ -132,7 +133,7 @@ class MTALayer(MoE):
             raise ValueError(f"MTALayer expects [batch, seq_len, hidden], got shape {tuple(hidden_states.shape)}")
         selection = routing.selection if routing is not None else self.route(hidden_states, task_type_ids,
                                                                               attention_mask)
-        out = self.deepspeed_moe(hidden_states, selection)
+        out = self._dispatch(hidden_states, selection)
         if self.base_ffn is not None:
             base = self.base_ffn(hidden_states)
             out = (base[0] if isinstance(base, tuple) else base) + out
@@ -145,6 +146,19 @@ class MTALayer(MoE):
         if self.config.track_routing:
             self.routing_stats.update(selection, mix)
         return out, self.deepspeed_moe.l_aux, self.deepspeed_moe.exp_counts
+
+    def _dispatch(self, hidden_states: Tensor, selection: SequenceRouting) -> Tensor:
+        """The adapter mixture ``Σ_j w_j · A_j(x)`` (experts only) through the configured dispatch."""
+        if self.config.dispatch == "deepspeed":
+            return self.deepspeed_moe(hidden_states, selection)
+        moe = self.deepspeed_moe
+        if self.ep_size > 1 and moe.ep_group is None:
+            raise RuntimeError(f"MTA layer {self.layer_id}: ep_size={self.ep_size} has no expert-parallel group yet; "
+                               "wrap the model with deepspeed.initialize before the forward")
+        out, counts = grouped_dispatch(hidden_states, selection, self.local_experts, self.num_experts,
+                                       self.ep_size, moe.ep_group)
+        moe.l_aux, moe.exp_counts = selection.aux_loss, counts.detach()
+        return out
 
     # ------------------------------------------------------------ statistics
     def get_routing_stats(self, all_reduce: bool = False, group=None) -> RoutingSnapshot:

@@ -76,14 +76,18 @@ def ep_equivalence() -> dict:
             engine = build_engine(cfg, zero_stage)
             out[f"zero{zero_stage}_ep{ep}"] = train_steps(engine, 4, lambda s: make_batch(1000 * s + rank))
             out[f"layout_ep{ep}"] = engine.module.mta.global_expert_ids()
+    # DeepSpeed's stock dispatch (padding to E × max load) on the same ep-2 run, for comparison
+    cfg = MTAConfig(num_experts=4, k=2, ep_size=2, gate_mode="both", adapter_dim=8, task_types=["a", "b", "c"],
+                    load_balance_coef=0.01, dispatch="deepspeed")
+    out["zero2_ep2_deepspeed"] = train_steps(build_engine(cfg, 2), 4, lambda s: make_batch(1000 * s + rank))
     return out
 
 
-def empty_expert() -> dict:
+def empty_expert(dispatch: str = "grouped") -> dict:
     """ep_size 2, k 1: rank 0 sends every sequence to adapter 0, rank 1 to adapter 1; adapters 2, 3 get none."""
     rank = dist.get_rank()
     cfg = MTAConfig(num_experts=4, k=1, ep_size=2, gate_mode="task", adapter_dim=8,
-                    task_types=["t0", "t1", "t2", "t3"])
+                    task_types=["t0", "t1", "t2", "t3"], dispatch=dispatch)
 
     def batch(step):
         ids, _ = make_batch(10 * step + rank)
@@ -96,7 +100,8 @@ def empty_expert() -> dict:
     return {"losses": losses, "stats_all_reduced": stats, "stats_local": local}
 
 
-SCENARIOS = {"zero2_updates": zero2_updates, "ep_equivalence": ep_equivalence, "empty_expert": empty_expert}
+SCENARIOS = {"zero2_updates": zero2_updates, "ep_equivalence": ep_equivalence, "empty_expert": empty_expert,
+             "empty_expert_deepspeed": lambda: empty_expert("deepspeed")}
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
