@@ -4,6 +4,5 @@ from .modeling import (LayerRouting, MTALayer, MTAModel, SequenceRouting, TaskWe
                        format_parameter_counts, parameter_counts)
 
 __version__ = "0.1.0"
-__all__ = ["ConfigError", "LayerRouting", "MTAConfig", "MTALayer", "MTAModel", "format_parameter_counts",
-           "parameter_counts", "SequenceRouting", "TaskWeightSelector",
-           "load_ds_config", "__version__"]
+__all__ = ["ConfigError", "LayerRouting", "MTAConfig", "MTALayer", "MTAModel", "SequenceRouting",
+           "TaskWeightSelector", "format_parameter_counts", "load_ds_config", "parameter_counts", "__version__"]

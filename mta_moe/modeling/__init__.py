@@ -8,6 +8,7 @@ from .layer import COMPONENT_PATTERNS, LayerRouting, MTALayer, component_of
 from .routing_stats import RoutingSnapshot, RoutingStatistics
 
 __all__ = [
-    "BottleneckAdapter", "MTAModel", "SUPPORTED_MODEL_TYPES", "format_parameter_counts", "parameter_counts", "COMPONENT_PATTERNS", "LayerRouting", "MTALayer", "RoutingSnapshot", "RoutingStatistics",
-    "SequenceRouting", "TaskWeightSelector", "component_of", "sequence_representation", "softmax_t_bias",
+    "BottleneckAdapter", "COMPONENT_PATTERNS", "LayerRouting", "MTALayer", "MTAModel", "RoutingSnapshot",
+    "RoutingStatistics", "SUPPORTED_MODEL_TYPES", "SequenceRouting", "TaskWeightSelector", "component_of",
+    "format_parameter_counts", "parameter_counts", "sequence_representation", "softmax_t_bias",
 ]

@@ -8,11 +8,6 @@ from .layer import component_of
 COMPONENTS = ("backbone", "adapters", "selector", "shared_adapters", "gate_network")
 
 
-def component_of_name(param_name: str) -> str:
-    """Component of a parameter of an MTA model (names as given by ``named_parameters``)."""
-    return component_of("." + param_name)
-
-
 def parameter_counts(model: nn.Module) -> dict[str, dict[str, int]]:
     """``{component: {"trainable": n, "total": n}}`` plus an ``"all"`` row; shared tensors counted once."""
     counts = {c: {"trainable": 0, "total": 0} for c in (*COMPONENTS, "all")}
@@ -21,7 +16,7 @@ def parameter_counts(model: nn.Module) -> dict[str, dict[str, int]]:
         if id(param) in seen:
             continue
         seen.add(id(param))
-        for row in (component_of_name(name), "all"):
+        for row in (component_of(name), "all"):
             counts[row]["total"] += param.numel()
             if param.requires_grad:
                 counts[row]["trainable"] += param.numel()

@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 from ..config import ConfigError, MTAConfig
 from .backbones import BackboneFamily, family_for, find_stack
-from .layer import LayerRouting, MTALayer
+from .layer import LayerRouting, MTALayer, component_of
 
 
 @dataclass
@@ -136,9 +136,8 @@ class MTAModel(nn.Module):
 
     def freeze_all_but_mta(self) -> None:
         """Stage-2 freezing: only adapters, selector, shared adapters and gate network stay trainable."""
-        from .accounting import component_of_name
         for name, param in self.named_parameters():
-            param.requires_grad_(component_of_name(name) != "backbone")
+            param.requires_grad_(component_of(name) != "backbone")
         for layer in self.mta_layers.values():
             layer.selector.set_trainable(True)
 

@@ -172,7 +172,7 @@ class MTALayer(MoE):
     def named_component_parameters(self, prefix: str = "") -> Iterator[tuple[str, str, nn.Parameter]]:
         """Yield ``(component, name, param)``; components are the keys of :data:`COMPONENT_PATTERNS`."""
         for name, param in self.named_parameters(prefix=prefix):
-            yield component_of("." + name), name, param
+            yield component_of(name), name, param
 
     def extra_repr(self) -> str:
         c = self.config
@@ -181,9 +181,10 @@ class MTALayer(MoE):
 
 
 def component_of(param_name: str) -> str:
-    """MTA component a parameter name belongs to, or ``backbone``."""
+    """MTA component a parameter name (as from ``named_parameters``) belongs to, or ``backbone``."""
+    dotted = "." + param_name
     for component, fragment in COMPONENT_PATTERNS.items():
-        if fragment in param_name:
+        if fragment in dotted:
             return "backbone" if component == "base_ffn" else component
     return "backbone"
 

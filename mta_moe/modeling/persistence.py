@@ -12,6 +12,7 @@ from safetensors.torch import load_file, save_model
 
 from ..config import MTAConfig
 from .inject import MTAModel
+from .layer import MTALayer
 
 MTA_CONFIG_FILE = "mta_config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -64,46 +65,35 @@ def load_mta_model(directory: str | Path, ep_size: int | None = None) -> MTAMode
         model.enable_stage2()
     state = _local_experts_only(model, load_file(str(directory / WEIGHTS_FILE)))
     missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not _tied_to_loaded(model, k, state)]
+    missing = _untied(model, missing, state)
     if missing or unexpected:
         raise ValueError(f"{directory / WEIGHTS_FILE}: weights do not match the model "
                          f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
     return model
 
 
-def _tied_to_loaded(model: MTAModel, key: str, state: dict) -> bool:
-    """True when ``key`` names the same tensor as a key that was loaded (tied embeddings are saved once)."""
+def _untied(model: MTAModel, missing: list[str], state: dict) -> list[str]:
+    """The missing keys that are not the same tensor as a loaded key (tied embeddings are saved once)."""
     names_by_param: dict[int, list[str]] = {}
     for name, param in model.named_parameters(remove_duplicate=False):
         names_by_param.setdefault(id(param), []).append(name)
-    for names in names_by_param.values():
-        if key in names:
-            return any(other in state for other in names if other != key)
-    return False
+    aliases = {name: names for names in names_by_param.values() for name in names}
+    return [k for k in missing if not any(other in state for other in aliases.get(k, ()) if other != k)]
 
 
 def _local_experts_only(model: MTAModel, state: dict) -> dict:
     """Map a full (all-experts) state dict onto this rank's local expert ids."""
-    local = {}
-    for layer_key, layer in model.mta_layers.items():
-        local[layer_key] = {g: i for i, g in enumerate(layer.global_expert_ids())}
+    # "<layer path>.deepspeed_moe.experts.deepspeed_experts." -> {global id: local id}
+    local = {f"{name}.deepspeed_moe.experts.deepspeed_experts.": {g: i for i, g in
+                                                                  enumerate(module.global_expert_ids())}
+             for name, module in model.named_modules() if isinstance(module, MTALayer)}
     out = {}
     for key, value in state.items():
         m = _EXPERT_KEY.match(key)
         if not m:
             out[key] = value
             continue
-        layer = next((k for k in model.mta_layers if f".{_feed_forward_path(model, k)}." in key), None)
-        ids = local.get(layer) if layer else None
-        if ids is None or int(m.group(2)) not in ids:
-            continue
-        out[f"{m.group(1)}{ids[int(m.group(2))]}{m.group(3)}"] = value
+        ids = local.get(m.group(1), {})
+        if int(m.group(2)) in ids:
+            out[f"{m.group(1)}{ids[int(m.group(2))]}{m.group(3)}"] = value
     return out
-
-
-def _feed_forward_path(model: MTAModel, layer_key: str) -> str:
-    layer = model.mta_layers[layer_key]
-    for name, module in model.named_modules():
-        if module is layer:
-            return name.removeprefix("base_model.")
-    raise KeyError(layer_key)
