@@ -1,0 +1,119 @@
+"""The ``mta.data`` section: where the examples come from, how long they may be, how tasks are mixed."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from ..config import ConfigError
+from .formats import ON_ERROR
+from .recipes import RECIPES
+from .sampling import SamplingConfig
+from .suite import SUITE_TASKS
+
+SPLIT_KEYS = ("train", "validation", "test")
+SUITE_KEYS = ("seed", "train", "validation", "test", "tasks")
+RECIPE_KEYS = ("name", "splits", "data_files", "type", "limit")
+
+
+@dataclass
+class DataConfig:
+    """``suite``: the bundled suite (null: none); ``files``: {split: [paths]} in the canonical format;
+    ``recipes``: hub datasets by name (``data_files`` {split: path} for local copies)."""
+
+    suite: dict[str, Any] | None = field(default_factory=lambda: {"seed": 0, "train": 1000, "validation": 100,
+                                                                   "test": 200, "tasks": None})
+    files: dict[str, list[str]] = field(default_factory=dict)
+    recipes: list[dict[str, Any]] = field(default_factory=list)
+    on_bad_rows: str = "raise"
+    max_input_length: int = 128
+    max_target_length: int = 32
+    seed: int = 0
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    curriculum: list[dict[str, Any]] | None = None
+
+    @classmethod
+    def from_dict(cls, raw: Any, key: str = "mta.data") -> "DataConfig":
+        if not isinstance(raw, Mapping):
+            raise ConfigError(f"{key}: must be an object, got {raw!r}")
+        allowed = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(raw) - set(allowed))
+        if unknown:
+            raise ConfigError(f"{key}.{unknown[0]}: unknown key; allowed keys are {allowed}")
+        values = dict(raw)
+        if "sampling" in values:
+            values["sampling"] = SamplingConfig.from_dict(values["sampling"], f"{key}.sampling")
+        cfg = cls(**values)
+        cfg.validate(key)
+        return cfg
+
+    def validate(self, key: str = "mta.data") -> None:
+        if self.on_bad_rows not in ON_ERROR:
+            raise ConfigError(f"{key}.on_bad_rows: must be one of {list(ON_ERROR)}, got {self.on_bad_rows!r}")
+        for name in ("max_input_length", "max_target_length", "seed"):
+            value = getattr(self, name)
+            minimum = 0 if name == "seed" else 4
+            if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+                raise ConfigError(f"{key}.{name}: must be an integer >= {minimum}, got {value!r}")
+        self._validate_suite(key)
+        self._validate_files(key)
+        self._validate_recipes(key)
+        if self.suite is None and not self.files.get("train") and not self.recipes:
+            raise ConfigError(f"{key}: no training data; set suite, files.train or recipes")
+        if self.curriculum is not None and not isinstance(self.curriculum, list):
+            raise ConfigError(f"{key}.curriculum: must be a list of phases or null")
+        self.sampling.validate(f"{key}.sampling")
+
+    def _validate_suite(self, key: str) -> None:
+        if self.suite is None:
+            return
+        if not isinstance(self.suite, Mapping):
+            raise ConfigError(f"{key}.suite: must be an object or null, got {self.suite!r}")
+        unknown = sorted(set(self.suite) - set(SUITE_KEYS))
+        if unknown:
+            raise ConfigError(f"{key}.suite.{unknown[0]}: unknown key; allowed keys are {list(SUITE_KEYS)}")
+        for name in ("seed", "train", "validation", "test"):
+            value = self.suite.get(name, 0 if name == "seed" else 1)
+            if not isinstance(value, int) or isinstance(value, bool) or value < (0 if name == "seed" else 1):
+                raise ConfigError(f"{key}.suite.{name}: must be an integer >= {0 if name == 'seed' else 1}, "
+                                  f"got {value!r}")
+        tasks = self.suite.get("tasks")
+        if tasks is not None:
+            bad = [t for t in tasks if t not in SUITE_TASKS] if isinstance(tasks, list) else [tasks]
+            if bad or not tasks:
+                raise ConfigError(f"{key}.suite.tasks: unknown task {bad[0] if bad else None!r}; "
+                                  f"the suite has {list(SUITE_TASKS)}")
+
+    def _validate_files(self, key: str) -> None:
+        if not isinstance(self.files, Mapping):
+            raise ConfigError(f"{key}.files: must be an object {{split: [paths]}}, got {self.files!r}")
+        for split, paths in self.files.items():
+            if split not in SPLIT_KEYS:
+                raise ConfigError(f"{key}.files.{split}: unknown split; allowed: {list(SPLIT_KEYS)}")
+            if not isinstance(paths, list) or not all(isinstance(p, str) and p for p in paths):
+                raise ConfigError(f"{key}.files.{split}: must be a list of file paths, got {paths!r}")
+
+    def _validate_recipes(self, key: str) -> None:
+        if not isinstance(self.recipes, list):
+            raise ConfigError(f"{key}.recipes: must be a list, got {self.recipes!r}")
+        for index, recipe in enumerate(self.recipes):
+            where = f"{key}.recipes[{index}]"
+            if not isinstance(recipe, Mapping):
+                raise ConfigError(f"{where}: must be an object with keys {list(RECIPE_KEYS)}")
+            unknown = sorted(set(recipe) - set(RECIPE_KEYS))
+            if unknown:
+                raise ConfigError(f"{where}.{unknown[0]}: unknown key; allowed keys are {list(RECIPE_KEYS)}")
+            if recipe.get("name") not in RECIPES:
+                raise ConfigError(f"{where}.name: must be one of {sorted(RECIPES)}, got {recipe.get('name')!r}")
+            splits = recipe.get("splits", {})
+            if not isinstance(splits, Mapping) or any(s not in SPLIT_KEYS for s in splits):
+                raise ConfigError(f"{where}.splits: must map {list(SPLIT_KEYS)} to hub split names, got {splits!r}")
+            files = recipe.get("data_files", {})
+            if not isinstance(files, Mapping) or any(s not in SPLIT_KEYS for s in files):
+                raise ConfigError(f"{where}.data_files: must map {list(SPLIT_KEYS)} to local files, got {files!r}")
+            limit = recipe.get("limit")
+            if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
+                raise ConfigError(f"{where}.limit: must be an integer >= 1 or null, got {limit!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)

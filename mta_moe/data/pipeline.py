@@ -1,0 +1,86 @@
+"""From an ``mta.data`` section to per-split datasets, a task registry, and load reports."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import datasets
+
+from .config import SPLIT_KEYS, DataConfig
+from .formats import DataError, LoadReport, load_examples
+from .recipes import load_recipe
+from .registry import TaskRegistry
+from .suite import SUITE_TASKS, SuiteSizes, write_suite
+
+DEFAULT_RECIPE_SPLITS = {"train": "train", "validation": "validation", "test": "test"}
+
+
+@dataclass
+class TaskData:
+    """The loaded splits (canonical columns), the task registry built from the training split, and reports."""
+
+    splits: dict[str, datasets.Dataset]
+    registry: TaskRegistry
+    reports: list[LoadReport] = field(default_factory=list)
+
+    def task_indices(self, split: str = "train") -> dict[str, list[int]]:
+        """Row indices of each task in ``split``, in row order (the sampler draws within these)."""
+        out: dict[str, list[int]] = {name: [] for name in self.registry.names}
+        for index, task in enumerate(self.splits[split]["task"]):
+            out.setdefault(task, []).append(index)
+        return {name: rows for name, rows in out.items() if rows}
+
+
+def load_task_data(config: DataConfig, task_types: Sequence[str], work_dir: str | Path) -> TaskData:
+    """Load every configured source; the bundled suite is generated into ``work_dir/suite`` (once per
+    seed and sizes) and read back through the same strict reader as user files."""
+    parts: dict[str, list[datasets.Dataset]] = {split: [] for split in SPLIT_KEYS}
+    reports: list[LoadReport] = []
+    if config.suite is not None:
+        suite_dir = _ensure_suite(config, Path(work_dir))
+        for split in SPLIT_KEYS:
+            dataset, report = load_examples(suite_dir / f"{split}.jsonl", task_types, config.on_bad_rows)
+            parts[split].append(dataset)
+            reports.append(report)
+    for split, paths in config.files.items():
+        for path in paths:
+            dataset, report = load_examples(path, task_types, config.on_bad_rows)
+            parts[split].append(dataset)
+            reports.append(report)
+    for recipe in config.recipes:
+        splits = {**DEFAULT_RECIPE_SPLITS, **recipe.get("splits", {})}
+        local = recipe.get("data_files", {})
+        for split in (local or splits):
+            dataset, report = load_recipe(recipe["name"], splits[split], task_types, data_files=local.get(split),
+                                          task_type=recipe.get("type"), limit=recipe.get("limit"))
+            parts[split].append(dataset)
+            reports.append(report)
+    if not parts["train"]:
+        raise DataError("mta.data: no training split was loaded")
+    splits = {split: datasets.concatenate_datasets(p) for split, p in parts.items() if p}
+    registry = TaskRegistry.from_rows(task_types, [
+        (f"{split} data", ds["task"], ds["type"]) for split, ds in splits.items()])
+    trained = set(splits["train"]["task"])
+    for split, ds in splits.items():
+        missing = sorted(set(ds["task"]) - trained)
+        if missing:
+            raise DataError(f"{split} data: tasks {missing} have no training rows")
+    registry = TaskRegistry(task_types, {t: registry.type_of[t] for t in sorted(trained)})
+    return TaskData(splits, registry, reports)
+
+
+def _ensure_suite(config: DataConfig, work_dir: Path) -> Path:
+    suite = {"seed": 0, "train": 1000, "validation": 100, "test": 200, "tasks": None, **(config.suite or {})}
+    sizes = SuiteSizes(suite["train"], suite["validation"], suite["test"])
+    out = work_dir / "suite"
+    manifest = out / "suite.json"
+    wanted = {"seed": suite["seed"], "sizes": {s: getattr(sizes, s) for s in SPLIT_KEYS}}
+    if manifest.is_file():
+        have = json.loads(manifest.read_text())
+        if ({k: have.get(k) for k in wanted} == wanted
+                and list(have.get("tasks", {})) == list(suite["tasks"] or SUITE_TASKS)):
+            return out
+    write_suite(out, suite["seed"], sizes, suite["tasks"])
+    return out

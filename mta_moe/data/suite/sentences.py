@@ -1,0 +1,117 @@
+"""Sentence makers of the bundled suite: facts (who did what, where, when) and short reviews."""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, replace
+
+from . import vocab
+
+
+@dataclass(frozen=True)
+class Fact:
+    """One event: ``name`` ``verb`` the ``adjective`` ``obj`` in ``place`` on/in ``when``."""
+
+    name: str
+    verb: tuple[str, str, str, str]  # base, 3rd singular, past, past participle
+    adjective: str
+    obj: str
+    place: str
+    when: str  # a weekday or a month
+
+    @property
+    def time(self) -> str:
+        return f"{'on' if self.when in vocab.DAYS else 'in'} {self.when}"
+
+    @property
+    def fronted_time(self) -> str:
+        return self.time[0].upper() + self.time[1:]
+
+    @property
+    def thing(self) -> str:
+        return f"{self.adjective} {self.obj}"
+
+
+def random_fact(rng: random.Random, avoid: Fact | None = None) -> Fact:
+    """A fact; with ``avoid``, one whose person, object and place all differ from it."""
+    while True:
+        fact = Fact(rng.choice(vocab.NAMES), rng.choice(vocab.VERBS), rng.choice(vocab.OBJECT_ADJECTIVES),
+                    rng.choice(vocab.OBJECTS), rng.choice(vocab.PLACES), rng.choice(vocab.DAYS + vocab.MONTHS))
+        if avoid is None or (fact.name != avoid.name and fact.obj != avoid.obj and fact.place != avoid.place):
+            return fact
+
+
+def change_one_slot(rng: random.Random, fact: Fact, slots: tuple[str, ...]) -> Fact:
+    """The same fact with one of ``slots`` replaced by a different value."""
+    slot = rng.choice(slots)
+    pools = {"name": vocab.NAMES, "obj": vocab.OBJECTS, "place": vocab.PLACES, "adjective": vocab.OBJECT_ADJECTIVES,
+             "when": vocab.DAYS + vocab.MONTHS}
+    value = rng.choice([v for v in pools[slot] if v != getattr(fact, slot)])
+    return replace(fact, **{slot: value})
+
+
+def present(fact: Fact, fronted: bool = False) -> str:
+    if fronted:
+        return f"{fact.fronted_time}, {fact.name} {fact.verb[1]} the {fact.thing} in {fact.place}."
+    return f"{fact.name} {fact.verb[1]} the {fact.thing} in {fact.place} {fact.time}."
+
+
+def past(fact: Fact, fronted: bool = False) -> str:
+    if fronted:
+        return f"{fact.fronted_time}, {fact.name} {fact.verb[2]} the {fact.thing} in {fact.place}."
+    return f"{fact.name} {fact.verb[2]} the {fact.thing} in {fact.place} {fact.time}."
+
+
+def negated(fact: Fact, fronted: bool = False) -> str:
+    if fronted:
+        return f"{fact.fronted_time}, {fact.name} does not {fact.verb[0]} the {fact.thing} in {fact.place}."
+    return f"{fact.name} does not {fact.verb[0]} the {fact.thing} in {fact.place} {fact.time}."
+
+
+def passive(fact: Fact) -> str:
+    return f"The {fact.thing} was {fact.verb[3]} by {fact.name} in {fact.place} {fact.time}."
+
+
+# ----------------------------------------------------------------------------- reviews
+def review_clause(rng: random.Random, aspect: str, positive: bool) -> str:
+    """One clause about ``aspect`` whose polarity is ``positive`` (sometimes through a negation)."""
+    same = vocab.POSITIVE if positive else vocab.NEGATIVE
+    opposite = vocab.NEGATIVE if positive else vocab.POSITIVE
+    intensifier = rng.choice(vocab.INTENSIFIERS) + " " if rng.random() < 0.4 else ""
+    form = rng.randrange(5)
+    if form == 0:
+        return f"the {aspect} was {intensifier}{rng.choice(same)}"
+    if form == 1:
+        return f"the {aspect} was not {rng.choice(opposite)} at all" if rng.random() < 0.5 else \
+            f"the {aspect} was not {rng.choice(opposite)}"
+    if form == 2:
+        return f"I found the {aspect} {intensifier}{rng.choice(same)}"
+    if form == 3:
+        return f"the {aspect} felt {intensifier}{rng.choice(same)}"
+    return f"nobody could call the {aspect} {rng.choice(opposite)}"
+
+
+def review(rng: random.Random, polarities: list[bool]) -> tuple[str, list[str]]:
+    """A short review with one clause per polarity; returns the text and the aspects in order."""
+    domain = rng.choice(sorted(vocab.DOMAINS))
+    aspects = rng.sample(vocab.DOMAINS[domain], len(polarities))
+    clauses = [review_clause(rng, a, p) for a, p in zip(aspects, polarities)]
+    joiner = " and " if len(set(polarities)) == 1 else " but "
+    body = rng.choice(vocab.REVIEW_OPENERS) + joiner.join(clauses)
+    body = body[0].upper() + body[1:] + "."
+    if rng.random() < 0.5:
+        body = f"About the {vocab.DOMAIN_NOUNS[domain]}: {body}"
+    return body, aspects
+
+
+def headline(rng: random.Random, topic: str) -> str:
+    """A headline about ``topic``; half of them borrow one slot from another topic (the majority decides)."""
+    slots = [part.split("|") for part in vocab.TOPICS[topic]]
+    if rng.random() < 0.5:
+        other = rng.choice([t for t in sorted(vocab.TOPICS) if t != topic])
+        index = rng.randrange(3)
+        slots[index] = vocab.TOPICS[other][index].split("|")
+    subject, obj, verb = (rng.choice(s) for s in slots)
+    text = f"{subject} {verb} {obj} {rng.choice(vocab.TOPIC_TIMES)}."
+    if rng.random() < 0.4:
+        text = f"In {rng.choice(vocab.PLACES)}, {text}"
+    return text[0].upper() + text[1:]

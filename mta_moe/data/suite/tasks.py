@@ -1,0 +1,160 @@
+"""The tasks of the bundled suite: what each asks, its type, labels, metric, and how it relates to the others."""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Callable
+
+from . import sentences as s
+from . import vocab
+
+Generator = Callable[[random.Random], tuple[str, str]]
+
+
+@dataclass(frozen=True)
+class SuiteTask:
+    name: str
+    type: str
+    metric: str  # "accuracy" or "exact_match"
+    labels: tuple[str, ...] | None  # closed label set (classification / NLI); None for generation
+    description: str
+    generate: Generator
+
+
+def _pick(rng: random.Random, options: list[str]) -> str:
+    return rng.choice(options)
+
+
+def sentiment(rng: random.Random) -> tuple[str, str]:
+    label = rng.choice(["positive", "negative"])
+    text, _ = s.review(rng, [label == "positive"] * rng.choice([1, 2]))
+    ask = _pick(rng, ["Is this review positive or negative?", "Sentiment of the review, positive or negative?",
+                      "Does the customer sound positive or negative?"])
+    return f"{ask} Review: {text}", label
+
+
+def irony(rng: random.Random) -> tuple[str, str]:
+    label = rng.choice(["positive", "negative"])
+    text, _ = s.review(rng, [label != "positive"] * rng.choice([1, 2]))  # the surface says the opposite
+    ask = _pick(rng, ["This review is sarcastic. Is the writer's real opinion positive or negative?",
+                      "Read the ironic review. Is what the writer means positive or negative?"])
+    return f"{ask} Review: {text}", label
+
+
+def topic(rng: random.Random) -> tuple[str, str]:
+    label = rng.choice(sorted(vocab.TOPICS))
+    ask = _pick(rng, ["What is the topic of this headline: sports, science, business, travel or food?",
+                      "Headline topic (sports, science, business, travel, food)?"])
+    return f"{ask} Headline: {s.headline(rng, label)}", label
+
+
+def review_claim(rng: random.Random) -> tuple[str, str]:
+    label = rng.choice(["yes", "no"])
+    polarities = [rng.random() < 0.5 for _ in range(rng.choice([1, 2]))]
+    text, aspects = s.review(rng, polarities)
+    index = rng.randrange(len(aspects))
+    liked = polarities[index] == (label == "yes")
+    claim = f"The writer {'liked' if liked else 'disliked'} the {aspects[index]}."
+    return f"Premise: {text} Hypothesis: {claim} Does the premise support the hypothesis, yes or no?", label
+
+
+def fact_entail(rng: random.Random) -> tuple[str, str]:
+    label = rng.choice(["yes", "no", "maybe"])
+    fact = s.random_fact(rng)
+    premise = s.past(fact, fronted=rng.random() < 0.3)
+    if rng.random() < 0.5:
+        other = s.past(s.random_fact(rng, avoid=fact))
+        premise = f"{premise} {other}" if rng.random() < 0.5 else f"{other} {premise}"
+    form = rng.randrange(3)
+    if label == "no":
+        fact = s.change_one_slot(rng, fact, (("name", "obj"), ("name", "place", "when"), ("name", "obj"))[form])
+    if label == "maybe":
+        hypothesis = _pick(rng, [f"{fact.name} {fact.verb[2]} the {fact.obj} for a friend.",
+                                 f"{fact.name} was happy with the {fact.obj}.",
+                                 f"{fact.name} {fact.verb[2]} the {fact.obj} before lunch.",
+                                 f"{fact.name} paid a lot for the {fact.obj}.",
+                                 f"{fact.name} lives in {fact.place}."])
+    else:
+        hypothesis = (f"{fact.name} {fact.verb[2]} the {fact.obj}.",
+                      f"{fact.name} was in {fact.place} {fact.time}.",
+                      f"The {fact.obj} was {fact.verb[3]} by {fact.name}.")[form]
+    return (f"Premise: {premise} Hypothesis: {hypothesis} Does the premise entail the hypothesis? "
+            f"Answer yes, no or maybe."), label
+
+
+def same_meaning(rng: random.Random) -> tuple[str, str]:
+    label = rng.choice(["yes", "no"])
+    fact = s.random_fact(rng)
+    other = fact if label == "yes" else s.change_one_slot(rng, fact, ("name", "obj", "adjective", "place", "when"))
+    first = s.past(fact)
+    second = s.passive(other) if rng.random() < 0.5 else s.past(other, fronted=True)
+    if rng.random() < 0.5:
+        first, second = second, first
+    return f"Sentence 1: {first} Sentence 2: {second} Do the two sentences mean the same thing, yes or no?", label
+
+
+def answer(rng: random.Random) -> tuple[str, str]:
+    fact = s.random_fact(rng)
+    text = s.past(fact, fronted=rng.random() < 0.3)
+    if rng.random() < 0.6:
+        other = s.past(s.random_fact(rng, avoid=fact))
+        text = f"{text} {other}" if rng.random() < 0.5 else f"{other} {text}"
+    kind = rng.randrange(4)
+    question, target = (
+        (f"Who {fact.verb[2]} the {fact.thing}?", fact.name),
+        (f"Where did {fact.name} {fact.verb[0]} the {fact.thing}?", fact.place),
+        (f"When did {fact.name} {fact.verb[0]} the {fact.thing}?", fact.when),
+        (f"What did {fact.name} {fact.verb[0]} in {fact.place}?", f"the {fact.thing}"),
+    )[kind]
+    return f"Answer from the text. Question: {question} Text: {text}", target
+
+
+def past_tense(rng: random.Random) -> tuple[str, str]:
+    fact, fronted = s.random_fact(rng), rng.random() < 0.3
+    return f"Rewrite in the past tense: {s.present(fact, fronted)}", s.past(fact, fronted)
+
+
+def negate(rng: random.Random) -> tuple[str, str]:
+    fact, fronted = s.random_fact(rng), rng.random() < 0.3
+    return f"Rewrite as a negative sentence: {s.present(fact, fronted)}", s.negated(fact, fronted)
+
+
+SUITE_TASKS: dict[str, SuiteTask] = {t.name: t for t in [
+    SuiteTask("sentiment", "classify", "accuracy", ("positive", "negative"),
+              "Polarity of a one- or two-clause review of a restaurant, hotel, phone, film or book; "
+              "some clauses carry the polarity through a negation (\"was not bland\").", sentiment),
+    SuiteTask("irony", "classify", "accuracy", ("positive", "negative"),
+              "The same kind of review, declared sarcastic: the label is the opposite of the surface polarity.",
+              irony),
+    SuiteTask("topic", "classify", "accuracy", ("sports", "science", "business", "travel", "food"),
+              "Topic of a headline built from a subject, verb and object; in half of them one of the three "
+              "comes from another topic, and the majority decides.", topic),
+    SuiteTask("review_claim", "nli", "accuracy", ("yes", "no"),
+              "Premise: a review (clauses may disagree, joined by \"but\"); hypothesis: the writer liked or "
+              "disliked one aspect. Does the premise support it?", review_claim),
+    SuiteTask("fact_entail", "nli", "accuracy", ("yes", "no", "maybe"),
+              "Premise: one or two event sentences; hypothesis: a restatement (yes), a restatement with one "
+              "slot changed (no), or a claim the text does not settle (maybe).", fact_entail),
+    SuiteTask("same_meaning", "nli", "accuracy", ("yes", "no"),
+              "Paraphrase detection: an event sentence and its passive or time-fronted paraphrase, with or "
+              "without one changed slot.", same_meaning),
+    SuiteTask("answer", "generate", "exact_match", None,
+              "Extractive question answering (who / where / when / what) over one or two event sentences.",
+              answer),
+    SuiteTask("past_tense", "generate", "exact_match", None,
+              "Rewrite a present-tense event sentence in the past tense.", past_tense),
+    SuiteTask("negate", "generate", "exact_match", None,
+              "Rewrite the same kind of present-tense sentence as its negation (\"does not ...\").", negate),
+]}
+
+# Pairs and why; the data card prints these.
+CONFLICTS = [
+    ("sentiment", "irony", "same review distribution, opposite labelling rule: only the instruction tells them apart"),
+    ("review_claim", "irony", "review_claim follows the surface polarity that irony must invert"),
+    ("past_tense", "negate", "identical input sentences, two different rewrites of the same verb"),
+]
+HELPS = [
+    ("sentiment", "review_claim", "the same polarity knowledge (adjectives, negation) in two formats"),
+    ("fact_entail", "same_meaning", "both compare the slots (who, what, where, when) of two event descriptions"),
+    ("fact_entail", "answer", "both locate a slot of an event sentence, with a distractor sentence"),
+]
