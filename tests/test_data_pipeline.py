@@ -33,6 +33,13 @@ def test_suite_loads_with_a_stable_registry(loaded):
     stamp = (work / "suite" / "train.jsonl").stat().st_mtime_ns
     load_task_data(DataConfig.from_dict({"suite": SMALL_SUITE}), TYPES, work)
     assert (work / "suite" / "train.jsonl").stat().st_mtime_ns == stamp
+    # ... unless it was written by another generator version or for other sizes
+    manifest = work / "suite" / "suite.json"
+    old = json.loads(manifest.read_text())
+    manifest.write_text(json.dumps({**old, "version": old["version"] - 1}))
+    load_task_data(DataConfig.from_dict({"suite": SMALL_SUITE}), TYPES, work)
+    assert json.loads(manifest.read_text()) == old
+    assert (work / "suite" / "train.jsonl").stat().st_mtime_ns != stamp
 
 
 def test_files_and_suite_combine_and_task_type_clashes_fail(loaded, tmp_path):

@@ -13,6 +13,7 @@ from .formats import DataError, LoadReport, load_examples
 from .recipes import load_recipe
 from .registry import TaskRegistry
 from .suite import SUITE_TASKS, SuiteSizes, write_suite
+from .suite.build import SUITE_VERSION
 
 DEFAULT_RECIPE_SPLITS = {"train": "train", "validation": "validation", "test": "test"}
 
@@ -76,7 +77,7 @@ def _ensure_suite(config: DataConfig, work_dir: Path) -> Path:
     sizes = SuiteSizes(suite["train"], suite["validation"], suite["test"])
     out = work_dir / "suite"
     manifest = out / "suite.json"
-    wanted = {"seed": suite["seed"], "sizes": {s: getattr(sizes, s) for s in SPLIT_KEYS}}
+    wanted = {"version": SUITE_VERSION, "seed": suite["seed"], "sizes": {s: getattr(sizes, s) for s in SPLIT_KEYS}}
     if manifest.is_file():
         have = json.loads(manifest.read_text())
         if ({k: have.get(k) for k in wanted} == wanted

@@ -13,6 +13,8 @@ from typing import Sequence
 from .tasks import CONFLICTS, HELPS, SUITE_TASKS, SuiteTask
 
 SPLITS = ("train", "validation", "test")
+# Bump whenever a generator changes what it draws: cached suites with another version are rebuilt.
+SUITE_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -94,7 +96,7 @@ def write_suite(out_dir: str | Path, seed: int = 0, sizes: SuiteSizes = SuiteSiz
     out_dir.mkdir(parents=True, exist_ok=True)
     suite = build_suite(seed, sizes, tasks)
     levels = chance_levels(suite)
-    manifest = {"seed": seed, "sizes": {s: getattr(sizes, s) for s in SPLITS},
+    manifest = {"version": SUITE_VERSION, "seed": seed, "sizes": {s: getattr(sizes, s) for s in SPLITS},
                 "tasks": {n: {"type": SUITE_TASKS[n].type, "metric": SUITE_TASKS[n].metric,
                               "labels": list(SUITE_TASKS[n].labels or []), **levels[n]} for n in levels}}
     paths = {split: out_dir / f"{split}.jsonl" for split in SPLITS}

@@ -72,22 +72,23 @@ def passive(fact: Fact) -> str:
 
 
 # ----------------------------------------------------------------------------- reviews
+NEGATED_CLAUSE_RATE = 0.2
+
 def review_clause(rng: random.Random, aspect: str, positive: bool) -> str:
     """One clause about ``aspect`` whose polarity is ``positive`` (sometimes through a negation)."""
     same = vocab.POSITIVE if positive else vocab.NEGATIVE
     opposite = vocab.NEGATIVE if positive else vocab.POSITIVE
     intensifier = rng.choice(vocab.INTENSIFIERS) + " " if rng.random() < 0.4 else ""
-    form = rng.randrange(5)
+    if rng.random() < NEGATED_CLAUSE_RATE:  # polarity through a negation of the opposite adjective
+        if rng.random() < 0.5:
+            return f"nobody could call the {aspect} {rng.choice(opposite)}"
+        return f"the {aspect} was not {rng.choice(opposite)}" + (" at all" if rng.random() < 0.5 else "")
+    form = rng.randrange(3)
     if form == 0:
         return f"the {aspect} was {intensifier}{rng.choice(same)}"
     if form == 1:
-        return f"the {aspect} was not {rng.choice(opposite)} at all" if rng.random() < 0.5 else \
-            f"the {aspect} was not {rng.choice(opposite)}"
-    if form == 2:
         return f"I found the {aspect} {intensifier}{rng.choice(same)}"
-    if form == 3:
-        return f"the {aspect} felt {intensifier}{rng.choice(same)}"
-    return f"nobody could call the {aspect} {rng.choice(opposite)}"
+    return f"the {aspect} felt {intensifier}{rng.choice(same)}"
 
 
 def review(rng: random.Random, polarities: list[bool]) -> tuple[str, list[str]]:
