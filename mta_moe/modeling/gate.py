@@ -83,6 +83,11 @@ class TaskWeightSelector(TopKGate):
                 self.wg.weight.zero_()
         self.set_trainable(True)
 
+    def unused_parameters(self) -> list[nn.Parameter]:
+        """Terms the gate mode does not use (W in 'task', β in 'learned'): never trained."""
+        return [p for p, unused in ((self.wg.weight, self.gate_mode == "task"),
+                                    (self.task_bias, self.gate_mode == "learned")) if unused]
+
     def set_trainable(self, trainable: bool) -> None:
         """(Un)freeze the selector; a term its mode does not use (W in 'task', β in 'learned') stays frozen."""
         self.wg.weight.requires_grad_(trainable and self.gate_mode != "task")

@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 
 import transformers
-from safetensors.torch import load_file, save_model
+from safetensors.torch import load_file, save_file
 
 from ..config import MTAConfig
 from .inject import MTAModel
@@ -33,13 +33,21 @@ def save_mta_model(model: MTAModel, directory: str | Path) -> Path:
         meta = {"format_version": FORMAT_VERSION, "architecture": type(model.base_model).__name__,
                 "stage": model.stage, "mta": model.mta_config.to_dict()}
         (tmp / MTA_CONFIG_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
-        save_model(model, str(tmp / WEIGHTS_FILE))
+        save_file(_unique_state(model), str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
         directory.mkdir(exist_ok=True)
         for f in tmp.iterdir():
             f.replace(directory / f.name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return directory
+
+
+def _unique_state(model: MTAModel) -> dict:
+    """The state dict with tied parameters once, each tensor copied out contiguously (under ZeRO the
+    parameters are views into one flat buffer, which safetensors refuses to write)."""
+    every = {name for name, _ in model.named_parameters(remove_duplicate=False)}
+    unique = {name for name, _ in model.named_parameters()}
+    return {k: v.detach().clone().contiguous() for k, v in model.state_dict().items() if k not in every or k in unique}
 
 
 def load_mta_model(directory: str | Path, ep_size: int | None = None) -> MTAModel:

@@ -1,0 +1,53 @@
+"""Process-group setup for every launch path: deepspeed, torchrun, SLURM (srun) and plain python."""
+from __future__ import annotations
+
+import os
+import socket
+from typing import MutableMapping
+
+import deepspeed
+import torch.distributed as dist
+
+
+def slurm_to_torch_env(env: MutableMapping[str, str]) -> dict[str, str]:
+    """The torch.distributed variables derived from SLURM's (DeepSpeed 0.19.8 does not read SLURM_PROCID).
+
+    Returns the variables that were set; existing RANK / WORLD_SIZE / LOCAL_RANK are kept. MASTER_ADDR
+    must come from the batch script (the first host of the allocation) when more than one node runs.
+    """
+    if "SLURM_PROCID" not in env or "RANK" in env:
+        return {}
+    derived = {"RANK": env["SLURM_PROCID"], "WORLD_SIZE": env.get("SLURM_NTASKS", "1"),
+               "LOCAL_RANK": env.get("SLURM_LOCALID", "0")}
+    nodes = int(env.get("SLURM_NNODES", env.get("SLURM_JOB_NUM_NODES", "1")))
+    if "MASTER_ADDR" not in env:
+        if nodes > 1:
+            raise RuntimeError("SLURM run on several nodes without MASTER_ADDR: export it in the batch script "
+                               "(the first host of `scontrol show hostnames $SLURM_JOB_NODELIST`)")
+        derived["MASTER_ADDR"] = "127.0.0.1"
+    if "MASTER_PORT" not in env:
+        derived["MASTER_PORT"] = str(29500 + int(env.get("SLURM_JOB_ID", "0")) % 20000)
+    env.update(derived)
+    return derived
+
+
+def init_process_group() -> tuple[int, int]:
+    """Join (or, for a plain ``python`` run, create) the default process group; returns (rank, world size)."""
+    slurm_to_torch_env(os.environ)
+    if "RANK" not in os.environ:  # plain `python launchers/train.py`: a group of one
+        os.environ.update({"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+                           "MASTER_PORT": str(_free_port())})
+    if not dist.is_initialized():
+        deepspeed.init_distributed(auto_mpi_discovery=False)
+    return dist.get_rank(), dist.get_world_size()
+
+
+def barrier() -> None:
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

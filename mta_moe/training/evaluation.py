@@ -1,0 +1,70 @@
+"""Validation during training: greedy generation per example, per-task accuracy / exact match.
+
+Predictions and targets are compared after normalisation: surrounding whitespace stripped, inner
+whitespace collapsed to one space, lower-cased. Classification and NLI labels are single words, so
+exact match of the normalised label is accuracy.
+"""
+from __future__ import annotations
+
+import math
+import re
+from collections import defaultdict
+from typing import Any, Callable
+
+import datasets
+import torch
+import torch.distributed as dist
+from transformers import PreTrainedTokenizerBase
+
+from ..data import Collator
+
+
+def normalise(text: str) -> str:
+    return re.sub(r"\s+", " ", text).strip().lower()
+
+
+@torch.no_grad()
+def evaluate_generation(model: torch.nn.Module, dataset: datasets.Dataset, tokenizer: PreTrainedTokenizerBase,
+                        collate: Collator, batch_size: int, max_new_tokens: int, lockstep: bool,
+                        device: torch.device, prompt_only: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+                        ) -> dict[str, float]:
+    """Per-task exact match of normalised greedy generations, plus ``macro`` (mean over tasks).
+
+    Each rank scores its share of ``dataset``; counts are summed over ranks. ``lockstep`` (expert
+    parallelism): every rank runs the same number of batches and decoding steps, because the MoE
+    all-to-all needs every rank in every forward.
+    """
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    indices = list(range(rank, len(dataset), world))
+    batches = math.ceil(len(dataset) / world / batch_size)
+    correct: dict[str, float] = defaultdict(float)
+    total: dict[str, float] = defaultdict(float)
+    was_training = model.training
+    model.eval()
+    for b in range(batches if lockstep else math.ceil(len(indices) / batch_size)):
+        chunk = indices[b * batch_size:(b + 1) * batch_size]
+        real = len(chunk)
+        if not chunk:  # lockstep: this rank has run out, decode a stand-in and ignore it
+            chunk = [0]
+        rows = [dataset[i] for i in chunk]
+        feats = [prompt_only(r) if prompt_only else r for r in rows]
+        batch = collate(feats)
+        kwargs = {"max_new_tokens": max_new_tokens, "do_sample": False, "num_beams": 1}
+        if lockstep:
+            kwargs["min_new_tokens"] = max_new_tokens
+        out = model.generate(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
+                             task_type_ids=batch["task_type_ids"].to(device), **kwargs)
+        if not model.config.is_encoder_decoder:
+            out = out[:, batch["input_ids"].shape[1]:]
+        predictions = tokenizer.batch_decode(out, skip_special_tokens=True)
+        for row, prediction in list(zip(rows, predictions))[:real]:
+            total[row["task"]] += 1
+            correct[row["task"]] += float(normalise(prediction) == normalise(row["target"]))
+    model.train(was_training)
+    tasks = sorted(set(dataset["task"]))
+    counts = torch.tensor([[correct[t], total[t]] for t in tasks], dtype=torch.float64)
+    if dist.is_initialized() and world > 1:
+        dist.all_reduce(counts)
+    scores = {t: float(c / n) if n else float("nan") for t, (c, n) in zip(tasks, counts.tolist())}
+    scores["macro"] = sum(scores[t] for t in tasks) / len(tasks)
+    return scores

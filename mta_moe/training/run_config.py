@@ -1,0 +1,218 @@
+"""One run's configuration: a DeepSpeed JSON whose ``"mta"`` section holds the layer keys plus
+``model``, ``data`` and ``train`` subsections; dotted command-line overrides; checks that name the key."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from ..config import ConfigError, MTAConfig
+from ..data.config import DataConfig
+
+SUBSECTIONS = ("model", "data", "train")
+TOKENIZERS = ("backbone", "sentencepiece")
+
+
+@dataclass
+class ModelConfig:
+    """``backbone``: a hub name or local directory of pretrained weights, or null with ``from_scratch``
+    (a ``transformers`` config dict with ``model_type``) for a randomly initialised model.
+    ``tokenizer``: ``backbone`` (the backbone's own) or ``sentencepiece`` (trained on the training text)."""
+
+    backbone: str | None = None
+    from_scratch: dict[str, Any] | None = field(default_factory=lambda: {
+        "model_type": "t5", "d_model": 128, "d_ff": 256, "num_layers": 3, "num_decoder_layers": 2,
+        "num_heads": 4, "d_kv": 32, "dropout_rate": 0.0})
+    tokenizer: str = "sentencepiece"
+    vocab_size: int = 1000
+
+    def validate(self, key: str = "mta.model") -> None:
+        if (self.backbone is None) == (self.from_scratch is None):
+            raise ConfigError(f"{key}: set exactly one of backbone (a hub name or directory) and from_scratch")
+        if self.backbone is not None and (not isinstance(self.backbone, str) or not self.backbone):
+            raise ConfigError(f"{key}.backbone: must be a hub name or a directory, got {self.backbone!r}")
+        if self.from_scratch is not None and (not isinstance(self.from_scratch, Mapping)
+                                              or not isinstance(self.from_scratch.get("model_type"), str)):
+            raise ConfigError(f"{key}.from_scratch: must be a transformers config object with a model_type")
+        if self.tokenizer not in TOKENIZERS:
+            raise ConfigError(f"{key}.tokenizer: must be one of {list(TOKENIZERS)}, got {self.tokenizer!r}")
+        if self.tokenizer == "backbone" and self.backbone is None:
+            raise ConfigError(f"{key}.tokenizer: 'backbone' needs mta.model.backbone; a from-scratch model "
+                              f"uses 'sentencepiece'")
+        _integer(self.vocab_size, f"{key}.vocab_size", 16)
+
+
+@dataclass
+class TrainConfig:
+    """One stage of training. ``trainable`` (stage 2): ``[{"pattern": glob, "lr": x}]`` over parameter
+    names; every parameter no pattern matches is frozen."""
+
+    stage: int = 1
+    steps: int = 600
+    lr: float = 2e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 30
+    seed: int = 0
+    output_dir: str = "runs/demo"
+    init_from: str | None = None  # stage 2: the stage-1 export directory
+    trainable: list[dict[str, Any]] | None = None
+    log_every: int = 10
+    eval_every: int = 200
+    save_every: int = 200
+    eval_batch_size: int = 64
+    max_new_tokens: int = 24
+
+    def validate(self, key: str = "mta.train") -> None:
+        if self.stage not in (1, 2):
+            raise ConfigError(f"{key}.stage: must be 1 or 2, got {self.stage!r}")
+        for name in ("steps", "log_every", "eval_every", "save_every", "eval_batch_size", "max_new_tokens"):
+            _integer(getattr(self, name), f"{key}.{name}", 1)
+        _integer(self.warmup_steps, f"{key}.warmup_steps", 0)
+        _integer(self.seed, f"{key}.seed", 0)
+        for name in ("lr", "weight_decay"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0 or \
+                    (name == "lr" and value == 0):
+                raise ConfigError(f"{key}.{name}: must be a number {'> 0' if name == 'lr' else '>= 0'}, got {value!r}")
+        if not isinstance(self.output_dir, str) or not self.output_dir:
+            raise ConfigError(f"{key}.output_dir: must be a directory path, got {self.output_dir!r}")
+        if self.stage == 2 and not self.init_from:
+            raise ConfigError(f"{key}.init_from: stage 2 starts from the stage-1 export; set it to that directory")
+        if self.trainable is not None:
+            if not isinstance(self.trainable, list) or not self.trainable:
+                raise ConfigError(f"{key}.trainable: must be a non-empty list of {{pattern, lr}} or null")
+            for i, group in enumerate(self.trainable):
+                where = f"{key}.trainable[{i}]"
+                if not isinstance(group, Mapping) or set(group) - {"pattern", "lr", "weight_decay"} \
+                        or not isinstance(group.get("pattern"), str):
+                    raise ConfigError(f"{where}: must be {{\"pattern\": glob, \"lr\": number, "
+                                      f"\"weight_decay\": number (optional)}}, got {group!r}")
+                lr = group.get("lr", self.lr)
+                if not isinstance(lr, (int, float)) or isinstance(lr, bool) or lr <= 0:
+                    raise ConfigError(f"{where}.lr: must be a number > 0, got {lr!r}")
+
+
+@dataclass
+class RunConfig:
+    """The DeepSpeed keys and our sections, validated together."""
+
+    ds: dict[str, Any]
+    mta: MTAConfig
+    model: ModelConfig
+    data: DataConfig
+    train: TrainConfig
+    source: str = "<dict>"
+
+    def to_json(self) -> dict[str, Any]:
+        """The full resolved config (DeepSpeed keys plus the complete ``mta`` section)."""
+        return {**self.ds, "mta": {**self.mta.to_dict(), "model": dataclasses.asdict(self.model),
+                                   "data": self.data.to_dict(), "train": dataclasses.asdict(self.train)}}
+
+
+def build_run_config(raw: Mapping[str, Any], source: str = "<dict>") -> RunConfig:
+    """Validate a whole config dict (DeepSpeed keys + ``mta``); errors start with ``source``."""
+    try:
+        ds = {k: v for k, v in raw.items() if k != "mta"}
+        section = dict(raw.get("mta", {}))
+        sub = {name: section.pop(name, {}) for name in SUBSECTIONS}
+        mta = MTAConfig.from_dict(section)
+        model = _dataclass(ModelConfig, sub["model"], "mta.model")
+        data = DataConfig.from_dict(sub["data"])
+        train = _dataclass(TrainConfig, sub["train"], "mta.train")
+        _check_deepspeed(ds, mta)
+        mta_types = set(mta.task_types)
+        for recipe in data.recipes:
+            kind = recipe.get("type")
+            if kind is not None and kind not in mta_types:
+                raise ConfigError(f"mta.data.recipes: type {kind!r} is not in mta.task_types {mta.task_types}")
+        return RunConfig(ds, mta, model, data, train, source)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+
+
+def load_run_config(path: str | Path, overrides: Sequence[str] = ()) -> RunConfig:
+    """Read a DeepSpeed JSON with an ``mta`` section and apply ``--key value`` overrides."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: DeepSpeed config file not found")
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: line {exc.lineno}: not valid JSON ({exc.msg})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a JSON object")
+    apply_overrides(raw, overrides)
+    return build_run_config(raw, str(path))
+
+
+def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> None:
+    """``["--mta.k", "2", "--train.steps=500", "--train_micro_batch_size_per_gpu", "4"]``: dotted keys;
+    ``model.`` / ``data.`` / ``train.`` are short for ``mta.model.`` etc. Values are JSON (a bare word is a
+    string). The key must exist in the config or among the section's known keys (checked on validation)."""
+    items = list(overrides)
+    i = 0
+    while i < len(items):
+        key = items[i]
+        if not key.startswith("--"):
+            raise ConfigError(f"override {key!r}: expected --key value")
+        key = key[2:]
+        if "=" in key:
+            key, text = key.split("=", 1)
+            i += 1
+        elif i + 1 < len(items):
+            text = items[i + 1]
+            i += 2
+        else:
+            raise ConfigError(f"override --{key}: missing a value")
+        parts = key.split(".")
+        if parts[0] in SUBSECTIONS:
+            parts = ["mta", *parts]
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = text
+        node = raw
+        for depth, part in enumerate(parts[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override --{key}: {'.'.join(parts[:depth + 1])} is not a section")
+            node = child
+        if len(parts) == 1 and parts[0] not in raw:
+            raise ConfigError(f"override --{key}: unknown DeepSpeed key (not in the config); "
+                              f"our keys are under mta., model., data., train.")
+        node[parts[-1]] = value
+
+
+def _check_deepspeed(ds: Mapping[str, Any], mta: MTAConfig) -> None:
+    zero = ds.get("zero_optimization", {})
+    stage = zero.get("stage", 0) if isinstance(zero, Mapping) else None
+    if stage not in (0, 1, 2):
+        if stage == 3:
+            raise ConfigError("zero_optimization.stage: 3 is refused by DeepSpeed for MoE layers (the MTA "
+                              "adapters are MoE experts); use ZeRO stage 1 or 2")
+        raise ConfigError(f"zero_optimization.stage: must be 0, 1 or 2, got {stage!r}")
+    if "optimizer" in ds:
+        raise ConfigError("optimizer: leave it out; the trainer builds AdamW over the configured parameter "
+                          "groups (mta.train.lr / mta.train.trainable)")
+    micro = ds.get("train_micro_batch_size_per_gpu")
+    if not isinstance(micro, int) or isinstance(micro, bool) or micro < 1:
+        raise ConfigError(f"train_micro_batch_size_per_gpu: must be an integer >= 1, got {micro!r}")
+
+
+def _dataclass(cls, raw: Any, key: str):
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{key}: must be an object, got {raw!r}")
+    allowed = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(raw) - set(allowed))
+    if unknown:
+        raise ConfigError(f"{key}.{unknown[0]}: unknown key; allowed keys are {allowed}")
+    value = cls(**raw)
+    value.validate(key)
+    return value
+
+
+def _integer(value: Any, key: str, minimum: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ConfigError(f"{key}: must be an integer >= {minimum}, got {value!r}")

@@ -1,0 +1,250 @@
+"""One training stage under a DeepSpeed engine: data, model, parameter groups, loop, validation,
+checkpoints (resumable, sampler and RNG included) and the consolidated export."""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import deepspeed
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from ..config import ConfigError
+from ..data import (IGNORE_INDEX, Collator, Curriculum, MixtureSampler, load_task_data, load_tokenizer,
+                    rank_slice, tokenize_examples)
+from ..modeling import MTAModel, format_parameter_counts
+from .distributed import barrier, init_process_group
+from .evaluation import evaluate_generation
+from .logger import RunLogger
+from .model_factory import build_backbone, build_tokenizer, model_mode
+from .param_groups import optimizer_param_groups, pattern_param_groups
+from .run_config import RunConfig
+
+CHECKPOINTS = "checkpoints"
+EXPORT = "export"
+BEST = "best"
+
+
+class Trainer:
+    """``Trainer(cfg).run()`` trains one stage as configured and returns the final validation scores."""
+
+    def __init__(self, cfg: RunConfig, resume: bool = False) -> None:
+        self.cfg, self.resume = cfg, resume
+        self.rank, self.world = init_process_group()
+        self.out = Path(cfg.train.output_dir)
+        if self.rank == 0:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "run_config.json").write_text(json.dumps(cfg.to_json(), indent=2) + "\n")
+        barrier()
+        self.logger = RunLogger(self.out, enabled=self.rank == 0)
+        self._setup_data_and_model()
+        self._setup_engine()
+
+    # ------------------------------------------------------------------ setup
+    def _setup_data_and_model(self) -> None:
+        cfg = self.cfg
+        if self.rank == 0:  # generates the bundled suite once
+            load_task_data(cfg.data, cfg.mta.task_types, self.out / "data")
+        barrier()
+        self.data = load_task_data(cfg.data, cfg.mta.task_types, self.out / "data")
+        for report in self.data.reports:
+            self._info(report.summary())
+        train_texts = list(self.data.splits["train"]["input"]) + list(self.data.splits["train"]["target"])
+        if cfg.train.stage == 1:
+            if self.rank == 0:  # trains the SentencePiece model once; the other ranks load it
+                self.tokenizer = build_tokenizer(cfg.model, train_texts, self.out / "tokenizer", train_here=True)
+            barrier()
+            if self.rank != 0:
+                self.tokenizer = build_tokenizer(cfg.model, train_texts, self.out / "tokenizer", train_here=False)
+            base = build_backbone(cfg.model, self.tokenizer, cfg.train.seed)
+            self.model = MTAModel(base, cfg.mta)
+        else:
+            source = Path(cfg.train.init_from)
+            if not (source / "mta_config.json").is_file():
+                raise ConfigError(f"mta.train.init_from: {source} is not a stage-1 export (no mta_config.json); "
+                                  f"run stage 1 first or point to its {EXPORT}/ directory")
+            self.tokenizer = load_tokenizer(source)
+            self.model = MTAModel.from_pretrained(source, ep_size=cfg.mta.ep_size)
+            if self.model.stage == 1:
+                self.model.enable_stage2()
+        self.mode = model_mode(self.model.base_model)
+        self.collate = Collator(self.tokenizer.pad_token_id, self.mode,
+                                padding_side="right" if self.mode == "seq2seq" else "left")
+        d = cfg.data
+        self.train_set, report = tokenize_examples(self.data.splits["train"], self.tokenizer, self.data.registry,
+                                                   d.max_input_length, d.max_target_length, self.mode)
+        self._info(report.summary())
+        self.logger.log("truncation", 0, {"train": report.counts})
+        self.val_set = None
+        if "validation" in self.data.splits:
+            self.val_set, _ = tokenize_examples(self.data.splits["validation"], self.tokenizer,
+                                                self.data.registry, d.max_input_length, d.max_target_length,
+                                                "seq2seq" if self.mode == "seq2seq" else "causal")
+        self.task_rows = self.data.task_indices()
+        curriculum = Curriculum.from_list(d.curriculum, list(self.task_rows)) if d.curriculum else None
+        self.sampler = MixtureSampler({t: len(r) for t, r in self.task_rows.items()}, d.sampling, d.seed, curriculum)
+
+    def _param_groups(self) -> list[dict[str, Any]]:
+        t = self.cfg.train
+        if t.trainable is not None:
+            unused = [p for layer in self.model.mta_layers.values() for p in layer.selector.unused_parameters()]
+            return pattern_param_groups(self.model, t.trainable, t.lr, t.weight_decay, keep_frozen=unused)
+        if t.stage == 2:
+            self.model.freeze_all_but_mta()
+        return optimizer_param_groups(self.model, t.lr, t.weight_decay)
+
+    def _setup_engine(self) -> None:
+        t = self.cfg.train
+        groups = self._param_groups()
+        self._info(format_parameter_counts(self.model))
+        optimizer = torch.optim.AdamW(groups, lr=t.lr, weight_decay=t.weight_decay)
+        warmup, total = t.warmup_steps, t.steps
+
+        def schedule(step: int) -> float:  # linear warmup, then linear decay to 10 %
+            if step < warmup:
+                return (step + 1) / warmup
+            return max(0.1, 1.0 - 0.9 * (step - warmup) / max(1, total - warmup))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        ds = dict(self.cfg.ds)
+        ds.setdefault("zero_allow_untested_optimizer", True)
+        ds.setdefault("steps_per_print", 10**9)
+        self.engine, _, _, self.scheduler = deepspeed.initialize(model=self.model, optimizer=optimizer,
+                                                                 lr_scheduler=scheduler, config=ds)
+        self.step = 0
+        self.best = -math.inf
+        if self.resume:
+            self._load_checkpoint()
+
+    # ------------------------------------------------------------------ loop
+    def run(self) -> dict[str, float]:
+        t, engine = self.cfg.train, self.engine
+        micro, accum = engine.train_micro_batch_size_per_gpu(), engine.gradient_accumulation_steps()
+        bar = tqdm(total=t.steps, initial=self.step, disable=self.rank != 0, desc=f"stage {t.stage}")
+        scores: dict[str, float] = {}
+        while self.step < t.steps:
+            started = time.perf_counter()
+            picks = self.sampler.next_batch(micro * self.world * accum, self.step)
+            stats = self._train_step(picks, micro, accum)
+            self.step += 1
+            bar.update(1)
+            if self.step % t.log_every == 0 or self.step == t.steps:
+                stats["tokens_per_s"] = stats.pop("tokens") / (time.perf_counter() - started)
+                self.logger.log("train", self.step, stats)
+                bar.set_postfix(loss=f"{stats['loss']:.3f}")
+            if self.val_set is not None and (self.step % t.eval_every == 0 or self.step == t.steps):
+                scores = self.validate()
+            if self.step % t.save_every == 0 or self.step == t.steps:
+                self.save_checkpoint()
+        bar.close()
+        self.export(self.out / EXPORT)
+        self.logger.close()
+        return scores
+
+    def _train_step(self, picks: list[tuple[str, int]], micro: int, accum: int) -> dict[str, Any]:
+        engine, names = self.engine, self.data.registry.names
+        task_loss = torch.zeros(len(names), dtype=torch.float64)
+        task_count = torch.zeros(len(names), dtype=torch.float64)
+        totals = torch.zeros(3, dtype=torch.float64)  # loss sum, aux sum, tokens
+        share = micro * self.world
+        for a in range(accum):
+            mine = rank_slice(picks[a * share:(a + 1) * share], self.rank, self.world)
+            batch = self.collate([self.train_set[self.task_rows[task][i]] for task, i in mine])
+            batch = {k: v.to(engine.device) for k, v in batch.items()}
+            loss, per_sample, aux = self._loss(batch)
+            engine.backward(loss)
+            engine.step()
+            task_loss.index_add_(0, batch["task_ids"].cpu(), per_sample.detach().double().cpu())
+            task_count.index_add_(0, batch["task_ids"].cpu(), torch.ones(len(mine), dtype=torch.float64))
+            totals += torch.tensor([loss.item(), aux, float(batch["attention_mask"].sum())], dtype=torch.float64)
+        packed = torch.cat([task_loss, task_count, totals])
+        if self.world > 1:
+            dist.all_reduce(packed)
+        n = len(names)
+        task_loss, task_count, totals = packed[:n], packed[n:2 * n], packed[2 * n:]
+        norm = engine.get_global_grad_norm()
+        return {"loss": totals[0].item() / (accum * self.world), "aux_loss": totals[1].item() / (accum * self.world),
+                "lr": self.scheduler.get_last_lr()[0], "grad_norm": None if norm is None else float(norm),
+                "task_loss": {t: task_loss[i].item() / task_count[i].item() for i, t in enumerate(names)
+                              if task_count[i] > 0},
+                "tokens": totals[2].item()}
+
+    def _loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """Mean token cross-entropy (as Hugging Face computes it) + aux loss, and per-sample losses."""
+        out = self.engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                          labels=batch["labels"], task_type_ids=batch["task_type_ids"])
+        logits, labels = out.logits, batch["labels"]
+        if self.mode == "causal":
+            logits, labels = logits[:, :-1], labels[:, 1:]
+        tokens = F.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=IGNORE_INDEX, reduction="none")
+        mask = (labels != IGNORE_INDEX).float()
+        loss = tokens.sum() / mask.sum()
+        aux = self.model.last_aux_loss
+        aux_value = 0.0 if aux is None else float(aux.detach())
+        if aux is not None:
+            loss = loss + aux.to(loss.dtype)
+        return loss, (tokens * mask).sum(1) / mask.sum(1).clamp(min=1), aux_value
+
+    # ------------------------------------------------------------------ validation
+    def validate(self) -> dict[str, float]:
+        t = self.cfg.train
+        prompt_only = None if self.mode == "seq2seq" else _causal_prompt
+        scores = evaluate_generation(self.model, self.val_set, self.tokenizer, self.collate, t.eval_batch_size,
+                                     t.max_new_tokens, lockstep=self.cfg.mta.ep_size > 1, device=self.engine.device,
+                                     prompt_only=prompt_only)
+        self.logger.log("validation", self.step, {"scores": scores})
+        self._info(f"step {self.step} validation: " + ", ".join(f"{k} {v:.3f}" for k, v in scores.items()))
+        if scores["macro"] > self.best:
+            self.best = scores["macro"]
+            self.export(self.out / BEST)
+            self.logger.log("best", self.step, {"macro": self.best})
+        return scores
+
+    # ------------------------------------------------------------------ checkpoints and export
+    def save_checkpoint(self) -> None:
+        """A DeepSpeed checkpoint tagged by step; ``latest`` moves only after every file is written."""
+        state = {"step": self.step, "best": self.best, "sampler": self.sampler.state_dict(),
+                 "torch_rng": torch.get_rng_state(), "stage": self.cfg.train.stage}
+        self.engine.save_checkpoint(str(self.out / CHECKPOINTS), tag=f"step{self.step}", client_state=state,
+                                    save_latest=True)
+
+    def _load_checkpoint(self) -> None:
+        directory = self.out / CHECKPOINTS
+        if not (directory / "latest").is_file():
+            raise FileNotFoundError(f"--resume: no checkpoint to resume from ({directory / 'latest'} is missing)")
+        path, state = self.engine.load_checkpoint(str(directory))
+        if path is None:
+            raise FileNotFoundError(f"--resume: DeepSpeed could not load the checkpoint named in {directory / 'latest'}")
+        if state.get("stage") != self.cfg.train.stage:
+            raise ConfigError(f"--resume: {path} is a stage-{state.get('stage')} checkpoint; this run is stage "
+                              f"{self.cfg.train.stage}")
+        self.step, self.best = int(state["step"]), float(state["best"])
+        self.sampler.load_state_dict(state["sampler"])
+        torch.set_rng_state(state["torch_rng"])
+        self._info(f"resumed from {path} at step {self.step}")
+
+    def export(self, directory: Path) -> None:
+        """Consolidated model (safetensors + configs) and tokenizer, loadable with ``MTAModel.from_pretrained``."""
+        if self.cfg.mta.ep_size > 1:
+            raise NotImplementedError("the consolidated export gathers adapters from one process only; with "
+                                      "mta.ep_size > 1 it is not implemented yet (DeepSpeed checkpoints are written)")
+        if self.rank == 0:
+            self.model.save_pretrained(directory)
+            self.tokenizer.save_pretrained(directory)
+            (directory / "tasks.json").write_text(json.dumps(self.data.registry.to_dict(), indent=2) + "\n")
+        barrier()
+
+    def _info(self, message: str) -> None:
+        if self.rank == 0:
+            tqdm.write(message)
+
+
+def _causal_prompt(row: dict[str, Any]) -> dict[str, Any]:
+    """A causal-LM validation row cut to its prompt (the part whose labels are masked)."""
+    keep = sum(1 for label in row["labels"] if label == IGNORE_INDEX)
+    return {**row, "input_ids": row["input_ids"][:keep], "labels": row["labels"][:keep]}
