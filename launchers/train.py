@@ -24,11 +24,12 @@ def main(argv: list[str] | None = None) -> int:
     args, overrides = parser.parse_known_args(argv)
     try:
         cfg = load_run_config(args.config, overrides)
-        scores = Trainer(cfg, resume=args.resume).run()
-    except (ConfigError, DataError, FileNotFoundError, NotImplementedError) as exc:
+        trainer = Trainer(cfg, resume=args.resume)
+        scores = trainer.run()
+    except (ConfigError, DataError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if scores:
+    if scores and trainer.rank == 0:
         print("final validation: " + ", ".join(f"{k} {v:.3f}" for k, v in scores.items()))
     return 0
 

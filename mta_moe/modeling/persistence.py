@@ -20,26 +20,58 @@ FORMAT_VERSION = 1
 _EXPERT_KEY = re.compile(r"(.*\.deepspeed_moe\.experts\.deepspeed_experts\.)(\d+)(\..*)")
 
 
-def save_mta_model(model: MTAModel, directory: str | Path) -> Path:
-    """Write ``config.json``, ``mta_config.json`` and ``model.safetensors``; all files appear together."""
-    if any(layer.ep_size > 1 for layer in model.mta_layers.values()):
-        raise ValueError("save_pretrained needs every adapter in this process (ep_size 1); with expert "
-                         "parallelism use the training checkpoint's consolidated export")
+def save_mta_model(model: MTAModel, directory: str | Path, state: dict | None = None) -> Path:
+    """Write ``config.json``, ``mta_config.json`` and ``model.safetensors``; all files appear together.
+
+    ``state``: a full (all-adapters) state dict from :func:`gathered_state` when the model is expert-parallel;
+    the files then describe an ep_size-1 model, loadable at any ep size.
+    """
+    if state is None:
+        if any(layer.ep_size > 1 for layer in model.mta_layers.values()):
+            raise ValueError("save_pretrained needs every adapter in this process (ep_size 1); with expert "
+                             "parallelism pass the state from gathered_state()")
+        state = _unique_state(model)
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:
         model.base_model.config.save_pretrained(tmp)
         meta = {"format_version": FORMAT_VERSION, "architecture": type(model.base_model).__name__,
-                "stage": model.stage, "mta": model.mta_config.to_dict()}
+                "stage": model.stage, "mta": model.mta_config.replace(ep_size=1).to_dict()}
         (tmp / MTA_CONFIG_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
-        save_file(_unique_state(model), str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+        save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
         directory.mkdir(exist_ok=True)
         for f in tmp.iterdir():
             f.replace(directory / f.name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return directory
+
+
+def gathered_state(model: MTAModel) -> dict | None:
+    """All ranks call this; rank 0 gets the full state dict with adapters under their *global* ids
+    (the layout of an ep_size-1 model), the other ranks ``None``."""
+    import torch.distributed as dist
+
+    prefixes = {f"{name}.deepspeed_moe.experts.deepspeed_experts.": module.global_expert_ids()
+                for name, module in model.named_modules() if isinstance(module, MTALayer)}
+    state = _unique_state(model)
+    experts, shared = {}, {}
+    for key, value in state.items():
+        m = _EXPERT_KEY.match(key)
+        if m:
+            experts[f"{m.group(1)}{prefixes[m.group(1)][int(m.group(2))]}{m.group(3)}"] = value
+        else:
+            shared[key] = value
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return {**shared, **experts}
+    parts = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, experts)
+    if dist.get_rank() != 0:
+        return None
+    for part in parts:
+        shared.update(part)
+    return shared
 
 
 def _unique_state(model: MTAModel) -> dict:

@@ -6,6 +6,7 @@ exact match of the normalised label is accuracy.
 """
 from __future__ import annotations
 
+import copy
 import math
 import re
 from collections import defaultdict
@@ -17,6 +18,13 @@ import torch.distributed as dist
 from transformers import PreTrainedTokenizerBase
 
 from ..data import Collator
+
+
+def _cut_after_eos(tokens: torch.Tensor, eos: int, pad: int) -> torch.Tensor:
+    """Replace everything after each row's first eos by padding (what early stopping would have left)."""
+    seen = (tokens == eos).long().cumsum(1)
+    after = (seen - (tokens == eos).long()) > 0
+    return tokens.masked_fill(after, pad)
 
 
 def normalise(text: str) -> str:
@@ -49,13 +57,16 @@ def evaluate_generation(model: torch.nn.Module, dataset: datasets.Dataset, token
         rows = [dataset[i] for i in chunk]
         feats = [prompt_only(r) if prompt_only else r for r in rows]
         batch = collate(feats)
-        kwargs = {"max_new_tokens": max_new_tokens, "do_sample": False, "num_beams": 1}
-        if lockstep:
-            kwargs["min_new_tokens"] = max_new_tokens
+        config = copy.deepcopy(model.generation_config)
+        config.update(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1)
+        if lockstep:  # decode every step on every rank; greedy tokens before the first eos are unchanged
+            config.eos_token_id = None
         out = model.generate(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
-                             task_type_ids=batch["task_type_ids"].to(device), **kwargs)
+                             task_type_ids=batch["task_type_ids"].to(device), generation_config=config)
         if not model.config.is_encoder_decoder:
             out = out[:, batch["input_ids"].shape[1]:]
+        if lockstep:
+            out = _cut_after_eos(out, tokenizer.eos_token_id, tokenizer.pad_token_id)
         predictions = tokenizer.batch_decode(out, skip_special_tokens=True)
         for row, prediction in list(zip(rows, predictions))[:real]:
             total[row["task"]] += 1

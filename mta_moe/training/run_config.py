@@ -58,6 +58,7 @@ class TrainConfig:
     output_dir: str = "runs/demo"
     init_from: str | None = None  # stage 2: the stage-1 export directory
     trainable: list[dict[str, Any]] | None = None
+    stop_at_step: int | None = None  # end this run early (as a time-limited job would); resume later
     log_every: int = 10
     eval_every: int = 200
     save_every: int = 200
@@ -70,6 +71,8 @@ class TrainConfig:
         for name in ("steps", "log_every", "eval_every", "save_every", "eval_batch_size", "max_new_tokens"):
             _integer(getattr(self, name), f"{key}.{name}", 1)
         _integer(self.warmup_steps, f"{key}.warmup_steps", 0)
+        if self.stop_at_step is not None:
+            _integer(self.stop_at_step, f"{key}.stop_at_step", 1)
         _integer(self.seed, f"{key}.seed", 0)
         for name in ("lr", "weight_decay"):
             value = getattr(self, name)

@@ -18,6 +18,7 @@ from ..config import ConfigError
 from ..data import (IGNORE_INDEX, Collator, Curriculum, MixtureSampler, load_task_data, load_tokenizer,
                     rank_slice, tokenize_examples)
 from ..modeling import MTAModel, format_parameter_counts
+from ..modeling.persistence import gathered_state, save_mta_model
 from .distributed import barrier, init_process_group
 from .evaluation import evaluate_generation
 from .logger import RunLogger
@@ -127,7 +128,8 @@ class Trainer:
         micro, accum = engine.train_micro_batch_size_per_gpu(), engine.gradient_accumulation_steps()
         bar = tqdm(total=t.steps, initial=self.step, disable=self.rank != 0, desc=f"stage {t.stage}")
         scores: dict[str, float] = {}
-        while self.step < t.steps:
+        end = t.steps if t.stop_at_step is None else min(t.steps, t.stop_at_step)
+        while self.step < end:
             started = time.perf_counter()
             picks = self.sampler.next_batch(micro * self.world * accum, self.step)
             stats = self._train_step(picks, micro, accum)
@@ -142,6 +144,12 @@ class Trainer:
             if self.step % t.save_every == 0 or self.step == t.steps:
                 self.save_checkpoint()
         bar.close()
+        if self.step < t.steps:  # stopped early: the checkpoint is the state to resume from
+            if self.step % t.save_every:
+                self.save_checkpoint()
+            self._info(f"stopped at step {self.step} of {t.steps}; continue with --resume")
+            self.logger.close()
+            return scores
         self.export(self.out / EXPORT)
         self.logger.close()
         return scores
@@ -229,12 +237,11 @@ class Trainer:
         self._info(f"resumed from {path} at step {self.step}")
 
     def export(self, directory: Path) -> None:
-        """Consolidated model (safetensors + configs) and tokenizer, loadable with ``MTAModel.from_pretrained``."""
-        if self.cfg.mta.ep_size > 1:
-            raise NotImplementedError("the consolidated export gathers adapters from one process only; with "
-                                      "mta.ep_size > 1 it is not implemented yet (DeepSpeed checkpoints are written)")
+        """Consolidated, ep-size-independent model (safetensors + configs) and tokenizer, loadable with
+        ``MTAModel.from_pretrained`` at any ep size."""
+        state = gathered_state(self.model)  # every rank takes part; rank 0 gets all adapters
         if self.rank == 0:
-            self.model.save_pretrained(directory)
+            save_mta_model(self.model, directory, state)
             self.tokenizer.save_pretrained(directory)
             (directory / "tasks.json").write_text(json.dumps(self.data.registry.to_dict(), indent=2) + "\n")
         barrier()

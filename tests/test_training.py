@@ -1,0 +1,170 @@
+"""Two-stage training through the real launchers: stage-2 freezing, kill-and-resume, 2 ranks, errors."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from mta_moe import MTAModel
+from mta_moe.config import ConfigError
+from mta_moe.data import Collator, DataConfig, load_task_data, load_tokenizer, tokenize_examples
+from mta_moe.modeling.layer import component_of
+from mta_moe.training.evaluation import evaluate_generation
+from mta_moe.training.run_config import build_run_config, load_run_config
+
+REPO = Path(__file__).resolve().parents[1]
+TASKS = ["sentiment", "fact_entail", "answer"]
+
+
+def tiny_config(out_dir: Path, stage: int = 1, **train) -> dict:
+    cfg = json.loads((REPO / "ds_configs" / f"stage{stage}.json").read_text())
+    cfg["train_micro_batch_size_per_gpu"] = 4
+    mta = cfg["mta"]
+    mta.update(num_experts=4, k=2, adapter_dim=8, shared_adapter_dim=8)
+    mta["model"] = {"backbone": None, "tokenizer": "sentencepiece", "vocab_size": 200,
+                    "from_scratch": {"model_type": "t5", "d_model": 32, "d_ff": 64, "num_layers": 1,
+                                     "num_decoder_layers": 1, "num_heads": 2, "d_kv": 16, "dropout_rate": 0.0}}
+    mta["data"] = {"suite": {"seed": 1, "train": 24, "validation": 6, "test": 6, "tasks": TASKS},
+                   "max_input_length": 64, "max_target_length": 12}
+    mta["train"].update({"steps": 6, "warmup_steps": 2, "log_every": 1, "eval_every": 6, "save_every": 3,
+                         "eval_batch_size": 8, "max_new_tokens": 8, "output_dir": str(out_dir), **train})
+    return cfg
+
+
+def write_config(path: Path, cfg: dict) -> Path:
+    path.write_text(json.dumps(cfg, indent=2))
+    return path
+
+
+def launch(args, nproc: int = 0, timeout: int = 300):
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "PYTHONPATH": str(REPO)}
+    if nproc:
+        cmd = [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", str(nproc), "--master_port",
+               str(29700 + os.getpid() % 200), "launchers/train.py", *args]
+    else:
+        cmd = [sys.executable, "launchers/train.py", *args]
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def train_losses(run_dir: Path) -> dict[int, float]:
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in lines if r["kind"] == "train"}
+
+
+@pytest.fixture(scope="module")
+def stage1(tmp_path_factory):
+    out = tmp_path_factory.mktemp("stage1")
+    cfg = write_config(out / "cfg.json", tiny_config(out / "run"))
+    run = launch(["--deepspeed", str(cfg)])
+    assert run.returncode == 0, run.stderr[-3000:]
+    return out / "run"
+
+
+def test_stage1_logs_and_exports(stage1):
+    records = [json.loads(line) for line in (stage1 / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if r["kind"] == "train"]
+    assert [r["step"] for r in train] == [1, 2, 3, 4, 5, 6]
+    assert all(set(r["task_loss"]) <= set(TASKS) and r["lr"] > 0 and r["tokens_per_s"] > 0 for r in train)
+    assert train[-1]["loss"] < train[0]["loss"]
+    assert any(r["kind"] == "validation" and set(r["scores"]) == {*TASKS, "macro"} for r in records)
+    assert (stage1 / "checkpoints" / "latest").read_text().strip() == "step6"
+    assert list((stage1 / "tensorboard").glob("events.out.tfevents.*"))
+    model = MTAModel.from_pretrained(stage1 / "export")
+    assert model.stage == 1 and load_tokenizer(stage1 / "export").start_token_id == 3
+
+
+def test_stage2_trains_only_mta_parameters(stage1, tmp_path):
+    cfg = tiny_config(tmp_path / "run", stage=2, init_from=str(stage1 / "export"), steps=4, save_every=4, eval_every=4)
+    run = launch(["--deepspeed", str(write_config(tmp_path / "cfg.json", cfg))])
+    assert run.returncode == 0, run.stderr[-3000:]
+    before = load_file(str(stage1 / "export" / "model.safetensors"))
+    after = load_file(str(tmp_path / "run" / "export" / "model.safetensors"))
+    frozen = [k for k in before if component_of(k) == "backbone" or k.endswith("gate.wg.weight")]
+    assert len(frozen) > 20 and all(torch.equal(before[k], after[k]) for k in frozen)
+    changed = {component_of(k) for k in before if not torch.equal(before[k], after[k])}
+    assert changed == {"adapters", "selector"}
+    new = {component_of(k) for k in after if k not in before}
+    assert new == {"shared_adapters", "gate_network"}
+    assert MTAModel.from_pretrained(tmp_path / "run" / "export").stage == 2
+
+
+def test_kill_and_resume_reproduces_the_losses(stage1, tmp_path):
+    cfg = write_config(tmp_path / "cfg.json", tiny_config(tmp_path / "run"))
+    first = launch(["--deepspeed", str(cfg), "--train.stop_at_step", "4"])  # the job's time runs out at step 4
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert not (tmp_path / "run" / "export").exists()
+    assert (tmp_path / "run" / "checkpoints" / "latest").read_text().strip() == "step4"
+    second = launch(["--deepspeed", str(cfg), "--resume"])
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert train_losses(tmp_path / "run") == train_losses(stage1)  # bit-identical on CPU, steps 1..6
+
+
+def test_two_ranks_expert_parallel_then_evaluated_at_ep1(tmp_path):
+    cfg = tiny_config(tmp_path / "run", steps=4, save_every=2, eval_every=4)
+    cfg["mta"]["ep_size"] = 2
+    run = launch(["--deepspeed", str(write_config(tmp_path / "cfg.json", cfg))], nproc=2)
+    assert run.returncode == 0, run.stderr[-3000:]
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    logged = [r["scores"] for r in records if r["kind"] == "validation"][-1]
+    # the consolidated export holds all 4 adapters and scores the same in one process (ep 1)
+    export = tmp_path / "run" / "export"
+    model = MTAModel.from_pretrained(export)
+    assert json.loads((export / "mta_config.json").read_text())["mta"]["ep_size"] == 1
+    tokenizer = load_tokenizer(export)
+    data = load_task_data(DataConfig.from_dict(cfg["mta"]["data"]), cfg["mta"]["task_types"], tmp_path / "run" / "data")
+    val, _ = tokenize_examples(data.splits["validation"], tokenizer, data.registry, 64, 12)
+    scores = evaluate_generation(model, val, tokenizer, Collator(tokenizer.pad_token_id), 8, 8, lockstep=False,
+                                 device=torch.device("cpu"))
+    assert scores == logged
+    # stage 2 on 2 ranks from the ep-2 export
+    cfg2 = tiny_config(tmp_path / "run2", stage=2, init_from=str(export), steps=2, save_every=2, eval_every=2)
+    cfg2["mta"]["ep_size"] = 2
+    run = launch(["--deepspeed", str(write_config(tmp_path / "cfg2.json", cfg2))], nproc=2)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert MTAModel.from_pretrained(tmp_path / "run2" / "export").stage == 2
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda c: c["mta"].update(kk=1), "mta.kk: unknown key"),
+    (lambda c: c["mta"]["train"].update(epochs=1), "mta.train.epochs: unknown key"),
+    (lambda c: c["zero_optimization"].update(stage=3), "zero_optimization.stage: 3 is refused by DeepSpeed for MoE"),
+    (lambda c: c["mta"]["train"].update(stage=2, init_from=None), "mta.train.init_from: stage 2 starts from"),
+    (lambda c: c["mta"]["model"].update(backbone="t5-small"), "mta.model: set exactly one of backbone"),
+    (lambda c: c.update(optimizer={"type": "Adam"}), "optimizer: leave it out"),
+])
+def test_bad_configs_name_the_key(tmp_path, change, message):
+    cfg = tiny_config(tmp_path)
+    change(cfg)
+    with pytest.raises(ConfigError, match=message):
+        build_run_config(cfg)
+
+
+def test_overrides(tmp_path):
+    path = write_config(tmp_path / "cfg.json", tiny_config(tmp_path))
+    cfg = load_run_config(path, ["--mta.k", "3", "--train.steps=9", "--data.sampling", '{"strategy": "uniform"}',
+                                 "--train_micro_batch_size_per_gpu", "2"])
+    assert (cfg.mta.k, cfg.train.steps, cfg.data.sampling.strategy, cfg.ds["train_micro_batch_size_per_gpu"]) == \
+        (3, 9, "uniform", 2)
+    with pytest.raises(ConfigError, match=r"override --trian_steps: unknown DeepSpeed key"):
+        load_run_config(path, ["--trian_steps", "3"])
+    with pytest.raises(ConfigError, match=r"mta.train.stepz: unknown key"):
+        load_run_config(path, ["--train.stepz", "3"])
+
+
+def test_launcher_errors_are_one_line_and_non_zero(tmp_path):
+    cfg = tiny_config(tmp_path / "run", stage=2, init_from=str(tmp_path / "missing"))
+    run = launch(["--deepspeed", str(write_config(tmp_path / "cfg.json", cfg))])
+    assert run.returncode == 2
+    assert run.stderr.strip().splitlines()[-1] == (f"error: mta.train.init_from: {tmp_path / 'missing'} is not a "
+                                                   "stage-1 export (no mta_config.json); run stage 1 first or point "
+                                                   "to its export/ directory")
+    cfg = tiny_config(tmp_path / "fresh")
+    run = launch(["--deepspeed", str(write_config(tmp_path / "cfg1.json", cfg)), "--resume"])
+    assert run.returncode == 2 and "error: --resume: no checkpoint to resume from" in run.stderr
+    cfg = tiny_config(tmp_path / "run3", stage=2, init_from=str(tmp_path / "missing"),
+                      trainable=[{"pattern": "*adapterz*"}])
+    assert build_run_config(cfg).train.trainable == [{"pattern": "*adapterz*"}]
