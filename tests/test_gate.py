@@ -1,7 +1,6 @@
 """Task Weight Selector: per-sequence routing, Softmax-T initialisation, top-k renormalisation."""
 import pytest
 import torch
-from torch import nn
 
 from mta_moe import MTAConfig, MTALayer
 from mta_moe.modeling import sequence_representation

@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 from transformers import PreTrainedTokenizerBase
 
-from ..data import Collator
+from ..data import IGNORE_INDEX, Collator
 
 
 def _cut_after_eos(tokens: torch.Tensor, eos: int, pad: int) -> torch.Tensor:
@@ -79,3 +79,9 @@ def evaluate_generation(model: torch.nn.Module, dataset: datasets.Dataset, token
     scores = {t: float(c / n) if n else float("nan") for t, (c, n) in zip(tasks, counts.tolist())}
     scores["macro"] = sum(scores[t] for t in tasks) / len(tasks)
     return scores
+
+
+def causal_prompt(row: dict[str, Any]) -> dict[str, Any]:
+    """A tokenised causal-LM row cut to its prompt (the part whose labels are masked)."""
+    keep = sum(1 for label in row["labels"] if label == IGNORE_INDEX)
+    return {**row, "input_ids": row["input_ids"][:keep], "labels": row["labels"][:keep]}

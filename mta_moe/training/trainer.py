@@ -20,7 +20,7 @@ from ..data import (IGNORE_INDEX, Collator, Curriculum, MixtureSampler, load_tas
 from ..modeling import MTAModel, format_parameter_counts
 from ..modeling.persistence import gathered_state, save_mta_model
 from .distributed import barrier, init_process_group
-from .evaluation import evaluate_generation
+from .evaluation import causal_prompt, evaluate_generation
 from .logger import RunLogger
 from .model_factory import build_backbone, build_tokenizer, model_mode
 from .param_groups import optimizer_param_groups, pattern_param_groups
@@ -43,6 +43,8 @@ class Trainer:
             (self.out / "run_config.json").write_text(json.dumps(cfg.to_json(), indent=2) + "\n")
         barrier()
         self.logger = RunLogger(self.out, enabled=self.rank == 0)
+        self.logger.log("run", 0, {"stage": cfg.train.stage, "world_size": self.world, "ep_size": cfg.mta.ep_size,
+                                   "resume": resume, "config": cfg.source})
         self._setup_data_and_model()
         self._setup_engine()
 
@@ -201,7 +203,7 @@ class Trainer:
     # ------------------------------------------------------------------ validation
     def validate(self) -> dict[str, float]:
         t = self.cfg.train
-        prompt_only = None if self.mode == "seq2seq" else _causal_prompt
+        prompt_only = None if self.mode == "seq2seq" else causal_prompt
         scores = evaluate_generation(self.model, self.val_set, self.tokenizer, self.collate, t.eval_batch_size,
                                      t.max_new_tokens, lockstep=self.cfg.mta.ep_size > 1, device=self.engine.device,
                                      prompt_only=prompt_only)
@@ -250,8 +252,3 @@ class Trainer:
         if self.rank == 0:
             tqdm.write(message)
 
-
-def _causal_prompt(row: dict[str, Any]) -> dict[str, Any]:
-    """A causal-LM validation row cut to its prompt (the part whose labels are masked)."""
-    keep = sum(1 for label in row["labels"] if label == IGNORE_INDEX)
-    return {**row, "input_ids": row["input_ids"][:keep], "labels": row["labels"][:keep]}
