@@ -14,6 +14,7 @@ ACTIVATIONS = ("relu", "gelu", "gelu_new", "silu", "tanh")
 DEFAULT_TASK_TYPES = ("classify", "nli", "generate")
 INJECT_STACKS = ("encoder", "decoder", "both")
 DISPATCH_MODES = ("grouped", "deepspeed")
+RUN_SECTIONS = ("model", "data", "train")
 
 
 class ConfigError(ValueError):
@@ -186,7 +187,10 @@ class MTAConfig:
 
 
 def load_ds_config(path: str | Path) -> tuple[dict[str, Any], MTAConfig]:
-    """Read a DeepSpeed JSON; return (the DeepSpeed keys, the validated ``"mta"`` section)."""
+    """Read a DeepSpeed JSON; return (the DeepSpeed keys, the validated layer keys of the ``"mta"`` section).
+
+    The section's ``model`` / ``data`` / ``train`` subsections are validated by
+    :func:`mta_moe.training.run_config.load_run_config`, which reads the whole run."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: DeepSpeed config file not found")
@@ -196,7 +200,9 @@ def load_ds_config(path: str | Path) -> tuple[dict[str, Any], MTAConfig]:
         raise ConfigError(f"{path}: line {exc.lineno}: not valid JSON ({exc.msg})") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a JSON object")
-    mta = raw.pop("mta", {})
+    mta = dict(raw.pop("mta", {}))
+    for section in RUN_SECTIONS:  # the run's model / data / train settings: see mta_moe.training.run_config
+        mta.pop(section, None)
     try:
         return raw, MTAConfig.from_dict(mta)
     except ConfigError as exc:

@@ -75,6 +75,10 @@ def test_ds_config_file_errors_name_the_file(tmp_path):
 
 def test_shipped_ds_configs_are_valid():
     from pathlib import Path
+
+    from mta_moe.training.run_config import load_run_config
     for path in sorted((Path(__file__).resolve().parents[1] / "ds_configs").glob("*.json")):
         ds, cfg = load_ds_config(path)
         assert "zero_optimization" in ds and ds["zero_optimization"]["stage"] in (0, 1, 2), path
+        run = load_run_config(path)
+        assert run.mta == cfg and run.train.stage == int(path.stem[-1])

@@ -8,10 +8,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from ..config import RUN_SECTIONS as SUBSECTIONS
 from ..config import ConfigError, MTAConfig
 from ..data.config import DataConfig
 
-SUBSECTIONS = ("model", "data", "train")
 TOKENIZERS = ("backbone", "sentencepiece")
 
 
