@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: setup test clean
+.PHONY: setup test demo clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,17 @@ setup: $(VENV)/.installed
 
 test: setup
 	DS_ACCELERATOR=cpu $(PY) -m pytest -q tests
+
+# The main job: both stages on the bundled suite (CPU by default), then the per-task table on the test split.
+DEMO ?= runs/demo
+DS_LAUNCH ?= DS_ACCELERATOR=$${DS_ACCELERATOR:-cpu} $(VENV)/bin/deepspeed --num_gpus 1 --master_port 29560
+demo: setup
+	rm -rf $(DEMO)
+	$(DS_LAUNCH) launchers/train.py --deepspeed ds_configs/stage1.json --train.output_dir $(DEMO)/stage1
+	$(DS_LAUNCH) launchers/train.py --deepspeed ds_configs/stage2.json --train.output_dir $(DEMO)/stage2 \
+		--train.init_from $(DEMO)/stage1/export
+	$(PY) launchers/evaluate.py --model $(DEMO)/stage2/export --data $(DEMO)/stage2/data/suite/test.jsonl \
+		--chance $(DEMO)/stage2/data/suite/suite.json --out $(DEMO)/test_scores.json
 
 clean:
 	rm -rf $(VENV) build *.egg-info
