@@ -24,6 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", required=True, help="JSONL / JSON / CSV / Parquet in the canonical format")
     parser.add_argument("--chance", help="suite.json of the bundled suite: adds chance levels to the table")
     parser.add_argument("--out", help="write the scores as JSON here")
+    parser.add_argument("--predictions", help="write each example's generated text here (JSONL)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--max-input-length", type=int, default=128)
     parser.add_argument("--max-new-tokens", type=int, default=32)
@@ -60,8 +61,15 @@ def evaluate(args: argparse.Namespace) -> dict[str, float]:
     tokenized, _ = tokenize_examples(dataset, tokenizer, registry, args.max_input_length, args.max_new_tokens, mode)
     collate = Collator(tokenizer.pad_token_id, mode, "right" if mode == "seq2seq" else "left")
     prompt_only = causal_prompt if mode == "causal" else None
-    return evaluate_generation(model, tokenized, tokenizer, collate, args.batch_size, args.max_new_tokens,
-                               lockstep=False, device=torch.device("cpu"), prompt_only=prompt_only)
+    predictions: list[str] = []
+    scores = evaluate_generation(model, tokenized, tokenizer, collate, args.batch_size, args.max_new_tokens,
+                                 lockstep=False, device=torch.device("cpu"), prompt_only=prompt_only,
+                                 predictions=predictions)
+    if args.predictions:
+        Path(args.predictions).write_text("".join(
+            json.dumps({"task": row["task"], "target": row["target"], "prediction": text}) + "\n"
+            for row, text in zip(dataset, predictions)))
+    return scores
 
 
 if __name__ == "__main__":

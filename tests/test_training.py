@@ -30,7 +30,8 @@ def tiny_config(out_dir: Path, stage: int = 1, **train) -> dict:
                                      "num_decoder_layers": 1, "num_heads": 2, "d_kv": 16, "dropout_rate": 0.0}}
     mta["data"] = {"suite": {"seed": 1, "train": 24, "validation": 6, "test": 6, "tasks": TASKS},
                    "max_input_length": 64, "max_target_length": 12}
-    mta["train"].update({"steps": 6, "warmup_steps": 2, "log_every": 1, "eval_every": 6, "save_every": 3,
+    # 30 steps at lr 0.01: the tiny model already generates label words, so comparing predictions means something
+    mta["train"].update({"steps": 30, "lr": 0.01, "warmup_steps": 2, "log_every": 1, "eval_every": 30, "save_every": 15,
                          "eval_batch_size": 8, "max_new_tokens": 8, "output_dir": str(out_dir), **train})
     return cfg
 
@@ -67,18 +68,18 @@ def stage1(tmp_path_factory):
 def test_stage1_logs_and_exports(stage1):
     records = [json.loads(line) for line in (stage1 / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in records if r["kind"] == "train"]
-    assert [r["step"] for r in train] == [1, 2, 3, 4, 5, 6]
+    assert [r["step"] for r in train] == list(range(1, 31))
     assert all(set(r["task_loss"]) <= set(TASKS) and r["lr"] > 0 and r["tokens_per_s"] > 0 for r in train)
     assert train[-1]["loss"] < train[0]["loss"]
     assert any(r["kind"] == "validation" and set(r["scores"]) == {*TASKS, "macro"} for r in records)
-    assert (stage1 / "checkpoints" / "latest").read_text().strip() == "step6"
+    assert (stage1 / "checkpoints" / "latest").read_text().strip() == "step30"
     assert list((stage1 / "tensorboard").glob("events.out.tfevents.*"))
     model = MTAModel.from_pretrained(stage1 / "export")
     assert model.stage == 1 and load_tokenizer(stage1 / "export").start_token_id == 3
 
 
 def test_stage2_trains_only_mta_parameters(stage1, tmp_path):
-    cfg = tiny_config(tmp_path / "run", stage=2, init_from=str(stage1 / "export"), steps=4, save_every=4, eval_every=4)
+    cfg = tiny_config(tmp_path / "run", stage=2, init_from=str(stage1 / "export"), steps=6, save_every=6, eval_every=6)
     run = launch(["--deepspeed", str(write_config(tmp_path / "cfg.json", cfg))])
     assert run.returncode == 0, run.stderr[-3000:]
     before = load_file(str(stage1 / "export" / "model.safetensors"))
@@ -94,22 +95,21 @@ def test_stage2_trains_only_mta_parameters(stage1, tmp_path):
 
 def test_kill_and_resume_reproduces_the_losses(stage1, tmp_path):
     cfg = write_config(tmp_path / "cfg.json", tiny_config(tmp_path / "run"))
-    first = launch(["--deepspeed", str(cfg), "--train.stop_at_step", "4"])  # the job's time runs out at step 4
+    first = launch(["--deepspeed", str(cfg), "--train.stop_at_step", "20"])  # the job's time runs out at step 20
     assert first.returncode == 0, first.stderr[-3000:]
     assert not (tmp_path / "run" / "export").exists()
-    assert (tmp_path / "run" / "checkpoints" / "latest").read_text().strip() == "step4"
+    assert (tmp_path / "run" / "checkpoints" / "latest").read_text().strip() == "step20"
     second = launch(["--deepspeed", str(cfg), "--resume"])
     assert second.returncode == 0, second.stderr[-3000:]
-    assert train_losses(tmp_path / "run") == train_losses(stage1)  # bit-identical on CPU, steps 1..6
+    assert train_losses(tmp_path / "run") == train_losses(stage1)  # bit-identical on CPU, steps 1..30
 
 
 def test_two_ranks_expert_parallel_then_evaluated_at_ep1(tmp_path):
-    cfg = tiny_config(tmp_path / "run", steps=4, save_every=2, eval_every=4)
+    cfg = tiny_config(tmp_path / "run")
     cfg["mta"]["ep_size"] = 2
     run = launch(["--deepspeed", str(write_config(tmp_path / "cfg.json", cfg))], nproc=2)
     assert run.returncode == 0, run.stderr[-3000:]
-    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    logged = [r["scores"] for r in records if r["kind"] == "validation"][-1]
+    logged, logged_texts = _last_validation(tmp_path / "run")
     # the consolidated export holds all 4 adapters and scores the same in one process (ep 1)
     export = tmp_path / "run" / "export"
     model = MTAModel.from_pretrained(export)
@@ -117,11 +117,12 @@ def test_two_ranks_expert_parallel_then_evaluated_at_ep1(tmp_path):
     tokenizer = load_tokenizer(export)
     data = load_task_data(DataConfig.from_dict(cfg["mta"]["data"]), cfg["mta"]["task_types"], tmp_path / "run" / "data")
     val, _ = tokenize_examples(data.splits["validation"], tokenizer, data.registry, 64, 12)
+    texts: list[str] = []
     scores = evaluate_generation(model, val, tokenizer, Collator(tokenizer.pad_token_id), 8, 8, lockstep=False,
-                                 device=torch.device("cpu"))
-    assert scores == logged
+                                 device=torch.device("cpu"), predictions=texts)
+    assert texts == logged_texts and scores == logged
     # stage 2 on 2 ranks from the ep-2 export
-    cfg2 = tiny_config(tmp_path / "run2", stage=2, init_from=str(export), steps=2, save_every=2, eval_every=2)
+    cfg2 = tiny_config(tmp_path / "run2", stage=2, init_from=str(export), steps=4, save_every=4, eval_every=4)
     cfg2["mta"]["ep_size"] = 2
     run = launch(["--deepspeed", str(write_config(tmp_path / "cfg2.json", cfg2))], nproc=2)
     assert run.returncode == 0, run.stderr[-3000:]
@@ -168,3 +169,42 @@ def test_launcher_errors_are_one_line_and_non_zero(tmp_path):
     cfg = tiny_config(tmp_path / "run3", stage=2, init_from=str(tmp_path / "missing"),
                       trainable=[{"pattern": "*adapterz*"}])
     assert build_run_config(cfg).train.trainable == [{"pattern": "*adapterz*"}]
+
+
+def _evaluate_cli(export: Path, data: Path, tmp_path: Path) -> tuple[dict, list[str]]:
+    out = tmp_path / f"scores_{export.parent.name}.json"
+    texts = tmp_path / f"predictions_{export.parent.name}.jsonl"
+    run = subprocess.run([sys.executable, "launchers/evaluate.py", "--model", str(export), "--data", str(data),
+                          "--max-input-length", "64", "--max-new-tokens", "8", "--batch-size", "8", "--out", str(out),
+                          "--predictions", str(texts)],
+                         cwd=REPO, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "DS_ACCELERATOR": "cpu"})
+    assert run.returncode == 0, run.stderr[-3000:]
+    return json.loads(out.read_text())["scores"], _predictions(texts)
+
+
+def _predictions(path: Path) -> list[str]:
+    return [json.loads(line)["prediction"] for line in path.read_text().splitlines()]
+
+
+def _last_validation(run_dir: Path) -> tuple[dict, list[str]]:
+    """The run's last validation scores and the texts it generated (non-empty even for an untrained model)."""
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    last = [r for r in records if r["kind"] == "validation"][-1]
+    texts = _predictions(run_dir / "predictions" / f"step{last['step']}.jsonl")
+    assert len(texts) == 3 * 6 and any(t.strip() for t in texts)
+    return last["scores"], texts
+
+
+def test_evaluate_cli_reproduces_validation_scores_for_seq2seq_and_causal(stage1, tmp_path):
+    assert _evaluate_cli(stage1 / "export", stage1 / "data" / "suite" / "validation.jsonl", tmp_path) == \
+        _last_validation(stage1)
+    cfg = tiny_config(tmp_path / "gpt2", steps=80, eval_every=80, save_every=80)  # GPT-2 needs longer to emit words
+    cfg["mta"]["model"]["from_scratch"] = {"model_type": "gpt2", "n_embd": 32, "n_layer": 2, "n_head": 2,
+                                           "n_positions": 128}
+    run = launch(["--deepspeed", str(write_config(tmp_path / "cfg.json", cfg))])
+    assert run.returncode == 0, run.stderr[-3000:]
+    losses = train_losses(tmp_path / "gpt2")
+    assert losses[80] < losses[1]
+    assert _evaluate_cli(tmp_path / "gpt2" / "export", tmp_path / "gpt2" / "data" / "suite" / "validation.jsonl",
+                         tmp_path) == _last_validation(tmp_path / "gpt2")

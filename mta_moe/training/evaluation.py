@@ -6,7 +6,6 @@ exact match of the normalised label is accuracy.
 """
 from __future__ import annotations
 
-import copy
 import math
 import re
 from collections import defaultdict
@@ -20,13 +19,6 @@ from transformers import PreTrainedTokenizerBase
 from ..data import IGNORE_INDEX, Collator
 
 
-def _cut_after_eos(tokens: torch.Tensor, eos: int, pad: int) -> torch.Tensor:
-    """Replace everything after each row's first eos by padding (what early stopping would have left)."""
-    seen = (tokens == eos).long().cumsum(1)
-    after = (seen - (tokens == eos).long()) > 0
-    return tokens.masked_fill(after, pad)
-
-
 def normalise(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip().lower()
 
@@ -34,9 +26,12 @@ def normalise(text: str) -> str:
 @torch.no_grad()
 def evaluate_generation(model: torch.nn.Module, dataset: datasets.Dataset, tokenizer: PreTrainedTokenizerBase,
                         collate: Collator, batch_size: int, max_new_tokens: int, lockstep: bool,
-                        device: torch.device, prompt_only: Callable[[dict[str, Any]], dict[str, Any]] | None = None
-                        ) -> dict[str, float]:
+                        device: torch.device, prompt_only: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+                        predictions: list[str] | None = None) -> dict[str, float]:
     """Per-task exact match of normalised greedy generations, plus ``macro`` (mean over tasks).
+
+    ``predictions``: a list to fill with every example's generated text, in dataset order (gathered
+    from all ranks).
 
     Each rank scores its share of ``dataset``; counts are summed over ranks. ``lockstep`` (expert
     parallelism): every rank runs the same number of batches and decoding steps, because the MoE
@@ -45,6 +40,7 @@ def evaluate_generation(model: torch.nn.Module, dataset: datasets.Dataset, token
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     indices = list(range(rank, len(dataset), world))
     batches = math.ceil(len(dataset) / world / batch_size)
+    mine: dict[int, str] = {}
     correct: dict[str, float] = defaultdict(float)
     total: dict[str, float] = defaultdict(float)
     was_training = model.training
@@ -57,20 +53,17 @@ def evaluate_generation(model: torch.nn.Module, dataset: datasets.Dataset, token
         rows = [dataset[i] for i in chunk]
         feats = [prompt_only(r) if prompt_only else r for r in rows]
         batch = collate(feats)
-        config = copy.deepcopy(model.generation_config)
-        config.update(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1)
-        if lockstep:  # decode every step on every rank; greedy tokens before the first eos are unchanged
-            config.eos_token_id = None
+        # lockstep: ranks that finish early keep running forwards until every rank is done (synced_gpus)
         out = model.generate(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
-                             task_type_ids=batch["task_type_ids"].to(device), generation_config=config)
+                             task_type_ids=batch["task_type_ids"].to(device), max_new_tokens=max_new_tokens,
+                             do_sample=False, num_beams=1, synced_gpus=lockstep)
         if not model.config.is_encoder_decoder:
             out = out[:, batch["input_ids"].shape[1]:]
-        if lockstep:
-            out = _cut_after_eos(out, tokenizer.eos_token_id, tokenizer.pad_token_id)
-        predictions = tokenizer.batch_decode(out, skip_special_tokens=True)
-        for row, prediction in list(zip(rows, predictions))[:real]:
+        texts = tokenizer.batch_decode(out, skip_special_tokens=True)
+        for index, row, text in list(zip(chunk, rows, texts))[:real]:
+            mine[index] = text
             total[row["task"]] += 1
-            correct[row["task"]] += float(normalise(prediction) == normalise(row["target"]))
+            correct[row["task"]] += float(normalise(text) == normalise(row["target"]))
     model.train(was_training)
     tasks = sorted(set(dataset["task"]))
     counts = torch.tensor([[correct[t], total[t]] for t in tasks], dtype=torch.float64)
@@ -78,6 +71,13 @@ def evaluate_generation(model: torch.nn.Module, dataset: datasets.Dataset, token
         dist.all_reduce(counts)
     scores = {t: float(c / n) if n else float("nan") for t, (c, n) in zip(tasks, counts.tolist())}
     scores["macro"] = sum(scores[t] for t in tasks) / len(tasks)
+    if predictions is not None:
+        parts = [mine]
+        if dist.is_initialized() and world > 1:
+            parts = [None] * world
+            dist.all_gather_object(parts, mine)
+        merged = {i: text for part in parts for i, text in part.items()}
+        predictions[:] = [merged[i] for i in range(len(dataset))]
     return scores
 
 

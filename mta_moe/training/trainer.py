@@ -204,10 +204,17 @@ class Trainer:
     def validate(self) -> dict[str, float]:
         t = self.cfg.train
         prompt_only = None if self.mode == "seq2seq" else causal_prompt
+        predictions: list[str] = []
         scores = evaluate_generation(self.model, self.val_set, self.tokenizer, self.collate, t.eval_batch_size,
                                      t.max_new_tokens, lockstep=self.cfg.mta.ep_size > 1, device=self.engine.device,
-                                     prompt_only=prompt_only)
+                                     prompt_only=prompt_only, predictions=predictions)
         self.logger.log("validation", self.step, {"scores": scores})
+        if self.rank == 0:  # what each validation example generated, for inspection and comparison
+            folder = self.out / "predictions"
+            folder.mkdir(exist_ok=True)
+            rows = zip(self.val_set["task"], self.val_set["target"], predictions)
+            (folder / f"step{self.step}.jsonl").write_text("".join(
+                json.dumps({"task": task, "target": target, "prediction": text}) + "\n" for task, target, text in rows))
         self._info(f"step {self.step} validation: " + ", ".join(f"{k} {v:.3f}" for k, v in scores.items()))
         if scores["macro"] > self.best:
             self.best = scores["macro"]
