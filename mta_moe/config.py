@@ -170,12 +170,7 @@ class MTAConfig:
     @classmethod
     def from_dict(cls, values: Mapping[str, Any], section: str = "mta") -> "MTAConfig":
         """Build from a mapping; unknown keys are rejected by name."""
-        if not isinstance(values, Mapping):
-            raise ConfigError(f"{section}: must be a JSON object, got {type(values).__name__}")
-        allowed = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - allowed)
-        if unknown:
-            raise ConfigError(f"{section}.{unknown[0]}: unknown key; allowed keys are {sorted(allowed)}")
+        reject_unknown_keys(values, [f.name for f in dataclasses.fields(cls)], section)
         return cls(**dict(values))
 
     def to_dict(self) -> dict[str, Any]:
@@ -192,14 +187,7 @@ def load_ds_config(path: str | Path) -> tuple[dict[str, Any], MTAConfig]:
     The section's ``model`` / ``data`` / ``train`` subsections are validated by
     :func:`mta_moe.training.run_config.load_run_config`, which reads the whole run."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: DeepSpeed config file not found")
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path}: line {exc.lineno}: not valid JSON ({exc.msg})") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: top level must be a JSON object")
+    raw = read_config_file(path)
     mta = dict(raw.pop("mta", {}))
     for section in RUN_SECTIONS:  # the run's model / data / train settings: see mta_moe.training.run_config
         mta.pop(section, None)
@@ -209,9 +197,36 @@ def load_ds_config(path: str | Path) -> tuple[dict[str, Any], MTAConfig]:
         raise ConfigError(f"{path}: {exc}") from None
 
 
-def _int(value: Any, key: str, minimum: int) -> None:
+def read_config_file(path: Path) -> dict[str, Any]:
+    """A DeepSpeed JSON file as a dict; a missing file or bad JSON is a ConfigError naming file and line."""
+    if not path.is_file():
+        raise ConfigError(f"{path}: DeepSpeed config file not found")
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: line {exc.lineno}: not valid JSON ({exc.msg})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a JSON object")
+    return raw
+
+
+def reject_unknown_keys(values: Any, allowed: list[str], section: str) -> None:
+    """``values`` must be a mapping whose keys are all in ``allowed``; errors name ``section.key``."""
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"{section}: must be a JSON object, got {values!r}")
+    unknown = sorted(set(values) - set(allowed))
+    if unknown:
+        raise ConfigError(f"{section}.{unknown[0]}: unknown key; allowed keys are {sorted(allowed)}")
+
+
+def check_int(value: Any, key: str, minimum: int) -> None:
+    """``value`` must be an integer (not a bool) >= ``minimum``; the error names the full ``key``."""
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ConfigError(f"mta.{key}: must be an integer >= {minimum}, got {value!r}")
+        raise ConfigError(f"{key}: must be an integer >= {minimum}, got {value!r}")
+
+
+def _int(value: Any, key: str, minimum: int) -> None:
+    check_int(value, f"mta.{key}", minimum)
 
 
 def _number(value: Any, key: str) -> None:

@@ -5,7 +5,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from ..config import ConfigError
+from ..config import ConfigError, check_int, reject_unknown_keys
 from .formats import ON_ERROR
 from .recipes import RECIPES
 from .sampling import SamplingConfig
@@ -34,12 +34,7 @@ class DataConfig:
 
     @classmethod
     def from_dict(cls, raw: Any, key: str = "mta.data") -> "DataConfig":
-        if not isinstance(raw, Mapping):
-            raise ConfigError(f"{key}: must be an object, got {raw!r}")
-        allowed = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(raw) - set(allowed))
-        if unknown:
-            raise ConfigError(f"{key}.{unknown[0]}: unknown key; allowed keys are {allowed}")
+        reject_unknown_keys(raw, [f.name for f in dataclasses.fields(cls)], key)
         values = dict(raw)
         if "sampling" in values:
             values["sampling"] = SamplingConfig.from_dict(values["sampling"], f"{key}.sampling")
@@ -51,10 +46,7 @@ class DataConfig:
         if self.on_bad_rows not in ON_ERROR:
             raise ConfigError(f"{key}.on_bad_rows: must be one of {list(ON_ERROR)}, got {self.on_bad_rows!r}")
         for name in ("max_input_length", "max_target_length", "seed"):
-            value = getattr(self, name)
-            minimum = 0 if name == "seed" else 4
-            if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-                raise ConfigError(f"{key}.{name}: must be an integer >= {minimum}, got {value!r}")
+            check_int(getattr(self, name), f"{key}.{name}", 0 if name == "seed" else 4)
         self._validate_suite(key)
         self._validate_files(key)
         self._validate_recipes(key)
@@ -73,10 +65,8 @@ class DataConfig:
         if unknown:
             raise ConfigError(f"{key}.suite.{unknown[0]}: unknown key; allowed keys are {list(SUITE_KEYS)}")
         for name in ("seed", "train", "validation", "test"):
-            value = self.suite.get(name, 0 if name == "seed" else 1)
-            if not isinstance(value, int) or isinstance(value, bool) or value < (0 if name == "seed" else 1):
-                raise ConfigError(f"{key}.suite.{name}: must be an integer >= {0 if name == 'seed' else 1}, "
-                                  f"got {value!r}")
+            minimum = 0 if name == "seed" else 1
+            check_int(self.suite.get(name, minimum), f"{key}.suite.{name}", minimum)
         tasks = self.suite.get("tasks")
         if tasks is not None:
             bad = [t for t in tasks if t not in SUITE_TASKS] if isinstance(tasks, list) else [tasks]
@@ -111,9 +101,8 @@ class DataConfig:
             files = recipe.get("data_files", {})
             if not isinstance(files, Mapping) or any(s not in SPLIT_KEYS for s in files):
                 raise ConfigError(f"{where}.data_files: must map {list(SPLIT_KEYS)} to local files, got {files!r}")
-            limit = recipe.get("limit")
-            if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
-                raise ConfigError(f"{where}.limit: must be an integer >= 1 or null, got {limit!r}")
+            if recipe.get("limit") is not None:
+                check_int(recipe["limit"], f"{where}.limit", 1)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

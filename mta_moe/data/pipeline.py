@@ -61,14 +61,14 @@ def load_task_data(config: DataConfig, task_types: Sequence[str], work_dir: str 
     if not parts["train"]:
         raise DataError("mta.data: no training split was loaded")
     splits = {split: datasets.concatenate_datasets(p) for split, p in parts.items() if p}
-    registry = TaskRegistry.from_rows(task_types, [
-        (f"{split} data", ds["task"], ds["type"]) for split, ds in splits.items()])
     trained = set(splits["train"]["task"])
     for split, ds in splits.items():
         missing = sorted(set(ds["task"]) - trained)
         if missing:
             raise DataError(f"{split} data: tasks {missing} have no training rows")
-    registry = TaskRegistry(task_types, {t: registry.type_of[t] for t in sorted(trained)})
+    # every task of every split is a training task now; this also checks that each task has one type
+    registry = TaskRegistry.from_rows(task_types, [
+        (f"{split} data", ds["task"], ds["type"]) for split, ds in splits.items()])
     return TaskData(splits, registry, reports)
 
 

@@ -14,7 +14,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ..config import ConfigError
+from ..config import ConfigError, reject_unknown_keys
 from .curriculum import Curriculum
 
 STRATEGIES = ("proportional", "temperature", "uniform", "dynamic")
@@ -38,12 +38,7 @@ class SamplingConfig:
 
     @classmethod
     def from_dict(cls, raw: Any, key: str = "mta.data.sampling") -> "SamplingConfig":
-        if not isinstance(raw, Mapping):
-            raise ConfigError(f"{key}: must be an object, got {raw!r}")
-        allowed = {f for f in cls.__dataclass_fields__}
-        unknown = sorted(set(raw) - allowed)
-        if unknown:
-            raise ConfigError(f"{key}.{unknown[0]}: unknown key; allowed keys are {sorted(allowed)}")
+        reject_unknown_keys(raw, list(cls.__dataclass_fields__), key)
         cfg = cls(**raw)
         cfg.validate(key)
         return cfg

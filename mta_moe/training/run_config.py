@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ..config import RUN_SECTIONS as SUBSECTIONS
-from ..config import ConfigError, MTAConfig
+from ..config import ConfigError, MTAConfig, check_int, read_config_file, reject_unknown_keys
 from ..data.config import DataConfig
 
 TOKENIZERS = ("backbone", "sentencepiece")
@@ -41,7 +41,7 @@ class ModelConfig:
         if self.tokenizer == "backbone" and self.backbone is None:
             raise ConfigError(f"{key}.tokenizer: 'backbone' needs mta.model.backbone; a from-scratch model "
                               f"uses 'sentencepiece'")
-        _integer(self.vocab_size, f"{key}.vocab_size", 16)
+        check_int(self.vocab_size, f"{key}.vocab_size", 16)
 
 
 @dataclass
@@ -69,11 +69,11 @@ class TrainConfig:
         if self.stage not in (1, 2):
             raise ConfigError(f"{key}.stage: must be 1 or 2, got {self.stage!r}")
         for name in ("steps", "log_every", "eval_every", "save_every", "eval_batch_size", "max_new_tokens"):
-            _integer(getattr(self, name), f"{key}.{name}", 1)
-        _integer(self.warmup_steps, f"{key}.warmup_steps", 0)
+            check_int(getattr(self, name), f"{key}.{name}", 1)
+        check_int(self.warmup_steps, f"{key}.warmup_steps", 0)
         if self.stop_at_step is not None:
-            _integer(self.stop_at_step, f"{key}.stop_at_step", 1)
-        _integer(self.seed, f"{key}.seed", 0)
+            check_int(self.stop_at_step, f"{key}.stop_at_step", 1)
+        check_int(self.seed, f"{key}.seed", 0)
         for name in ("lr", "weight_decay"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0 or \
@@ -138,14 +138,7 @@ def build_run_config(raw: Mapping[str, Any], source: str = "<dict>") -> RunConfi
 def load_run_config(path: str | Path, overrides: Sequence[str] = ()) -> RunConfig:
     """Read a DeepSpeed JSON with an ``mta`` section and apply ``--key value`` overrides."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: DeepSpeed config file not found")
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path}: line {exc.lineno}: not valid JSON ({exc.msg})") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: top level must be a JSON object")
+    raw = read_config_file(path)
     apply_overrides(raw, overrides)
     return build_run_config(raw, str(path))
 
@@ -199,23 +192,11 @@ def _check_deepspeed(ds: Mapping[str, Any], mta: MTAConfig) -> None:
     if "optimizer" in ds:
         raise ConfigError("optimizer: leave it out; the trainer builds AdamW over the configured parameter "
                           "groups (mta.train.lr / mta.train.trainable)")
-    micro = ds.get("train_micro_batch_size_per_gpu")
-    if not isinstance(micro, int) or isinstance(micro, bool) or micro < 1:
-        raise ConfigError(f"train_micro_batch_size_per_gpu: must be an integer >= 1, got {micro!r}")
+    check_int(ds.get("train_micro_batch_size_per_gpu"), "train_micro_batch_size_per_gpu", 1)
 
 
 def _dataclass(cls, raw: Any, key: str):
-    if not isinstance(raw, Mapping):
-        raise ConfigError(f"{key}: must be an object, got {raw!r}")
-    allowed = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(raw) - set(allowed))
-    if unknown:
-        raise ConfigError(f"{key}.{unknown[0]}: unknown key; allowed keys are {allowed}")
+    reject_unknown_keys(raw, [f.name for f in dataclasses.fields(cls)], key)
     value = cls(**raw)
     value.validate(key)
     return value
-
-
-def _integer(value: Any, key: str, minimum: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ConfigError(f"{key}: must be an integer >= {minimum}, got {value!r}")

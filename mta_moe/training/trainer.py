@@ -51,10 +51,11 @@ class Trainer:
     # ------------------------------------------------------------------ setup
     def _setup_data_and_model(self) -> None:
         cfg = self.cfg
-        if self.rank == 0:  # generates the bundled suite once
-            load_task_data(cfg.data, cfg.mta.task_types, self.out / "data")
+        if self.rank == 0:  # generates the bundled suite once; the other ranks read it afterwards
+            self.data = load_task_data(cfg.data, cfg.mta.task_types, self.out / "data")
         barrier()
-        self.data = load_task_data(cfg.data, cfg.mta.task_types, self.out / "data")
+        if self.rank != 0:
+            self.data = load_task_data(cfg.data, cfg.mta.task_types, self.out / "data")
         for report in self.data.reports:
             self._info(report.summary())
         train_texts = list(self.data.splits["train"]["input"]) + list(self.data.splits["train"]["target"])
