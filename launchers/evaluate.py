@@ -1,8 +1,9 @@
 """Score a saved MTA model on canonical-format data, per task:
 ``python launchers/evaluate.py --model runs/demo/stage2/export --data test.jsonl [--chance suite.json] [--out scores.json]``.
 
-Metric: exact match of normalised greedy generations (accuracy for label tasks); see
-``mta_moe.training.evaluation`` for the normalisation.
+Each task is scored by its kind (recorded in the export's tasks.json at training time): accuracy and
+macro-F1 for classification, exact match and token F1 for extraction, ROUGE-L F (plus exact match and
+token F1) for generation. See ``mta_moe.evaluation.metrics`` for the text normalisation.
 """
 from __future__ import annotations
 
@@ -11,11 +12,8 @@ import json
 import sys
 from pathlib import Path
 
-import torch
-
-from mta_moe import MTAModel
-from mta_moe.data import Collator, DataError, TaskRegistry, load_examples, load_tokenizer, tokenize_examples
-from mta_moe.training.evaluation import causal_prompt, evaluate_generation
+from mta_moe.data import DataError
+from mta_moe.evaluation.scoring import evaluate_export, format_table
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,46 +28,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-new-tokens", type=int, default=32)
     args = parser.parse_args(argv)
     try:
-        scores = evaluate(args)
-    except (DataError, FileNotFoundError, ValueError) as exc:
+        chance = {}
+        if args.chance:
+            chance = {t: v["chance"] for t, v in json.loads(Path(args.chance).read_text())["tasks"].items()}
+        result = evaluate_export(args.model, args.data, args.batch_size, args.max_input_length, args.max_new_tokens,
+                                 predictions_path=args.predictions)
+    except (DataError, FileNotFoundError, ValueError, KeyError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    chance = {}
-    if args.chance:
-        chance = {t: v["chance"] for t, v in json.loads(Path(args.chance).read_text())["tasks"].items()}
-    print(f"{'task':<16}{'score':>8}{'chance':>8}")
-    for task, score in scores.items():
-        level = f"{chance[task]:.3f}" if task in chance else ""
-        print(f"{task:<16}{score:>8.3f}{level:>8}")
+    print(format_table(result, chance))
     if args.out:
-        Path(args.out).write_text(json.dumps({"scores": scores, "chance": chance}, indent=2) + "\n")
+        scores = {task: m["primary"] for task, m in result["tasks"].items()}
+        scores["macro"] = result["macro"]
+        Path(args.out).write_text(json.dumps({"scores": scores, "metrics": result["tasks"], "kinds": result["kinds"],
+                                              "by_type": result.get("by_type", {}), "chance": chance}, indent=2) + "\n")
     return 0
-
-
-def evaluate(args: argparse.Namespace) -> dict[str, float]:
-    export = Path(args.model)
-    tasks_file = export / "tasks.json"
-    if not tasks_file.is_file():
-        raise FileNotFoundError(f"{tasks_file}: missing; --model must be an export written by launchers/train.py")
-    tasks = json.loads(tasks_file.read_text())
-    registry = TaskRegistry(tasks["task_types"], tasks["tasks"])
-    model = MTAModel.from_pretrained(export)
-    tokenizer = load_tokenizer(export)
-    dataset, report = load_examples(args.data, registry.task_types)
-    registry.check_known(args.data, dataset["task"])
-    mode = "seq2seq" if model.config.is_encoder_decoder else "causal"
-    tokenized, _ = tokenize_examples(dataset, tokenizer, registry, args.max_input_length, args.max_new_tokens, mode)
-    collate = Collator(tokenizer.pad_token_id, mode, "right" if mode == "seq2seq" else "left")
-    prompt_only = causal_prompt if mode == "causal" else None
-    predictions: list[str] = []
-    scores = evaluate_generation(model, tokenized, tokenizer, collate, args.batch_size, args.max_new_tokens,
-                                 lockstep=False, device=torch.device("cpu"), prompt_only=prompt_only,
-                                 predictions=predictions)
-    if args.predictions:
-        Path(args.predictions).write_text("".join(
-            json.dumps({"task": row["task"], "target": row["target"], "prediction": text}) + "\n"
-            for row, text in zip(dataset, predictions)))
-    return scores
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from mta_moe import MTAModel
 from mta_moe.config import ConfigError
 from mta_moe.data import Collator, DataConfig, load_task_data, load_tokenizer, tokenize_examples
 from mta_moe.modeling.layer import component_of
-from mta_moe.training.evaluation import evaluate_generation
+from mta_moe.evaluation.scoring import evaluate_rows, load_export
 from mta_moe.training.run_config import build_run_config, load_run_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -59,7 +59,8 @@ def train_losses(run_dir: Path) -> dict[int, float]:
 @pytest.fixture(scope="module")
 def stage1(tmp_path_factory):
     out = tmp_path_factory.mktemp("stage1")
-    cfg = write_config(out / "cfg.json", tiny_config(out / "run"))
+    cfg = tiny_config(out / "run", baseline_scores={"answer": 1.0}, warn_margin=0.0)  # a baseline it cannot reach
+    cfg = write_config(out / "cfg.json", cfg)
     run = launch(["--deepspeed", str(cfg)])
     assert run.returncode == 0, run.stderr[-3000:]
     return out / "run"
@@ -71,7 +72,18 @@ def test_stage1_logs_and_exports(stage1):
     assert [r["step"] for r in train] == list(range(1, 31))
     assert all(set(r["task_loss"]) <= set(TASKS) and r["lr"] > 0 and r["tokens_per_s"] > 0 for r in train)
     assert train[-1]["loss"] < train[0]["loss"]
-    assert any(r["kind"] == "validation" and set(r["scores"]) == {*TASKS, "macro"} for r in records)
+    validation = [r for r in records if r["kind"] == "validation"][-1]
+    assert set(validation["scores"]) == {*TASKS, "macro"}
+    assert set(validation["metrics"]["sentiment"]) == {"accuracy", "macro_f1", "primary"}
+    assert set(validation["metrics"]["answer"]) == {"exact_match", "token_f1", "primary"}
+    assert validation["by_type"]["generate"] == validation["scores"]["answer"]
+    # routing since the previous record (one step of 4 sequences), per layer and task type
+    routing = [r for r in records if r["kind"] == "routing"]
+    assert [r["step"] for r in routing] == list(range(1, 31))
+    for layer in routing[-1]["layers"].values():
+        assert sum(layer["sequences"]) == 4 and sum(map(sum, layer["adapter_counts"])) == 4 * 2  # k = 2
+    warnings = [r for r in records if r["kind"] == "warning"]
+    assert {(w["task"], w["reason"]) for w in warnings if "task" in w} == {("answer", "below_baseline")}
     assert (stage1 / "checkpoints" / "latest").read_text().strip() == "step30"
     assert list((stage1 / "tensorboard").glob("events.out.tfevents.*"))
     model = MTAModel.from_pretrained(stage1 / "export")
@@ -112,15 +124,13 @@ def test_two_ranks_expert_parallel_then_evaluated_at_ep1(tmp_path):
     logged, logged_texts = _last_validation(tmp_path / "run")
     # the consolidated export holds all 4 adapters and scores the same in one process (ep 1)
     export = tmp_path / "run" / "export"
-    model = MTAModel.from_pretrained(export)
     assert json.loads((export / "mta_config.json").read_text())["mta"]["ep_size"] == 1
-    tokenizer = load_tokenizer(export)
+    loaded = load_export(export)
+    assert len(loaded.model.mta_layers) and all(layer.num_local_experts == 4 for layer in loaded.model.mta_layers.values())
     data = load_task_data(DataConfig.from_dict(cfg["mta"]["data"]), cfg["mta"]["task_types"], tmp_path / "run" / "data")
-    val, _ = tokenize_examples(data.splits["validation"], tokenizer, data.registry, 64, 12)
-    texts: list[str] = []
-    scores = evaluate_generation(model, val, tokenizer, Collator(tokenizer.pad_token_id), 8, 8, lockstep=False,
-                                 device=torch.device("cpu"), predictions=texts)
-    assert texts == logged_texts and scores == logged
+    result = evaluate_rows(loaded, data.splits["validation"], 8, 64, 8)
+    scores = {task: m["primary"] for task, m in result["tasks"].items()}
+    assert result["predictions"] == logged_texts and {**scores, "macro": result["macro"]} == logged
     # stage 2 on 2 ranks from the ep-2 export
     cfg2 = tiny_config(tmp_path / "run2", stage=2, init_from=str(export), steps=4, save_every=4, eval_every=4)
     cfg2["mta"]["ep_size"] = 2

@@ -6,12 +6,14 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from ..config import ConfigError, check_int, reject_unknown_keys
+from ..evaluation.metrics import KINDS as TASK_KINDS
 from .formats import ON_ERROR
 from .recipes import RECIPES
 from .sampling import SamplingConfig
 from .suite import SUITE_TASKS
 
 SPLIT_KEYS = ("train", "validation", "test")
+
 SUITE_KEYS = ("seed", "train", "validation", "test", "tasks")
 RECIPE_KEYS = ("name", "splits", "data_files", "type", "limit")
 
@@ -31,6 +33,7 @@ class DataConfig:
     seed: int = 0
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     curriculum: list[dict[str, Any]] | None = None
+    task_kinds: dict[str, str] = field(default_factory=dict)  # {task: classification|extraction|generation}
 
     @classmethod
     def from_dict(cls, raw: Any, key: str = "mta.data") -> "DataConfig":
@@ -55,6 +58,11 @@ class DataConfig:
         if self.curriculum is not None and not isinstance(self.curriculum, list):
             raise ConfigError(f"{key}.curriculum: must be a list of phases or null")
         self.sampling.validate(f"{key}.sampling")
+        if not isinstance(self.task_kinds, Mapping):
+            raise ConfigError(f"{key}.task_kinds: must be an object {{task: kind}}, got {self.task_kinds!r}")
+        for task, kind in self.task_kinds.items():
+            if kind not in TASK_KINDS:
+                raise ConfigError(f"{key}.task_kinds.{task}: must be one of {list(TASK_KINDS)}, got {kind!r}")
 
     def _validate_suite(self, key: str) -> None:
         if self.suite is None:

@@ -37,5 +37,7 @@ def _flatten(values: dict[str, Any], prefix: str = ""):
     for key, value in values.items():
         if isinstance(value, dict):
             yield from _flatten(value, f"{prefix}{key}/")
+        elif isinstance(value, list):  # e.g. routing tables: one scalar per index
+            yield from _flatten({str(i): item for i, item in enumerate(value)}, f"{prefix}{key}/")
         else:
             yield f"{prefix}{key}", value

@@ -11,6 +11,7 @@ from typing import Any, Mapping, Sequence
 from ..config import RUN_SECTIONS as SUBSECTIONS
 from ..config import ConfigError, MTAConfig, check_int, read_config_file, reject_unknown_keys
 from ..data.config import DataConfig
+from .losses import REDUCTIONS
 
 TOKENIZERS = ("backbone", "sentencepiece")
 
@@ -64,6 +65,10 @@ class TrainConfig:
     save_every: int = 200
     eval_batch_size: int = 64
     max_new_tokens: int = 24
+    loss_reduction: str = "token"  # token | sequence | task (see mta_moe.training.losses)
+    task_weights: dict[str, float] = field(default_factory=dict)  # static per-task loss weights
+    warn_margin: float = 0.05  # warn when a task's validation score drops this far below its best / baseline
+    baseline_scores: dict[str, float] = field(default_factory=dict)  # known single-task scores, {task: score}
 
     def validate(self, key: str = "mta.train") -> None:
         if self.stage not in (1, 2):
@@ -81,6 +86,17 @@ class TrainConfig:
                 raise ConfigError(f"{key}.{name}: must be a number {'> 0' if name == 'lr' else '>= 0'}, got {value!r}")
         if not isinstance(self.output_dir, str) or not self.output_dir:
             raise ConfigError(f"{key}.output_dir: must be a directory path, got {self.output_dir!r}")
+        if self.loss_reduction not in REDUCTIONS:
+            raise ConfigError(f"{key}.loss_reduction: must be one of {list(REDUCTIONS)}, got {self.loss_reduction!r}")
+        for section in ("task_weights", "baseline_scores"):
+            if not isinstance(getattr(self, section), Mapping):
+                raise ConfigError(f"{key}.{section}: must be an object {{task: number}}, got {getattr(self, section)!r}")
+        for section in ("task_weights", "baseline_scores"):
+            for name, value in getattr(self, section).items():
+                if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+                    raise ConfigError(f"{key}.{section}.{name}: must be a number >= 0, got {value!r}")
+        if not isinstance(self.warn_margin, (int, float)) or isinstance(self.warn_margin, bool) or self.warn_margin < 0:
+            raise ConfigError(f"{key}.warn_margin: must be a number >= 0, got {self.warn_margin!r}")
         if self.stage == 2 and not self.init_from:
             raise ConfigError(f"{key}.init_from: stage 2 starts from the stage-1 export; set it to that directory")
         if self.trainable is not None:

@@ -17,11 +17,15 @@ from tqdm import tqdm
 from ..config import ConfigError
 from ..data import (IGNORE_INDEX, Collator, Curriculum, MixtureSampler, load_task_data, load_tokenizer,
                     rank_slice, tokenize_examples)
+from ..data.suite import SUITE_TASKS
+from ..evaluation.generation import causal_prompt, generate_predictions
+from ..evaluation.metrics import profile_tasks, score_predictions
 from ..modeling import MTAModel, format_parameter_counts
 from ..modeling.persistence import gathered_state, save_mta_model
 from .distributed import barrier, init_process_group
-from .evaluation import causal_prompt, evaluate_generation
 from .logger import RunLogger
+from .monitor import TrainingMonitor
+from .losses import reduce_loss, task_weight_vector
 from .model_factory import build_backbone, build_tokenizer, model_mode
 from .param_groups import optimizer_param_groups, pattern_param_groups
 from .run_config import RunConfig
@@ -92,6 +96,17 @@ class Trainer:
         self.task_rows = self.data.task_indices()
         curriculum = Curriculum.from_list(d.curriculum, list(self.task_rows)) if d.curriculum else None
         self.sampler = MixtureSampler({t: len(r) for t, r in self.task_rows.items()}, d.sampling, d.seed, curriculum)
+        self.task_weights = task_weight_vector(self.cfg.train.task_weights, self.data.registry.names)
+        train = self.data.splits["train"]
+        for key, mapping in (("mta.data.task_kinds", d.task_kinds),
+                             ("mta.train.baseline_scores", self.cfg.train.baseline_scores)):
+            unknown = sorted(set(mapping) - set(self.data.registry.names))
+            if unknown:
+                raise ConfigError(f"{key}.{unknown[0]}: unknown task; tasks in the data: {self.data.registry.names}")
+        declared = {name: SUITE_TASKS[name].kind for name in self.data.registry.names
+                    if d.suite is not None and name in SUITE_TASKS}
+        self.profiles = profile_tasks(list(train["task"]), list(train["input"]), list(train["target"]),
+                                      {**declared, **d.task_kinds})
 
     def _param_groups(self) -> list[dict[str, Any]]:
         t = self.cfg.train
@@ -122,6 +137,7 @@ class Trainer:
                                                                  lr_scheduler=scheduler, config=ds)
         self.step = 0
         self.best = -math.inf
+        self.monitor = TrainingMonitor(t.warn_margin, t.baseline_scores)
         if self.resume:
             self._load_checkpoint()
 
@@ -141,6 +157,7 @@ class Trainer:
             if self.step % t.log_every == 0 or self.step == t.steps:
                 stats["tokens_per_s"] = stats.pop("tokens") / (time.perf_counter() - started)
                 self.logger.log("train", self.step, stats)
+                self._log_routing()
                 bar.set_postfix(loss=f"{stats['loss']:.3f}")
             if self.val_set is not None and (self.step % t.eval_every == 0 or self.step == t.steps):
                 scores = self.validate()
@@ -186,30 +203,52 @@ class Trainer:
                 "tokens": totals[2].item()}
 
     def _loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, float]:
-        """Mean token cross-entropy (as Hugging Face computes it) + aux loss, and per-sample losses."""
+        """Cross-entropy reduced as ``mta.train.loss_reduction`` says + aux loss, and per-sample losses."""
         out = self.engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                           labels=batch["labels"], task_type_ids=batch["task_type_ids"])
         logits, labels = out.logits, batch["labels"]
         if self.mode == "causal":
             logits, labels = logits[:, :-1], labels[:, 1:]
         tokens = F.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=IGNORE_INDEX, reduction="none")
-        mask = (labels != IGNORE_INDEX).float()
-        loss = tokens.sum() / mask.sum()
+        loss, per_sample = reduce_loss(tokens, labels != IGNORE_INDEX, batch["task_ids"],
+                                       self.cfg.train.loss_reduction, self.task_weights)
         aux = self.model.last_aux_loss
         aux_value = 0.0 if aux is None else float(aux.detach())
         if aux is not None:
             loss = loss + aux.to(loss.dtype)
-        return loss, (tokens * mask).sum(1) / mask.sum(1).clamp(min=1), aux_value
+        return loss, per_sample, aux_value
+
+    def _log_routing(self) -> None:
+        """Routing since the last record, summed over ranks: per layer, sequences per task type and
+        adapter, mean gate weights (and stage-2 mixing weights); then the counters restart."""
+        layers = {}
+        for name, layer in self.model.mta_layers.items():
+            layers[name] = layer.get_routing_stats(all_reduce=self.world > 1).as_dict()
+            layer.reset_routing_stats()
+        self.logger.log("routing", self.step, {"layers": layers})
+        self._warn(self.monitor.check_routing(layers))
+
+    def _warn(self, warnings: list[dict[str, Any]]) -> None:
+        for warning in warnings:
+            self.logger.log("warning", self.step, warning)
+            self._info(f"warning at step {self.step}: {warning['message']}")
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> dict[str, float]:
+        """Greedy generations on the validation split scored per task; ``scores`` holds each task's
+        primary metric and ``macro`` (what selects the best export); ``metrics`` all of them."""
         t = self.cfg.train
         prompt_only = None if self.mode == "seq2seq" else causal_prompt
-        predictions: list[str] = []
-        scores = evaluate_generation(self.model, self.val_set, self.tokenizer, self.collate, t.eval_batch_size,
-                                     t.max_new_tokens, lockstep=self.cfg.mta.ep_size > 1, device=self.engine.device,
-                                     prompt_only=prompt_only, predictions=predictions)
-        self.logger.log("validation", self.step, {"scores": scores})
+        predictions = generate_predictions(self.model, self.val_set, self.tokenizer, self.collate, t.eval_batch_size,
+                                           t.max_new_tokens, lockstep=self.cfg.mta.ep_size > 1,
+                                           device=self.engine.device, prompt_only=prompt_only)
+        result = score_predictions(list(self.val_set["task"]), list(self.val_set["target"]), predictions,
+                                   {k: v["kind"] for k, v in self.profiles.items()}, self.data.registry.type_of,
+                                   {k: v["labels"] for k, v in self.profiles.items()})
+        scores = {task: m["primary"] for task, m in result["tasks"].items()}
+        scores["macro"] = result["macro"]
+        self.logger.log("validation", self.step, {"scores": scores, "metrics": result["tasks"],
+                                                   "by_type": result["by_type"]})
         if self.rank == 0:  # what each validation example generated, for inspection and comparison
             folder = self.out / "predictions"
             folder.mkdir(exist_ok=True)
@@ -217,6 +256,7 @@ class Trainer:
             (folder / f"step{self.step}.jsonl").write_text("".join(
                 json.dumps({"task": task, "target": target, "prediction": text}) + "\n" for task, target, text in rows))
         self._info(f"step {self.step} validation: " + ", ".join(f"{k} {v:.3f}" for k, v in scores.items()))
+        self._warn(self.monitor.check_validation(scores))
         if scores["macro"] > self.best:
             self.best = scores["macro"]
             self.export(self.out / BEST)
@@ -226,7 +266,8 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints and export
     def save_checkpoint(self) -> None:
         """A DeepSpeed checkpoint tagged by step; ``latest`` moves only after every file is written."""
-        state = {"step": self.step, "best": self.best, "sampler": self.sampler.state_dict(),
+        state = {"step": self.step, "best": self.best, "monitor": self.monitor.state_dict(),
+                 "sampler": self.sampler.state_dict(),
                  "torch_rng": torch.get_rng_state(), "stage": self.cfg.train.stage}
         self.engine.save_checkpoint(str(self.out / CHECKPOINTS), tag=f"step{self.step}", client_state=state,
                                     save_latest=True)
@@ -242,6 +283,7 @@ class Trainer:
             raise ConfigError(f"--resume: {path} is a stage-{state.get('stage')} checkpoint; this run is stage "
                               f"{self.cfg.train.stage}")
         self.step, self.best = int(state["step"]), float(state["best"])
+        self.monitor.load_state_dict(state.get("monitor", {}))
         self.sampler.load_state_dict(state["sampler"])
         torch.set_rng_state(state["torch_rng"])
         self._info(f"resumed from {path} at step {self.step}")
@@ -253,7 +295,8 @@ class Trainer:
         if self.rank == 0:
             save_mta_model(self.model, directory, state)
             self.tokenizer.save_pretrained(directory)
-            (directory / "tasks.json").write_text(json.dumps(self.data.registry.to_dict(), indent=2) + "\n")
+            tasks = {**self.data.registry.to_dict(), "profiles": self.profiles}
+            (directory / "tasks.json").write_text(json.dumps(tasks, indent=2) + "\n")
         barrier()
 
     def _info(self, message: str) -> None:

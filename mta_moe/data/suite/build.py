@@ -10,11 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from ...evaluation.metrics import rouge_l
 from .tasks import CONFLICTS, HELPS, SUITE_TASKS, SuiteTask
 
 SPLITS = ("train", "validation", "test")
 # Bump whenever a generator changes what it draws: cached suites with another version are rebuilt.
-SUITE_VERSION = 2
+SUITE_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -70,8 +71,8 @@ def _unique_examples(task: SuiteTask, rng: random.Random, count: int) -> list[di
 
 
 def chance_levels(suite: dict[str, list[dict[str, str]]]) -> dict[str, dict[str, float | str]]:
-    """Per task: the score of guessing. Uniform over the labels for closed label sets; for generation,
-    the exact match of always answering the most frequent training target."""
+    """Per task: the score of guessing. Uniform over the labels for closed label sets; otherwise the
+    task's metric (exact match or ROUGE-L) of always answering the most frequent training target."""
     levels = {}
     for name in dict.fromkeys(row["task"] for row in suite["test"]):
         task = SUITE_TASKS[name]
@@ -81,7 +82,8 @@ def chance_levels(suite: dict[str, list[dict[str, str]]]) -> dict[str, dict[str,
         else:
             train = Counter(r["target"] for r in suite["train"] if r["task"] == name)
             common = train.most_common(1)[0][0]
-            levels[name] = {"chance": sum(t == common for t in test) / len(test),
+            score = (lambda t: rouge_l(common, t)) if task.metric == "rouge_l" else (lambda t: float(t == common))
+            levels[name] = {"chance": sum(score(t) for t in test) / len(test),
                             "how": f"always answering the most frequent training target ({common!r})"}
     return levels
 
@@ -145,7 +147,7 @@ def render_card(suite: dict[str, list[dict[str, str]]], seed: int, sizes: SuiteS
         lines.append(f"- `{name}`: {row['input']} → **{row['target']}**")
     lines += ["", "## Vocabulary", "",
               "Names, cities, weekdays and months, 40 verbs with their inflections, 58 objects, 32 object "
-              "adjectives, 5 review domains with their aspects, 30 positive and 30 negative adjectives, "
-              "10 intensifiers and 5 headline topics: about 580 distinct words "
+              "adjectives, 5 review domains with their aspects, 16 positive and 16 negative adjectives, "
+              "10 intensifiers and 5 headline topics: about 550 distinct words "
               "(`mta_moe/data/suite/vocab.py`).", ""]
     return "\n".join(lines)

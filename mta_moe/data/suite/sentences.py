@@ -67,6 +67,12 @@ def negated(fact: Fact, fronted: bool = False) -> str:
     return f"{fact.name} does not {fact.verb[0]} the {fact.thing} in {fact.place} {fact.time}."
 
 
+def negated_past(fact: Fact, fronted: bool = False) -> str:
+    if fronted:
+        return f"{fact.fronted_time}, {fact.name} did not {fact.verb[0]} the {fact.thing} in {fact.place}."
+    return f"{fact.name} did not {fact.verb[0]} the {fact.thing} in {fact.place} {fact.time}."
+
+
 def passive(fact: Fact) -> str:
     return f"The {fact.thing} was {fact.verb[3]} by {fact.name} in {fact.place} {fact.time}."
 

@@ -15,10 +15,15 @@ Generator = Callable[[random.Random], tuple[str, str]]
 class SuiteTask:
     name: str
     type: str
-    metric: str  # "accuracy" or "exact_match"
+    metric: str  # the primary metric: "accuracy", "exact_match" or "rouge_l"
     labels: tuple[str, ...] | None  # closed label set (classification / NLI); None for generation
     description: str
     generate: Generator
+
+    @property
+    def kind(self) -> str:
+        """How the task is scored (``mta_moe.evaluation.metrics``)."""
+        return {"accuracy": "classification", "exact_match": "extraction", "rouge_l": "generation"}[self.metric]
 
 
 def _pick(rng: random.Random, options: list[str]) -> str:
@@ -59,9 +64,9 @@ def topic(rng: random.Random) -> tuple[str, str]:
 
 def review_claim(rng: random.Random) -> tuple[str, str]:
     label = rng.choice(["yes", "no"])
-    polarities = [rng.random() < 0.5 for _ in range(rng.choice([1, 2]))]
+    polarities = [rng.random() < 0.5]
     text, aspects = s.review(rng, polarities)
-    index = rng.randrange(len(aspects))
+    index = 0
     liked = polarities[index] == (label == "yes")
     claim = f"The writer {'liked' if liked else 'disliked'} the {aspects[index]}."
     return f"Premise: {text} Hypothesis: {claim} Does the premise support the hypothesis, yes or no?", label
@@ -91,9 +96,12 @@ def fact_entail(rng: random.Random) -> tuple[str, str]:
 def same_meaning(rng: random.Random) -> tuple[str, str]:
     label = rng.choice(["yes", "no"])
     fact = s.random_fact(rng)
-    other = fact if label == "yes" else s.change_one_slot(rng, fact, ("name", "obj", "adjective", "place", "when"))
     first = s.past(fact)
-    second = s.passive(other) if rng.random() < 0.5 else s.past(other, fronted=True)
+    if label == "no" and rng.random() < 0.5:  # the paraphrase negated: "did not"
+        second = s.negated_past(fact, fronted=rng.random() < 0.5)
+    else:  # a paraphrase, of the same fact or of one with one slot changed
+        other = fact if label == "yes" else s.change_one_slot(rng, fact, ("name", "obj", "place"))
+        second = s.passive(other) if rng.random() < 0.5 else s.past(other, fronted=True)
     if rng.random() < 0.5:
         first, second = second, first
     return f"Sentence 1: {first} Sentence 2: {second} Do the two sentences mean the same thing, yes or no?", label
@@ -133,20 +141,21 @@ SUITE_TASKS: dict[str, SuiteTask] = {t.name: t for t in [
               "Topic of a headline built from a subject, verb and object; in half of them one of the three "
               "comes from another topic, and the majority decides.", topic),
     SuiteTask("review_claim", "nli", "accuracy", ("yes", "no"),
-              "Premise: a review (clauses may disagree, joined by \"but\"); hypothesis: the writer liked or "
-              "disliked one aspect. Does the premise support it?", review_claim),
+              "Premise: a one-clause review of one aspect; hypothesis: the writer liked or disliked that "
+              "aspect. Does the premise support it? (The label is the polarity read through the claim.)",
+              review_claim),
     SuiteTask("fact_entail", "nli", "accuracy", ("yes", "no", "maybe"),
               "Premise: one or two event sentences; hypothesis: a restatement (yes), a restatement with one "
               "slot changed (no), or a claim the text does not settle (maybe).", fact_entail),
     SuiteTask("same_meaning", "nli", "accuracy", ("yes", "no"),
-              "Paraphrase detection: an event sentence and its passive or time-fronted paraphrase, with or "
-              "without one changed slot.", same_meaning),
+              "Paraphrase detection: an event sentence and its passive or time-fronted paraphrase (yes); "
+              "the paraphrase with one slot changed (person, object or place) or negated (no).", same_meaning),
     SuiteTask("answer", "generate", "exact_match", None,
               "Extractive question answering (who / where / when / what) over one or two event sentences.",
               answer),
-    SuiteTask("past_tense", "generate", "exact_match", None,
+    SuiteTask("past_tense", "generate", "rouge_l", None,
               "Rewrite a present-tense event sentence in the past tense.", past_tense),
-    SuiteTask("negate", "generate", "exact_match", None,
+    SuiteTask("negate", "generate", "rouge_l", None,
               "Rewrite the same kind of present-tense sentence as its negation (\"does not ...\").", negate),
 ]}
 

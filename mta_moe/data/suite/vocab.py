@@ -55,12 +55,12 @@ DOMAINS = {
 }
 DOMAIN_NOUNS = {"restaurant": "restaurant", "hotel": "hotel", "phone": "phone", "film": "film", "book": "book"}
 
+# 16 adjectives per polarity: few enough that a small model trained from scratch learns them in a
+# 9-task mixture within the demo budget
 POSITIVE = """wonderful excellent delightful superb lovely charming reliable generous brilliant pleasant
-spotless fresh gripping elegant friendly comfortable flawless tasty stunning impressive helpful cosy
-clever smooth vivid warm outstanding moving crisp quick""".split()
+spotless fresh gripping elegant friendly comfortable""".split()
 NEGATIVE = """awful dreadful bland broken rude dirty noisy boring flimsy stale sluggish cramped dull clumsy
-greasy shabby tedious unreliable cold disappointing confusing faulty mediocre tasteless grim slow
-overpriced messy weak forgettable""".split()
+greasy shabby""".split()
 INTENSIFIERS = "really truly quite rather absolutely surprisingly remarkably very genuinely utterly".split()
 REVIEW_OPENERS = ["", "Honestly, ", "I have to say ", "In short, ", "To be fair, ", "After two visits, ",
                   "As expected, ", "Frankly, ", "Overall, ", "My verdict: ", "Well, ", "For the price, "]

@@ -1,0 +1,195 @@
+"""The negative-transfer report: every system's per-task test scores, deltas against a baseline with
+negative transfer flagged, per-task routing heatmaps with collapse warnings, calibration of the
+classification tasks, and per-task loss curves. Written as report.md + report.json + PNG figures."""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import datasets
+import torch
+
+from . import figures
+from .calibration import calibrate
+from .label_scores import label_logits
+from .routing import collapse_warnings, routing_by_task
+from .scoring import evaluate_rows, load_export
+
+DEFAULT_THRESHOLD = 0.01  # a delta below -threshold is flagged as negative transfer
+
+
+@dataclass
+class ReportConfig:
+    systems: dict[str, str]  # name -> run directory (with export/ and metrics.jsonl) or export directory
+    test: str  # canonical-format file scored for the table
+    validation: str | None = None  # fits the calibration temperatures; None: no calibration
+    baseline: str | dict[str, float] | None = None  # a system name, or per-task baseline scores
+    threshold: float = DEFAULT_THRESHOLD
+    chance: dict[str, float] = field(default_factory=dict)
+    batch_size: int = 64
+    max_input_length: int = 128
+    max_new_tokens: int = 32
+
+
+def export_dir(path: str | Path) -> Path:
+    """A run directory's export/, or the path itself when it is an export."""
+    path = Path(path)
+    if (path / "tasks.json").is_file():
+        return path
+    if (path / "export" / "tasks.json").is_file():
+        return path / "export"
+    raise FileNotFoundError(f"{path}: neither an export (tasks.json) nor a run directory with export/tasks.json")
+
+
+def build_report(cfg: ReportConfig, out_dir: str | Path) -> dict[str, Any]:
+    """Evaluate every system and write the report into ``out_dir``; returns the report's JSON."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    from ..data import load_examples  # noqa: PLC0415  (kept local: the data package is heavy to import)
+    systems: dict[str, Any] = {}
+    warnings: list[str] = []
+    for name, run in cfg.systems.items():
+        export = load_export(export_dir(run))
+        test, _ = load_examples(cfg.test, export.registry.task_types)
+        export.registry.check_known(cfg.test, test["task"])
+        result = evaluate_rows(export, test, cfg.batch_size, cfg.max_input_length, cfg.max_new_tokens)
+        entry = {"scores": {t: m["primary"] for t, m in result["tasks"].items()}, "metrics": result["tasks"],
+                 "kinds": result["kinds"], "macro": result["macro"], "by_type": result.get("by_type", {})}
+        entry["routing"] = _routing(name, export, test, cfg, out, warnings)
+        if cfg.validation:
+            validation, _ = load_examples(cfg.validation, export.registry.task_types)
+            entry["calibration"] = _calibration(name, export, validation, test, cfg, out)
+        metrics_file = Path(run) / "metrics.jsonl"
+        if metrics_file.is_file():
+            entry["loss_curve_png"] = _loss_curves(name, metrics_file, out)
+        systems[name] = entry
+    baseline = _baseline_scores(cfg.baseline, systems)
+    report = {"systems": systems, "baseline": cfg.baseline if isinstance(cfg.baseline, str) else "given",
+              "baseline_scores": baseline, "threshold": cfg.threshold, "chance": cfg.chance,
+              "deltas": _deltas(systems, baseline), "warnings": warnings}
+    report["negative_transfer"] = {name: [t for t, d in deltas.items() if d < -cfg.threshold]
+                                   for name, deltas in report["deltas"].items()}
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "report.md").write_text(render_markdown(report))
+    return report
+
+
+def _baseline_scores(baseline: str | Mapping[str, float] | None, systems: Mapping[str, Any]) -> dict[str, float]:
+    if baseline is None:
+        return {}
+    if isinstance(baseline, str):
+        if baseline not in systems:
+            raise ValueError(f"baseline {baseline!r} is not among the systems {list(systems)}")
+        return dict(systems[baseline]["scores"])
+    return dict(baseline)
+
+
+def _deltas(systems: Mapping[str, Any], baseline: Mapping[str, float]) -> dict[str, dict[str, float]]:
+    return {name: {t: s - baseline[t] for t, s in entry["scores"].items() if t in baseline}
+            for name, entry in systems.items()}
+
+
+def _routing(name: str, export, test: datasets.Dataset, cfg: ReportConfig, out: Path, warnings: list[str]) -> dict:
+    from ..data import tokenize_examples  # noqa: PLC0415
+    tokenized, _ = tokenize_examples(test, export.tokenizer, export.registry, cfg.max_input_length,
+                                     cfg.max_new_tokens, export.mode)
+    layers = {}
+    for layer, table in routing_by_task(export.model, tokenized, export.collator(), cfg.batch_size).items():
+        png = figures.routing_heatmap(out / f"routing_{name}_{_slug(layer)}.png", f"{name}: {layer}", table.tasks,
+                                      table.mean_weights, table.counts)
+        found = collapse_warnings(f"{name} {layer}", table.counts, table.sequences)
+        warnings.extend(found)
+        layers[layer] = {**asdict(table), "png": png.name, "warnings": found}
+    return layers
+
+
+def _calibration(name: str, export, validation: datasets.Dataset, test: datasets.Dataset, cfg: ReportConfig,
+                 out: Path) -> dict:
+    results = {}
+    for task, profile in sorted(export.profiles.items()):
+        if profile["kind"] != "classification" or task not in set(test["task"]):
+            continue
+        labels = profile["labels"]
+        logits, gold = {}, {}
+        for split, rows in (("validation", validation), ("test", test)):
+            subset = rows.filter(lambda r: r["task"] == task)
+            logits[split] = label_logits(export.model, export.tokenizer, export.registry, subset, labels,
+                                         cfg.max_input_length, cfg.max_new_tokens, cfg.batch_size)
+            gold[split] = torch.tensor([labels.index(t.strip().lower()) for t in subset["target"]])
+        result = calibrate(logits["validation"], gold["validation"], logits["test"], gold["test"])
+        png = figures.reliability_diagram(out / f"reliability_{name}_{task}.png", f"{name}: {task}",
+                                          {"before": result["reliability_before"],
+                                           f"after (T={result['temperature']:.2f})": result["reliability_after"]})
+        results[task] = {**result, "png": png.name}
+    return results
+
+
+def _loss_curves(name: str, metrics_file: Path, out: Path) -> str:
+    curves: dict[str, list[tuple[int, float]]] = {}
+    for line in metrics_file.read_text().splitlines():
+        record = json.loads(line)
+        if record.get("kind") == "train":
+            for task, value in record.get("task_loss", {}).items():
+                if value is not None and math.isfinite(value) and value > 0:
+                    curves.setdefault(task, []).append((record["step"], value))
+    return figures.loss_curves(out / f"loss_{name}.png", f"{name}: training loss per task", curves).name
+
+
+def render_markdown(report: Mapping[str, Any]) -> str:
+    systems = report["systems"]
+    names = list(systems)
+    tasks = sorted({t for entry in systems.values() for t in entry["scores"]})
+    baseline = report["baseline_scores"]
+    lines = ["# Multi-task report", "",
+             f"Primary metric per task (accuracy for classification, exact match for extraction, ROUGE-L F "
+             f"for generation); Δ is the score minus the baseline ({report['baseline']}); "
+             f"⚠ marks negative transfer (Δ < −{report['threshold']}).", ""]
+    header = "| task | kind |" + "".join(f" {n} | Δ {n} |" for n in names) + (" chance |" if report["chance"] else "")
+    lines += [header, "|" + "---|" * (header.count("|") - 1)]
+    for task in tasks:
+        kind = next(e["kinds"][task] for e in systems.values() if task in e["kinds"])
+        row = f"| `{task}` | {kind} |"
+        for name in names:
+            score = systems[name]["scores"].get(task)
+            delta = report["deltas"][name].get(task)
+            flag = " ⚠" if delta is not None and delta < -report["threshold"] else ""
+            row += f" {_num(score)} | {_num(delta, signed=True)}{flag} |"
+        if report["chance"]:
+            row += f" {_num(report['chance'].get(task))} |"
+        lines.append(row)
+    macro = "| **macro** | |" + "".join(
+        f" {_num(systems[n]['macro'])} | {_num(_mean(report['deltas'][n].values()), signed=True) if baseline else ''} |"
+        for n in names)
+    lines += [macro, ""]
+    for name in names:
+        entry = systems[name]
+        lines += [f"## {name}", "", f"![loss]({entry['loss_curve_png']})" if "loss_curve_png" in entry else "", ""]
+        for layer, table in entry["routing"].items():
+            lines.append(f"- routing `{layer}`: ![routing]({table['png']})" +
+                         ("".join(f" — ⚠ {w}" for w in table["warnings"])))
+        for task, cal in entry.get("calibration", {}).items():
+            lines.append(f"- calibration `{task}`: T = {cal['temperature']:.2f}, NLL {cal['nll_before']:.3f} → "
+                         f"{cal['nll_after']:.3f}, ECE {cal['ece_before']:.3f} → {cal['ece_after']:.3f} "
+                         f"([reliability]({cal['png']}))")
+        lines.append("")
+    if report["warnings"]:
+        lines += ["## Warnings", ""] + [f"- {w}" for w in report["warnings"]] + [""]
+    return "\n".join(lines)
+
+
+def _num(value: float | None, signed: bool = False) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return f"{value:+.3f}" if signed else f"{value:.3f}"
+
+
+def _mean(values) -> float:
+    values = list(values)
+    return sum(values) / len(values) if values else float("nan")
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in text).strip("_")

@@ -1,0 +1,91 @@
+"""Standalone evaluation of an export: load it, generate for canonical-format data, score per task."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import datasets
+import torch
+
+from ..data import Collator, TaskRegistry, load_examples, load_tokenizer, tokenize_examples
+from ..modeling import MTAModel
+from .generation import causal_prompt, generate_predictions
+from .metrics import PRIMARY, profile_tasks, score_predictions
+
+
+@dataclass
+class LoadedExport:
+    model: MTAModel
+    tokenizer: Any
+    registry: TaskRegistry
+    profiles: dict[str, dict[str, Any]]  # {task: {"kind", "labels"}}; empty for exports without them
+
+    @property
+    def mode(self) -> str:
+        return "seq2seq" if self.model.config.is_encoder_decoder else "causal"
+
+    def collator(self) -> Collator:
+        return Collator(self.tokenizer.pad_token_id, self.mode, "right" if self.mode == "seq2seq" else "left")
+
+
+def load_export(directory: str | Path) -> LoadedExport:
+    """An export written by the trainer (model, tokenizer, tasks.json)."""
+    directory = Path(directory)
+    tasks_file = directory / "tasks.json"
+    if not tasks_file.is_file():
+        raise FileNotFoundError(f"{tasks_file}: missing; the model must be an export written by launchers/train.py")
+    tasks = json.loads(tasks_file.read_text())
+    registry = TaskRegistry(tasks["task_types"], tasks["tasks"])
+    return LoadedExport(MTAModel.from_pretrained(directory), load_tokenizer(directory), registry,
+                        tasks.get("profiles", {}))
+
+
+def evaluate_rows(export: LoadedExport, rows: datasets.Dataset, batch_size: int, max_input_length: int,
+                  max_new_tokens: int) -> dict[str, Any]:
+    """Generate for ``rows`` (canonical columns) and score them; adds ``kinds`` and ``predictions``."""
+    profiles = dict(export.profiles)
+    missing = sorted(set(rows["task"]) - set(profiles))
+    if missing:  # an export from before task profiles were recorded: infer them from these rows
+        subset = rows.filter(lambda r: r["task"] in missing)
+        profiles.update(profile_tasks(list(subset["task"]), list(subset["input"]), list(subset["target"])))
+    tokenized, _ = tokenize_examples(rows, export.tokenizer, export.registry, max_input_length, max_new_tokens,
+                                     export.mode)
+    predictions = generate_predictions(export.model, tokenized, export.tokenizer, export.collator(), batch_size,
+                                       max_new_tokens, lockstep=False, device=torch.device("cpu"),
+                                       prompt_only=causal_prompt if export.mode == "causal" else None)
+    tasks = sorted(set(rows["task"]))
+    result = score_predictions(list(rows["task"]), list(rows["target"]), predictions,
+                               {t: profiles[t]["kind"] for t in tasks}, export.registry.type_of,
+                               {t: profiles[t]["labels"] for t in tasks})
+    result["kinds"] = {t: profiles[t]["kind"] for t in tasks}
+    result["predictions"] = predictions
+    return result
+
+
+def evaluate_export(model_dir: str | Path, data_path: str | Path, batch_size: int = 64, max_input_length: int = 128,
+                    max_new_tokens: int = 32, predictions_path: str | Path | None = None) -> dict[str, Any]:
+    export = load_export(model_dir)
+    rows, _ = load_examples(data_path, export.registry.task_types)
+    export.registry.check_known(str(data_path), rows["task"])
+    result = evaluate_rows(export, rows, batch_size, max_input_length, max_new_tokens)
+    if predictions_path:
+        Path(predictions_path).write_text("".join(
+            json.dumps({"task": row["task"], "target": row["target"], "prediction": text}) + "\n"
+            for row, text in zip(rows, result["predictions"])))
+    return result
+
+
+def format_table(result: Mapping[str, Any], chance: Mapping[str, float] | None = None) -> str:
+    """One line per task: kind, primary metric name and value, chance level, the other metrics."""
+    chance = chance or {}
+    lines = [f"{'task':<16}{'kind':<16}{'metric':<13}{'score':>7}{'chance':>8}  other"]
+    for task, metrics in result["tasks"].items():
+        kind = result["kinds"][task]
+        name = PRIMARY[kind]
+        level = f"{chance[task]:.3f}" if task in chance else ""
+        other = ", ".join(f"{k} {v:.3f}" for k, v in metrics.items() if k not in (name, "primary"))
+        lines.append(f"{task:<16}{kind:<16}{name:<13}{metrics['primary']:>7.3f}{level:>8}  {other}")
+    lines.append(f"{'macro':<45}{result['macro']:>7.3f}")
+    return "\n".join(lines)

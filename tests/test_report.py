@@ -1,0 +1,94 @@
+"""The report from small real runs: deltas are differences of the listed scores, routing tables match the
+layers' own statistics, calibration and figures are written, and evaluate.py prints every metric."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from mta_moe.data import load_examples, tokenize_examples
+from mta_moe.evaluation.routing import routing_by_task
+from mta_moe.evaluation.scoring import load_export
+from test_training import REPO, launch, tiny_config, write_config
+
+
+@pytest.fixture(scope="module")
+def two_stages(tmp_path_factory):
+    root = tmp_path_factory.mktemp("report")
+    cfg1 = tiny_config(root / "stage1")
+    assert launch(["--deepspeed", str(write_config(root / "cfg1.json", cfg1))]).returncode == 0
+    cfg2 = tiny_config(root / "stage2", stage=2, init_from=str(root / "stage1" / "export"), steps=10,
+                       save_every=10, eval_every=10)
+    run = launch(["--deepspeed", str(write_config(root / "cfg2.json", cfg2))])
+    assert run.returncode == 0, run.stderr[-3000:]
+    return root
+
+
+def _report(root, *extra):
+    suite = root / "stage2" / "data" / "suite"
+    args = [sys.executable, "launchers/report.py", "--system", f"stage1={root / 'stage1'}",
+            "--system", f"stage2={root / 'stage2'}", "--baseline", "stage1", "--test", str(suite / "test.jsonl"),
+            "--validation", str(suite / "validation.jsonl"), "--chance", str(suite / "suite.json"),
+            "--out", str(root / "report"), "--max-input-length", "64", "--max-new-tokens", "12", *extra]
+    return subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "DS_ACCELERATOR": "cpu"})
+
+
+def test_report_deltas_routing_and_calibration(two_stages):
+    run = _report(two_stages, "--threshold", "0.0")
+    assert run.returncode == 0, run.stderr[-3000:]
+    out = two_stages / "report"
+    report = json.loads((out / "report.json").read_text())
+    s1, s2 = report["systems"]["stage1"], report["systems"]["stage2"]
+    assert set(s1["scores"]) == {"sentiment", "fact_entail", "answer"}
+    for task in s1["scores"]:
+        assert report["deltas"]["stage2"][task] == pytest.approx(s2["scores"][task] - s1["scores"][task])
+        assert report["deltas"]["stage1"][task] == 0.0
+    assert report["negative_transfer"]["stage2"] == [t for t, d in report["deltas"]["stage2"].items() if d < 0]
+    assert s1["kinds"] == {"sentiment": "classification", "fact_entail": "classification", "answer": "extraction"}
+    assert set(s1["metrics"]["sentiment"]) == {"accuracy", "macro_f1", "primary"}
+    # calibration for the classification tasks only, one reliability figure each
+    assert set(s2["calibration"]) == {"sentiment", "fact_entail"}
+    for task, cal in s2["calibration"].items():
+        assert cal["temperature"] > 0 and (out / cal["png"]).stat().st_size > 0
+        assert cal["accuracy"] == pytest.approx(float(cal["accuracy"]))
+    for entry in (s1, s2):
+        assert (out / entry["loss_curve_png"]).stat().st_size > 0
+        for layer, table in entry["routing"].items():
+            assert (out / table["png"]).stat().st_size > 0
+            assert sum(table["sequences"]) == 3 * 6  # every test sequence routed once per layer
+    markdown = (out / "report.md").read_text()
+    for task in s1["scores"]:
+        assert f"| `{task}` |" in markdown
+    assert "Δ stage2" in markdown
+
+
+def test_routing_tables_match_the_layer_statistics(two_stages):
+    export = load_export(two_stages / "stage2" / "export")
+    rows, _ = load_examples(two_stages / "stage2" / "data" / "suite" / "test.jsonl", export.registry.task_types)
+    tokenized, _ = tokenize_examples(rows, export.tokenizer, export.registry, 64, 12, export.mode)
+    for layer in export.model.mta_layers.values():
+        layer.reset_routing_stats()
+    tables = routing_by_task(export.model, tokenized, export.collator(), batch_size=5)
+    for name, layer in export.model.mta_layers.items():
+        stats = layer.get_routing_stats()
+        table = tables[name]
+        by_type = torch.zeros_like(stats.adapter_counts)
+        weights = torch.zeros_like(stats.weight_sums)
+        for i, task in enumerate(table.tasks):
+            row = export.registry.task_types.index(export.registry.type_of[task])  # the layer's rows: task types
+            by_type[row] += torch.tensor(table.counts[i], dtype=by_type.dtype)
+            weights[row] += torch.tensor(table.mean_weights[i], dtype=weights.dtype) * table.sequences[i]
+        assert torch.equal(by_type, stats.adapter_counts)
+        assert torch.allclose(weights, stats.weight_sums)
+        assert table.mean_mix is not None  # stage 2: the gate network's mixing weights are reported
+
+
+def test_report_errors_are_one_line(two_stages, tmp_path):
+    run = _report(two_stages, "--baseline", "nobody")
+    assert run.returncode == 2 and run.stderr.strip().splitlines()[-1].startswith("error: baseline 'nobody'")
+    bad = subprocess.run([sys.executable, "launchers/report.py", "--system", f"x={tmp_path}", "--test", "t.jsonl",
+                          "--out", str(tmp_path / "r")], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "neither an export" in bad.stderr
