@@ -22,7 +22,8 @@ setup: $(VENV)/.installed
 test: setup
 	DS_ACCELERATOR=cpu $(PY) -m pytest -q tests
 
-# The main job: both stages on the bundled suite (CPU by default), then the per-task table on the test split.
+# The main job: both stages on the bundled suite (CPU by default), the per-task table on the test split, and the
+# report (stage 2 against stage 1: deltas, routing heatmaps, calibration, loss curves) in $(DEMO)/report.
 DEMO ?= runs/demo
 DS_LAUNCH ?= DS_ACCELERATOR=$${DS_ACCELERATOR:-cpu} $(VENV)/bin/deepspeed --num_gpus 1 --master_port 29560
 demo: setup
@@ -32,6 +33,9 @@ demo: setup
 		--train.init_from $(DEMO)/stage1/export
 	$(PY) launchers/evaluate.py --model $(DEMO)/stage2/export --data $(DEMO)/stage2/data/suite/test.jsonl \
 		--chance $(DEMO)/stage2/data/suite/suite.json --out $(DEMO)/test_scores.json
+	$(PY) launchers/report.py --system stage1=$(DEMO)/stage1 --system stage2=$(DEMO)/stage2 --baseline stage1 \
+		--test $(DEMO)/stage2/data/suite/test.jsonl --validation $(DEMO)/stage2/data/suite/validation.jsonl \
+		--chance $(DEMO)/stage2/data/suite/suite.json --out $(DEMO)/report
 
 clean:
 	rm -rf $(VENV) build *.egg-info

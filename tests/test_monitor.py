@@ -17,12 +17,19 @@ def test_validation_warnings_against_best_and_baseline():
     assert restored.best == monitor.best
 
 
-def test_routing_collapse_is_reported_when_it_appears():
+def test_routing_collapse_is_judged_over_the_window_and_reported_when_it_appears():
     monitor = TrainingMonitor(margin=0.05)
     healthy = {"enc": {"sequences": [10, 10, 0], "adapter_counts": [[10, 10, 0, 0], [0, 0, 10, 10], [0, 0, 0, 0]]}}
     collapsed = {"enc": {"sequences": [10, 10, 0], "adapter_counts": [[10, 0, 0, 0], [10, 0, 0, 0], [0, 0, 0, 0]]}}
-    assert monitor.check_routing(healthy) == []
-    messages = [w["message"] for w in monitor.check_routing(collapsed)]
+    monitor.add_routing(healthy)
+    assert monitor.check_routing() == []
+    monitor.add_routing(collapsed)
+    monitor.add_routing(collapsed)
+    messages = [w["message"] for w in monitor.check_routing()]
     assert messages == ["enc: adapter 0 serves 100% of all sequences", "enc: adapters [1, 2, 3] are never used"]
-    assert monitor.check_routing(collapsed) == []  # still collapsed: not repeated
-    assert monitor.check_routing(healthy) == []
+    monitor.add_routing(collapsed)
+    assert monitor.check_routing() == []  # still collapsed: not repeated
+    # a window with both: adapter 0 serves 30 of 40 sequences and every adapter is used
+    monitor.add_routing(healthy)
+    monitor.add_routing(collapsed)
+    assert monitor.check_routing() == []

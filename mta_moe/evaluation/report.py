@@ -12,6 +12,7 @@ from typing import Any, Mapping
 import datasets
 import torch
 
+from ..data import load_examples, tokenize_examples
 from . import figures
 from .calibration import calibrate
 from .label_scores import label_logits
@@ -32,6 +33,7 @@ class ReportConfig:
     batch_size: int = 64
     max_input_length: int = 128
     max_new_tokens: int = 32
+    baseline_name: str = "baseline"  # how the table names given baseline scores (e.g. "single-task")
 
 
 def export_dir(path: str | Path) -> Path:
@@ -48,7 +50,6 @@ def build_report(cfg: ReportConfig, out_dir: str | Path) -> dict[str, Any]:
     """Evaluate every system and write the report into ``out_dir``; returns the report's JSON."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    from ..data import load_examples  # noqa: PLC0415  (kept local: the data package is heavy to import)
     systems: dict[str, Any] = {}
     warnings: list[str] = []
     for name, run in cfg.systems.items():
@@ -67,7 +68,8 @@ def build_report(cfg: ReportConfig, out_dir: str | Path) -> dict[str, Any]:
             entry["loss_curve_png"] = _loss_curves(name, metrics_file, out)
         systems[name] = entry
     baseline = _baseline_scores(cfg.baseline, systems)
-    report = {"systems": systems, "baseline": cfg.baseline if isinstance(cfg.baseline, str) else "given",
+    report = {"systems": systems, "baseline": cfg.baseline if isinstance(cfg.baseline, str) else cfg.baseline_name,
+              "baseline_given": cfg.baseline is not None and not isinstance(cfg.baseline, str),
               "baseline_scores": baseline, "threshold": cfg.threshold, "chance": cfg.chance,
               "deltas": _deltas(systems, baseline), "warnings": warnings}
     report["negative_transfer"] = {name: [t for t, d in deltas.items() if d < -cfg.threshold]
@@ -93,7 +95,6 @@ def _deltas(systems: Mapping[str, Any], baseline: Mapping[str, float]) -> dict[s
 
 
 def _routing(name: str, export, test: datasets.Dataset, cfg: ReportConfig, out: Path, warnings: list[str]) -> dict:
-    from ..data import tokenize_examples  # noqa: PLC0415
     tokenized, _ = tokenize_examples(test, export.tokenizer, export.registry, cfg.max_input_length,
                                      cfg.max_new_tokens, export.mode)
     layers = {}
@@ -147,11 +148,13 @@ def render_markdown(report: Mapping[str, Any]) -> str:
              f"Primary metric per task (accuracy for classification, exact match for extraction, ROUGE-L F "
              f"for generation); Δ is the score minus the baseline ({report['baseline']}); "
              f"⚠ marks negative transfer (Δ < −{report['threshold']}).", ""]
-    header = "| task | kind |" + "".join(f" {n} | Δ {n} |" for n in names) + (" chance |" if report["chance"] else "")
+    given = report.get("baseline_given", False)
+    header = ("| task | kind |" + (f" {report['baseline']} |" if given else "")
+              + "".join(f" {n} | Δ {n} |" for n in names) + (" chance |" if report["chance"] else ""))
     lines += [header, "|" + "---|" * (header.count("|") - 1)]
     for task in tasks:
         kind = next(e["kinds"][task] for e in systems.values() if task in e["kinds"])
-        row = f"| `{task}` | {kind} |"
+        row = f"| `{task}` | {kind} |" + (f" {_num(baseline.get(task))} |" if given else "")
         for name in names:
             score = systems[name]["scores"].get(task)
             delta = report["deltas"][name].get(task)
@@ -160,7 +163,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         if report["chance"]:
             row += f" {_num(report['chance'].get(task))} |"
         lines.append(row)
-    macro = "| **macro** | |" + "".join(
+    macro = "| **macro** | |" + (f" {_num(_mean(baseline.values()))} |" if given else "") + "".join(
         f" {_num(systems[n]['macro'])} | {_num(_mean(report['deltas'][n].values()), signed=True) if baseline else ''} |"
         for n in names)
     lines += [macro, ""]

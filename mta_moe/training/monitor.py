@@ -15,6 +15,7 @@ class TrainingMonitor:
         self.baselines = dict(baselines or {})
         self.best: dict[str, float] = {}
         self._routing_seen: set[str] = set()
+        self._window: dict[str, tuple[list[float], list[list[float]]]] = {}
 
     def check_validation(self, scores: Mapping[str, float]) -> list[dict[str, Any]]:
         """One warning per task whose score is more than ``margin`` below its best so far or its baseline."""
@@ -34,12 +35,24 @@ class TrainingMonitor:
             self.best[task] = score if best is None else max(best, score)
         return warnings
 
-    def check_routing(self, layers: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
-        """Collapse warnings from routing records (``RoutingSnapshot.as_dict`` per layer); a warning is
-        reported when it first appears, not again while it persists."""
-        current = set()
+    def add_routing(self, layers: Mapping[str, Mapping[str, Any]]) -> None:
+        """Accumulate routing records (``RoutingSnapshot.as_dict`` per layer) until the next check."""
         for name, snapshot in layers.items():
-            current.update(collapse_warnings(name, snapshot["adapter_counts"], snapshot["sequences"]))
+            sequences, counts = self._window.setdefault(name, ([0.0] * len(snapshot["sequences"]),
+                                                               [[0.0] * len(r) for r in snapshot["adapter_counts"]]))
+            for i, value in enumerate(snapshot["sequences"]):
+                sequences[i] += value
+            for row, new in zip(counts, snapshot["adapter_counts"]):
+                for j, value in enumerate(new):
+                    row[j] += value
+
+    def check_routing(self) -> list[dict[str, Any]]:
+        """Collapse warnings over the routing accumulated since the last check (then the window restarts);
+        a warning is reported when it first appears, not again while it persists."""
+        current = set()
+        for name, (sequences, counts) in self._window.items():
+            current.update(collapse_warnings(name, counts, sequences))
+        self._window = {}
         new = sorted(current - self._routing_seen)
         self._routing_seen = current
         return [{"reason": "routing_collapse", "message": message} for message in new]

@@ -226,7 +226,7 @@ class Trainer:
             layers[name] = layer.get_routing_stats(all_reduce=self.world > 1).as_dict()
             layer.reset_routing_stats()
         self.logger.log("routing", self.step, {"layers": layers})
-        self._warn(self.monitor.check_routing(layers))
+        self.monitor.add_routing(layers)
 
     def _warn(self, warnings: list[dict[str, Any]]) -> None:
         for warning in warnings:
@@ -256,7 +256,7 @@ class Trainer:
             (folder / f"step{self.step}.jsonl").write_text("".join(
                 json.dumps({"task": task, "target": target, "prediction": text}) + "\n" for task, target, text in rows))
         self._info(f"step {self.step} validation: " + ", ".join(f"{k} {v:.3f}" for k, v in scores.items()))
-        self._warn(self.monitor.check_validation(scores))
+        self._warn(self.monitor.check_validation(scores) + self.monitor.check_routing())
         if scores["macro"] > self.best:
             self.best = scores["macro"]
             self.export(self.out / BEST)
