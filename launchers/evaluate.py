@@ -1,6 +1,7 @@
 """Score a saved MTA model on canonical-format data, per task:
 ``python launchers/evaluate.py --model runs/demo/stage2/export --data test.jsonl [--chance suite.json] [--out scores.json]``.
 
+Generation settings (input length, new tokens) default to those of the training run the export came from.
 Each task is scored by its kind (recorded in the export's tasks.json at training time): accuracy and
 macro-F1 for classification, exact match and token F1 for extraction, ROUGE-L F (plus exact match and
 token F1) for generation. See ``mta_moe.evaluation.metrics`` for the text normalisation.
@@ -24,10 +25,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="write the scores as JSON here")
     parser.add_argument("--predictions", help="write each example's generated text here (JSONL)")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--max-input-length", type=int, default=128)
-    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--max-input-length", type=int, help="default: the training run's, else 128")
+    parser.add_argument("--max-new-tokens", type=int, help="default: the training run's, else 32")
     args = parser.parse_args(argv)
     try:
+        generation_settings(args)
         chance = {}
         if args.chance:
             chance = {t: v["chance"] for t, v in json.loads(Path(args.chance).read_text())["tasks"].items()}
@@ -43,6 +45,16 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.out).write_text(json.dumps({"scores": scores, "metrics": result["tasks"], "kinds": result["kinds"],
                                               "by_type": result.get("by_type", {}), "chance": chance}, indent=2) + "\n")
     return 0
+
+
+def generation_settings(args: argparse.Namespace) -> None:
+    """Fill unset lengths from the run_config.json of the run the export came from (its parent directory)."""
+    run_config = Path(args.model).resolve().parent / "run_config.json"
+    mta = json.loads(run_config.read_text()).get("mta", {}) if run_config.is_file() else {}
+    if args.max_input_length is None:
+        args.max_input_length = mta.get("data", {}).get("max_input_length", 128)
+    if args.max_new_tokens is None:
+        args.max_new_tokens = mta.get("train", {}).get("max_new_tokens", 32)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,8 @@ else
 fi
 TINY=(--model.from_scratch '{"model_type": "t5", "d_model": 64, "d_ff": 128, "num_layers": 2, "num_decoder_layers": 1, "num_heads": 4, "d_kv": 16, "dropout_rate": 0.0}'
       --data.suite '{"seed": 0, "train": 200, "validation": 20, "test": 20}' --model.vocab_size 500
-      --train.log_every 10 --train.eval_every 100000 --train.save_every 100000)
+      --data.curriculum null --train.warmup_steps 10 --train.log_every 5 --train.eval_every 100000
+      --train.save_every 100000)
 rm -rf "$OUT"
 "$DEEPSPEED" --num_gpus 1 --master_port "${MASTER_PORT:-29650}" launchers/train.py --deepspeed ds_configs/stage1.json \
   "${TINY[@]}" "${EXTRA[@]}" --train.steps "$STEPS1" --train.output_dir "$OUT/stage1"

@@ -82,6 +82,8 @@ def test_compare_errors_are_one_line(tmp_path):
     cfg["mta"]["data"]["suite"] = None
     cfg["mta"]["data"]["files"] = {"train": [str(tmp_path / "t.jsonl")]}
     (tmp_path / "t.jsonl").write_text('{"input": "a", "target": "b", "type": "nli", "task": "t"}\n')
-    run = subprocess.run([sys.executable, "launchers/compare.py", "--config", str(write_config(tmp_path / "c.json", cfg)),
-                          "--out", str(tmp_path / "o")], cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert run.returncode == 2 and run.stderr.strip().splitlines()[-1].startswith("error: compare: mta.data.suite is null")
+    config = write_config(tmp_path / "c.json", cfg)
+    run = subprocess.run([sys.executable, "launchers/compare.py", "--config", str(config), "--out", str(tmp_path / "o")],
+                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    last = run.stderr.strip().splitlines()[-1]
+    assert run.returncode == 2 and last.startswith("error: compare: mta.data.suite is null")

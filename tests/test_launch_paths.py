@@ -80,7 +80,7 @@ def test_torchrun_and_deepspeed_launchers_train_the_same(tmp_path):
 
 
 def test_smoke_script_on_cpu(tmp_path):
-    env = {**os.environ, "PYTHON": sys.executable, "OUT": str(tmp_path / "smoke"), "STEPS1": "30", "STEPS2": "20",
+    env = {**os.environ, "PYTHON": sys.executable, "OUT": str(tmp_path / "smoke"), "STEPS1": "40", "STEPS2": "40",
            "MASTER_PORT": str(29400 + os.getpid() % 90), "PYTHONPATH": str(REPO)}
     run = subprocess.run(["bash", "launchers/smoke.sh"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from mta_moe.evaluation.calibration import calibrate, fit_temperature, nll, reliability
-from mta_moe.evaluation.metrics import (accuracy, infer_kind, macro_f1, normalise, rouge_l, score_predictions,
-                                        score_task, token_f1)
+from mta_moe.evaluation.metrics import (accuracy, infer_kind, macro_f1, normalise, profile_tasks, rouge_l,
+                                        score_predictions, score_task, token_f1)
 from mta_moe.evaluation.routing import collapse_warnings
 
 
@@ -103,3 +103,14 @@ def test_collapse_warnings():
     assert collapse_warnings("enc", [[50, 50, 0, 0], [0, 0, 50, 50]], [50, 50]) == []
     # dense mixture (every sequence uses every adapter) is not a collapse
     assert collapse_warnings("enc", [[10, 10], [5, 5]], [10, 5]) == []
+
+
+def test_task_profiles_keep_one_spelling_per_label_and_honour_declared_kinds():
+    tasks = ["nli"] * 4 + ["qa"] * 2
+    inputs = ["p"] * 4 + ["the answer is Oslo", "he went to Lima"]
+    targets = ["Yes", "no", "yes", "maybe", "Oslo", "Lima"]
+    profiles = profile_tasks(tasks, inputs, targets)
+    assert profiles["nli"] == {"kind": "classification", "labels": ["maybe", "no", "Yes"]}
+    assert profiles["qa"]["kind"] == "classification"  # two short distinct targets look like labels ...
+    # ... which is why the kind can be declared (mta.data.task_kinds)
+    assert profile_tasks(tasks, inputs, targets, {"qa": "extraction"})["qa"] == {"kind": "extraction", "labels": None}

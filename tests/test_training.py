@@ -146,6 +146,10 @@ def test_two_ranks_expert_parallel_then_evaluated_at_ep1(tmp_path):
     (lambda c: c["mta"]["train"].update(stage=2, init_from=None), "mta.train.init_from: stage 2 starts from"),
     (lambda c: c["mta"]["model"].update(backbone="t5-small"), "mta.model: set exactly one of backbone"),
     (lambda c: c.update(optimizer={"type": "Adam"}), "optimizer: leave it out"),
+    (lambda c: c["mta"]["train"].update(loss_reduction="median"), "mta.train.loss_reduction: must be one of"),
+    (lambda c: c["mta"]["train"].update(task_weights={"answer": -1}), "mta.train.task_weights.answer: must be a"),
+    (lambda c: c["mta"]["train"].update(warn_margin="x"), "mta.train.warn_margin: must be a number"),
+    (lambda c: c["mta"]["data"].update(task_kinds={"answer": "qa"}), "mta.data.task_kinds.answer: must be one of"),
 ])
 def test_bad_configs_name_the_key(tmp_path, change, message):
     cfg = tiny_config(tmp_path)
@@ -179,13 +183,18 @@ def test_launcher_errors_are_one_line_and_non_zero(tmp_path):
     cfg = tiny_config(tmp_path / "run3", stage=2, init_from=str(tmp_path / "missing"),
                       trainable=[{"pattern": "*adapterz*"}])
     assert build_run_config(cfg).train.trainable == [{"pattern": "*adapterz*"}]
+    # task names are checked against the data once it is loaded
+    cfg = tiny_config(tmp_path / "run4", task_weights={"zzz": 2.0})
+    run = launch(["--deepspeed", str(write_config(tmp_path / "cfg4.json", cfg))])
+    assert run.returncode == 2 and run.stderr.strip().splitlines()[-1].startswith(
+        "error: mta.train.task_weights.zzz: unknown task; tasks in the data: ['answer', 'fact_entail', 'sentiment']")
 
 
 def _evaluate_cli(export: Path, data: Path, tmp_path: Path) -> tuple[dict, list[str]]:
     out = tmp_path / f"scores_{export.parent.name}.json"
     texts = tmp_path / f"predictions_{export.parent.name}.jsonl"
     run = subprocess.run([sys.executable, "launchers/evaluate.py", "--model", str(export), "--data", str(data),
-                          "--max-input-length", "64", "--max-new-tokens", "8", "--batch-size", "8", "--out", str(out),
+                          "--batch-size", "8", "--out", str(out),  # lengths: from the run's run_config.json
                           "--predictions", str(texts)],
                          cwd=REPO, capture_output=True, text=True, timeout=300,
                          env={**os.environ, "DS_ACCELERATOR": "cpu"})

@@ -95,8 +95,10 @@ def profile_tasks(tasks: Sequence[str], inputs: Sequence[str], targets: Sequence
     out = {}
     for task, (texts, golds) in sorted(rows.items()):
         kind = (kinds or {}).get(task) or infer_kind(texts, golds)
-        out[task] = {"kind": kind, "labels": sorted({normalise(t) for t in golds}) if kind == "classification"
-                     else None}
+        labels = None
+        if kind == "classification":  # one spelling per label (the first seen), as the model was trained on it
+            labels = sorted({normalise(t): t.strip() for t in reversed(golds)}.values(), key=normalise)
+        out[task] = {"kind": kind, "labels": labels}
     return out
 
 

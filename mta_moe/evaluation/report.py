@@ -16,6 +16,7 @@ from ..data import load_examples, tokenize_examples
 from . import figures
 from .calibration import calibrate
 from .label_scores import label_logits
+from .metrics import normalise
 from .routing import collapse_warnings, routing_by_task
 from .scoring import evaluate_rows, load_export
 
@@ -119,13 +120,20 @@ def _calibration(name: str, export, validation: datasets.Dataset, test: datasets
             subset = rows.filter(lambda r: r["task"] == task)
             logits[split] = label_logits(export.model, export.tokenizer, export.registry, subset, labels,
                                          cfg.max_input_length, cfg.max_new_tokens, cfg.batch_size)
-            gold[split] = torch.tensor([labels.index(t.strip().lower()) for t in subset["target"]])
+            gold[split] = torch.tensor([_label_index(labels, t, task) for t in subset["target"]])
         result = calibrate(logits["validation"], gold["validation"], logits["test"], gold["test"])
         png = figures.reliability_diagram(out / f"reliability_{name}_{task}.png", f"{name}: {task}",
                                           {"before": result["reliability_before"],
                                            f"after (T={result['temperature']:.2f})": result["reliability_after"]})
         results[task] = {**result, "png": png.name}
     return results
+
+
+def _label_index(labels: list[str], target: str, task: str) -> int:
+    keys = [normalise(label) for label in labels]
+    if normalise(target) not in keys:
+        raise ValueError(f"calibration of {task}: target {target!r} is not among the training labels {labels}")
+    return keys.index(normalise(target))
 
 
 def _loss_curves(name: str, metrics_file: Path, out: Path) -> str:

@@ -89,8 +89,9 @@ class TrainConfig:
         if self.loss_reduction not in REDUCTIONS:
             raise ConfigError(f"{key}.loss_reduction: must be one of {list(REDUCTIONS)}, got {self.loss_reduction!r}")
         for section in ("task_weights", "baseline_scores"):
-            if not isinstance(getattr(self, section), Mapping):
-                raise ConfigError(f"{key}.{section}: must be an object {{task: number}}, got {getattr(self, section)!r}")
+            value = getattr(self, section)
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{key}.{section}: must be an object {{task: number}}, got {value!r}")
         for section in ("task_weights", "baseline_scores"):
             for name, value in getattr(self, section).items():
                 if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
