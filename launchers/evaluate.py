@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from mta_moe.data import DataError
-from mta_moe.evaluation.scoring import evaluate_export, format_table
+from mta_moe.evaluation.scoring import evaluate_export, format_table, load_chance
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
         generation_settings(args)
         chance = {}
         if args.chance:
-            chance = {t: v["chance"] for t, v in json.loads(Path(args.chance).read_text())["tasks"].items()}
+            chance = load_chance(args.chance)
         result = evaluate_export(args.model, args.data, args.batch_size, args.max_input_length, args.max_new_tokens,
                                  predictions_path=args.predictions)
     except (DataError, FileNotFoundError, ValueError, KeyError) as exc:

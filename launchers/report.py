@@ -8,12 +8,12 @@ report.md, report.json and PNG figures (routing heatmaps, reliability diagrams, 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 from mta_moe.data import DataError
 from mta_moe.evaluation.report import DEFAULT_THRESHOLD, ReportConfig, build_report
+from mta_moe.evaluation.scoring import load_chance
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
         systems = dict(_pair(item) for item in args.system)
         chance = {}
         if args.chance:
-            chance = {t: v["chance"] for t, v in json.loads(Path(args.chance).read_text())["tasks"].items()}
+            chance = load_chance(args.chance)
         cfg = ReportConfig(systems, args.test, args.validation, args.baseline, args.threshold, chance,
                            args.batch_size, args.max_input_length, args.max_new_tokens)
         report = build_report(cfg, args.out)

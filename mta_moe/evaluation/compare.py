@@ -17,7 +17,7 @@ from ..data import load_examples
 from ..data.suite import SUITE_TASKS
 from ..training.run_config import build_run_config
 from .report import DEFAULT_THRESHOLD, ReportConfig, build_report
-from .scoring import evaluate_rows, load_export
+from .scoring import evaluate_rows, load_chance, load_export
 
 TRAIN_SCRIPT = Path(__file__).resolve().parents[2] / "launchers" / "train.py"
 
@@ -98,16 +98,17 @@ def compare(stage1: dict[str, Any], stage2: dict[str, Any] | None, out_dir: str 
     for spec in runs:
         log(f"{spec.name}: {'reused' if ensure_run(spec, launcher) else 'trained'}")
     suite = out / "mta_stage1" / "data" / "suite"
-    cfg = build_run_config(stage1, "compare").data
+    run_cfg = build_run_config(stage1, "compare")
+    cfg = run_cfg.data
     baseline = {}
+    test, _ = load_examples(suite / "test.jsonl", run_cfg.mta.task_types)
     for spec in runs:
         if spec.single_task is not None:
             export = load_export(out / spec.name / "export")
-            rows, _ = load_examples(suite / "test.jsonl", export.registry.task_types)
-            rows = rows.filter(lambda r: r["task"] == spec.single_task)
+            rows = test.filter(lambda r: r["task"] == spec.single_task)
             result = evaluate_rows(export, rows, 64, cfg.max_input_length, cfg.max_target_length)
             baseline[spec.single_task] = result["tasks"][spec.single_task]["primary"]
-    chance = {t: v["chance"] for t, v in json.loads((suite / "suite.json").read_text())["tasks"].items()}
+    chance = load_chance(suite / "suite.json")
     systems = {spec.name: str(out / spec.name) for spec in runs if spec.single_task is None}
     report_cfg = ReportConfig(systems, str(suite / "test.jsonl"), str(suite / "validation.jsonl"), baseline,
                               threshold, chance, max_input_length=cfg.max_input_length,

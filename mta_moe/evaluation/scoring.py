@@ -77,6 +77,11 @@ def evaluate_export(model_dir: str | Path, data_path: str | Path, batch_size: in
     return result
 
 
+def load_chance(manifest: str | Path) -> dict[str, float]:
+    """Chance level per task from the bundled suite's manifest (suite.json)."""
+    return {task: v["chance"] for task, v in json.loads(Path(manifest).read_text())["tasks"].items()}
+
+
 def format_table(result: Mapping[str, Any], chance: Mapping[str, float] | None = None) -> str:
     """One line per task: kind, primary metric name and value, chance level, the other metrics."""
     chance = chance or {}

@@ -49,28 +49,27 @@ def change_one_slot(rng: random.Random, fact: Fact, slots: tuple[str, ...]) -> F
     return replace(fact, **{slot: value})
 
 
-def present(fact: Fact, fronted: bool = False) -> str:
+def _active(fact: Fact, verb_phrase: str, fronted: bool) -> str:
+    """``name verb_phrase the thing in place time``, the time fronted or at the end."""
     if fronted:
-        return f"{fact.fronted_time}, {fact.name} {fact.verb[1]} the {fact.thing} in {fact.place}."
-    return f"{fact.name} {fact.verb[1]} the {fact.thing} in {fact.place} {fact.time}."
+        return f"{fact.fronted_time}, {fact.name} {verb_phrase} the {fact.thing} in {fact.place}."
+    return f"{fact.name} {verb_phrase} the {fact.thing} in {fact.place} {fact.time}."
+
+
+def present(fact: Fact, fronted: bool = False) -> str:
+    return _active(fact, fact.verb[1], fronted)
 
 
 def past(fact: Fact, fronted: bool = False) -> str:
-    if fronted:
-        return f"{fact.fronted_time}, {fact.name} {fact.verb[2]} the {fact.thing} in {fact.place}."
-    return f"{fact.name} {fact.verb[2]} the {fact.thing} in {fact.place} {fact.time}."
+    return _active(fact, fact.verb[2], fronted)
 
 
 def negated(fact: Fact, fronted: bool = False) -> str:
-    if fronted:
-        return f"{fact.fronted_time}, {fact.name} does not {fact.verb[0]} the {fact.thing} in {fact.place}."
-    return f"{fact.name} does not {fact.verb[0]} the {fact.thing} in {fact.place} {fact.time}."
+    return _active(fact, f"does not {fact.verb[0]}", fronted)
 
 
 def negated_past(fact: Fact, fronted: bool = False) -> str:
-    if fronted:
-        return f"{fact.fronted_time}, {fact.name} did not {fact.verb[0]} the {fact.thing} in {fact.place}."
-    return f"{fact.name} did not {fact.verb[0]} the {fact.thing} in {fact.place} {fact.time}."
+    return _active(fact, f"did not {fact.verb[0]}", fronted)
 
 
 def passive(fact: Fact) -> str:
