@@ -8,13 +8,14 @@ Finished runs whose resolved config matches are reused, so a rerun only trains w
 from __future__ import annotations
 
 import argparse
+import re
 import shlex
 import sys
 from pathlib import Path
 
 from mta_moe.config import ConfigError, read_config_file
 from mta_moe.data import DataError
-from mta_moe.evaluation.compare import compare
+from mta_moe.evaluation.compare import Variant, compare
 from mta_moe.evaluation.report import DEFAULT_THRESHOLD
 from mta_moe.training.run_config import apply_overrides
 
@@ -28,6 +29,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="extra stage-1 runs with these Softmax-T temperatures")
     parser.add_argument("--ablate-freeze", action="store_true",
                         help="an extra stage-2 run with nothing frozen")
+    parser.add_argument("--variant", nargs=2, action="append", default=[], metavar=("NAME[:2]", "OVERRIDES"),
+                        help="an extra MTA run: stage 1 (or stage 2 with NAME:2) with these overrides, e.g. "
+                             "--variant pcgrad '--train.gradient_projection pcgrad'")
     parser.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
                         help="flag negative transfer when a delta is below -threshold")
     parser.add_argument("--launcher", default=shlex.join([sys.executable]),
@@ -41,8 +45,9 @@ def main(argv: list[str] | None = None) -> int:
             stage2 = read_config_file(Path(args.stage2))
             apply_overrides(stage2, overrides)
         temperatures = [float(t) for t in args.ablate_temperature.split(",") if t.strip()]
+        variants = [_variant(name, words) for name, words in args.variant]
         report = compare(stage1, stage2, args.out, temperatures, args.ablate_freeze, args.threshold,
-                         shlex.split(args.launcher))
+                         shlex.split(args.launcher), variants=variants)
     except (ConfigError, DataError, FileNotFoundError, ValueError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -51,6 +56,19 @@ def main(argv: list[str] | None = None) -> int:
         if tasks:
             print(f"negative transfer in {name}: {', '.join(tasks)}")
     return 0
+
+
+def _variant(name: str, words: str) -> Variant:
+    label, _, stage = name.partition(":")
+    if not label.replace("_", "").replace("-", "").isalnum() or stage not in ("", "1", "2"):
+        raise ConfigError(f"--variant {name!r}: expected NAME or NAME:2 (letters, digits, - and _)")
+    overrides = []
+    for chunk in re.split(r"\s+(?=--)", words.strip()):  # "--key value" pairs; a value may hold spaces (JSON)
+        key, _, value = chunk.partition(" ")
+        if not key.startswith("--") or not value.strip():
+            raise ConfigError(f"--variant {name}: expected '--key value ...', got {chunk!r}")
+        overrides += [key, value.strip()]
+    return Variant(label, int(stage or 1), overrides)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from mta_moe.evaluation.compare import ensure_run, plan_runs
+from mta_moe.config import ConfigError
+from mta_moe.evaluation.compare import Variant, ensure_run, plan_runs, same_config
 from mta_moe.training.run_config import build_run_config
 from test_training import REPO, tiny_config, write_config
 
@@ -77,6 +78,36 @@ def test_a_run_is_reused_only_when_finished_with_the_same_resolved_config(tmp_pa
     assert not (run_dir / "export").exists()  # the stale run was cleared before retraining
 
 
+def test_variants_are_derived_from_either_stage_with_launcher_style_overrides(tmp_path):
+    stage1, stage2 = tiny_config(tmp_path / "a"), tiny_config(tmp_path / "b", stage=2, init_from="x")
+    variants = [Variant("gn", 1, ["--train.weighting", '{"method": "gradnorm"}']),
+                Variant("pc2", 2, ["--train.gradient_projection", "pcgrad", "--train.steps", "7"])]
+    runs = {r.name: r for r in plan_runs(stage1, stage2, tmp_path, variants=variants)}
+    assert runs["gn"].raw["mta"]["train"]["weighting"] == {"method": "gradnorm"}
+    assert runs["gn"].raw["mta"]["train"]["output_dir"] == str(tmp_path / "gn")
+    pc2 = runs["pc2"].raw["mta"]["train"]
+    assert (pc2["stage"], pc2["steps"], pc2["gradient_projection"]) == (2, 7, "pcgrad")
+    assert pc2["init_from"] == str(tmp_path / "mta_stage1" / "export")
+    with pytest.raises(ConfigError, match=r"two runs are named 'shared'"):
+        plan_runs(stage1, stage2, tmp_path, variants=[Variant("shared", 1, [])])
+    with pytest.raises(ConfigError, match=r"variant v is a stage-2 run; pass --stage2"):
+        plan_runs(stage1, None, tmp_path, variants=[Variant("v", 2, [])])
+
+
+def test_options_added_since_a_run_count_as_equal_only_at_their_default(tmp_path):
+    resolved = build_run_config(tiny_config(tmp_path)).to_json()
+    older = json.loads(json.dumps(resolved))
+    del older["mta"]["train"]["weighting"], older["mta"]["data"]["type_overrides"]
+    assert same_config(older, resolved)
+    changed = json.loads(json.dumps(resolved))
+    changed["mta"]["train"]["weighting"] = {"method": "gradnorm"}
+    assert not same_config(older, changed)
+    assert not same_config(resolved, older)  # a key the request lacks is a difference
+    changed = json.loads(json.dumps(resolved))
+    changed["mta"]["train"]["steps"] += 1
+    assert not same_config(older, changed)
+
+
 def test_compare_errors_are_one_line(tmp_path):
     cfg = tiny_config(tmp_path / "x")
     cfg["mta"]["data"]["suite"] = None
@@ -87,3 +118,13 @@ def test_compare_errors_are_one_line(tmp_path):
                          cwd=REPO, capture_output=True, text=True, timeout=120)
     last = run.stderr.strip().splitlines()[-1]
     assert run.returncode == 2 and last.startswith("error: compare: mta.data.suite is null")
+
+
+def test_variant_flag_errors_are_one_line(tmp_path):
+    config = write_config(tmp_path / "c.json", tiny_config(tmp_path / "x"))
+    for name, words, message in [("a b", "--train.steps 3", "error: --variant 'a b': expected NAME or NAME:2"),
+                                 ("v", "train.steps 3", "error: --variant v: expected '--key value ...'")]:
+        run = subprocess.run([sys.executable, "launchers/compare.py", "--config", str(config), "--out",
+                              str(tmp_path / "o"), "--variant", name, words], cwd=REPO, capture_output=True,
+                             text=True, timeout=120)
+        assert run.returncode == 2 and run.stderr.strip().splitlines()[-1].startswith(message)

@@ -92,3 +92,25 @@ def test_report_errors_are_one_line(two_stages, tmp_path):
     bad = subprocess.run([sys.executable, "launchers/report.py", "--system", f"x={tmp_path}", "--test", "t.jsonl",
                           "--out", str(tmp_path / "r")], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "neither an export" in bad.stderr
+
+
+def test_tasks_a_system_was_not_trained_on_are_left_out_of_its_scores(two_stages, tmp_path):
+    """A system from before a task was added: its scores and macro cover the tasks it knows."""
+    suite = two_stages / "stage2" / "data" / "suite"
+    rows = [json.loads(line) for line in (suite / "test.jsonl").read_text().splitlines()]
+    extra = [{**r, "task": "later_task"} for r in rows if r["task"] == "fact_entail"]
+    test = tmp_path / "test.jsonl"
+    test.write_text("".join(json.dumps(r) + "\n" for r in rows + extra))
+    args = [sys.executable, "launchers/report.py", "--system", f"stage1={two_stages / 'stage1'}", "--test", str(test),
+            "--out", str(tmp_path / "report"), "--max-input-length", "64", "--max-new-tokens", "12"]
+    run = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "DS_ACCELERATOR": "cpu"})
+    assert run.returncode == 0, run.stderr[-3000:]
+    entry = json.loads((tmp_path / "report" / "report.json").read_text())["systems"]["stage1"]
+    assert entry["untrained_tasks"] == ["later_task"] and set(entry["scores"]) == {"sentiment", "fact_entail", "answer"}
+    assert entry["macro"] == pytest.approx(sum(entry["scores"].values()) / 3)
+    assert "not trained on later_task" in (tmp_path / "report" / "report.md").read_text()
+    test.write_text("".join(json.dumps(r) + "\n" for r in extra))
+    run = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "DS_ACCELERATOR": "cpu"})
+    assert run.returncode == 2 and "tasks ['later_task'] are not among the training tasks" in run.stderr

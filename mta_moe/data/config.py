@@ -34,6 +34,7 @@ class DataConfig:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     curriculum: list[dict[str, Any]] | None = None
     task_kinds: dict[str, str] = field(default_factory=dict)  # {task: classification|extraction|generation}
+    type_overrides: dict[str, str] = field(default_factory=dict)  # {task: task type}, replaces the data's type
 
     @classmethod
     def from_dict(cls, raw: Any, key: str = "mta.data") -> "DataConfig":
@@ -60,6 +61,9 @@ class DataConfig:
         self.sampling.validate(f"{key}.sampling")
         if not isinstance(self.task_kinds, Mapping):
             raise ConfigError(f"{key}.task_kinds: must be an object {{task: kind}}, got {self.task_kinds!r}")
+        if not isinstance(self.type_overrides, Mapping) or \
+                not all(isinstance(v, str) and v for v in self.type_overrides.values()):
+            raise ConfigError(f"{key}.type_overrides: must be an object {{task: task type}}, got {self.type_overrides!r}")
         for task, kind in self.task_kinds.items():
             if kind not in TASK_KINDS:
                 raise ConfigError(f"{key}.task_kinds.{task}: must be one of {list(TASK_KINDS)}, got {kind!r}")

@@ -61,6 +61,13 @@ def load_task_data(config: DataConfig, task_types: Sequence[str], work_dir: str 
     if not parts["train"]:
         raise DataError("mta.data: no training split was loaded")
     splits = {split: datasets.concatenate_datasets(p) for split, p in parts.items() if p}
+    if config.type_overrides:
+        unknown = sorted(set(config.type_overrides) - set(splits["train"]["task"]))
+        if unknown:
+            raise DataError(f"mta.data.type_overrides.{unknown[0]}: no such task in the training data")
+        overrides = dict(config.type_overrides)
+        splits = {split: ds.map(lambda row: {"type": overrides.get(row["task"], row["type"])})
+                  for split, ds in splits.items()}
     trained = set(splits["train"]["task"])
     for split, ds in splits.items():
         missing = sorted(set(ds["task"]) - trained)

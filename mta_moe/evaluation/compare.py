@@ -15,11 +15,21 @@ from typing import Any, Sequence
 from ..config import ConfigError
 from ..data import load_examples
 from ..data.suite import SUITE_TASKS
-from ..training.run_config import build_run_config
+from ..training.run_config import apply_overrides, build_run_config
 from .report import DEFAULT_THRESHOLD, ReportConfig, build_report
 from .scoring import evaluate_rows, load_chance, load_export
 
 TRAIN_SCRIPT = Path(__file__).resolve().parents[2] / "launchers" / "train.py"
+
+
+@dataclass
+class Variant:
+    """An extra run: MTA stage ``stage`` (1, or 2 from this comparison's stage 1) with ``overrides``
+    (launcher-style ``["--train.weighting", '{"method": "uncertainty"}']``)."""
+
+    name: str
+    stage: int
+    overrides: list[str]
 
 
 @dataclass
@@ -30,7 +40,8 @@ class RunSpec:
 
 
 def plan_runs(stage1: dict[str, Any], stage2: dict[str, Any] | None, out: Path,
-              temperatures: Sequence[float] = (), no_freeze: bool = False) -> list[RunSpec]:
+              temperatures: Sequence[float] = (), no_freeze: bool = False,
+              variants: Sequence[Variant] = ()) -> list[RunSpec]:
     """Every run the comparison needs, in the order they must run (stage 2 after stage 1)."""
     suite = stage1.get("mta", {}).get("data", {}).get("suite", {"tasks": None})
     if suite is None:
@@ -51,6 +62,20 @@ def plan_runs(stage1: dict[str, Any], stage2: dict[str, Any] | None, out: Path,
             lr = stage2.get("mta", {}).get("train", {}).get("lr", 1e-3)
             runs.append(_derive(stage2, "mta_stage2_nofreeze", out,
                                 {**init, "train.trainable": [{"pattern": "*", "lr": lr}]}))
+    for variant in variants:
+        if variant.stage == 2 and stage2 is None:
+            raise ConfigError(f"compare: variant {variant.name} is a stage-2 run; pass --stage2")
+        base = stage1 if variant.stage == 1 else stage2
+        changes = {} if variant.stage == 1 else {"train.init_from": str(out / "mta_stage1" / "export")}
+        spec = _derive(base, variant.name, out, changes)
+        apply_overrides(spec.raw, variant.overrides)
+        if spec.raw["mta"]["train"]["output_dir"] != str(out / variant.name):
+            raise ConfigError(f"compare: variant {variant.name} may not change train.output_dir")
+        runs.append(spec)
+    names = [r.name for r in runs]
+    clash = sorted({n for n in names if names.count(n) > 1})
+    if clash:
+        raise ConfigError(f"compare: two runs are named {clash[0]!r}; give the variant another name")
     return runs
 
 
@@ -73,7 +98,7 @@ def ensure_run(spec: RunSpec, launcher: Sequence[str] = (sys.executable,)) -> bo
     run_dir = Path(resolved["mta"]["train"]["output_dir"])
     previous = run_dir / "run_config.json"
     if (run_dir / "export" / "tasks.json").is_file() and previous.is_file() and \
-            json.loads(previous.read_text()) == resolved:
+            same_config(json.loads(previous.read_text()), resolved):
         return True
     if run_dir.exists():  # unfinished or configured differently: start clean
         shutil.rmtree(run_dir)
@@ -89,12 +114,31 @@ def ensure_run(spec: RunSpec, launcher: Sequence[str] = (sys.executable,)) -> bo
     return False
 
 
+def same_config(previous: Any, requested: Any, default: Any = None) -> bool:
+    """Whether a finished run's resolved config is the requested one. A key the earlier run's config lacks
+    (an option added to mta_moe since) counts as equal when the requested value is that option's default."""
+    if default is None:
+        default = build_run_config({"train_micro_batch_size_per_gpu": 1}).to_json()
+    if isinstance(previous, dict) and isinstance(requested, dict):
+        if set(previous) - set(requested):
+            return False
+        for key, value in requested.items():
+            fallback = default.get(key) if isinstance(default, dict) else None
+            if key not in previous:
+                if not isinstance(default, dict) or key not in default or value != default[key]:
+                    return False
+            elif not same_config(previous[key], value, fallback if fallback is not None else {}):
+                return False
+        return True
+    return previous == requested
+
+
 def compare(stage1: dict[str, Any], stage2: dict[str, Any] | None, out_dir: str | Path,
             temperatures: Sequence[float] = (), no_freeze: bool = False, threshold: float = DEFAULT_THRESHOLD,
-            launcher: Sequence[str] = (sys.executable,), log=print) -> dict[str, Any]:
+            launcher: Sequence[str] = (sys.executable,), log=print, variants: Sequence[Variant] = ()) -> dict[str, Any]:
     """Train (or reuse) every run, score the single-task baselines, and write the report to out_dir/report."""
     out = Path(out_dir).resolve()
-    runs = plan_runs(stage1, stage2, out, temperatures, no_freeze)
+    runs = plan_runs(stage1, stage2, out, temperatures, no_freeze, variants)
     for spec in runs:
         log(f"{spec.name}: {'reused' if ensure_run(spec, launcher) else 'trained'}")
     suite = out / "mta_stage1" / "data" / "suite"

@@ -55,11 +55,11 @@ def build_report(cfg: ReportConfig, out_dir: str | Path) -> dict[str, Any]:
     warnings: list[str] = []
     for name, run in cfg.systems.items():
         export = load_export(export_dir(run))
-        test, _ = load_examples(cfg.test, export.registry.task_types)
-        export.registry.check_known(cfg.test, test["task"])
+        test, untrained = _known_rows(cfg.test, export)
         result = evaluate_rows(export, test, cfg.batch_size, cfg.max_input_length, cfg.max_new_tokens)
         entry = {"scores": {t: m["primary"] for t, m in result["tasks"].items()}, "metrics": result["tasks"],
-                 "kinds": result["kinds"], "macro": result["macro"], "by_type": result.get("by_type", {})}
+                 "kinds": result["kinds"], "macro": result["macro"], "by_type": result.get("by_type", {}),
+                 "untrained_tasks": untrained}
         entry["routing"] = _routing(name, export, test, cfg, out, warnings)
         if cfg.validation:
             validation, _ = load_examples(cfg.validation, export.registry.task_types)
@@ -78,6 +78,19 @@ def build_report(cfg: ReportConfig, out_dir: str | Path) -> dict[str, Any]:
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     (out / "report.md").write_text(render_markdown(report))
     return report
+
+
+def _known_rows(path: str, export) -> tuple[datasets.Dataset, list[str]]:
+    """The test rows of the tasks this system was trained on, and the test's tasks it was not trained on
+    (a system trained before a task was added): those are left out of its scores and its macro."""
+    test, _ = load_examples(path, export.registry.task_types)
+    untrained = sorted(set(test["task"]) - set(export.registry.names))
+    if untrained:
+        known = set(export.registry.names)
+        test = test.filter(lambda r: r["task"] in known)
+    if len(test) == 0:
+        export.registry.check_known(path, untrained)  # names the tasks it does not know
+    return test, untrained
 
 
 def _baseline_scores(baseline: str | Mapping[str, float] | None, systems: Mapping[str, Any]) -> dict[str, float]:
@@ -178,6 +191,8 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     for name in names:
         entry = systems[name]
         lines += [f"## {name}", "", f"![loss]({entry['loss_curve_png']})" if "loss_curve_png" in entry else "", ""]
+        if entry.get("untrained_tasks"):
+            lines.append(f"- not trained on {', '.join(entry['untrained_tasks'])}: left out of its scores and macro")
         for layer, table in entry["routing"].items():
             lines.append(f"- routing `{layer}`: ![routing]({table['png']})" +
                          ("".join(f" — ⚠ {w}" for w in table["warnings"])))

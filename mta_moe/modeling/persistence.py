@@ -5,7 +5,9 @@ import json
 import re
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 import transformers
 from safetensors.torch import load_file, save_file
@@ -82,8 +84,20 @@ def _unique_state(model: MTAModel) -> dict:
     return {k: v.detach().clone().contiguous() for k, v in model.state_dict().items() if k not in every or k in unique}
 
 
-def load_mta_model(directory: str | Path, ep_size: int | None = None) -> MTAModel:
-    """Rebuild a saved MTA model; ``ep_size`` > 1 keeps only this rank's adapters (needs a process group)."""
+@dataclass
+class SavedModel:
+    """A saved MTA model as read from disk, before a model is built from it."""
+
+    directory: Path
+    stage: int
+    mta: MTAConfig
+    model_cls: type
+    base_config: Any
+    state: dict
+
+
+def read_saved_model(directory: str | Path) -> SavedModel:
+    """Read and check a saved MTA model directory (configs + full ep_size-1 state dict)."""
     directory = Path(directory)
     for name in ("config.json", MTA_CONFIG_FILE, WEIGHTS_FILE):
         if not (directory / name).is_file():
@@ -96,20 +110,31 @@ def load_mta_model(directory: str | Path, ep_size: int | None = None) -> MTAMode
     model_cls = getattr(transformers, arch, None)
     if model_cls is None:
         raise ValueError(f"{directory / MTA_CONFIG_FILE}: architecture {arch!r} is not a transformers class")
-    mta = MTAConfig.from_dict(meta["mta"])
-    if ep_size is not None:
-        mta = mta.replace(ep_size=ep_size)
-    base = model_cls(transformers.AutoConfig.from_pretrained(directory))
-    model = MTAModel(base, mta)
-    if meta["stage"] == 2:
+    return SavedModel(directory, meta["stage"], MTAConfig.from_dict(meta["mta"]), model_cls,
+                      transformers.AutoConfig.from_pretrained(directory), load_file(str(directory / WEIGHTS_FILE)))
+
+
+def build_saved_model(saved: SavedModel, mta: MTAConfig, state: dict,
+                      allow_missing: Callable[[MTAModel, str], bool] | None = None) -> MTAModel:
+    """Build the model for ``mta`` (its ep_size decides which adapters this rank keeps) and load ``state``;
+    ``allow_missing`` names keys that may be absent (left at their initial values)."""
+    model = MTAModel(saved.model_cls(saved.base_config), mta)
+    if saved.stage == 2:
         model.enable_stage2()
-    state = _local_experts_only(model, load_file(str(directory / WEIGHTS_FILE)))
+    state = _local_experts_only(model, state)
     missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = _untied(model, missing, state)
+    missing = [k for k in _untied(model, missing, state) if allow_missing is None or not allow_missing(model, k)]
     if missing or unexpected:
-        raise ValueError(f"{directory / WEIGHTS_FILE}: weights do not match the model "
+        raise ValueError(f"{saved.directory / WEIGHTS_FILE}: weights do not match the model "
                          f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
     return model
+
+
+def load_mta_model(directory: str | Path, ep_size: int | None = None) -> MTAModel:
+    """Rebuild a saved MTA model; ``ep_size`` > 1 keeps only this rank's adapters (needs a process group)."""
+    saved = read_saved_model(directory)
+    mta = saved.mta if ep_size is None else saved.mta.replace(ep_size=ep_size)
+    return build_saved_model(saved, mta, saved.state)
 
 
 def _untied(model: MTAModel, missing: list[str], state: dict) -> list[str]:

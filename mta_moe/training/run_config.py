@@ -11,7 +11,10 @@ from typing import Any, Mapping, Sequence
 from ..config import RUN_SECTIONS as SUBSECTIONS
 from ..config import ConfigError, MTAConfig, check_int, read_config_file, reject_unknown_keys
 from ..data.config import DataConfig
+from .gradient_projection import check_projection
 from .losses import REDUCTIONS
+from .task_balance import check_weighting
+from .unfreezing import check_unfreeze
 
 TOKENIZERS = ("backbone", "sentencepiece")
 
@@ -69,6 +72,12 @@ class TrainConfig:
     task_weights: dict[str, float] = field(default_factory=dict)  # static per-task loss weights
     warn_margin: float = 0.05  # warn when a task's validation score drops this far below its best / baseline
     baseline_scores: dict[str, float] = field(default_factory=dict)  # known single-task scores, {task: score}
+    weighting: dict[str, Any] | None = None  # dynamic task weights (see mta_moe.training.task_balance)
+    gradient_projection: str | None = None  # "pcgrad" (see mta_moe.training.gradient_projection)
+    unfreeze: dict[str, int] | None = None  # gradual unfreezing (see mta_moe.training.unfreezing)
+    # add the task types of mta.task_types that init_from lacks (see mta_moe.modeling.grow):
+    # {"new_adapters": int (default 1), "warm_start": "closest" (default) | a trained type | null}
+    add_task_types: dict[str, Any] | None = None
 
     def validate(self, key: str = "mta.train") -> None:
         if self.stage not in (1, 2):
@@ -98,8 +107,11 @@ class TrainConfig:
                     raise ConfigError(f"{key}.{section}.{name}: must be a number >= 0, got {value!r}")
         if not isinstance(self.warn_margin, (int, float)) or isinstance(self.warn_margin, bool) or self.warn_margin < 0:
             raise ConfigError(f"{key}.warn_margin: must be a number >= 0, got {self.warn_margin!r}")
+        check_weighting(self.weighting, self.loss_reduction, f"{key}.weighting")
+        check_unfreeze(self.unfreeze, self.stage, self.trainable, f"{key}.unfreeze")
         if self.stage == 2 and not self.init_from:
             raise ConfigError(f"{key}.init_from: stage 2 starts from the stage-1 export; set it to that directory")
+        self._validate_add_task_types(key)
         if self.trainable is not None:
             if not isinstance(self.trainable, list) or not self.trainable:
                 raise ConfigError(f"{key}.trainable: must be a non-empty list of {{pattern, lr}} or null")
@@ -112,6 +124,28 @@ class TrainConfig:
                 lr = group.get("lr", self.lr)
                 if not isinstance(lr, (int, float)) or isinstance(lr, bool) or lr <= 0:
                     raise ConfigError(f"{where}.lr: must be a number > 0, got {lr!r}")
+
+
+    def _validate_add_task_types(self, key: str) -> None:
+        spec = self.add_task_types
+        if spec is None:
+            if self.stage == 1 and self.init_from:
+                raise ConfigError(f"{key}.init_from: a stage-1 run builds its model from mta.model; init_from is "
+                                  f"for stage 2 or mta.train.add_task_types")
+            return
+        where = f"{key}.add_task_types"
+        if not isinstance(spec, Mapping) or set(spec) - {"new_adapters", "warm_start"}:
+            raise ConfigError(f"{where}: must be {{\"new_adapters\": int, \"warm_start\": \"closest\" | task type | "
+                              f"null}}, got {spec!r}")
+        check_int(spec.get("new_adapters", 1), f"{where}.new_adapters", 0)
+        warm = spec.get("warm_start", "closest")
+        if warm is not None and (not isinstance(warm, str) or not warm):
+            raise ConfigError(f"{where}.warm_start: must be 'closest', a trained task type or null, got {warm!r}")
+        if not self.init_from:
+            raise ConfigError(f"{where}: set mta.train.init_from to the trained export the task types are added to")
+        if self.trainable is not None or self.unfreeze is not None:
+            raise ConfigError(f"{where}: trains only the new adapters and bias rows; leave trainable and unfreeze "
+                              f"null")
 
 
 @dataclass
@@ -142,11 +176,16 @@ def build_run_config(raw: Mapping[str, Any], source: str = "<dict>") -> RunConfi
         data = DataConfig.from_dict(sub["data"])
         train = _dataclass(TrainConfig, sub["train"], "mta.train")
         _check_deepspeed(ds, mta)
+        check_projection(train.gradient_projection, ds, mta.ep_size)
         mta_types = set(mta.task_types)
         for recipe in data.recipes:
             kind = recipe.get("type")
             if kind is not None and kind not in mta_types:
                 raise ConfigError(f"mta.data.recipes: type {kind!r} is not in mta.task_types {mta.task_types}")
+        for task, kind in data.type_overrides.items():
+            if kind not in mta_types:
+                raise ConfigError(f"mta.data.type_overrides.{task}: type {kind!r} is not in mta.task_types "
+                                  f"{mta.task_types}")
         return RunConfig(ds, mta, model, data, train, source)
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None

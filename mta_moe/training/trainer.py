@@ -11,24 +11,27 @@ from typing import Any
 import deepspeed
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..config import ConfigError
-from ..data import (IGNORE_INDEX, Collator, Curriculum, MixtureSampler, load_task_data, load_tokenizer,
+from ..data import (Collator, Curriculum, MixtureSampler, load_task_data, load_tokenizer,
                     rank_slice, tokenize_examples)
 from ..data.suite import SUITE_TASKS
 from ..evaluation.generation import causal_prompt, generate_predictions
 from ..evaluation.metrics import profile_tasks, score_predictions
 from ..modeling import MTAModel, format_parameter_counts
 from ..modeling.persistence import gathered_state, save_mta_model
+from .add_task import grow_for_training, growth_param_groups
 from .distributed import barrier, init_process_group
 from .logger import RunLogger
 from .monitor import TrainingMonitor
-from .losses import reduce_loss, task_weight_vector
+from .losses import task_weight_vector
 from .model_factory import build_backbone, build_tokenizer, model_mode
+from .objective import Objective, TrainingModule
 from .param_groups import optimizer_param_groups, pattern_param_groups
 from .run_config import RunConfig
+from .task_balance import TaskBalance
+from .unfreezing import UnfreezeSchedule
 
 CHECKPOINTS = "checkpoints"
 EXPORT = "export"
@@ -63,7 +66,7 @@ class Trainer:
         for report in self.data.reports:
             self._info(report.summary())
         train_texts = list(self.data.splits["train"]["input"]) + list(self.data.splits["train"]["target"])
-        if cfg.train.stage == 1:
+        if cfg.train.init_from is None:  # stage 1 (stage 2 and add_task_types start from an export)
             if self.rank == 0:  # trains the SentencePiece model once; the other ranks load it
                 self.tokenizer = build_tokenizer(cfg.model, train_texts, self.out / "tokenizer", train_here=True)
             barrier()
@@ -78,7 +81,7 @@ class Trainer:
                                   f"run stage 1 first or point to its {EXPORT}/ directory")
             self.tokenizer = load_tokenizer(source)
             self.model = MTAModel.from_pretrained(source, ep_size=cfg.mta.ep_size)
-            if self.model.stage == 1:
+            if self.model.stage == 1 and cfg.train.add_task_types is None:
                 self.model.enable_stage2()
         self.mode = model_mode(self.model.base_model)
         self.collate = Collator(self.tokenizer.pad_token_id, self.mode,
@@ -94,9 +97,14 @@ class Trainer:
                                                 self.data.registry, d.max_input_length, d.max_target_length,
                                                 "seq2seq" if self.mode == "seq2seq" else "causal")
         self.task_rows = self.data.task_indices()
-        curriculum = Curriculum.from_list(d.curriculum, list(self.task_rows)) if d.curriculum else None
-        self.sampler = MixtureSampler({t: len(r) for t, r in self.task_rows.items()}, d.sampling, d.seed, curriculum)
-        self.task_weights = task_weight_vector(self.cfg.train.task_weights, self.data.registry.names)
+        self.growth = None
+        sampled = list(self.task_rows)
+        if cfg.train.add_task_types is not None:
+            sampled = self._grow()
+        curriculum = Curriculum.from_list(d.curriculum, sampled) if d.curriculum else None
+        self.sampler = MixtureSampler({t: len(self.task_rows[t]) for t in sampled}, d.sampling, d.seed, curriculum)
+        static = task_weight_vector(self.cfg.train.task_weights, self.data.registry.names)
+        self.balance = TaskBalance(self.cfg.train.weighting, self.data.registry.names, static)
         train = self.data.splits["train"]
         for key, mapping in (("mta.data.task_kinds", d.task_kinds),
                              ("mta.train.baseline_scores", self.cfg.train.baseline_scores)):
@@ -108,14 +116,38 @@ class Trainer:
         self.profiles = profile_tasks(list(train["task"]), list(train["input"]), list(train["target"]),
                                       {**declared, **d.task_kinds})
 
+    def _grow(self) -> list[str]:
+        """Add the new task types to the init_from export; training batches come from their tasks only."""
+        cfg, registry = self.cfg, self.data.registry
+        trained = self.model.mta_config.task_types
+        new_types = [ty for ty in cfg.mta.task_types if ty not in trained]
+        tasks = [t for t in registry.names if registry.type_of[t] in new_types]
+        rows = {ty: [self.train_set[i] for t in tasks if registry.type_of[t] == ty for i in self.task_rows[t]]
+                for ty in new_types}
+        self.model, self.growth = grow_for_training(Path(cfg.train.init_from), cfg.mta.task_types,
+                                                    cfg.train.add_task_types, cfg.mta.ep_size, rows, self.collate,
+                                                    self._info)
+        self.logger.log("add_task_types", 0, {"new_types": self.growth.new_types, "tasks": tasks,
+                                              "new_adapters": self.growth.new_experts,
+                                              "warm_start": self.growth.warm_start})
+        return tasks
+
     def _param_groups(self) -> list[dict[str, Any]]:
         t = self.cfg.train
-        if t.trainable is not None:
+        self.unfreeze = None
+        if self.growth is not None:
+            groups = growth_param_groups(self.model, self.growth, t.lr, t.weight_decay)
+        elif t.trainable is not None:
             unused = [p for layer in self.model.mta_layers.values() for p in layer.selector.unused_parameters()]
-            return pattern_param_groups(self.model, t.trainable, t.lr, t.weight_decay, keep_frozen=unused)
-        if t.stage == 2:
-            self.model.freeze_all_but_mta()
-        return optimizer_param_groups(self.model, t.lr, t.weight_decay)
+            groups = pattern_param_groups(self.model, t.trainable, t.lr, t.weight_decay, keep_frozen=unused)
+        elif t.unfreeze is not None:
+            self.unfreeze = UnfreezeSchedule(self.model, t.unfreeze.get("start_step", 0), t.unfreeze["every"])
+            groups = self.unfreeze.param_groups(t.lr, t.weight_decay)
+        else:
+            if t.stage == 2:
+                self.model.freeze_all_but_mta()
+            groups = optimizer_param_groups(self.model, t.lr, t.weight_decay)
+        return groups + self.balance.param_groups()
 
     def _setup_engine(self) -> None:
         t = self.cfg.train
@@ -133,13 +165,32 @@ class Trainer:
         ds = dict(self.cfg.ds)
         ds.setdefault("zero_allow_untested_optimizer", True)
         ds.setdefault("steps_per_print", 10**9)
-        self.engine, _, _, self.scheduler = deepspeed.initialize(model=self.model, optimizer=optimizer,
-                                                                 lr_scheduler=scheduler, config=ds)
+        self.engine, _, _, self.scheduler = deepspeed.initialize(model=TrainingModule(self.model, self.balance),
+                                                                 optimizer=optimizer, lr_scheduler=scheduler,
+                                                                 config=ds)
         self.step = 0
         self.best = -math.inf
         self.monitor = TrainingMonitor(t.warn_margin, t.baseline_scores)
+        self.objective = Objective(t, self.balance, self.mode, self.world)
+        if self.balance.method == "gradnorm":
+            waiting = [p for u in self.unfreeze.units for p in u.params] if self.unfreeze else []
+            named = self.balance.gradnorm_parameters(self.model, exclude=waiting)
+            self.objective.gradnorm_params = [p for _, p in named]
+            self._info(f"GradNorm: gradient norms w.r.t. {[n for n, _ in named]}")
         if self.resume:
             self._load_checkpoint()
+        self._apply_unfreeze()
+
+    def _apply_unfreeze(self) -> None:
+        """Gradual unfreezing: switch the blocks whose turn has come (logged as ``unfreeze`` records)."""
+        if self.unfreeze is None:
+            return
+        newly = self.unfreeze.apply(self.step, self.engine.optimizer)
+        if newly:
+            self.logger.log("unfreeze", self.step, {"blocks": newly, "unfrozen": self.unfreeze.unfrozen,
+                                                    "of": len(self.unfreeze.units)})
+            self._info(f"step {self.step}: unfroze {', '.join(newly)} "
+                       f"({self.unfreeze.unfrozen}/{len(self.unfreeze.units)} blocks)")
 
     # ------------------------------------------------------------------ loop
     def run(self) -> dict[str, float]:
@@ -150,10 +201,13 @@ class Trainer:
         end = t.steps if t.stop_at_step is None else min(t.steps, t.stop_at_step)
         while self.step < end:
             started = time.perf_counter()
+            self._apply_unfreeze()
             picks = self.sampler.next_batch(micro * self.world * accum, self.step)
             stats = self._train_step(picks, micro, accum)
             self.step += 1
             bar.update(1)
+            if self.balance.method is not None:
+                self.logger.log("task_weights", self.step, self.balance.current())
             if self.step % t.log_every == 0 or self.step == t.steps:
                 stats["tokens_per_s"] = stats.pop("tokens") / (time.perf_counter() - started)
                 self.logger.log("train", self.step, stats)
@@ -184,39 +238,28 @@ class Trainer:
             mine = rank_slice(picks[a * share:(a + 1) * share], self.rank, self.world)
             batch = self.collate([self.train_set[self.task_rows[task][i]] for task, i in mine])
             batch = {k: v.to(engine.device) for k, v in batch.items()}
-            loss, per_sample, aux = self._loss(batch)
-            engine.backward(loss)
+            result = self.objective(engine, self.model, batch, self.step)
+            engine.backward(result.backward)
             engine.step()
-            task_loss.index_add_(0, batch["task_ids"].cpu(), per_sample.detach().double().cpu())
+            task_loss.index_add_(0, batch["task_ids"].cpu(), result.per_sample.detach().double().cpu())
             task_count.index_add_(0, batch["task_ids"].cpu(), torch.ones(len(mine), dtype=torch.float64))
-            totals += torch.tensor([loss.item(), aux, float(batch["attention_mask"].sum())], dtype=torch.float64)
+            totals += torch.tensor([result.loss, result.aux, float(batch["attention_mask"].sum())],
+                                   dtype=torch.float64)
         packed = torch.cat([task_loss, task_count, totals])
         if self.world > 1:
             dist.all_reduce(packed)
         n = len(names)
         task_loss, task_count, totals = packed[:n], packed[n:2 * n], packed[2 * n:]
         norm = engine.get_global_grad_norm()
-        return {"loss": totals[0].item() / (accum * self.world), "aux_loss": totals[1].item() / (accum * self.world),
-                "lr": self.scheduler.get_last_lr()[0], "grad_norm": None if norm is None else float(norm),
-                "task_loss": {t: task_loss[i].item() / task_count[i].item() for i, t in enumerate(names)
-                              if task_count[i] > 0},
-                "tokens": totals[2].item()}
-
-    def _loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, float]:
-        """Cross-entropy reduced as ``mta.train.loss_reduction`` says + aux loss, and per-sample losses."""
-        out = self.engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                          labels=batch["labels"], task_type_ids=batch["task_type_ids"])
-        logits, labels = out.logits, batch["labels"]
-        if self.mode == "causal":
-            logits, labels = logits[:, :-1], labels[:, 1:]
-        tokens = F.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=IGNORE_INDEX, reduction="none")
-        loss, per_sample = reduce_loss(tokens, labels != IGNORE_INDEX, batch["task_ids"],
-                                       self.cfg.train.loss_reduction, self.task_weights)
-        aux = self.model.last_aux_loss
-        aux_value = 0.0 if aux is None else float(aux.detach())
-        if aux is not None:
-            loss = loss + aux.to(loss.dtype)
-        return loss, per_sample, aux_value
+        stats = {"loss": totals[0].item() / (accum * self.world), "aux_loss": totals[1].item() / (accum * self.world),
+                 "lr": self.scheduler.get_last_lr()[0], "grad_norm": None if norm is None else float(norm),
+                 "task_loss": {t: task_loss[i].item() / task_count[i].item() for i, t in enumerate(names)
+                               if task_count[i] > 0},
+                 "tokens": totals[2].item()}
+        conflicts = self.objective.pop_conflicts()
+        if conflicts is not None:
+            stats["pcgrad_conflicts"] = conflicts
+        return stats
 
     def _log_routing(self) -> None:
         """Routing since the last record, summed over ranks: per layer, sequences per task type and
@@ -257,6 +300,7 @@ class Trainer:
                 json.dumps({"task": task, "target": target, "prediction": text}) + "\n" for task, target, text in rows))
         self._info(f"step {self.step} validation: " + ", ".join(f"{k} {v:.3f}" for k, v in scores.items()))
         self._warn(self.monitor.check_validation(scores) + self.monitor.check_routing())
+        self.balance.after_validation(scores, t.baseline_scores)
         if scores["macro"] > self.best:
             self.best = scores["macro"]
             self.export(self.out / BEST)

@@ -1,0 +1,164 @@
+"""Add task types to a trained MTA model without changing what it computes for the old ones.
+
+Each MTA layer's selector bias table ``β`` gains one row per new task type; ``new_adapters`` adapters
+(experts) may be added too. The old rows get ``BLOCKED`` in the new adapters' columns, so an old task
+type's probability of a new adapter is exactly 0 and its top-k choice, weights and outputs are those of
+the model before growing. A new row starts either Softmax-T style (``bias_init``, ``+ bias_margin`` on its
+assigned adapters) or as a copy of an existing type's row (warm start) with the new adapters just above
+that row's best adapter. Training then touches only the new rows (gradient mask) and the new adapters.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from ..config import ConfigError, MTAConfig
+from .inject import MTAModel
+from .persistence import _EXPERT_KEY, build_saved_model, read_saved_model
+
+BLOCKED = -1.0e4  # bias of an old task type for a new adapter: exp(BLOCKED / T) is exactly 0 in fp32/bf16
+_BIAS = "deepspeed_moe.gate.task_bias"
+_WG = "deepspeed_moe.gate.wg.weight"
+
+
+@dataclass
+class Growth:
+    """What was added: task types (with the type each was warm-started from) and adapter ids."""
+
+    old_types: list[str]
+    new_types: list[str]
+    old_experts: int
+    new_experts: list[int]
+    warm_start: dict[str, str | None] = field(default_factory=dict)
+
+
+def grown_config(old: MTAConfig, new_types: Sequence[str], new_adapters: int,
+                 warm_start: Mapping[str, str | None]) -> MTAConfig:
+    """``old`` with the new task types and adapters; a new type favours the new adapters, else its warm-start
+    type's adapters, else all of them."""
+    if old.gate_mode == "learned":
+        raise ConfigError("mta.train.add_task_types: gate_mode 'learned' routes without task types; adding a task "
+                          "type needs gate_mode 'task' or 'both'")
+    clash = sorted(set(new_types) & set(old.task_types))
+    if clash or not new_types:
+        raise ConfigError(f"mta.task_types: the new task types must be appended after the trained ones "
+                          f"{old.task_types}; got new {list(new_types)}")
+    assignment = dict(zip(old.task_types, old.assignment()))
+    added = list(range(old.num_experts, old.num_experts + new_adapters))
+    for name in new_types:
+        source = warm_start.get(name)
+        assignment[name] = added or (assignment[source] if source else list(range(old.num_experts)))
+    try:
+        return old.replace(task_types=[*old.task_types, *new_types], num_experts=old.num_experts + new_adapters,
+                           task_adapter_assignment=assignment)
+    except ConfigError as exc:
+        raise ConfigError(f"mta.train.add_task_types: the grown model is invalid: {exc}") from None
+
+
+def grow_state(state: Mapping[str, Tensor], old: MTAConfig, new: MTAConfig,
+               warm_start: Mapping[str, str | None]) -> dict[str, Tensor]:
+    """The saved state with every selector's bias table (and W) grown for ``new``."""
+    out = dict(state)
+    t_old, e_old = old.num_task_types, old.num_experts
+    for key, value in state.items():
+        if key.endswith(_BIAS):
+            bias = torch.full((new.num_task_types, new.num_experts), BLOCKED, dtype=value.dtype)
+            bias[:t_old, :e_old] = value
+            for row, name in enumerate(new.task_types[t_old:], start=t_old):
+                source = warm_start.get(name)
+                if source:
+                    bias[row, :e_old] = value[old.task_types.index(source)]
+                    bias[row, e_old:] = value[old.task_types.index(source)].max() + new.bias_margin
+                else:
+                    bias[row] = new.bias_init
+                    bias[row, new.assignment()[row]] += new.bias_margin
+            out[key] = bias
+        elif key.endswith(_WG):
+            out[key] = torch.cat([value, value.new_zeros(new.num_experts - e_old, value.size(1))])
+    return out
+
+
+def grow_saved_model(directory: str | Path, new_types: Sequence[str], new_adapters: int = 0,
+                     warm_start: Mapping[str, str | None] | None = None,
+                     ep_size: int | None = None) -> tuple[MTAModel, Growth]:
+    """Load a saved model with task types (and adapters) added; old task types compute exactly as before."""
+    saved = read_saved_model(directory)
+    warm_start = dict(warm_start or {})
+    unknown = sorted(s for s in warm_start.values() if s and s not in saved.mta.task_types)
+    if unknown:
+        raise ConfigError(f"mta.train.add_task_types.warm_start: {unknown[0]!r} is not a trained task type "
+                          f"{saved.mta.task_types}")
+    new = grown_config(saved.mta, new_types, new_adapters, warm_start)
+    if ep_size is not None:
+        new = new.replace(ep_size=ep_size)
+    state = grow_state(saved.state, saved.mta, new, warm_start)
+
+    model = build_saved_model(saved, new, state,
+                              allow_missing=lambda m, key: _is_new_expert(m, key, saved.mta.num_experts))
+    growth = Growth(list(saved.mta.task_types), list(new_types), saved.mta.num_experts,
+                    list(range(saved.mta.num_experts, new.num_experts)), {t: warm_start.get(t) for t in new_types})
+    return model, growth
+
+
+def _is_new_expert(model: MTAModel, key: str, old_experts: int) -> bool:
+    """Whether a (local) parameter key belongs to an adapter the growth added."""
+    match = _EXPERT_KEY.match(key)
+    if match is None:
+        return False
+    layer = model.get_submodule(match.group(1)[:-len(".deepspeed_moe.experts.deepspeed_experts.")])
+    return layer.global_expert_ids()[int(match.group(2))] >= old_experts
+
+
+def new_parameters(model: MTAModel, growth: Growth) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """Freeze everything but what the growth added: returns (new adapters' parameters, selector bias tables).
+    The bias tables train only in the new rows: a gradient hook zeroes the old rows' gradient."""
+    for param in model.parameters():
+        param.requires_grad_(False)
+    experts, biases = [], []
+    rows = len(growth.old_types)
+    for layer in model.mta_layers.values():
+        for expert, global_id in zip(layer.local_experts, layer.global_expert_ids()):
+            if global_id >= growth.old_experts:
+                experts += list(expert.parameters())
+        biases.append(layer.selector.task_bias)
+    for param in experts + biases:
+        param.requires_grad_(True)
+    for bias in biases:
+        mask = torch.zeros_like(bias)
+        mask[rows:] = 1.0
+        bias.register_hook(lambda grad, mask=mask: grad * mask.to(grad))
+    return experts, biases
+
+
+@torch.no_grad()
+def closest_task_types(model: MTAModel, batches: Mapping[str, Iterable[dict[str, Tensor]]],
+                       old_types: Sequence[str]) -> dict[str, str]:
+    """For each new task type, the trained type under whose routing the model already fits its sequences best
+    (lowest teacher-forced token cross-entropy on ``batches[new_type]``)."""
+    was_training = model.training
+    model.eval()
+    choice = {}
+    for name, rows in batches.items():
+        rows = list(rows)
+        losses = []
+        for type_id in range(len(old_types)):
+            total, count = 0.0, 0
+            for batch in rows:
+                ids = torch.full_like(batch["task_type_ids"], type_id)
+                out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                            labels=batch["labels"], task_type_ids=ids)
+                logits, labels = out.logits, batch["labels"]
+                if not model.config.is_encoder_decoder:
+                    logits, labels = logits[:, :-1], labels[:, 1:]
+                loss = F.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=-100, reduction="sum")
+                total += float(loss)
+                count += int((labels != -100).sum())
+            losses.append(total / max(count, 1))
+        choice[name] = old_types[min(range(len(losses)), key=losses.__getitem__)]
+    model.train(was_training)
+    return choice
