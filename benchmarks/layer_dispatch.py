@@ -1,103 +1,210 @@
-"""Forward+backward time of one MTA layer's adapter mixture under different dispatches, in one run.
+"""Forward+backward time and peak memory of one MTA layer's adapter mixture under five computations.
 
-(a) grouped: the shipped sequence-grouped dispatch; (b) deepspeed: DeepSpeed 0.19.8's stock MOELayer
-dispatch with the same routing; (c) dense: every adapter on every token (k = E, grouped);
-(d) floor: only the selected adapters' matmuls on pre-grouped blocks, no routing work;
-(e) ffn: one plain d -> 4d -> d FFN. Medians of repeated runs; ratios are taken within the run.
-Usage: python benchmarks/layer_dispatch.py [--hidden 768] [--experts 8] [--k 2] [--tokens 8192] [--out F]
+(a) grouped: the MTA layer as shipped (routing + sequence-grouped dispatch);
+(b) deepspeed: DeepSpeed 0.19.8's stock MOELayer (token-level gate output, index dispatch padded to
+    E × capacity, drop_tokens=False) with the same adapter experts and the same routing decisions;
+(c) dense: the official-style dense mixture, every adapter on every token, weighted by softmax(logits/T);
+(d) floor: only the selected adapters' matmuls on pre-grouped sequences, no routing work;
+(e) ffn: one plain d -> 4d -> d FFN (GELU) on the same tokens.
+Routing: ``--routing learned`` spreads sequences over all adapters (a random learned gate); ``--routing
+task`` is the task-biased gate MTA trains with (three task types, Softmax-T init), which sends each
+batch to few adapters, so DeepSpeed's capacity (the largest load) pads the idle ones.
+Per shape the variants run interleaved and medians are reported, with the ratios taken inside the run.
+Usage: python benchmarks/layer_dispatch.py [--hidden 512 768] [--experts 4 8 16] [--k 1 2]
+       [--tokens 2048 8192 32768] [--routing learned|task] [--device cpu|cuda] [--out F.json] [--plot F.png]
 """
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import statistics
-import time
+import itertools
 from pathlib import Path
 
-os.environ.setdefault("DS_ACCELERATOR", "cpu")
+import torch
+from torch import nn
 
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
+from measure import environment, interleaved_medians, peak_memory_mb, write_json
+from mta_moe import MTAConfig, MTALayer
 
-from mta_moe import MTAConfig, MTALayer  # noqa: E402
-
-
-def _time(fn, repeats: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples) * 1e3
+VARIANTS = ("a_grouped", "b_deepspeed", "c_dense", "d_floor")
+TASK_TYPES = ("classify", "nli", "generate")
 
 
-def _layer(args, k: int | None, dispatch: str) -> MTALayer:
+def _layer(hidden: int, experts: int, k: int | None, dispatch: str, args) -> MTALayer:
+    """An MTA layer with random (non-zero) adapters; equal seeds give equal layers.
+
+    ``--routing learned``: a random learned gate (sequences spread over all adapters);
+    ``--routing task``: the task-biased Softmax-T gate over three task types, as MTA trains.
+    """
     torch.manual_seed(0)
-    cfg = MTAConfig(num_experts=args.experts, k=k, adapter_dim=args.adapter_dim, dispatch=dispatch,
-                    gate_mode="learned", selector_init_std=1.0, task_types=["t"])
-    layer = MTALayer(cfg, args.hidden, nn.Identity()).to(args.device)
+    if args.routing == "task":
+        gate = dict(gate_mode="task", task_types=list(TASK_TYPES))
+    else:
+        gate = dict(gate_mode="learned", selector_init_std=1.0, task_types=["t"])
+    cfg = MTAConfig(num_experts=experts, k=k, adapter_dim=args.adapter_dim, dispatch=dispatch, track_routing=False,
+                    **gate)
+    layer = MTALayer(cfg, hidden, nn.Identity()).to(args.device)
     with torch.no_grad():
         for p in layer.local_experts.parameters():
             p.normal_(0, 0.02)
     return layer
 
 
-def bench(args) -> dict:
-    seqs = args.tokens // args.seq_len
-    x = torch.randn(seqs, args.seq_len, args.hidden, device=args.device)
-
-    def moe_step(layer):
-        def run():
-            xi = x.detach().requires_grad_(True)
-            out = layer._dispatch(xi, layer.route(xi))
-            out.sum().backward()
-        return run
-
-    results = {}
-    grouped = _layer(args, args.k, "grouped")
-    results["a_grouped_ms"] = _time(moe_step(grouped), args.repeats)
-    results["b_deepspeed_ms"] = _time(moe_step(_layer(args, args.k, "deepspeed")), args.repeats)
-    results["c_dense_ms"] = _time(moe_step(_layer(args, None, "grouped")), args.repeats)
-    routing = grouped.route(x)
-    counts = torch.bincount(routing.indices.reshape(-1), minlength=args.experts).tolist()
-    blocks = [torch.randn(c * args.seq_len, args.hidden, device=args.device) for c in counts]
-
-    def floor():
-        outs = [e(b.requires_grad_(True)) for e, b in zip(grouped.local_experts, blocks)]
-        sum(o.sum() for o in outs).backward()
-    results["d_floor_ms"] = _time(floor, args.repeats)
-    ffn = nn.Sequential(nn.Linear(args.hidden, 4 * args.hidden), nn.GELU(),
-                        nn.Linear(4 * args.hidden, args.hidden)).to(args.device)
-
-    def plain():
+def _layer_step(layer: MTALayer, x: torch.Tensor, tasks: torch.Tensor | None, grad: torch.Tensor):
+    def run():
         xi = x.detach().requires_grad_(True)
-        ffn(xi).sum().backward()
-    results["e_ffn_ms"] = _time(plain, args.repeats)
-    results["speedup_vs_deepspeed"] = results["b_deepspeed_ms"] / results["a_grouped_ms"]
-    results["ratio_to_floor"] = results["a_grouped_ms"] / results["d_floor_ms"]
-    return results
+        layer._dispatch(xi, layer.route(xi, tasks)).backward(grad)
+    return run
+
+
+def _dense_step(layer: MTALayer, x: torch.Tensor, tasks: torch.Tensor | None, grad: torch.Tensor):
+    """Official ALTER style: a loop over all experts, each on every token, summed with the softmax weights."""
+    def run():
+        xi = x.detach().requires_grad_(True)
+        weights = layer.route(xi, tasks).dense_weights()
+        out = sum(weights[:, e].view(-1, 1, 1) * expert(xi) for e, expert in enumerate(layer.local_experts))
+        out.backward(grad)
+    return run
+
+
+def _floor_step(layer: MTALayer, x: torch.Tensor, tasks: torch.Tensor | None, seq_len: int, device: str):
+    """The selected adapters' matmuls on blocks grouped in advance (the same token counts as the routing gives)."""
+    counts = torch.bincount(layer.route(x, tasks).indices.reshape(-1), minlength=layer.num_experts).tolist()
+    blocks = [torch.randn(c, seq_len, x.size(-1), device=device) for c in counts]
+    grads = [torch.randn_like(b) for b in blocks]
+
+    def run():
+        outs = [expert(b.detach().requires_grad_(True)) for expert, b in zip(layer.local_experts, blocks)]
+        torch.autograd.backward(outs, grads)
+    return run
+
+
+def _ffn_step(hidden: int, x: torch.Tensor, grad: torch.Tensor, device: str):
+    ffn = nn.Sequential(nn.Linear(hidden, 4 * hidden), nn.GELU(), nn.Linear(4 * hidden, hidden)).to(device)
+
+    def run():
+        ffn(x.detach().requires_grad_(True)).backward(grad)
+    return run
+
+
+def bench_shape(hidden: int, experts: int, k: int, tokens: int, args) -> dict:
+    """Times (ms) and peak memory (MiB) of variants (a)–(d) at one shape, plus the ratios."""
+    seqs = tokens // args.seq_len
+    torch.manual_seed(1)
+    x = torch.randn(seqs, args.seq_len, hidden, device=args.device)
+    grad = torch.randn_like(x)
+    tasks = torch.randint(0, len(TASK_TYPES), (seqs, ), device=args.device) if args.routing == "task" else None
+    grouped = _layer(hidden, experts, k, "grouped", args)
+    stock = _layer(hidden, experts, k, "deepspeed", args)
+    dense = _layer(hidden, experts, None, "grouped", args)
+    if not torch.equal(grouped.route(x, tasks).indices, stock.route(x, tasks).indices):
+        raise RuntimeError("grouped and stock layers route differently; the comparison would be unfair")
+    steps = {"a_grouped": _layer_step(grouped, x, tasks, grad), "b_deepspeed": _layer_step(stock, x, tasks, grad),
+             "c_dense": _dense_step(dense, x, tasks, grad),
+             "d_floor": _floor_step(grouped, x, tasks, args.seq_len, args.device)}
+    times = interleaved_medians(steps, args.repeats, args.warmup, args.device)
+    used = int((torch.bincount(grouped.route(x, tasks).indices.reshape(-1), minlength=experts) > 0).sum())
+    row = {"hidden": hidden, "experts": experts, "k": k, "tokens": seqs * args.seq_len, "adapters_used": used}
+    row.update({f"{name}_ms": ms for name, ms in times.items()})
+    row.update({f"{name}_peak_mib": peak_memory_mb(fn, args.device) for name, fn in steps.items()})
+    row["speedup_vs_deepspeed"] = times["b_deepspeed"] / times["a_grouped"]
+    row["ratio_to_floor"] = times["a_grouped"] / times["d_floor"]
+    row["speedup_vs_dense"] = times["c_dense"] / times["a_grouped"]
+    # adapter matmul work of the selected routes: fwd (2 GEMMs) + bwd (4 GEMMs), 2·d·r flops per token each
+    row["floor_gflops"] = 6 * 2 * hidden * args.adapter_dim * seqs * args.seq_len * k / times["d_floor"] / 1e6
+    return row
+
+
+def bench_ffn(hidden: int, tokens: int, args) -> dict:
+    x = torch.randn(tokens // args.seq_len, args.seq_len, hidden, device=args.device)
+    step = _ffn_step(hidden, x, torch.randn_like(x), args.device)
+    ms = interleaved_medians({"e_ffn": step}, args.repeats, args.warmup, args.device)["e_ffn"]
+    return {"hidden": hidden, "tokens": x.shape[0] * x.shape[1], "e_ffn_ms": ms,
+            "e_ffn_peak_mib": peak_memory_mb(step, args.device)}
+
+
+def targets(rows: list[dict]) -> dict:
+    """The issue's targets evaluated on the measured rows (None where the sweep lacks the shape)."""
+    main = [r for r in rows if (r["hidden"], r["experts"], r["k"]) == (768, 8, 2) and r["tokens"] >= 8192]
+    flat = {}
+    for r4 in (r for r in rows if r["experts"] == 4):
+        r16 = [r for r in rows if r["experts"] == 16 and all(r[key] == r4[key] for key in ("hidden", "k", "tokens"))]
+        if r16:
+            flat[f"h{r4['hidden']}_k{r4['k']}_t{r4['tokens']}"] = r16[0]["a_grouped_ms"] / r4["a_grouped_ms"]
+    return {
+        "speedup_vs_deepspeed_E8_k2_h768_ge8k (target >= 3)": [r["speedup_vs_deepspeed"] for r in main] or None,
+        "ratio_to_floor_E8_k2_h768_ge8k (target <= 1.5)": [r["ratio_to_floor"] for r in main] or None,
+        "ratio_to_floor_max_all_shapes": max((r["ratio_to_floor"] for r in rows), default=None),
+        "grouped_E16_over_E4 (target <= 1.2)": flat or None,
+    }
+
+
+def plot(rows: list[dict], ffn_rows: list[dict], path: Path, routing: str) -> None:
+    """Time vs tokens at E = 8 (left) and grouped time vs E (right), one row of panels per hidden size."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    hiddens = sorted({r["hidden"] for r in rows})
+    fig, axes = plt.subplots(len(hiddens), 2, figsize=(11, 4 * len(hiddens)), squeeze=False)
+    for ax_row, hidden in zip(axes, hiddens):
+        left, right = ax_row
+        k_main = max(r["k"] for r in rows)
+        e_main = 8 if any(r["experts"] == 8 for r in rows) else rows[0]["experts"]
+        sel = sorted((r for r in rows if r["hidden"] == hidden and r["k"] == k_main and r["experts"] == e_main),
+                     key=lambda r: r["tokens"])
+        for name in VARIANTS:
+            left.plot([r["tokens"] for r in sel], [r[f"{name}_ms"] for r in sel], marker="o", label=name)
+        ffn = sorted((r for r in ffn_rows if r["hidden"] == hidden), key=lambda r: r["tokens"])
+        left.plot([r["tokens"] for r in ffn], [r["e_ffn_ms"] for r in ffn], marker="o", label="e_ffn")
+        left.set(xscale="log", yscale="log", xlabel="tokens per batch", ylabel="fwd+bwd ms",
+                 title=f"hidden {hidden}, E={e_main}, k={k_main}, {routing} routing")
+        left.legend(fontsize=8)
+        tokens = max(r["tokens"] for r in rows)
+        for i, k in enumerate(sorted({r["k"] for r in rows})):
+            pts = sorted((r for r in rows if r["hidden"] == hidden and r["k"] == k and r["tokens"] == tokens),
+                         key=lambda r: r["experts"])
+            right.plot([r["experts"] for r in pts], [r["a_grouped_ms"] for r in pts], marker="o", color=f"C{i}",
+                       label=f"grouped k={k}")
+            right.plot([r["experts"] for r in pts], [r["b_deepspeed_ms"] for r in pts], marker="x", linestyle="--",
+                       color=f"C{i}", label=f"deepspeed k={k}")
+        right.set(xlabel="experts E", ylabel="fwd+bwd ms", title=f"hidden {hidden}, {tokens} tokens, {routing} routing",
+                  ylim=(0, None))
+        right.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--hidden", type=int, default=768)
-    parser.add_argument("--experts", type=int, default=8)
-    parser.add_argument("--k", type=int, default=2)
+    parser.add_argument("--hidden", type=int, nargs="+", default=[512, 768])
+    parser.add_argument("--experts", type=int, nargs="+", default=[4, 8, 16])
+    parser.add_argument("--k", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--tokens", type=int, nargs="+", default=[2048, 8192, 32768])
     parser.add_argument("--adapter-dim", type=int, default=64)
-    parser.add_argument("--tokens", type=int, default=8192)
     parser.add_argument("--seq-len", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--routing", choices=["learned", "task"], default="learned")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/layer_dispatch.json"))
+    parser.add_argument("--plot", type=Path, default=Path("benchmarks/results/layer_dispatch.png"))
     args = parser.parse_args()
-    result = {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-              "torch": torch.__version__, "threads": torch.get_num_threads(), **bench(args)}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
-    print(json.dumps(result, indent=2))
+    rows, ffn_rows = [], []
+    for hidden, tokens in itertools.product(args.hidden, args.tokens):
+        ffn_rows.append(bench_ffn(hidden, tokens, args))
+        for experts, k in itertools.product(args.experts, args.k):
+            row = bench_shape(hidden, experts, k, tokens, args)
+            rows.append(row)
+            print(f"h={hidden} E={experts} k={k} tokens={row['tokens']}: grouped {row['a_grouped_ms']:.1f} ms, "
+                  f"deepspeed {row['b_deepspeed_ms']:.1f} ({row['speedup_vs_deepspeed']:.2f}x), "
+                  f"floor {row['d_floor_ms']:.1f} ({row['ratio_to_floor']:.2f}x)", flush=True)
+    config = {key: (str(v) if isinstance(v, Path) else v) for key, v in vars(args).items()}
+    write_json(args.out, {"config": config, "environment": environment(args.device), "targets": targets(rows),
+                          "rows": rows, "ffn": ffn_rows})
+    plot(rows, ffn_rows, args.plot, args.routing)
+    print(f"wrote {args.out} and {args.plot}")
 
 
 if __name__ == "__main__":

@@ -41,6 +41,17 @@ class BottleneckAdapter(nn.Module):
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return self.up(_ACTIVATIONS[self.activation](self.down(hidden_states)))
 
+    def scaled_forward(self, hidden_states: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """``scale · forward(x)`` with the scale applied in the r-wide bottleneck, not on the d-wide output.
+
+        ``scale`` broadcasts against ``hidden_states[..., :1]``. The bias rides on a column holding the
+        scale, so the up-projection is one matmul: ``[s·h, s] @ [U | b]ᵀ = s·(U h + b)``.
+        """
+        h = _ACTIVATIONS[self.activation](self.down(hidden_states))
+        scale = scale.to(h.dtype)
+        h = torch.cat([h * scale, scale.expand(*h.shape[:-1], 1)], dim=-1)
+        return F.linear(h, torch.cat([self.up.weight, self.up.bias.unsqueeze(1)], dim=1))
+
 
 def make_expert_template(kind: str, hidden_size: int, adapter_dim: int, activation: str,
                          ffn: nn.Module | None) -> nn.Module:

@@ -1,10 +1,17 @@
-"""Sequence-grouped dispatch: whole sequences grouped by adapter, each adapter run once on a contiguous block.
+"""Sequence-grouped dispatch: whole sequences grouped by adapter, each adapter run once on its block.
 
-Routing is per sequence, so the token-level machinery of a generic MoE (capacity padding to
-E × max-load, per-token slot maps) is unnecessary. With ``ep_size`` > 1, the tokens of the routed
-sequences are exchanged between ranks with exact split sizes (no padding).
+Routing is per sequence, so the token-level machinery of a generic MoE (per-token top-k, capacity
+padding to E × max-load, per-token slot maps, dense dispatch/combine) is unnecessary. Each adapter
+gathers its sequences into one block, runs once, and its routing weight is applied inside the
+bottleneck where the expert supports it (:meth:`BottleneckAdapter.scaled_forward`); a weighted
+scatter-add combines the blocks. Gather and combine are single autograd nodes that write one
+[B, L, d] buffer each way; at ``ep_size`` 1 no block larger than one adapter's share is allocated.
+With ``ep_size`` > 1, the tokens of the routed sequences are exchanged between ranks with exact
+split sizes (no padding), and the weights are applied to the returned outputs.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
@@ -14,26 +21,102 @@ from torch.distributed.nn import functional as dist_fn
 from .gate import SequenceRouting
 
 
+@dataclass
+class RoutePlan:
+    """The routes (sequence, adapter) of a batch sorted by adapter."""
+
+    sequences: Tensor  # [B·k] int64: sequence of each route, grouped by adapter
+    weights: Tensor  # [B·k] fp32: routing weight of each route
+    counts: list[int]  # routes per global adapter
+
+
+def plan_routes(routing: SequenceRouting, num_experts: int) -> RoutePlan:
+    """Sort the (sequence, adapter) routes of ``routing`` by adapter (stable: sequence order inside a block)."""
+    batch, k = routing.indices.shape
+    flat = routing.indices.reshape(-1)
+    order = torch.argsort(flat, stable=True)
+    sequences = torch.arange(batch, device=flat.device).repeat_interleave(k)[order]
+    counts = torch.bincount(flat, minlength=num_experts).tolist()
+    return RoutePlan(sequences, routing.weights.reshape(-1)[order], counts)
+
+
+class SequenceGather(torch.autograd.Function):
+    """``x`` [B, L, d] → one block per adapter holding its routed sequences; backward scatter-adds into one buffer."""
+
+    @staticmethod
+    def forward(ctx, hidden_states: Tensor, sequences: Tensor, counts: list[int]):  # type: ignore[override]
+        ctx.set_materialize_grads(False)
+        ctx.shape = hidden_states.shape
+        ctx.counts = counts
+        ctx.save_for_backward(sequences)
+        return tuple(hidden_states.index_select(0, idx) for idx in sequences.split(counts))
+
+    @staticmethod
+    def backward(ctx, *block_grads):  # type: ignore[override]
+        (sequences, ) = ctx.saved_tensors
+        if all(g is None for g in block_grads):
+            return None, None, None
+        return _scatter_blocks(sequences, ctx.counts, ctx.shape, block_grads), None, None
+
+
+def _scatter_blocks(sequences: Tensor, counts: list[int], shape: tuple, blocks) -> Tensor:
+    """Sum the rows of ``blocks`` into a new [B, ...] tensor at rows ``sequences`` (split by ``counts``).
+
+    A block given as None adds nothing. When every sequence has exactly one route (k = 1) and every
+    block is given, rows are copied into uninitialised memory instead of added onto zeros.
+    """
+    present = [(idx, block) for idx, block in zip(sequences.split(counts), blocks) if block is not None]
+    once = len(sequences) == shape[0] and len(present) == len(blocks)
+    out = present[0][1].new_empty(shape) if once else present[0][1].new_zeros(shape)
+    for idx, block in present:
+        if once:
+            out.index_copy_(0, idx, block)
+        else:
+            out.index_add_(0, idx, block)
+    return out
+
+
+class SequenceCombine(torch.autograd.Function):
+    """Blocks (one per adapter, rows = routed sequences) → their sum per sequence [B, L, d]."""
+
+    @staticmethod
+    def forward(ctx, sequences: Tensor, counts: list[int], batch: int, *blocks: Tensor):  # type: ignore[override]
+        ctx.counts = counts
+        ctx.save_for_backward(sequences)
+        return _scatter_blocks(sequences, counts, (batch, *blocks[0].shape[1:]), blocks)
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):  # type: ignore[override]
+        (sequences, ) = ctx.saved_tensors
+        grads = tuple(grad_out.index_select(0, idx) for idx in sequences.split(ctx.counts))
+        return (None, None, None, *grads)
+
+
 def grouped_dispatch(hidden_states: Tensor, routing: SequenceRouting, experts: nn.ModuleList, num_experts: int,
                      ep_size: int = 1, ep_group=None) -> tuple[Tensor, Tensor]:
     """``Σ_j w_bj · A_{i_bj}(x_b)`` for every sequence b; returns (output [B, L, d], tokens per global expert [E])."""
-    batch, seq_len, d = hidden_states.shape
-    k = routing.indices.size(1)
-    flat_e = routing.indices.reshape(-1)
-    order = torch.argsort(flat_e, stable=True)
-    seq_of_route = torch.arange(batch, device=flat_e.device).repeat_interleave(k)[order]
-    weights = routing.weights.reshape(-1)[order]
-    route_counts = torch.bincount(flat_e, minlength=num_experts)
-    tokens = hidden_states.index_select(0, seq_of_route).reshape(-1, d)  # [routes·L, d], grouped by expert
-    token_counts = route_counts * seq_len
+    batch, seq_len, _ = hidden_states.shape
+    plan = plan_routes(routing, num_experts)
+    token_counts = torch.tensor(plan.counts, device=hidden_states.device) * seq_len
     if ep_size == 1:
-        expert_out = _run_local_experts(tokens, token_counts.tolist(), experts)
-    else:
-        expert_out = _exchange_and_run(tokens, token_counts, experts, ep_size, ep_group)
-    weighted = expert_out.view(-1, seq_len, d).float() * weights.view(-1, 1, 1)
-    out = torch.zeros(batch, seq_len, d, dtype=torch.float32, device=hidden_states.device)
-    out = out.index_add(0, seq_of_route, weighted)
-    return out.to(hidden_states.dtype), token_counts
+        blocks = SequenceGather.apply(hidden_states, plan.sequences, plan.counts)
+        weights = plan.weights.split(plan.counts)
+        outs = [_run_expert(expert, block, w) for expert, block, w in zip(experts, blocks, weights)]
+        return SequenceCombine.apply(plan.sequences, plan.counts, batch, *outs), token_counts
+    (tokens, ) = SequenceGather.apply(hidden_states, plan.sequences, [len(plan.sequences)])
+    expert_out = _exchange_and_run(tokens.reshape(-1, tokens.size(-1)), token_counts, experts, ep_size, ep_group)
+    weighted = expert_out.view(tokens.shape) * plan.weights.to(expert_out.dtype).view(-1, 1, 1)
+    return SequenceCombine.apply(plan.sequences, [len(plan.sequences)], batch, weighted), token_counts
+
+
+def _run_expert(expert: nn.Module, block: Tensor, weights: Tensor) -> Tensor:
+    """``w · expert(block)`` per row of ``block`` [n, L, d] (an empty block still joins autograd)."""
+    scale = weights.view(-1, *([1] * (block.dim() - 1)))
+    if hasattr(expert, "scaled_forward"):
+        return expert.scaled_forward(block, scale)
+    out = expert(block)
+    out = out[0] if isinstance(out, tuple) else out
+    return out * scale.to(out.dtype)
 
 
 def _run_local_experts(tokens: Tensor, counts: list[int], experts: nn.ModuleList) -> Tensor:
