@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from mta_moe import MTAConfig, MTALayer
+from mta_moe.modeling import dispatch as dispatch_module
 from workers.toy_model import make_ffn
 
 D = 16
@@ -26,10 +27,14 @@ def _pair(kind: str, k, mode: str):
 @pytest.mark.parametrize("kind", ["bottleneck", "ffn"])
 @pytest.mark.parametrize("k", [1, 2, None])
 @pytest.mark.parametrize("mode", ["task", "both"])
-def test_grouped_equals_deepspeed_dispatch(kind, k, mode):
+@pytest.mark.parametrize("folded", [True, False], ids=["weight_in_bottleneck", "weight_on_output"])
+def test_grouped_equals_deepspeed_dispatch(kind, k, mode, folded, monkeypatch):
+    monkeypatch.setattr(dispatch_module, "SCALED_FORWARD_MIN_ELEMENTS", 0 if folded else 1 << 60)
     grouped, stock = _pair(kind, k, mode)
     x = torch.randn(7, 9, D)
     tasks = torch.tensor([0, 0, 0, 0, 1, 1, 0])  # adapter 4 (task type 2) gets no sequence
+    with torch.no_grad():  # inference skips adapters without sequences; the result is the same sum
+        inference = grouped(x, tasks)[0]
     xs = [x.clone().requires_grad_(True) for _ in range(2)]
     outs = []
     for layer, xi in zip((grouped, stock), xs):
@@ -37,6 +42,7 @@ def test_grouped_equals_deepspeed_dispatch(kind, k, mode):
         (out.pow(2).mean() + aux).backward()
         outs.append((out, counts))
     assert (outs[0][0] - outs[1][0]).abs().max().item() <= 1e-5
+    assert torch.equal(inference, outs[0][0].detach())
     assert torch.equal(outs[0][1], outs[1][1].to(outs[0][1].dtype))  # tokens per expert
     assert (xs[0].grad - xs[1].grad).abs().max().item() <= 1e-5
     for (n, a), (_, b) in zip(grouped.named_parameters(), stock.named_parameters()):

@@ -20,6 +20,10 @@ from torch.distributed.nn import functional as dist_fn
 
 from .gate import SequenceRouting
 
+# Blocks smaller than this (elements) take ``w · expert(x)``: below it the two small concatenations of
+# the folded form cost more than the d-wide multiply they save.
+SCALED_FORWARD_MIN_ELEMENTS = 1 << 16
+
 
 @dataclass
 class RoutePlan:
@@ -62,11 +66,11 @@ class SequenceGather(torch.autograd.Function):
 def _scatter_blocks(sequences: Tensor, counts: list[int], shape: tuple, blocks) -> Tensor:
     """Sum the rows of ``blocks`` into a new [B, ...] tensor at rows ``sequences`` (split by ``counts``).
 
-    A block given as None adds nothing. When every sequence has exactly one route (k = 1) and every
-    block is given, rows are copied into uninitialised memory instead of added onto zeros.
+    A block given as None adds nothing. When every sequence has exactly one route (k = 1) and the given
+    blocks cover all of them, rows are copied into uninitialised memory instead of added onto zeros.
     """
     present = [(idx, block) for idx, block in zip(sequences.split(counts), blocks) if block is not None]
-    once = len(sequences) == shape[0] and len(present) == len(blocks)
+    once = len(sequences) == shape[0] == sum(len(idx) for idx, _ in present)
     out = present[0][1].new_empty(shape) if once else present[0][1].new_zeros(shape)
     for idx, block in present:
         if once:
@@ -101,6 +105,9 @@ def grouped_dispatch(hidden_states: Tensor, routing: SequenceRouting, experts: n
     if ep_size == 1:
         blocks = SequenceGather.apply(hidden_states, plan.sequences, plan.counts)
         weights = plan.weights.split(plan.counts)
+        if not torch.is_grad_enabled():  # inference (e.g. each decoding step): adapters without rows are skipped
+            outs = [_run_expert(e, b, w) if len(b) else None for e, b, w in zip(experts, blocks, weights)]
+            return _scatter_blocks(plan.sequences, plan.counts, hidden_states.shape, outs), token_counts
         outs = [_run_expert(expert, block, w) for expert, block, w in zip(experts, blocks, weights)]
         return SequenceCombine.apply(plan.sequences, plan.counts, batch, *outs), token_counts
     (tokens, ) = SequenceGather.apply(hidden_states, plan.sequences, [len(plan.sequences)])
@@ -112,7 +119,7 @@ def grouped_dispatch(hidden_states: Tensor, routing: SequenceRouting, experts: n
 def _run_expert(expert: nn.Module, block: Tensor, weights: Tensor) -> Tensor:
     """``w · expert(block)`` per row of ``block`` [n, L, d] (an empty block still joins autograd)."""
     scale = weights.view(-1, *([1] * (block.dim() - 1)))
-    if hasattr(expert, "scaled_forward"):
+    if hasattr(expert, "scaled_forward") and block.numel() >= SCALED_FORWARD_MIN_ELEMENTS:
         return expert.scaled_forward(block, scale)
     out = expert(block)
     out = out[0] if isinstance(out, tuple) else out
