@@ -66,10 +66,9 @@ def _dense_step(layer: MTALayer, x: torch.Tensor, tasks: torch.Tensor | None, gr
     return run
 
 
-def _floor_step(layer: MTALayer, x: torch.Tensor, tasks: torch.Tensor | None, seq_len: int, device: str):
-    """The selected adapters' matmuls on blocks grouped in advance (the same token counts as the routing gives)."""
-    counts = torch.bincount(layer.route(x, tasks).indices.reshape(-1), minlength=layer.num_experts).tolist()
-    blocks = [torch.randn(c, seq_len, x.size(-1), device=device) for c in counts]
+def _floor_step(layer: MTALayer, x: torch.Tensor, counts: list[int]):
+    """The selected adapters' matmuls on blocks grouped in advance (the same sequence counts as the routing gives)."""
+    blocks = [torch.randn(c, *x.shape[1:], device=x.device) for c in counts]
     grads = [torch.randn_like(b) for b in blocks]
 
     def run():
@@ -96,14 +95,16 @@ def bench_shape(hidden: int, experts: int, k: int, tokens: int, args) -> dict:
     grouped = _layer(hidden, experts, k, "grouped", args)
     stock = _layer(hidden, experts, k, "deepspeed", args)
     dense = _layer(hidden, experts, None, "grouped", args)
-    if not torch.equal(grouped.route(x, tasks).indices, stock.route(x, tasks).indices):
+    indices = grouped.route(x, tasks).indices
+    if not torch.equal(indices, stock.route(x, tasks).indices):
         raise RuntimeError("grouped and stock layers route differently; the comparison would be unfair")
+    counts = torch.bincount(indices.reshape(-1), minlength=experts).tolist()
     steps = {"a_grouped": _layer_step(grouped, x, tasks, grad), "b_deepspeed": _layer_step(stock, x, tasks, grad),
              "c_dense": _dense_step(dense, x, tasks, grad),
-             "d_floor": _floor_step(grouped, x, tasks, args.seq_len, args.device)}
+             "d_floor": _floor_step(grouped, x, counts)}
     times = interleaved_medians(steps, args.repeats, args.warmup, args.device)
-    used = int((torch.bincount(grouped.route(x, tasks).indices.reshape(-1), minlength=experts) > 0).sum())
-    row = {"hidden": hidden, "experts": experts, "k": k, "tokens": seqs * args.seq_len, "adapters_used": used}
+    row = {"hidden": hidden, "experts": experts, "k": k, "tokens": seqs * args.seq_len,
+           "adapters_used": sum(c > 0 for c in counts)}
     row.update({f"{name}_ms": ms for name, ms in times.items()})
     row.update({f"{name}_peak_mib": peak_memory_mb(fn, args.device) for name, fn in steps.items()})
     row["speedup_vs_deepspeed"] = times["b_deepspeed"] / times["a_grouped"]

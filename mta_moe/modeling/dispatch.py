@@ -72,11 +72,9 @@ def _scatter_blocks(sequences: Tensor, counts: list[int], shape: tuple, blocks) 
     present = [(idx, block) for idx, block in zip(sequences.split(counts), blocks) if block is not None]
     once = len(sequences) == shape[0] == sum(len(idx) for idx, _ in present)
     out = present[0][1].new_empty(shape) if once else present[0][1].new_zeros(shape)
+    write = out.index_copy_ if once else out.index_add_
     for idx, block in present:
-        if once:
-            out.index_copy_(0, idx, block)
-        else:
-            out.index_add_(0, idx, block)
+        write(0, idx, block)
     return out
 
 
