@@ -1,8 +1,25 @@
-"""mta_moe: Mixture-of-Task-Adapters (ALTER) on DeepSpeed MoE for small multi-task language models."""
-from .config import ConfigError, MTAConfig, load_ds_config
-from .modeling import (LayerRouting, MTALayer, MTAModel, SequenceRouting, TaskWeightSelector,
-                       format_parameter_counts, parameter_counts)
+"""mta_moe: Mixture-of-Task-Adapters (ALTER) on DeepSpeed MoE for small multi-task language models.
+
+The names below load on first use, so ``import mta_moe`` (and ``mta-moe --help``) does not import DeepSpeed.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["ConfigError", "LayerRouting", "MTAConfig", "MTALayer", "MTAModel", "SequenceRouting",
-           "TaskWeightSelector", "format_parameter_counts", "load_ds_config", "parameter_counts", "__version__"]
+_LAZY = {
+    "ConfigError": "mta_moe.config", "MTAConfig": "mta_moe.config", "load_ds_config": "mta_moe.config",
+    "LayerRouting": "mta_moe.modeling", "MTALayer": "mta_moe.modeling", "MTAModel": "mta_moe.modeling",
+    "SequenceRouting": "mta_moe.modeling", "TaskWeightSelector": "mta_moe.modeling",
+    "format_parameter_counts": "mta_moe.modeling", "parameter_counts": "mta_moe.modeling",
+}
+__all__ = [*_LAZY, "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'mta_moe' has no attribute {name!r}")

@@ -14,6 +14,10 @@ ACTIVATIONS = ("relu", "gelu", "gelu_new", "silu", "tanh")
 DEFAULT_TASK_TYPES = ("classify", "nli", "generate")
 INJECT_STACKS = ("encoder", "decoder", "both")
 DISPATCH_MODES = ("grouped", "deepspeed")
+ROUTE_BY = ("type", "task")
+STAGE2_FORMS = ("residual", "official")
+# the official ALTER Softmax-T rows for 5 adapters and (classify, nli, generate): overlapping pairs
+OFFICIAL_ASSIGNMENT = {"classify": [0, 1], "nli": [1, 2], "generate": [3, 4]}
 RUN_SECTIONS = ("model", "data", "train")
 
 
@@ -36,8 +40,13 @@ class MTAConfig:
     adapter_activation: str = "relu"
     ep_size: int = 1
     task_types: list[str] = field(default_factory=lambda: list(DEFAULT_TASK_TYPES))
-    # task type name -> adapters it starts out favouring; None: contiguous split of the adapters
-    task_adapter_assignment: dict[str, list[int]] | None = None
+    # what the selector keys its bias rows on: the task type (the paper) or the task name
+    route_by: str = "type"
+    # task names, in task-id order; the routing keys when route_by is "task" (the trainer fills them from the data)
+    tasks: list[str] | None = None
+    # routing key (task type, or task with route_by "task") -> adapters it starts out favouring;
+    # None: contiguous split of the adapters; "official": the official code's overlapping rows (5 adapters, 3 types)
+    task_adapter_assignment: dict[str, list[int]] | str | None = None
     gate_mode: str = "task"
     temperature: float = 0.1
     bias_init: float = 0.20
@@ -49,6 +58,8 @@ class MTAConfig:
     num_shared_adapters: int = 1
     shared_adapter_dim: int = 64
     gate_network_hidden: int | None = None  # None: the model's hidden size
+    # stage-2 output: "residual" M + Σ g_j·A_j(x) (exact at the switch) or "official" g_0·M + Σ g_j·Shared_j(x)
+    stage2_form: str = "residual"
     init_seed: int = 0
     track_routing: bool = True
     # where to inject into a backbone: "all", "last:N" or block indices; which stacks ("both" = every stack)
@@ -59,6 +70,8 @@ class MTAConfig:
 
     def __post_init__(self) -> None:
         self.task_types = list(self.task_types)
+        if self.tasks is not None and isinstance(self.tasks, (list, tuple)):
+            self.tasks = list(self.tasks)
         self.validate()
 
     # ----------------------------------------------------------------- derived
@@ -67,15 +80,33 @@ class MTAConfig:
         return len(self.task_types)
 
     @property
+    def routing_keys(self) -> list[str]:
+        """The names the selector keeps one bias row for: task types, or tasks with ``route_by: task``."""
+        if self.route_by == "type":
+            return list(self.task_types)
+        if self.tasks is None:
+            raise ConfigError("mta.tasks: route_by 'task' needs the task names (the trainer fills them from the "
+                              "training data; set them when building a model by hand)")
+        return list(self.tasks)
+
+    @property
+    def num_routes(self) -> int:
+        return len(self.routing_keys)
+
+    @property
     def top_k(self) -> int:
         """Number of adapters each sequence uses (``k``, or all of them when ``k`` is None)."""
         return self.num_experts if self.k is None else self.k
 
     def assignment(self) -> list[list[int]]:
-        """Adapters favoured by each task type, in task-type-id order."""
-        if self.task_adapter_assignment is not None:
-            return [list(self.task_adapter_assignment[name]) for name in self.task_types]
-        n, t = self.num_experts, self.num_task_types
+        """Adapters favoured by each routing key (task type or task), in id order."""
+        keys = self.routing_keys
+        table = self.task_adapter_assignment
+        if table == "official":
+            table = OFFICIAL_ASSIGNMENT
+        if table is not None:
+            return [list(table[name]) for name in keys]
+        n, t = self.num_experts, len(keys)
         base, extra = divmod(n, t)
         if base == 0:  # fewer adapters than task types: task type i favours adapter i mod E
             return [[i % n] for i in range(t)]
@@ -105,6 +136,11 @@ class MTAConfig:
             raise ConfigError(f"mta.task_types: must be a non-empty list of non-empty names, got {self.task_types!r}")
         if len(set(self.task_types)) != len(self.task_types):
             raise ConfigError(f"mta.task_types: names must be unique, got {self.task_types!r}")
+        _choice(self.route_by, "route_by", ROUTE_BY)
+        if self.tasks is not None and (not isinstance(self.tasks, list) or not self.tasks
+                                       or not all(isinstance(t, str) and t for t in self.tasks)
+                                       or len(set(self.tasks)) != len(self.tasks)):
+            raise ConfigError(f"mta.tasks: must be a non-empty list of unique task names or null, got {self.tasks!r}")
         self._validate_assignment()
         _choice(self.gate_mode, "gate_mode", GATE_MODES)
         _number(self.temperature, "temperature")
@@ -130,6 +166,10 @@ class MTAConfig:
         self._validate_inject_layers()
         _choice(self.inject_stacks, "inject_stacks", INJECT_STACKS)
         _choice(self.dispatch, "dispatch", DISPATCH_MODES)
+        _choice(self.stage2_form, "stage2_form", STAGE2_FORMS)
+        if self.stage2_form == "official" and self.expert_kind != "bottleneck":
+            raise ConfigError("mta.stage2_form: 'official' mixes the task mixture with shared candidates "
+                              "FFN(x) + A_j(x), which needs expert_kind 'bottleneck' (the ffn kind keeps no base FFN)")
 
     def _validate_inject_layers(self) -> None:
         spec = self.inject_layers
@@ -150,14 +190,27 @@ class MTAConfig:
         if table is None:
             return
         key = "mta.task_adapter_assignment"
+        what = "task type" if self.route_by == "type" else "task"
+        if table == "official":
+            if self.route_by != "type" or self.task_types != list(DEFAULT_TASK_TYPES) or self.num_experts != 5:
+                raise ConfigError(f"{key}: 'official' is the official code's table for route_by 'type', 5 adapters "
+                                  f"and task_types {list(DEFAULT_TASK_TYPES)}; got route_by {self.route_by!r}, "
+                                  f"{self.num_experts} adapters, task_types {self.task_types}")
+            return
         if not isinstance(table, Mapping):
-            raise ConfigError(f"{key}: must map each task type name to a list of adapter ids, got {table!r}")
-        unknown = sorted(set(table) - set(self.task_types))
-        if unknown:
-            raise ConfigError(f"{key}: unknown task type(s) {unknown}; task_types are {self.task_types}")
-        missing = [t for t in self.task_types if t not in table]
-        if missing:
-            raise ConfigError(f"{key}: no adapters given for task type(s) {missing}")
+            raise ConfigError(f"{key}: must map each {what} name to a list of adapter ids, or be 'official'; "
+                              f"got {table!r}")
+        if self.route_by == "task" and self.tasks is None:
+            known = None  # checked once the task names are known
+        else:
+            known = self.routing_keys
+        if known is not None:
+            unknown = sorted(set(table) - set(known))
+            if unknown:
+                raise ConfigError(f"{key}: unknown {what}(s) {unknown}; the {what}s are {known}")
+            missing = [t for t in known if t not in table]
+            if missing:
+                raise ConfigError(f"{key}: no adapters given for {what}(s) {missing}")
         for name, ids in table.items():
             if (not isinstance(ids, (list, tuple)) or not ids
                     or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids)):

@@ -1,66 +1,140 @@
-"""The comparison command on a tiny config: every system trained once, reused on a rerun, the report's deltas
-taken against the single-task models."""
+"""The comparison command: the runs it plans, equal-examples budgets, parameter-matched baselines, file data,
+reuse of finished runs, and the report's deltas against the single-task models."""
 import json
 import os
 import subprocess
 import sys
+from collections import Counter
 
 import pytest
 
 from mta_moe.config import ConfigError
-from mta_moe.evaluation.compare import Variant, ensure_run, plan_runs, same_config
+from mta_moe.data import Curriculum, MixtureSampler
+from mta_moe.data.suite import SuiteSizes, write_suite
+from mta_moe.experiments.budget import examples_per_task, single_task_steps
+from mta_moe.experiments.compare import Variant, ensure_run, plan_runs, same_config
+from mta_moe.experiments.data_files import chance_levels
 from mta_moe.training.run_config import build_run_config
 from test_training import REPO, tiny_config, write_config
 
 TASKS = ["sentiment", "fact_entail", "answer"]
 
 
-def _compare(tmp_path, *extra):
-    cfg1 = write_config(tmp_path / "s1.json", tiny_config(tmp_path / "unused1", steps=12, save_every=12,
-                                                          eval_every=12))
-    cfg2 = write_config(tmp_path / "s2.json", tiny_config(tmp_path / "unused2", stage=2, init_from="x", steps=4,
-                                                          save_every=4, eval_every=4))
-    args = [sys.executable, "launchers/compare.py", "--config", str(cfg1), "--stage2", str(cfg2),
-            "--out", str(tmp_path / "cmp"), *extra]
-    return subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=900,
-                          env={**os.environ, "DS_ACCELERATOR": "cpu"})
-
-
 def test_plan_derives_each_system_from_the_stage_configs(tmp_path):
     stage1, stage2 = tiny_config(tmp_path / "a"), tiny_config(tmp_path / "b", stage=2, init_from="x")
+    stage1["mta"]["num_experts"] = 2  # = k: no shared_wide (see below)
     stage1["mta"]["data"]["curriculum"] = [{"start_step": 0, "tasks": ["sentiment"]}]
-    runs = {r.name: r for r in plan_runs(stage1, stage2, tmp_path, temperatures=[1.0], no_freeze=True)}
-    assert list(runs) == ["single_sentiment", "single_fact_entail", "single_answer", "shared", "mta_stage1",
-                          "mta_stage1_T1", "mta_stage2", "mta_stage2_nofreeze"]
+    stage1["mta"]["data"]["task_kinds"] = {"answer": "extraction", "sentiment": "classification"}
+    runs = {r.name: r for r in plan_runs(stage1, stage2, tmp_path, temperatures=[1.0], no_freeze=True,
+                                         single_steps={"sentiment": 7, "answer": 3}, seeds=[5])}
+    assert list(runs) == ["single_sentiment", "single_answer", "shared", "shared_matched", "mta_stage1",
+                          "mta_stage2", "shared_stage2", "shared_s5", "shared_matched_s5", "mta_stage1_s5",
+                          "mta_stage2_s5", "shared_stage2_s5", "mta_stage1_T1", "mta_stage2_nofreeze"]
     single = runs["single_answer"].raw["mta"]
-    assert single["data"]["suite"]["tasks"] == ["answer"] and single["data"]["curriculum"] is None
-    assert single["train"]["steps"] == stage1["mta"]["train"]["steps"]  # same budget and seed
+    assert single["data"]["tasks"] == ["answer"] and single["data"]["curriculum"] is None
+    assert single["train"]["steps"] == 3 and single["num_experts"] == 1
+    assert single["data"]["task_kinds"] == {"answer": "extraction"}  # per-task settings of its own task only
     assert single["train"].get("seed") == stage1["mta"]["train"].get("seed")
     shared = runs["shared"].raw["mta"]
-    assert shared["num_experts"] == 1 and set(map(tuple, shared["task_adapter_assignment"].values())) == {(0,)}
-    assert runs["mta_stage1_T1"].raw["mta"]["temperature"] == 1.0
+    assert (shared["num_experts"], shared["k"], shared["adapter_dim"]) == (1, 1, 8)
+    matched = runs["shared_matched"].raw["mta"]  # k = 2 adapters of width 8 per sequence: one of width 16
+    assert (matched["num_experts"], matched["adapter_dim"]) == (1, 16)
+    assert "shared_wide" not in runs
     assert runs["mta_stage2"].raw["mta"]["train"]["init_from"] == str(tmp_path / "mta_stage1" / "export")
+    assert runs["shared_stage2"].raw["mta"]["train"]["init_from"] == str(tmp_path / "shared" / "export")
+    assert runs["mta_stage2_s5"].raw["mta"]["train"]["init_from"] == str(tmp_path / "mta_stage1_s5" / "export")
+    seeded = runs["mta_stage1_s5"]
+    assert (seeded.raw["mta"]["train"]["seed"], seeded.raw["mta"]["data"]["seed"], seeded.system) == (5, 5, "mta_stage1")
+    assert runs["mta_stage1_T1"].raw["mta"]["temperature"] == 1.0
     assert runs["mta_stage2_nofreeze"].raw["mta"]["train"]["trainable"][0]["pattern"] == "*"
     assert stage1["mta"]["train"]["output_dir"] == str(tmp_path / "a")  # the inputs are not modified
 
 
-def test_compare_trains_reuses_and_reports_deltas_against_single_task_models(tmp_path):
-    first = _compare(tmp_path)
+def test_shared_wide_matches_all_adapters_and_every_planned_run_is_a_valid_config(tmp_path):
+    stage1 = tiny_config(tmp_path / "a")
+    stage1["mta"].update(num_experts=6, k=1)
+    runs = {r.name: r for r in plan_runs(stage1, tiny_config(tmp_path / "b", stage=2, init_from="x"), tmp_path,
+                                         single_steps={"answer": 2})}
+    assert "shared_matched" not in runs and runs["shared_wide"].raw["mta"]["adapter_dim"] == 6 * 8
+    for spec in runs.values():
+        build_run_config(spec.raw, spec.name)
+
+
+def test_equal_examples_budget_replays_the_mixture(tmp_path):
+    cfg = tiny_config(tmp_path / "a", steps=40)
+    cfg["mta"]["data"]["curriculum"] = [{"start_step": 0, "tasks": ["sentiment"]},
+                                        {"start_step": 10, "tasks": None, "weights": {"answer": 3.0}}]
+    run = build_run_config(cfg)
+    sizes = {"answer": 24, "fact_entail": 24, "sentiment": 24}
+    counts = examples_per_task(run, sizes)
+    sampler = MixtureSampler(sizes, run.data.sampling, run.data.seed, Curriculum.from_list(run.data.curriculum, TASKS))
+    expected = Counter(t for step in range(40) for t, _ in sampler.next_batch(4, step))
+    assert counts == dict(expected) and sum(counts.values()) == 40 * 4
+    assert counts["answer"] > counts["fact_entail"]  # weight 3 after step 10
+    steps = single_task_steps(run, counts, "examples")
+    assert all(steps[t] == -(-counts[t] // 4) for t in TASKS)  # whole steps of 4 examples, rounded up
+    assert single_task_steps(run, counts, "steps") == {t: 40 for t in TASKS}
+
+
+def test_chance_levels_for_any_data():
+    import datasets
+    train = datasets.Dataset.from_list(
+        [{"input": f"x{i}", "target": t, "task": "c", "type": "classify"} for i, t in enumerate("aaab")]
+        + [{"input": "the cat sat", "target": "the cat", "task": "g", "type": "generate"}] * 3)
+    test = datasets.Dataset.from_list(
+        [{"input": "y", "target": t, "task": "c", "type": "classify"} for t in "abbb"]
+        + [{"input": "a dog", "target": "the dog", "task": "g", "type": "generate"}])
+    levels = chance_levels(train, test, {"g": "generation"})
+    assert levels["c"] == pytest.approx(0.25)  # always "a", the majority training label
+    assert levels["g"] == pytest.approx(0.5)  # ROUGE-L F of "the cat" against "the dog"
+
+
+def _file_data(tmp_path):
+    paths = write_suite(tmp_path / "files", seed=3, sizes=SuiteSizes(24, 6, 6), tasks=TASKS)
+    return {split: [str(paths[split])] for split in ("train", "validation", "test")}
+
+
+def _compare(tmp_path, *extra, files=None):
+    cfg1 = tiny_config(tmp_path / "unused1", steps=12, save_every=12, eval_every=12)
+    cfg2 = tiny_config(tmp_path / "unused2", stage=2, init_from="x", steps=4, save_every=4, eval_every=4)
+    for cfg in (cfg1, cfg2):
+        cfg["mta"].update(num_experts=2, k=2)
+        if files:
+            cfg["mta"]["data"].update(suite=None, files=files)
+    args = [sys.executable, "-m", "mta_moe.cli", "compare", "--config", str(write_config(tmp_path / "s1.json", cfg1)),
+            "--stage2", str(write_config(tmp_path / "s2.json", cfg2)), "--out", str(tmp_path / "cmp"), *extra]
+    return subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=1200,
+                          env={**os.environ, "DS_ACCELERATOR": "cpu"})
+
+
+@pytest.mark.slow
+def test_compare_on_file_data_trains_reuses_and_reports_against_single_task_models(tmp_path):
+    first = _compare(tmp_path, files=_file_data(tmp_path))
     assert first.returncode == 0, first.stderr[-3000:] + first.stdout[-3000:]
-    assert first.stdout.count(": trained") == 6  # 3 single-task, shared, stage 1, stage 2
+    # 3 single-task, shared, shared_matched, mta stage 1 and 2, shared through stage 2
+    assert first.stdout.count(": trained") == 8
     report = json.loads((tmp_path / "cmp" / "report" / "report.json").read_text())
-    assert list(report["systems"]) == ["shared", "mta_stage1", "mta_stage2"]
+    assert list(report["systems"]) == ["shared", "shared_matched", "mta_stage1", "mta_stage2", "shared_stage2"]
     assert set(report["baseline_scores"]) == set(TASKS)
+    protocol = report["protocol"]
+    assert protocol["single_task_budget"] == "examples" and sum(protocol["examples_per_task"].values()) == 12 * 4
+    for task in TASKS:  # each single-task run saw as many examples of its task as the mixture gave it
+        assert protocol["single_task_steps"][task] == -(-protocol["examples_per_task"][task] // 4)
+        single = json.loads((tmp_path / "cmp" / f"single_{task}" / "run_config.json").read_text())
+        assert single["mta"]["train"]["steps"] == protocol["single_task_steps"][task]
+        assert single["mta"]["data"]["tasks"] == [task] and single["mta"]["data"]["suite"] is None
     for name, entry in report["systems"].items():
         for task in TASKS:
             assert report["deltas"][name][task] == pytest.approx(entry["scores"][task] -
                                                                  report["baseline_scores"][task])
-    assert "| task | kind | single-task |" in (tmp_path / "cmp" / "report" / "report.md").read_text()
+    assert set(report["chance"]) == set(TASKS)
+    text = (tmp_path / "cmp" / "report" / "report.md").read_text()
+    assert "| task | kind | single-task |" in text and "## Budget" in text
     # a rerun trains nothing: every run is reused
     stamp = (tmp_path / "cmp" / "mta_stage1" / "export" / "model.safetensors").stat().st_mtime_ns
-    second = _compare(tmp_path)
+    second = _compare(tmp_path, files=_file_data(tmp_path))
     assert second.returncode == 0, second.stderr[-3000:]
-    assert second.stdout.count(": reused") == 6 and ": trained" not in second.stdout
+    assert second.stdout.count(": reused") == 8 and ": trained" not in second.stdout
     assert (tmp_path / "cmp" / "mta_stage1" / "export" / "model.safetensors").stat().st_mtime_ns == stamp
 
 
@@ -97,14 +171,14 @@ def test_variants_are_derived_from_either_stage_with_launcher_style_overrides(tm
 def test_options_added_since_a_run_count_as_equal_only_at_their_default(tmp_path):
     resolved = build_run_config(tiny_config(tmp_path)).to_json()
     older = json.loads(json.dumps(resolved))
-    del older["mta"]["train"]["weighting"], older["mta"]["data"]["type_overrides"]
+    del older["mta"]["train"]["weighting"], older["mta"]["data"]["type_overrides"], older["mta"]["route_by"]
     assert same_config(older, resolved)
     changed = json.loads(json.dumps(resolved))
     changed["mta"]["train"]["weighting"] = {"method": "gradnorm"}
     assert not same_config(older, changed)
     assert not same_config(resolved, older)  # a key the request lacks is a difference
     changed = json.loads(json.dumps(resolved))
-    changed["mta"]["train"]["steps"] += 1
+    changed["mta"]["route_by"] = "task"
     assert not same_config(older, changed)
 
 
@@ -114,17 +188,10 @@ def test_compare_errors_are_one_line(tmp_path):
     cfg["mta"]["data"]["files"] = {"train": [str(tmp_path / "t.jsonl")]}
     (tmp_path / "t.jsonl").write_text('{"input": "a", "target": "b", "type": "nli", "task": "t"}\n')
     config = write_config(tmp_path / "c.json", cfg)
-    run = subprocess.run([sys.executable, "launchers/compare.py", "--config", str(config), "--out", str(tmp_path / "o")],
-                         cwd=REPO, capture_output=True, text=True, timeout=120)
-    last = run.stderr.strip().splitlines()[-1]
-    assert run.returncode == 2 and last.startswith("error: compare: mta.data.suite is null")
-
-
-def test_variant_flag_errors_are_one_line(tmp_path):
-    config = write_config(tmp_path / "c.json", tiny_config(tmp_path / "x"))
-    for name, words, message in [("a b", "--train.steps 3", "error: --variant 'a b': expected NAME or NAME:2"),
-                                 ("v", "train.steps 3", "error: --variant v: expected '--key value ...'")]:
+    for extra, message in [([], "error: compare: the data has no test split"),
+                           (["--seeds", "1,x"], "error: --seeds: expected comma-separated integers"),
+                           (["--variant", "a b", "--train.steps 3"], "error: --variant 'a b': expected NAME or NAME:2"),
+                           (["--variant", "v", "train.steps 3"], "error: --variant v: expected '--key value ...'")]:
         run = subprocess.run([sys.executable, "launchers/compare.py", "--config", str(config), "--out",
-                              str(tmp_path / "o"), "--variant", name, words], cwd=REPO, capture_output=True,
-                             text=True, timeout=120)
-        assert run.returncode == 2 and run.stderr.strip().splitlines()[-1].startswith(message)
+                              str(tmp_path / "o"), *extra], cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert run.returncode == 2 and run.stderr.strip().splitlines()[-1].startswith(message), run.stderr

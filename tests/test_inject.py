@@ -74,7 +74,7 @@ def test_each_sample_routes_by_its_own_task_in_a_mixed_batch(name):
         same = model(**inputs, task_type_ids=torch.zeros(4, dtype=torch.long)).logits
     assert not torch.allclose(batch[1], same[1], atol=1e-4), "task type changes the output"
     layer = next(iter(model.mta_layers.values()))
-    assert layer.last_routing.selection.task_type_ids.tolist() == [0, 0, 0, 0]
+    assert layer.last_routing.selection.route_ids.tolist() == [0, 0, 0, 0]
 
 
 @pytest.mark.parametrize("name", ["t5", "gpt2", "qwen2", "bart"])

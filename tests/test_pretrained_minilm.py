@@ -36,8 +36,8 @@ def test_identity_at_init_on_real_text_for_both_kinds():
         model = MTAModel(fresh, MTAConfig(expert_kind=kind, k=2, inject_layers="last:2",
                                           task_types=["sentiment"], num_experts=2)).eval()
         with torch.no_grad():
-            out = model(**batch, task_type_ids=torch.zeros(6, dtype=torch.long)).logits
-            hidden = model.base_model.bert(**batch).last_hidden_state
+            result = model(**batch, task_type_ids=torch.zeros(6, dtype=torch.long), output_hidden_states=True)
+            out, hidden = result.logits, result.hidden_states[-1]
         assert (out - ref).abs().max().item() <= 1e-5, kind
         assert (hidden - hidden_ref).abs().max().item() <= 1e-5, kind
 

@@ -35,6 +35,7 @@ class DataConfig:
     curriculum: list[dict[str, Any]] | None = None
     task_kinds: dict[str, str] = field(default_factory=dict)  # {task: classification|extraction|generation}
     type_overrides: dict[str, str] = field(default_factory=dict)  # {task: task type}, replaces the data's type
+    tasks: list[str] | None = None  # keep only these tasks of every source (null: all of them)
 
     @classmethod
     def from_dict(cls, raw: Any, key: str = "mta.data") -> "DataConfig":
@@ -64,6 +65,9 @@ class DataConfig:
         if not isinstance(self.type_overrides, Mapping) or \
                 not all(isinstance(v, str) and v for v in self.type_overrides.values()):
             raise ConfigError(f"{key}.type_overrides: must be an object {{task: task type}}, got {self.type_overrides!r}")
+        if self.tasks is not None and (not isinstance(self.tasks, list) or not self.tasks
+                                       or not all(isinstance(t, str) and t for t in self.tasks)):
+            raise ConfigError(f"{key}.tasks: must be a non-empty list of task names or null, got {self.tasks!r}")
         for task, kind in self.task_kinds.items():
             if kind not in TASK_KINDS:
                 raise ConfigError(f"{key}.task_kinds.{task}: must be one of {list(TASK_KINDS)}, got {kind!r}")

@@ -61,6 +61,14 @@ def load_task_data(config: DataConfig, task_types: Sequence[str], work_dir: str 
     if not parts["train"]:
         raise DataError("mta.data: no training split was loaded")
     splits = {split: datasets.concatenate_datasets(p) for split, p in parts.items() if p}
+    if config.tasks is not None:
+        unknown = sorted(set(config.tasks) - set(splits["train"]["task"]))
+        if unknown:
+            raise DataError(f"mta.data.tasks: {unknown[0]!r} has no training rows; tasks in the data: "
+                            f"{sorted(set(splits['train']['task']))}")
+        keep = set(config.tasks)
+        splits = {split: ds.filter(lambda names: [n in keep for n in names], input_columns="task", batched=True)
+                  for split, ds in splits.items()}
     if config.type_overrides:
         unknown = sorted(set(config.type_overrides) - set(splits["train"]["task"]))
         if unknown:

@@ -58,6 +58,31 @@ def loss_curves(path: Path, title: str, curves: Mapping[str, Sequence[tuple[int,
     return _save(fig, path)
 
 
+def affinity_heatmap(path: Path, tasks: Sequence[str], values: Sequence[Sequence[float]],
+                     groups: Sequence[Sequence[str]]) -> Path:
+    """Task x task normalised affinity (red: one task's step raises the other's loss), tasks ordered by
+    group, with the groups (adapters) outlined."""
+    order = [t for g in groups for t in g]
+    index = [list(tasks).index(t) for t in order]
+    grid = [[values[i][j] for j in index] for i in index]
+    fig, ax = plt.subplots(figsize=(1.5 + 0.55 * len(order), 1.2 + 0.5 * len(order)))
+    image = ax.imshow(grid, cmap="RdBu", vmin=-1.0, vmax=1.0)
+    ax.set_xticks(range(len(order)), order, rotation=60, ha="right", fontsize=7)
+    ax.set_yticks(range(len(order)), order, fontsize=7)
+    for i, row in enumerate(grid):
+        for j, value in enumerate(row):
+            ax.text(j, i, f"{value:+.2f}", ha="center", va="center", fontsize=6)
+    start = 0
+    for g, members in enumerate(groups):
+        ax.add_patch(plt.Rectangle((start - 0.5, start - 0.5), len(members), len(members), fill=False,
+                                   edgecolor="black", linewidth=2))
+        ax.text(start + len(members) - 0.5, start - 0.6, f"A{g}", fontsize=7, ha="right", va="bottom")
+        start += len(members)
+    ax.set_title("task affinity (lookahead, normalised); boxes: tasks sharing an adapter", fontsize=8)
+    fig.colorbar(image, ax=ax, fraction=0.05)
+    return _save(fig, path)
+
+
 def _save(fig, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()

@@ -39,7 +39,8 @@ def generate_predictions(model: torch.nn.Module, dataset: datasets.Dataset, toke
         batch = collate(feats)
         # lockstep: ranks that finish early keep running forwards until every rank is done (synced_gpus)
         out = model.generate(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
-                             task_type_ids=batch["task_type_ids"].to(device), max_new_tokens=max_new_tokens,
+                             task_type_ids=batch["task_type_ids"].to(device), task_ids=batch["task_ids"].to(device),
+                             max_new_tokens=max_new_tokens,
                              do_sample=False, num_beams=1, synced_gpus=lockstep)
         if not model.config.is_encoder_decoder:
             out = out[:, batch["input_ids"].shape[1]:]

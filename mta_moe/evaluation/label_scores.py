@@ -30,7 +30,7 @@ def label_logits(model: torch.nn.Module, tokenizer, registry: TaskRegistry, rows
         batch = collate([tokenized[i] for i in range(start, min(start + batch_size, len(tokenized)))])
         batch = {k: v.to(device) for k, v in batch.items()}
         out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"],
-                    task_type_ids=batch["task_type_ids"])
+                    task_type_ids=batch["task_type_ids"], task_ids=batch["task_ids"])
         logits, target = out.logits.float(), batch["labels"]
         if mode == "causal":
             logits, target = logits[:, :-1], target[:, 1:]

@@ -35,6 +35,9 @@ class ReportConfig:
     max_input_length: int = 128
     max_new_tokens: int = 32
     baseline_name: str = "baseline"  # how the table names given baseline scores (e.g. "single-task")
+    protocol: dict[str, Any] | None = None  # how a comparison was budgeted (mta_moe.experiments.compare)
+    seed_groups: dict[str, str] = field(default_factory=dict)  # run name -> the system it is a seed of
+    affinity: dict[str, Any] | None = None  # affinity.json of `mta-moe affinity`: heatmap and groups
 
 
 def export_dir(path: str | Path) -> Path:
@@ -75,9 +78,49 @@ def build_report(cfg: ReportConfig, out_dir: str | Path) -> dict[str, Any]:
               "deltas": _deltas(systems, baseline), "warnings": warnings}
     report["negative_transfer"] = {name: [t for t, d in deltas.items() if d < -cfg.threshold]
                                    for name, deltas in report["deltas"].items()}
+    if cfg.protocol is not None:
+        report["protocol"] = cfg.protocol
+    report["seeds"] = seed_summary(systems, cfg.seed_groups, baseline)
+    if cfg.affinity is not None:
+        report["affinity"] = _affinity(cfg.affinity, out)
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     (out / "report.md").write_text(render_markdown(report))
     return report
+
+
+def seed_summary(systems: Mapping[str, Any], groups: Mapping[str, str], baseline: Mapping[str, float]
+                 ) -> dict[str, dict[str, Any]]:
+    """Per system with more than one run (seeds): the runs, mean and spread (sample standard deviation, min,
+    max) of the macro score and of the mean Δ against the baseline, and each task's mean score."""
+    members: dict[str, list[str]] = {}
+    for name in systems:
+        members.setdefault(groups.get(name, name), []).append(name)
+    out = {}
+    for system, names in members.items():
+        if len(names) < 2:
+            continue
+        macros = [systems[n]["macro"] for n in names]
+        tasks = sorted({t for n in names for t in systems[n]["scores"]})
+        entry = {"runs": names, "macro": _spread(macros),
+                 "tasks": {t: _mean([systems[n]["scores"][t] for n in names if t in systems[n]["scores"]])
+                           for t in tasks}}
+        if baseline:
+            entry["mean_delta"] = _spread([_mean([s - baseline[t] for t, s in systems[n]["scores"].items()
+                                                  if t in baseline]) for n in names])
+        out[system] = entry
+    return out
+
+
+def _spread(values: list[float]) -> dict[str, float]:
+    mean = _mean(values)
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+    return {"mean": mean, "std": std, "min": min(values), "max": max(values), "n": len(values)}
+
+
+def _affinity(record: Mapping[str, Any], out: Path) -> dict[str, Any]:
+    png = figures.affinity_heatmap(out / "affinity.png", record["tasks"], record["normalised"], record["groups"])
+    return {"tasks": record["tasks"], "normalised": record["normalised"], "groups": record["groups"],
+            "png": png.name}
 
 
 def _known_rows(path: str, export) -> tuple[datasets.Dataset, list[str]]:
@@ -188,6 +231,13 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         f" {_num(systems[n]['macro'])} | {_num(_mean(report['deltas'][n].values()), signed=True) if baseline else ''} |"
         for n in names)
     lines += [macro, ""]
+    lines += _protocol_lines(report.get("protocol")) + _seed_lines(report.get("seeds", {}), bool(baseline))
+    if "affinity" in report:
+        aff = report["affinity"]
+        lines += ["## Task affinity", "",
+                  "Lookahead affinity of a fully shared probe (normalised; negative: a step on one task raises the "
+                  "other's loss). Tasks in one box share an adapter.", "", f"![affinity]({aff['png']})", ""]
+        lines += [f"- adapter {g}: {', '.join(members)}" for g, members in enumerate(aff["groups"])] + [""]
     for name in names:
         entry = systems[name]
         lines += [f"## {name}", "", f"![loss]({entry['loss_curve_png']})" if "loss_curve_png" in entry else "", ""]
@@ -204,6 +254,42 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     if report["warnings"]:
         lines += ["## Warnings", ""] + [f"- {w}" for w in report["warnings"]] + [""]
     return "\n".join(lines)
+
+
+def _protocol_lines(protocol: Mapping[str, Any] | None) -> list[str]:
+    if not protocol:
+        return []
+    lines = ["## Budget", ""]
+    if protocol.get("single_task_steps"):
+        how = ("as many examples of its task as the multi-task mixture drew (its sampler replayed)"
+               if protocol["single_task_budget"] == "examples" else "as many steps as the multi-task run")
+        lines.append(f"Every multi-task system trains {protocol['multi_task_steps']} steps; each single-task model "
+                     f"sees {how}:")
+        lines += ["", "| task | examples in the mixture | single-task steps |", "|---|---|---|"]
+        for task, steps in protocol["single_task_steps"].items():
+            lines.append(f"| `{task}` | {protocol['examples_per_task'].get(task, '')} | {steps} |")
+        lines.append("")
+    for name, what in protocol.get("matched", {}).items():
+        lines.append(f"- `{name}`: {what}")
+    if protocol.get("stage2"):
+        lines.append("- `shared_stage2`: the shared model through the same stage 2 as MTA (same steps, same "
+                     "trainable parts), so stage 2's gain can be told apart from its extra steps")
+    return lines + [""]
+
+
+def _seed_lines(seeds: Mapping[str, Any], with_delta: bool) -> list[str]:
+    if not seeds:
+        return []
+    lines = ["## Run-to-run spread", "", "| system | runs | macro mean | std | min | max |"
+             + (" mean Δ | std Δ |" if with_delta else ""), "|---|---|---|---|---|---|" + ("---|---|" if with_delta else "")]
+    for system, entry in seeds.items():
+        m = entry["macro"]
+        row = f"| {system} | {m['n']} | {m['mean']:.3f} | {m['std']:.3f} | {m['min']:.3f} | {m['max']:.3f} |"
+        if with_delta and "mean_delta" in entry:
+            d = entry["mean_delta"]
+            row += f" {d['mean']:+.3f} | {d['std']:.3f} |"
+        lines.append(row)
+    return lines + [""]
 
 
 def _num(value: float | None, signed: bool = False) -> str:

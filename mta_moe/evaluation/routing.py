@@ -36,7 +36,7 @@ def routing_by_task(model: torch.nn.Module, tokenized: datasets.Dataset, collate
         rows = [tokenized[i] for i in range(start, min(start + batch_size, len(tokenized)))]
         batch = {k: v.to(device) for k, v in collate(rows).items()}
         model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"],
-              task_type_ids=batch["task_type_ids"])
+              task_type_ids=batch["task_type_ids"], task_ids=batch["task_ids"])
         ids = torch.tensor([task_index[r["task"]] for r in rows])
         for name, layer in model.mta_layers.items():
             decision = layer.last_routing

@@ -37,9 +37,11 @@ def load_export(directory: str | Path) -> LoadedExport:
     if not tasks_file.is_file():
         raise FileNotFoundError(f"{tasks_file}: missing; the model must be an export written by launchers/train.py")
     tasks = json.loads(tasks_file.read_text())
-    registry = TaskRegistry(tasks["task_types"], tasks["tasks"])
-    return LoadedExport(MTAModel.from_pretrained(directory), load_tokenizer(directory), registry,
-                        tasks.get("profiles", {}))
+    model = MTAModel.from_pretrained(directory)
+    # task ids as the model was trained with them (a model that routes by task keys on them)
+    order = model.mta_config.tasks if model.mta_config.route_by == "task" else list(tasks["tasks"])
+    registry = TaskRegistry(tasks["task_types"], tasks["tasks"], order=order)
+    return LoadedExport(model, load_tokenizer(directory), registry, tasks.get("profiles", {}))
 
 
 def evaluate_rows(export: LoadedExport, rows: datasets.Dataset, batch_size: int, max_input_length: int,

@@ -20,11 +20,11 @@ class SequenceRouting:
     indices: Tensor  # [B, k] int64: selected adapters, best first
     weights: Tensor  # [B, k] fp32: renormalised weights of the selected adapters (sum to 1)
     probs: Tensor  # [B, E] fp32: softmax(logits / T) before top-k
-    task_type_ids: Tensor | None  # [B] int64, or None for a learned-only gate without task ids
+    route_ids: Tensor | None  # [B] int64 routing-key ids (task types or tasks), None for a learned-only gate
     aux_loss: Tensor  # scalar fp32: load-balancing + z-loss terms (0 when both coefficients are 0)
 
     def detach(self) -> "SequenceRouting":
-        tt = None if self.task_type_ids is None else self.task_type_ids.detach()
+        tt = None if self.route_ids is None else self.route_ids.detach()
         return SequenceRouting(self.indices.detach(), self.weights.detach(), self.probs.detach(), tt,
                                torch.zeros_like(self.aux_loss.detach()))
 
@@ -56,8 +56,9 @@ def sequence_representation(hidden_states: Tensor, attention_mask: Tensor | None
 
 
 class TaskWeightSelector(TopKGate):
-    """Per-sequence gate: logits ``W·r + β[task_type]``, probabilities ``softmax(logits / T)``, top-k.
+    """Per-sequence gate: logits ``W·r + β[key]``, probabilities ``softmax(logits / T)``, top-k.
 
+    ``key`` is the sequence's routing key: its task type, or its task with ``mta.route_by: task``.
     ``route`` makes the per-sequence decision; ``forward`` (called by DeepSpeed's ``MOELayer``
     with the decision as its second argument) expands it to every token of each sequence and
     returns DeepSpeed 0.19.8's sparse-route 7-tuple. Capacity is the largest expert load,
@@ -69,8 +70,9 @@ class TaskWeightSelector(TopKGate):
                          eval_capacity_factor=1.0, min_capacity=0, noisy_gate_policy=None,
                          drop_tokens=False, use_rts=False)
         self.num_experts = config.num_experts
-        self.num_task_types = config.num_task_types
-        self.task_types = list(config.task_types)
+        self.route_by = config.route_by
+        self.routing_keys = config.routing_keys
+        self.num_routes = len(self.routing_keys)
         self.gate_mode = config.gate_mode
         self.temperature = float(config.temperature)
         self.load_balance_coef = float(config.load_balance_coef)
@@ -94,15 +96,15 @@ class TaskWeightSelector(TopKGate):
         self.task_bias.requires_grad_(trainable and self.gate_mode != "learned")
 
     # ------------------------------------------------------------------ routing
-    def route(self, seq_repr: Tensor, task_type_ids: Tensor | None) -> SequenceRouting:
-        """Choose adapters and weights for each sequence from its representation and task type."""
+    def route(self, seq_repr: Tensor, route_ids: Tensor | None) -> SequenceRouting:
+        """Choose adapters and weights for each sequence from its representation and routing key."""
         batch = seq_repr.size(0)
-        task_type_ids = self._check_task_ids(task_type_ids, batch, seq_repr.device)
+        route_ids = self._check_route_ids(route_ids, batch, seq_repr.device)
         logits = seq_repr.new_zeros(batch, self.num_experts, dtype=torch.float32)
         if self.gate_mode != "task":
             logits = logits + F.linear(seq_repr.float(), self.wg.weight.float())
         if self.gate_mode != "learned":
-            logits = logits + self.task_bias.float()[task_type_ids]
+            logits = logits + self.task_bias.float()[route_ids]
         scaled = logits / self.temperature
         probs = F.softmax(scaled, dim=-1)
         top_idx = torch.topk(probs, k=self.k, dim=-1).indices
@@ -110,22 +112,24 @@ class TaskWeightSelector(TopKGate):
         # way, unselected logits get exactly no gradient (no cancellation through the full softmax)
         weights = F.softmax(scaled.gather(1, top_idx), dim=-1)
         aux = self._aux_loss(scaled, probs, top_idx)
-        return SequenceRouting(top_idx, weights, probs, task_type_ids, aux)
+        return SequenceRouting(top_idx, weights, probs, route_ids, aux)
 
-    def _check_task_ids(self, task_type_ids: Tensor | None, batch: int, device: torch.device) -> Tensor | None:
-        if task_type_ids is None:
+    def _check_route_ids(self, route_ids: Tensor | None, batch: int, device: torch.device) -> Tensor | None:
+        name = "task_type_ids" if self.route_by == "type" else "task_ids"
+        if route_ids is None:
             if self.gate_mode == "learned":
                 return None
-            raise ValueError(f"task_type_ids: required when mta.gate_mode is {self.gate_mode!r} "
+            raise ValueError(f"{name}: required when mta.gate_mode is {self.gate_mode!r} "
                              "(use gate_mode 'learned' to route without task ids)")
-        task_type_ids = torch.as_tensor(task_type_ids, device=device).long().reshape(-1)
-        if task_type_ids.numel() != batch:
-            raise ValueError(f"task_type_ids: need one id per sequence ({batch}), got {task_type_ids.numel()}")
-        if task_type_ids.numel() and (task_type_ids.min() < 0 or task_type_ids.max() >= self.num_task_types):
-            bad = task_type_ids[(task_type_ids < 0) | (task_type_ids >= self.num_task_types)][0].item()
-            raise ValueError(f"task_type_ids: ids must be in [0, {self.num_task_types - 1}] "
-                             f"(mta.task_types = {self.task_types}), got {bad}")
-        return task_type_ids
+        route_ids = torch.as_tensor(route_ids, device=device).long().reshape(-1)
+        if route_ids.numel() != batch:
+            raise ValueError(f"{name}: need one id per sequence ({batch}), got {route_ids.numel()}")
+        if route_ids.numel() and (route_ids.min() < 0 or route_ids.max() >= self.num_routes):
+            bad = route_ids[(route_ids < 0) | (route_ids >= self.num_routes)][0].item()
+            keys = "task_types" if self.route_by == "type" else "tasks"
+            raise ValueError(f"{name}: ids must be in [0, {self.num_routes - 1}] "
+                             f"(mta.{keys} = {self.routing_keys}), got {bad}")
+        return route_ids
 
     def _aux_loss(self, scaled_logits: Tensor, probs: Tensor, top_idx: Tensor) -> Tensor:
         aux = probs.new_zeros(())
@@ -169,8 +173,8 @@ def expand_to_tokens(routing: SequenceRouting, num_tokens: int, num_experts: int
 
 
 def softmax_t_bias(config: MTAConfig) -> Tensor:
-    """β at init: ``bias_init`` everywhere, ``+ bias_margin`` on each task type's assigned adapters."""
-    bias = torch.full((config.num_task_types, config.num_experts), float(config.bias_init))
-    for task_id, adapters in enumerate(config.assignment()):
-        bias[task_id, adapters] += float(config.bias_margin)
+    """β at init: ``bias_init`` everywhere, ``+ bias_margin`` on each routing key's assigned adapters."""
+    bias = torch.full((config.num_routes, config.num_experts), float(config.bias_init))
+    for key_id, adapters in enumerate(config.assignment()):
+        bias[key_id, adapters] += float(config.bias_margin)
     return bias

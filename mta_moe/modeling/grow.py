@@ -1,6 +1,7 @@
-"""Add task types to a trained MTA model without changing what it computes for the old ones.
+"""Add task types (or tasks, for a model that routes by task) to a trained MTA model without changing what
+it computes for the old ones.
 
-Each MTA layer's selector bias table ``β`` gains one row per new task type; ``new_adapters`` adapters
+Each MTA layer's selector bias table ``β`` gains one row per new routing key; ``new_adapters`` adapters
 (experts) may be added too. The old rows get ``BLOCKED`` in the new adapters' columns, so an old task
 type's probability of a new adapter is exactly 0 and its top-k choice, weights and outputs are those of
 the model before growing. A new row starts either Softmax-T style (``bias_init``, ``+ bias_margin`` on its
@@ -28,7 +29,8 @@ _WG = "deepspeed_moe.gate.wg.weight"
 
 @dataclass
 class Growth:
-    """What was added: task types (with the type each was warm-started from) and adapter ids."""
+    """What was added: routing keys (task types, or tasks; with the key each was warm-started from) and
+    adapter ids."""
 
     old_types: list[str]
     new_types: list[str]
@@ -37,25 +39,31 @@ class Growth:
     warm_start: dict[str, str | None] = field(default_factory=dict)
 
 
-def grown_config(old: MTAConfig, new_types: Sequence[str], new_adapters: int,
-                 warm_start: Mapping[str, str | None]) -> MTAConfig:
-    """``old`` with the new task types and adapters; a new type favours the new adapters, else its warm-start
-    type's adapters, else all of them."""
+def grown_config(old: MTAConfig, new_keys: Sequence[str], new_adapters: int,
+                 warm_start: Mapping[str, str | None], task_types: Sequence[str] | None = None) -> MTAConfig:
+    """``old`` with new routing keys (task types, or tasks with ``route_by: task``) and adapters; a new key favours
+    the new adapters, else its warm-start key's adapters, else all of them. ``task_types``: the grown model's
+    task types when routing by task (the trained ones first)."""
+    what = "task type" if old.route_by == "type" else "task"
     if old.gate_mode == "learned":
-        raise ConfigError("mta.train.add_task_types: gate_mode 'learned' routes without task types; adding a task "
-                          "type needs gate_mode 'task' or 'both'")
-    clash = sorted(set(new_types) & set(old.task_types))
-    if clash or not new_types:
-        raise ConfigError(f"mta.task_types: the new task types must be appended after the trained ones "
-                          f"{old.task_types}; got new {list(new_types)}")
-    assignment = dict(zip(old.task_types, old.assignment()))
+        raise ConfigError(f"mta.train.add_task_types: gate_mode 'learned' routes without {what}s; adding a {what} "
+                          "needs gate_mode 'task' or 'both'")
+    keys = old.routing_keys
+    clash = sorted(set(new_keys) & set(keys))
+    if clash or not new_keys:
+        raise ConfigError(f"mta.{'task_types' if old.route_by == 'type' else 'tasks'}: the new {what}s must be "
+                          f"appended after the trained ones {keys}; got new {list(new_keys)}")
+    assignment = dict(zip(keys, old.assignment()))
     added = list(range(old.num_experts, old.num_experts + new_adapters))
-    for name in new_types:
+    for name in new_keys:
         source = warm_start.get(name)
         assignment[name] = added or (assignment[source] if source else list(range(old.num_experts)))
+    if old.route_by == "type":
+        changes = {"task_types": [*keys, *new_keys]}
+    else:
+        changes = {"tasks": [*keys, *new_keys], "task_types": list(task_types or old.task_types)}
     try:
-        return old.replace(task_types=[*old.task_types, *new_types], num_experts=old.num_experts + new_adapters,
-                           task_adapter_assignment=assignment)
+        return old.replace(**changes, num_experts=old.num_experts + new_adapters, task_adapter_assignment=assignment)
     except ConfigError as exc:
         raise ConfigError(f"mta.train.add_task_types: the grown model is invalid: {exc}") from None
 
@@ -64,16 +72,17 @@ def grow_state(state: Mapping[str, Tensor], old: MTAConfig, new: MTAConfig,
                warm_start: Mapping[str, str | None]) -> dict[str, Tensor]:
     """The saved state with every selector's bias table (and W) grown for ``new``."""
     out = dict(state)
-    t_old, e_old = old.num_task_types, old.num_experts
+    t_old, e_old = old.num_routes, old.num_experts
+    old_keys, new_keys = old.routing_keys, new.routing_keys
     for key, value in state.items():
         if key.endswith(_BIAS):
-            bias = torch.full((new.num_task_types, new.num_experts), BLOCKED, dtype=value.dtype)
+            bias = torch.full((new.num_routes, new.num_experts), BLOCKED, dtype=value.dtype)
             bias[:t_old, :e_old] = value
-            for row, name in enumerate(new.task_types[t_old:], start=t_old):
+            for row, name in enumerate(new_keys[t_old:], start=t_old):
                 source = warm_start.get(name)
                 if source:
-                    bias[row, :e_old] = value[old.task_types.index(source)]
-                    bias[row, e_old:] = value[old.task_types.index(source)].max() + new.bias_margin
+                    bias[row, :e_old] = value[old_keys.index(source)]
+                    bias[row, e_old:] = value[old_keys.index(source)].max() + new.bias_margin
                 else:
                     bias[row] = new.bias_init
                     bias[row, new.assignment()[row]] += new.bias_margin
@@ -85,22 +94,24 @@ def grow_state(state: Mapping[str, Tensor], old: MTAConfig, new: MTAConfig,
 
 def grow_saved_model(directory: str | Path, new_types: Sequence[str], new_adapters: int = 0,
                      warm_start: Mapping[str, str | None] | None = None,
-                     ep_size: int | None = None) -> tuple[MTAModel, Growth]:
-    """Load a saved model with task types (and adapters) added; old task types compute exactly as before."""
+                     ep_size: int | None = None, task_types: Sequence[str] | None = None) -> tuple[MTAModel, Growth]:
+    """Load a saved model with routing keys (task types, or tasks with ``route_by: task``) and adapters added;
+    the old keys compute exactly as before."""
     saved = read_saved_model(directory)
     warm_start = dict(warm_start or {})
-    unknown = sorted(s for s in warm_start.values() if s and s not in saved.mta.task_types)
+    keys = saved.mta.routing_keys
+    unknown = sorted(s for s in warm_start.values() if s and s not in keys)
     if unknown:
-        raise ConfigError(f"mta.train.add_task_types.warm_start: {unknown[0]!r} is not a trained task type "
-                          f"{saved.mta.task_types}")
-    new = grown_config(saved.mta, new_types, new_adapters, warm_start)
+        raise ConfigError(f"mta.train.add_task_types.warm_start: {unknown[0]!r} is not a trained "
+                          f"{'task type' if saved.mta.route_by == 'type' else 'task'} {keys}")
+    new = grown_config(saved.mta, new_types, new_adapters, warm_start, task_types)
     if ep_size is not None:
         new = new.replace(ep_size=ep_size)
     state = grow_state(saved.state, saved.mta, new, warm_start)
 
     model = build_saved_model(saved, new, state,
                               allow_missing=lambda m, key: _is_new_expert(m, key, saved.mta.num_experts))
-    growth = Growth(list(saved.mta.task_types), list(new_types), saved.mta.num_experts,
+    growth = Growth(list(keys), list(new_types), saved.mta.num_experts,
                     list(range(saved.mta.num_experts, new.num_experts)), {t: warm_start.get(t) for t in new_types})
     return model, growth
 
@@ -138,8 +149,8 @@ def new_parameters(model: MTAModel, growth: Growth) -> tuple[list[nn.Parameter],
 @torch.no_grad()
 def closest_task_types(model: MTAModel, batches: Mapping[str, Iterable[dict[str, Tensor]]],
                        old_types: Sequence[str]) -> dict[str, str]:
-    """For each new task type, the trained type under whose routing the model already fits its sequences best
-    (lowest teacher-forced token cross-entropy on ``batches[new_type]``)."""
+    """For each new routing key, the trained key (task type, or task) under whose routing the model already fits
+    its sequences best (lowest teacher-forced token cross-entropy on ``batches[new_key]``)."""
     was_training = model.training
     model.eval()
     choice = {}
@@ -151,7 +162,7 @@ def closest_task_types(model: MTAModel, batches: Mapping[str, Iterable[dict[str,
             for batch in rows:
                 ids = torch.full_like(batch["task_type_ids"], type_id)
                 out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                            labels=batch["labels"], task_type_ids=ids)
+                            labels=batch["labels"], task_type_ids=ids, task_ids=ids)
                 logits, labels = out.logits, batch["labels"]
                 if not model.config.is_encoder_decoder:
                     logits, labels = logits[:, :-1], labels[:, 1:]

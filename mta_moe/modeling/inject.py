@@ -13,9 +13,10 @@ from .layer import LayerRouting, MTALayer, component_of
 
 @dataclass
 class MTAContext:
-    """Per-call inputs the MTA layers need but the backbone does not pass them: task ids, masks, routing cache."""
+    """Per-call inputs the MTA layers need but the backbone does not pass them: routing-key ids (task types or
+    tasks), masks, routing cache. Set for the duration of one ``forward`` / ``generate`` call, then cleared."""
 
-    task_type_ids: Tensor | None = None
+    route_ids: Tensor | None = None
     masks: dict[str, Tensor | None] = field(default_factory=dict)
     routing_cache: dict[str, LayerRouting] | None = None  # set while generating: routing decided once
     aux_losses: list[Tensor] = field(default_factory=list)
@@ -45,12 +46,12 @@ class MTAFeedForward(nn.Module):
         routing = cache.get(self.key) if cache is not None else None
         if routing is not None and routing.selection.indices.size(0) != batch:
             routing = None
-        task_ids = ctx.rows(ctx.task_type_ids, batch, "task_type_ids")
+        route_ids = ctx.rows(ctx.route_ids, batch, "task ids")
         mask = ctx.rows(ctx.masks.get(self.stack), batch, "attention_mask")
         if routing is None and mask is not None and mask.shape[1] != hidden_states.shape[1]:
             raise ValueError(f"attention_mask covers {mask.shape[1]} positions but the {self.stack} sees "
                              f"{hidden_states.shape[1]}: route the full sequence first (generate() does)")
-        out, l_aux, _ = self.mta(hidden_states, task_ids, mask, routing=routing)
+        out, l_aux, _ = self.mta(hidden_states, route_ids, mask, routing=routing)
         if cache is not None and routing is None:
             cache[self.key] = self.mta.last_routing
         ctx.aux_losses.append(l_aux)
@@ -78,8 +79,9 @@ def select_blocks(spec: str | list[int], num_blocks: int, stack: str) -> list[in
 class MTAModel(nn.Module):
     """A ``transformers`` model with MTA layers in place of chosen FFNs.
 
-    ``model(**batch, task_type_ids=...)`` and ``model.generate(..., task_type_ids=...)`` route each
-    sequence by its own task type; the summed aux loss is added to ``outputs.loss``.
+    ``model(**batch, task_type_ids=..., task_ids=...)`` and ``model.generate(..., task_type_ids=...)`` route each
+    sequence by its own task type (or, with ``mta.route_by: task``, by its task id: a position in
+    ``mta.tasks``); the summed aux loss is added to ``outputs.loss``.
     """
 
     def __init__(self, base_model: nn.Module, config: MTAConfig) -> None:
@@ -148,15 +150,34 @@ class MTAModel(nn.Module):
         stack = next(iter(self.family.stacks))
         return {stack: kwargs.get("attention_mask")}
 
-    def _begin(self, task_type_ids, kwargs: dict) -> None:
+    def route_ids(self, task_type_ids, task_ids) -> Tensor | None:
+        """The ids the selectors key on: task-type ids, or task ids with ``mta.route_by: task``."""
+        if self.mta_config.route_by == "task":
+            if task_ids is None and task_type_ids is not None and self.mta_config.gate_mode != "learned":
+                raise ValueError("task_ids: this model routes by task (mta.route_by 'task'); pass task_ids "
+                                 f"(positions in mta.tasks = {self.mta_config.tasks}), not task_type_ids")
+            ids = task_ids
+        else:
+            ids = task_type_ids
+        return None if ids is None else torch.as_tensor(ids).long().reshape(-1)
+
+    def _begin(self, task_type_ids, task_ids, kwargs: dict) -> None:
         ctx = self._context
-        ctx.task_type_ids = None if task_type_ids is None else torch.as_tensor(task_type_ids).long().reshape(-1)
+        ctx.route_ids = self.route_ids(task_type_ids, task_ids)
         ctx.masks = self._masks(kwargs)
         ctx.aux_losses = []
 
-    def forward(self, *args, task_type_ids: Tensor | None = None, **kwargs):
-        self._begin(task_type_ids, kwargs)
-        outputs = self.base_model(*args, **kwargs)
+    def _end(self) -> None:
+        """Forget the call's ids and masks, so a later direct call of the backbone cannot reuse them."""
+        ctx = self._context
+        ctx.route_ids, ctx.masks, ctx.routing_cache = None, {}, None
+
+    def forward(self, *args, task_type_ids: Tensor | None = None, task_ids: Tensor | None = None, **kwargs):
+        self._begin(task_type_ids, task_ids, kwargs)
+        try:
+            outputs = self.base_model(*args, **kwargs)
+        finally:
+            self._end()
         aux = torch.stack(self._context.aux_losses).sum() if self._context.aux_losses else None
         self.last_aux_loss = aux
         if aux is not None and getattr(outputs, "loss", None) is not None:
@@ -170,16 +191,17 @@ class MTAModel(nn.Module):
         save_mta_model(self, directory)
 
     @classmethod
-    def from_pretrained(cls, directory, ep_size: int | None = None) -> "MTAModel":
+    def from_pretrained(cls, directory, ep_size: int | None = None, config: MTAConfig | None = None) -> "MTAModel":
+        """A model saved with :meth:`save_pretrained`; ``config`` replaces the saved layer config (same weights)."""
         from .persistence import load_mta_model
-        return load_mta_model(directory, ep_size=ep_size)
+        return load_mta_model(directory, ep_size=ep_size, config=config)
 
     @torch.no_grad()
-    def generate(self, *args, task_type_ids: Tensor | None = None, **kwargs):
+    def generate(self, *args, task_type_ids: Tensor | None = None, task_ids: Tensor | None = None, **kwargs):
         """``base_model.generate`` with each sequence's routing decided at its first forward and reused."""
-        self._begin(task_type_ids, kwargs)
+        self._begin(task_type_ids, task_ids, kwargs)
         self._context.routing_cache = {}
         try:
             return self.base_model.generate(*args, **kwargs)
         finally:
-            self._context.routing_cache = None
+            self._end()

@@ -65,7 +65,7 @@ class MTALayer(MoE):
         self._init_local_experts()
         self.shared_adapters: nn.ModuleList | None = None
         self.gate_network: GateNetwork | None = None
-        self.routing_stats = RoutingStatistics(config.task_types, config.num_experts)
+        self.routing_stats = RoutingStatistics(config.routing_keys, config.num_experts)
         self.last_routing: LayerRouting | None = None
 
     # ------------------------------------------------------------------ setup
@@ -119,29 +119,34 @@ class MTALayer(MoE):
         return expert_param.dtype
 
     # ---------------------------------------------------------------- forward
-    def route(self, hidden_states: Tensor, task_type_ids: Tensor | None = None,
+    def route(self, hidden_states: Tensor, route_ids: Tensor | None = None,
               attention_mask: Tensor | None = None) -> SequenceRouting:
         """The per-sequence adapter choice for ``hidden_states`` [B, L, d]."""
         seq_repr = sequence_representation(hidden_states, attention_mask, self.config.sequence_repr)
-        return self.selector.route(seq_repr, task_type_ids)
+        return self.selector.route(seq_repr, route_ids)
 
-    def forward(self, hidden_states: Tensor, task_type_ids: Tensor | None = None,
+    def forward(self, hidden_states: Tensor, route_ids: Tensor | None = None,
                 attention_mask: Tensor | None = None,
                 routing: LayerRouting | None = None) -> tuple[Tensor, Tensor, Tensor]:  # type: ignore[override]
-        """``hidden_states`` [B, L, d] → ``(output, l_aux, exp_counts)``; ``routing`` reuses an earlier decision."""
+        """``hidden_states`` [B, L, d] → ``(output, l_aux, exp_counts)``; ``route_ids`` are one routing-key id per
+        sequence (task-type ids, or task ids with ``route_by: task``); ``routing`` reuses an earlier decision."""
         if hidden_states.dim() != 3:
             raise ValueError(f"MTALayer expects [batch, seq_len, hidden], got shape {tuple(hidden_states.shape)}")
-        selection = routing.selection if routing is not None else self.route(hidden_states, task_type_ids,
+        selection = routing.selection if routing is not None else self.route(hidden_states, route_ids,
                                                                               attention_mask)
         out = self._dispatch(hidden_states, selection)
+        base = None
         if self.base_ffn is not None:
             base = self.base_ffn(hidden_states)
-            out = (base[0] if isinstance(base, tuple) else base) + out
+            base = base[0] if isinstance(base, tuple) else base
+            out = base + out
         mix = None
         if self.stage == 2 and self.shared_adapters is not None:
+            official = self.config.stage2_form == "official"
             out, mix = mix_with_shared(hidden_states, out, self.shared_adapters, self.gate_network,
                                        attention_mask, self.config.sequence_repr,
-                                       None if routing is None else routing.mix_weights)
+                                       None if routing is None else routing.mix_weights,
+                                       base_out=base if official else None)
         self.last_routing = LayerRouting(selection.detach(), None if mix is None else mix.detach())
         if self.config.track_routing:
             self.routing_stats.update(selection, mix)

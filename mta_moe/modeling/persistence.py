@@ -96,9 +96,7 @@ class SavedModel:
     state: dict
 
 
-def read_saved_model(directory: str | Path) -> SavedModel:
-    """Read and check a saved MTA model directory (configs + full ep_size-1 state dict)."""
-    directory = Path(directory)
+def _read_meta(directory: Path) -> dict[str, Any]:
     for name in ("config.json", MTA_CONFIG_FILE, WEIGHTS_FILE):
         if not (directory / name).is_file():
             raise FileNotFoundError(f"{directory / name}: missing; not a saved MTA model directory")
@@ -106,6 +104,19 @@ def read_saved_model(directory: str | Path) -> SavedModel:
     if meta.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{directory / MTA_CONFIG_FILE}: format_version {meta.get('format_version')!r}, "
                          f"expected {FORMAT_VERSION}")
+    return meta
+
+
+def read_saved_config(directory: str | Path) -> tuple[int, MTAConfig]:
+    """(stage, layer config) of a saved MTA model, without reading its weights."""
+    meta = _read_meta(Path(directory))
+    return meta["stage"], MTAConfig.from_dict(meta["mta"])
+
+
+def read_saved_model(directory: str | Path) -> SavedModel:
+    """Read and check a saved MTA model directory (configs + full ep_size-1 state dict)."""
+    directory = Path(directory)
+    meta = _read_meta(directory)
     arch = meta["architecture"]
     model_cls = getattr(transformers, arch, None)
     if model_cls is None:
@@ -130,10 +141,12 @@ def build_saved_model(saved: SavedModel, mta: MTAConfig, state: dict,
     return model
 
 
-def load_mta_model(directory: str | Path, ep_size: int | None = None) -> MTAModel:
-    """Rebuild a saved MTA model; ``ep_size`` > 1 keeps only this rank's adapters (needs a process group)."""
+def load_mta_model(directory: str | Path, ep_size: int | None = None, config: MTAConfig | None = None) -> MTAModel:
+    """Rebuild a saved MTA model; ``ep_size`` > 1 keeps only this rank's adapters (needs a process group).
+    ``config``: the layer config to build with instead of the saved one (its weights must still fit)."""
     saved = read_saved_model(directory)
-    mta = saved.mta if ep_size is None else saved.mta.replace(ep_size=ep_size)
+    mta = config if config is not None else saved.mta
+    mta = mta if ep_size is None else mta.replace(ep_size=ep_size)
     return build_saved_model(saved, mta, saved.state)
 
 

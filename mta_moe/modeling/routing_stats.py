@@ -1,4 +1,4 @@
-"""Routing statistics of one MTA layer: which adapters each task type's sequences use, and how much."""
+"""Routing statistics of one MTA layer: which adapters each routing key's (task type or task) sequences use."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -12,7 +12,8 @@ from .gate import SequenceRouting
 
 @dataclass
 class RoutingSnapshot:
-    """Accumulated statistics. Rows are task types in id order, plus a last row for sequences without a task id."""
+    """Accumulated statistics. Rows are routing keys (task types, or tasks) in id order, plus a last row for
+    sequences without an id."""
 
     row_names: list[str]
     sequences: Tensor  # [T+1] sequences seen per task type
@@ -22,7 +23,7 @@ class RoutingSnapshot:
 
     @property
     def mean_gate_weights(self) -> Tensor:
-        """[T+1, E] mean weight each adapter got per sequence of a task type (0 rows where none were seen)."""
+        """[T+1, E] mean weight each adapter got per sequence of a routing key (0 rows where none were seen)."""
         return self.weight_sums / self.sequences.clamp(min=1).unsqueeze(1)
 
     @property
@@ -44,10 +45,10 @@ class RoutingSnapshot:
 
 
 class RoutingStatistics:
-    """Accumulates per-(task type, adapter) sequence counts and gate weights across forwards."""
+    """Accumulates per-(routing key, adapter) sequence counts and gate weights across forwards."""
 
-    def __init__(self, task_types: list[str], num_experts: int) -> None:
-        self.row_names = list(task_types) + ["<no task id>"]
+    def __init__(self, routing_keys: list[str], num_experts: int) -> None:
+        self.row_names = list(routing_keys) + ["<no task id>"]
         self.num_experts = num_experts
         self.reset()
 
@@ -64,7 +65,7 @@ class RoutingStatistics:
         if self.sequences.device != device:
             self._to(device)
         batch = routing.indices.size(0)
-        rows = (routing.task_type_ids if routing.task_type_ids is not None
+        rows = (routing.route_ids if routing.route_ids is not None
                 else torch.full((batch, ), len(self.row_names) - 1, device=device, dtype=torch.long))
         dense = routing.dense_weights().double()
         self.sequences.index_add_(0, rows, torch.ones(batch, dtype=torch.float64, device=device))

@@ -1,5 +1,6 @@
-"""``mta.train.add_task_types``: extend a trained export with the task types of ``mta.task_types`` it lacks,
-choose each new type's warm start, and train only the new adapters and bias rows."""
+"""``mta.train.add_task_types``: extend a trained export with the task types of ``mta.task_types`` it lacks
+(or, for a model that routes by task, with the data's tasks it lacks), choose each new routing key's warm
+start, and train only the new adapters and bias rows."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -23,12 +24,18 @@ def new_task_types(trained: Sequence[str], configured: Sequence[str]) -> list[st
 
 
 def grow_for_training(source: Path, task_types: Sequence[str], spec: Mapping[str, Any], ep_size: int,
-                      rows_by_type: Mapping[str, list[dict]], collate: Callable, log: Callable[[str], None]
+                      rows_by_type: Mapping[str, list[dict]], collate: Callable, log: Callable[[str], None],
+                      trained: MTAModel | None = None, new_keys: Sequence[str] | None = None
                       ) -> tuple[MTAModel, Growth]:
-    """The grown model for this run. ``rows_by_type``: tokenized training rows of each new type (for the
-    ``closest`` warm start, which compares the trained types' routing on them)."""
-    trained = MTAModel.from_pretrained(source)
-    new = new_task_types(trained.mta_config.task_types, task_types)
+    """The grown model for this run. ``rows_by_type``: tokenized training rows of each new routing key (for the
+    ``closest`` warm start, which compares the trained keys' routing on them). ``new_keys``: the new tasks of a
+    model that routes by task (default: the new task types of ``task_types``)."""
+    trained = trained if trained is not None else MTAModel.from_pretrained(source)
+    by_task = trained.mta_config.route_by == "task"
+    new = list(new_keys) if by_task else new_task_types(trained.mta_config.task_types, task_types)
+    if by_task and list(task_types[:len(trained.mta_config.task_types)]) != trained.mta_config.task_types:
+        raise ConfigError(f"mta.task_types: list the trained types {trained.mta_config.task_types} first, then "
+                          f"any new ones; got {list(task_types)}")
     missing = [t for t in new if not rows_by_type.get(t)]
     if missing:
         raise ConfigError(f"mta.task_types: no training rows have the new type {missing[0]!r} (set it with "
@@ -37,11 +44,13 @@ def grow_for_training(source: Path, task_types: Sequence[str], spec: Mapping[str
     if warm == "closest":
         batches = {t: [collate(rows[i:i + 16]) for i in range(0, min(len(rows), CLOSEST_SAMPLE), 16)]
                    for t, rows in rows_by_type.items() if t in new}
-        choice: dict[str, str | None] = dict(closest_task_types(trained, batches, trained.mta_config.task_types))
+        choice: dict[str, str | None] = dict(closest_task_types(trained, batches, trained.mta_config.routing_keys))
     else:
         choice = {t: warm for t in new}
-    model, growth = grow_saved_model(source, new, int(spec.get("new_adapters", 1)), choice, ep_size=ep_size)
-    log(f"added task types {new} with adapters {growth.new_experts} to {source}; warm start: {growth.warm_start}")
+    model, growth = grow_saved_model(source, new, int(spec.get("new_adapters", 1)), choice, ep_size=ep_size,
+                                     task_types=task_types)
+    log(f"added {'tasks' if by_task else 'task types'} {new} with adapters {growth.new_experts} to {source}; "
+        f"warm start: {growth.warm_start}")
     return model, growth
 
 

@@ -52,7 +52,7 @@ class Objective:
     def __call__(self, engine, model, batch: dict[str, Tensor], step: int) -> MicroBatchLoss:
         forward = model if self.custom_gradient else engine
         out = forward(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"],
-                      task_type_ids=batch["task_type_ids"])
+                      task_type_ids=batch["task_type_ids"], task_ids=batch["task_ids"])
         logits, labels = out.logits, batch["labels"]
         if self.mode == "causal":
             logits, labels = logits[:, :-1], labels[:, 1:]

@@ -158,6 +158,7 @@ class RunConfig:
     data: DataConfig
     train: TrainConfig
     source: str = "<dict>"
+    mta_keys: frozenset[str] = frozenset()  # the layer keys set in the file or by overrides (not defaults)
 
     def to_json(self) -> dict[str, Any]:
         """The full resolved config (DeepSpeed keys plus the complete ``mta`` section)."""
@@ -186,7 +187,7 @@ def build_run_config(raw: Mapping[str, Any], source: str = "<dict>") -> RunConfi
             if kind not in mta_types:
                 raise ConfigError(f"mta.data.type_overrides.{task}: type {kind!r} is not in mta.task_types "
                                   f"{mta.task_types}")
-        return RunConfig(ds, mta, model, data, train, source)
+        return RunConfig(ds, mta, model, data, train, source, frozenset(section))
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
 

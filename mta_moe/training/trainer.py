@@ -20,7 +20,7 @@ from ..data.suite import SUITE_TASKS
 from ..evaluation.generation import causal_prompt, generate_predictions
 from ..evaluation.metrics import profile_tasks, score_predictions
 from ..modeling import MTAModel, format_parameter_counts
-from ..modeling.persistence import gathered_state, save_mta_model
+from ..modeling.persistence import gathered_state, read_saved_config, save_mta_model
 from .add_task import grow_for_training, growth_param_groups
 from .distributed import barrier, init_process_group
 from .logger import RunLogger
@@ -30,6 +30,7 @@ from .model_factory import build_backbone, build_tokenizer, model_mode
 from .objective import Objective, TrainingModule
 from .param_groups import optimizer_param_groups, pattern_param_groups
 from .run_config import RunConfig
+from .stages import restart_config
 from .task_balance import TaskBalance
 from .unfreezing import UnfreezeSchedule
 
@@ -58,14 +59,17 @@ class Trainer:
     # ------------------------------------------------------------------ setup
     def _setup_data_and_model(self) -> None:
         cfg = self.cfg
+        self.layer = cfg.mta if cfg.train.init_from is None else self._restart_config(Path(cfg.train.init_from))
+        task_types = cfg.mta.task_types if cfg.train.add_task_types is not None else self.layer.task_types
         if self.rank == 0:  # generates the bundled suite once; the other ranks read it afterwards
-            self.data = load_task_data(cfg.data, cfg.mta.task_types, self.out / "data")
+            self.data = load_task_data(cfg.data, task_types, self.out / "data")
         barrier()
         if self.rank != 0:
-            self.data = load_task_data(cfg.data, cfg.mta.task_types, self.out / "data")
+            self.data = load_task_data(cfg.data, task_types, self.out / "data")
         for report in self.data.reports:
             self._info(report.summary())
         train_texts = list(self.data.splits["train"]["input"]) + list(self.data.splits["train"]["target"])
+        self.new_tasks: list[str] = []
         if cfg.train.init_from is None:  # stage 1 (stage 2 and add_task_types start from an export)
             if self.rank == 0:  # trains the SentencePiece model once; the other ranks load it
                 self.tokenizer = build_tokenizer(cfg.model, train_texts, self.out / "tokenizer", train_here=True)
@@ -73,16 +77,9 @@ class Trainer:
             if self.rank != 0:
                 self.tokenizer = build_tokenizer(cfg.model, train_texts, self.out / "tokenizer", train_here=False)
             base = build_backbone(cfg.model, self.tokenizer, cfg.train.seed)
-            self.model = MTAModel(base, cfg.mta)
+            self.model = MTAModel(base, self._layer_config())
         else:
-            source = Path(cfg.train.init_from)
-            if not (source / "mta_config.json").is_file():
-                raise ConfigError(f"mta.train.init_from: {source} is not a stage-1 export (no mta_config.json); "
-                                  f"run stage 1 first or point to its {EXPORT}/ directory")
-            self.tokenizer = load_tokenizer(source)
-            self.model = MTAModel.from_pretrained(source, ep_size=cfg.mta.ep_size)
-            if self.model.stage == 1 and cfg.train.add_task_types is None:
-                self.model.enable_stage2()
+            self._load_init_from(Path(cfg.train.init_from))
         self.mode = model_mode(self.model.base_model)
         self.collate = Collator(self.tokenizer.pad_token_id, self.mode,
                                 padding_side="right" if self.mode == "seq2seq" else "left")
@@ -116,17 +113,54 @@ class Trainer:
         self.profiles = profile_tasks(list(train["task"]), list(train["input"]), list(train["target"]),
                                       {**declared, **d.task_kinds})
 
+    def _layer_config(self):
+        """``mta`` for a stage-1 model; routing by task names the data's tasks (ids follow ``mta.tasks``)."""
+        mta, registry = self.layer, self.data.registry
+        if mta.route_by == "task":
+            if mta.tasks is None:
+                mta = mta.replace(tasks=list(registry.names))
+            self.data.registry = registry.in_order(mta.tasks)
+        return mta
+
+    def _restart_config(self, source: Path):
+        """The layer config of a run that starts from an export: the export's, with this run's keys applied where
+        they can take effect (:func:`.stages.restart_config`); a key that cannot is refused by name."""
+        cfg = self.cfg
+        if not (source / "mta_config.json").is_file():
+            raise ConfigError(f"mta.train.init_from: {source} is not a stage-1 export (no mta_config.json); "
+                              f"run stage 1 first or point to its {EXPORT}/ directory")
+        self.saved_stage, saved = read_saved_config(source)
+        growing = cfg.train.add_task_types is not None
+        return restart_config(saved, self.saved_stage, cfg.mta, cfg.mta_keys | {"ep_size"}, str(source), growing)
+
+    def _load_init_from(self, source: Path) -> None:
+        """Stage 2 (or adding task types) from an export, built with :meth:`_restart_config`'s layer config; the
+        data's task ids follow a by-task model's order."""
+        growing = self.cfg.train.add_task_types is not None
+        self.tokenizer = load_tokenizer(source)
+        self.model = MTAModel.from_pretrained(source, ep_size=self.cfg.mta.ep_size, config=self.layer)
+        if self.model.stage == 1 and not growing:
+            self.model.enable_stage2()
+        if self.layer.route_by == "task":
+            trained = list(self.layer.tasks)
+            self.new_tasks = sorted(set(self.data.registry.names) - set(trained)) if growing else []
+            self.data.registry = self.data.registry.in_order(trained + self.new_tasks)
+
     def _grow(self) -> list[str]:
         """Add the new task types to the init_from export; training batches come from their tasks only."""
         cfg, registry = self.cfg, self.data.registry
-        trained = self.model.mta_config.task_types
-        new_types = [ty for ty in cfg.mta.task_types if ty not in trained]
-        tasks = [t for t in registry.names if registry.type_of[t] in new_types]
-        rows = {ty: [self.train_set[i] for t in tasks if registry.type_of[t] == ty for i in self.task_rows[t]]
-                for ty in new_types}
+        if self.model.mta_config.route_by == "task":  # the new routing keys are the data's new tasks
+            tasks = self.new_tasks
+            rows = {t: [self.train_set[i] for i in self.task_rows[t]] for t in tasks}
+        else:
+            trained = self.model.mta_config.task_types
+            new_types = [ty for ty in cfg.mta.task_types if ty not in trained]
+            tasks = [t for t in registry.names if registry.type_of[t] in new_types]
+            rows = {ty: [self.train_set[i] for t in tasks if registry.type_of[t] == ty for i in self.task_rows[t]]
+                    for ty in new_types}
         self.model, self.growth = grow_for_training(Path(cfg.train.init_from), cfg.mta.task_types,
                                                     cfg.train.add_task_types, cfg.mta.ep_size, rows, self.collate,
-                                                    self._info)
+                                                    self._info, new_keys=tasks)
         self.logger.log("add_task_types", 0, {"new_types": self.growth.new_types, "tasks": tasks,
                                               "new_adapters": self.growth.new_experts,
                                               "warm_start": self.growth.warm_start})
@@ -168,6 +202,11 @@ class Trainer:
         self.engine, _, _, self.scheduler = deepspeed.initialize(model=TrainingModule(self.model, self.balance),
                                                                  optimizer=optimizer, lr_scheduler=scheduler,
                                                                  config=ds)
+        dtypes = sorted({str(p.dtype).replace("torch.", "") for p in self.engine.module.parameters()})
+        self.logger.log("engine", 0, {"device": str(self.engine.device), "param_dtypes": dtypes,
+                                      "zero_stage": self.engine.zero_optimization_stage()})
+        self._info(f"engine: {self.engine.device}, parameters in {', '.join(dtypes)}, "
+                   f"ZeRO stage {self.engine.zero_optimization_stage()}")
         self.step = 0
         self.best = -math.inf
         self.monitor = TrainingMonitor(t.warn_margin, t.baseline_scores)

@@ -1,0 +1,162 @@
+"""``mta-moe``: one installed command for every job.
+
+    mta-moe train --deepspeed ds_configs/stage1.json [--key value ...] [--resume]
+    mta-moe evaluate --model EXPORT --data FILE [--chance suite.json] [--out scores.json]
+    mta-moe report --system NAME=RUN ... --test FILE --out DIR
+    mta-moe compare --config stage1.json [--stage2 stage2.json] --out DIR
+    mta-moe affinity --config stage1.json --out DIR
+    mta-moe check-data FILE ...
+
+Also ``python -m mta_moe.cli ...``, ``deepspeed --module mta_moe.cli train ...`` and
+``torchrun -m mta_moe.cli train ...``. Every subcommand imports what it needs when it runs, so ``--help``
+is quick. Errors are one ``error:`` line on stderr and exit code 2 (check-data: 1, as before).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable, Sequence
+
+_COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], str]] = {}
+
+
+def command(name: str, help_text: str, handler: str):
+    """Register ``name``: ``configure(parser)`` adds its arguments; ``handler`` is 'module:function'."""
+    def wrap(configure: Callable[[argparse.ArgumentParser], None]):
+        _COMMANDS[name] = (help_text, configure, handler)
+        return configure
+    return wrap
+
+
+@command("train", "train one MTA stage under DeepSpeed (stage 1, stage 2, or adding task types)",
+         "mta_moe.training.launch:train_command")
+def _train(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--deepspeed", "--deepspeed_config", dest="config", required=True,
+                   help="DeepSpeed JSON with an \"mta\" section")
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
+    p.epilog = ("Any further --key value pair overrides a config value: --mta.k 2, --train.steps 500, "
+                "--train_micro_batch_size_per_gpu 4 (model., data., train. are short for mta.model. etc.)")
+
+
+@command("evaluate", "score an export on canonical-format data, per task", "mta_moe.evaluation.commands:evaluate_command")
+def _evaluate(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="an export directory (stage 1 or 2)")
+    p.add_argument("--data", required=True, help="JSONL / JSON / CSV / Parquet in the canonical format")
+    p.add_argument("--chance", help="suite.json of the bundled suite: adds chance levels to the table")
+    p.add_argument("--out", help="write the scores as JSON here")
+    p.add_argument("--predictions", help="write each example's generated text here (JSONL)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--max-input-length", type=int, help="default: the training run's, else 128")
+    p.add_argument("--max-new-tokens", type=int, help="default: the training run's, else 32")
+
+
+@command("report", "the multi-task report of finished runs (deltas, routing, calibration, loss curves)",
+         "mta_moe.evaluation.commands:report_command")
+def _report(p: argparse.ArgumentParser) -> None:
+    from_eval = "a run directory (or export) to report on; repeat for each system"
+    p.add_argument("--system", action="append", required=True, metavar="NAME=DIR", help=from_eval)
+    p.add_argument("--test", required=True, help="canonical-format data scored for the table")
+    p.add_argument("--validation", help="canonical-format data that fits the calibration temperatures")
+    p.add_argument("--baseline", help="the system the deltas are taken against (default: none)")
+    p.add_argument("--threshold", type=float, default=0.01,
+                   help="flag negative transfer when a delta is below -threshold")
+    p.add_argument("--chance", help="suite.json of the bundled suite: adds chance levels")
+    p.add_argument("--affinity", help="affinity.json from `mta-moe affinity`: adds its heatmap and grouping")
+    p.add_argument("--out", required=True, help="directory for report.md, report.json and the figures")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--max-input-length", type=int, default=128)
+    p.add_argument("--max-new-tokens", type=int, default=32)
+
+
+@command("compare", "single-task, shared and MTA runs on the same data and budget, then the report",
+         "mta_moe.experiments.commands:compare_command")
+def _compare(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", required=True, help="the stage-1 DeepSpeed JSON with its mta section")
+    p.add_argument("--stage2", help="the stage-2 config (init_from is set to this comparison's stage 1)")
+    p.add_argument("--out", required=True, help="directory for every run and the report (out/report)")
+    p.add_argument("--single-task-budget", choices=("examples", "steps"), default="examples",
+                   help="single-task models see as many examples of their task as the mixture gives it "
+                        "(default), or train as many steps as the multi-task run")
+    p.add_argument("--no-single-task", action="store_true", help="skip the single-task baselines")
+    p.add_argument("--seeds", default="", metavar="S1,S2",
+                   help="extra seeds (train.seed and data.seed) for every multi-task system: run-to-run spread")
+    p.add_argument("--ablate-temperature", default="", metavar="T1,T2",
+                   help="extra stage-1 runs with these Softmax-T temperatures")
+    p.add_argument("--ablate-freeze", action="store_true", help="an extra stage-2 run with nothing frozen")
+    p.add_argument("--variant", nargs=2, action="append", default=[], metavar=("NAME[:2]", "OVERRIDES"),
+                   help="an extra MTA run: stage 1 (or stage 2 with NAME:2) with these overrides, e.g. "
+                        "--variant pcgrad '--train.gradient_projection pcgrad'")
+    p.add_argument("--threshold", type=float, default=0.01,
+                   help="flag negative transfer when a delta is below -threshold")
+    p.add_argument("--launcher", default=None,
+                   help="how each run is started, e.g. 'deepspeed --num_gpus 4' (default: this python); the "
+                        "runs are `<launcher> -m mta_moe.cli train ...`")
+    p.epilog = "Further --key value pairs override both configs (e.g. --train.steps 300)."
+
+
+@command("affinity", "measure inter-task affinity on a probe run and write the adapter assignment it implies",
+         "mta_moe.experiments.commands:affinity_command")
+def _affinity(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", required=True, help="a stage-1 DeepSpeed JSON: the model, data and batch size")
+    p.add_argument("--out", required=True, help="directory for affinity.json, the heatmap and the config")
+    p.add_argument("--model", help="measure at this trained export instead of training a probe")
+    p.add_argument("--probe-steps", type=int, default=None, help="steps of the fully shared probe run")
+    p.add_argument("--every", type=int, default=None, help="measure every this many probe steps")
+    p.add_argument("--rows", type=int, default=64, help="rows per task in each measurement batch")
+    p.add_argument("--step", type=float, default=None,
+                   help="lookahead step length (default: 0.03 %% of the shared parameters' norm)")
+    p.add_argument("--threshold", type=float, default=0.0,
+                   help="tasks whose affinity is below this never share an adapter")
+    p.add_argument("--max-groups", type=int, default=None, help="at most this many groups (adapters)")
+    p.epilog = "Further --key value pairs override the config (e.g. --train.lr 1e-3)."
+
+
+@command("check-data", "check data files in the canonical format before training",
+         "mta_moe.data.__main__:check_command")
+def _check(p: argparse.ArgumentParser) -> None:
+    p.add_argument("files", nargs="+")
+    p.add_argument("--task-types", nargs="+", default=None, help="configured task types (mta.task_types)")
+    p.add_argument("--skip-bad-rows", action="store_true")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mta-moe", description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="\n".join(__doc__.splitlines()[2:9]))
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (help_text, configure, _) in _COMMANDS.items():
+        configure(sub.add_parser(name, help=help_text, description=help_text))
+    return parser
+
+
+def _without_local_rank(argv: Sequence[str]) -> list[str]:
+    """The deepspeed launcher passes ``--local_rank=N`` (before the script's own arguments); ranks read
+    LOCAL_RANK from the environment instead, so the flag is dropped wherever it appears."""
+    out, skip = [], False
+    for i, arg in enumerate(argv):
+        if skip:
+            skip = False
+            continue
+        if arg in ("--local_rank", "--local-rank") and i + 1 < len(argv):
+            skip = True
+            continue
+        if arg.startswith(("--local_rank=", "--local-rank=")):
+            continue
+        out.append(arg)
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = _without_local_rank(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    _, _, handler = _COMMANDS[args.command]
+    if extra and args.command not in ("train", "compare", "affinity"):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    module_name, function = handler.split(":")
+    import importlib
+    return int(getattr(importlib.import_module(module_name), function)(args, extra) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,25 @@
+"""``mta-moe train``: one MTA stage from a DeepSpeed JSON with an ``mta`` section, plus dotted overrides."""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+
+def train_command(args: argparse.Namespace, overrides: Sequence[str]) -> int:
+    """Train as configured; one ``error:`` line and exit 2 on a bad config, bad data or a missing file."""
+    from ..config import ConfigError
+    from ..data import DataError
+    from .run_config import load_run_config
+    from .trainer import Trainer
+
+    try:
+        cfg = load_run_config(args.config, overrides)
+        trainer = Trainer(cfg, resume=args.resume)
+        scores = trainer.run()
+    except (ConfigError, DataError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if scores and trainer.rank == 0:
+        print("final validation: " + ", ".join(f"{k} {v:.3f}" for k, v in scores.items()))
+    return 0

@@ -1,0 +1,94 @@
+"""A run that starts from an export: every layer key it sets takes effect or stops the run with the key named."""
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from mta_moe import ConfigError, MTAConfig, MTAModel
+from mta_moe.training.stages import APPLY_AT_RESTART, STAGE2_PARTS, restart_config
+from test_training import launch, tiny_config, write_config
+
+SAVED = MTAConfig(num_experts=4, k=2, adapter_dim=8, shared_adapter_dim=8, temperature=0.1)
+
+
+def test_stage2_parts_apply_to_a_stage1_export_and_are_fixed_in_a_stage2_one():
+    wanted = SAVED.replace(num_shared_adapters=2, shared_adapter_dim=4, stage2_form="official", temperature=0.5)
+    keys = {"num_shared_adapters", "shared_adapter_dim", "stage2_form", "temperature"}
+    out = restart_config(SAVED, 1, wanted, keys, "ex")
+    assert (out.num_shared_adapters, out.shared_adapter_dim, out.stage2_form, out.temperature) == (2, 4, "official", 0.5)
+    assert out.adapter_dim == 8  # not set here: the export's
+    with pytest.raises(ConfigError, match=r"^mta.num_shared_adapters: 2 is set here but the export at ex is already "
+                                          r"a stage-2 model"):
+        restart_config(SAVED, 2, wanted, keys, "ex")
+    assert restart_config(SAVED, 2, wanted, {"temperature"}, "ex").temperature == 0.5  # acts in every forward
+
+
+@pytest.mark.parametrize("key,value", [("num_experts", 6), ("k", 1), ("adapter_dim", 16), ("expert_kind", "ffn"),
+                                       ("route_by", "task"), ("inject_layers", "all"), ("bias_margin", 0.5),
+                                       ("task_types", ["a", "b", "c"])])
+def test_keys_the_export_fixes_are_refused_by_name(key, value):
+    changes = {key: value}
+    if key == "route_by":
+        changes["tasks"] = ["x"]
+    wanted = SAVED.replace(**changes)
+    with pytest.raises(ConfigError, match=rf"^mta.{key}: .* is set here but the export at ex was trained with"):
+        restart_config(SAVED, 1, wanted, {key}, "ex")
+    assert restart_config(SAVED, 1, SAVED, {key}, "ex") == SAVED  # the same value is fine
+
+
+def test_every_layer_key_is_classified():
+    """A key added to MTAConfig must say whether a restarted run applies it (or it is fixed by the export)."""
+    fixed = {"num_experts", "k", "expert_kind", "adapter_dim", "adapter_activation", "task_types", "route_by", "tasks",
+             "task_adapter_assignment", "bias_init", "bias_margin", "selector_init_std", "inject_layers",
+             "inject_stacks"}
+    assert set(MTAConfig().to_dict()) == fixed | set(APPLY_AT_RESTART) | set(STAGE2_PARTS)
+
+
+def test_stage2_settings_take_effect_in_the_run(tmp_path):
+    stage1 = tiny_config(tmp_path / "s1", steps=6, save_every=6, eval_every=6)
+    assert launch(["--deepspeed", str(write_config(tmp_path / "c1.json", stage1))]).returncode == 0
+    export = tmp_path / "s1" / "export"
+    cfg = tiny_config(tmp_path / "s2", stage=2, init_from=str(export), steps=3, save_every=3, eval_every=3)
+    for key in ("num_experts", "k", "adapter_dim"):
+        del cfg["mta"][key]  # stage 2 takes them from the export
+    cfg["mta"].update(num_shared_adapters=2, shared_adapter_dim=4, stage2_form="official")
+    run = launch(["--deepspeed", str(write_config(tmp_path / "c2.json", cfg))])
+    assert run.returncode == 0, run.stderr[-3000:]
+    saved = json.loads((tmp_path / "s2" / "export" / "mta_config.json").read_text())["mta"]
+    assert (saved["num_shared_adapters"], saved["shared_adapter_dim"], saved["stage2_form"]) == (2, 4, "official")
+    weights = load_file(str(tmp_path / "s2" / "export" / "model.safetensors"))
+    downs = [v for k, v in weights.items() if ".shared_adapters." in k and k.endswith("down.weight")]
+    assert len(downs) == 2 * 2 and all(v.shape == (4, 32) for v in downs)  # 2 layers x 2 adapters, r = 4
+    model = MTAModel.from_pretrained(tmp_path / "s2" / "export")
+    assert model.mta_config.stage2_form == "official" and model.stage == 2
+    cfg["mta"]["adapter_dim"] = 16  # fixed by the stage-1 export: refused before any step
+    run = launch(["--deepspeed", str(write_config(tmp_path / "c3.json", cfg)), "--train.output_dir",
+                  str(tmp_path / "s3")])
+    assert run.returncode == 2 and run.stderr.strip().splitlines()[-1].startswith(
+        f"error: mta.adapter_dim: 16 is set here but the export at {export} was trained with 8")
+
+
+def test_official_stage2_form_lets_the_gate_weigh_the_task_mixture_against_shared_experts():
+    from backbones import make_backbone
+    torch.manual_seed(0)
+    model = MTAModel(make_backbone("t5"), MTAConfig(k=2, adapter_dim=8, stage2_form="official")).eval()
+    layer = next(iter(model.mta_layers.values()))
+    with torch.no_grad():
+        for p in layer.local_experts.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    model.enable_stage2()
+    x = torch.randn(3, 5, 32)
+    ids = torch.tensor([0, 1, 2])
+    with torch.no_grad():
+        out, _, _ = layer(x, ids)
+        g = layer.last_routing.mix_weights
+        layer.stage = 1
+        mixture, _, _ = layer(x, ids)
+        base = layer.base_ffn(x)
+        shared = base + layer.shared_adapters[0](x)
+    expected = g[:, :1, None] * mixture + g[:, 1:2, None] * shared
+    assert torch.allclose(out, expected, atol=1e-6)
+    assert not torch.allclose(out, mixture, atol=1e-4)  # unlike the residual form, the switch moves the output
+    with pytest.raises(ConfigError, match=r"^mta.stage2_form: 'official' .* needs expert_kind 'bottleneck'"):
+        MTAConfig(expert_kind="ffn", stage2_form="official")
