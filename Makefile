@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: setup test demo clean
+.PHONY: setup test test-fast demo clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ setup: $(VENV)/.installed
 
 test: setup
 	DS_ACCELERATOR=cpu $(PY) -m pytest -q tests
+
+# the quick loop while developing: everything but the tests marked slow (whole runs, launchers, 2-rank runs)
+test-fast: setup
+	DS_ACCELERATOR=cpu $(PY) -m pytest -q -m "not slow" tests
 
 # The main job: both stages on the bundled suite (CPU by default), the per-task table on the test split, and the
 # report (stage 2 against stage 1: deltas, routing heatmaps, calibration, loss curves) in $(DEMO)/report.

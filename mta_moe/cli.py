@@ -102,9 +102,9 @@ def _affinity(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="measure at this trained export instead of training a probe")
     p.add_argument("--probe-steps", type=int, default=None, help="steps of the fully shared probe run")
     p.add_argument("--every", type=int, default=None, help="measure every this many probe steps")
-    p.add_argument("--rows", type=int, default=64, help="rows per task in each measurement batch")
-    p.add_argument("--step", type=float, default=None,
-                   help="lookahead step length (default: 0.03 %% of the shared parameters' norm)")
+    p.add_argument("--rows", type=int, default=64, help="held-out probe rows per task")
+    p.add_argument("--horizon", type=int, default=10,
+                   help="lookahead: optimizer steps on one task before every task's probe loss is read")
     p.add_argument("--threshold", type=float, default=0.0,
                    help="tasks whose affinity is below this never share an adapter")
     p.add_argument("--max-groups", type=int, default=None, help="at most this many groups (adapters)")

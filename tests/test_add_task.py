@@ -98,6 +98,7 @@ def test_bad_growth_is_refused_by_name(tmp_path, mta, args, message):
         grow_saved_model(tmp_path / "trained", *args)
 
 
+@pytest.mark.slow
 def test_launcher_adds_a_task_type_and_leaves_old_tasks_untouched(tmp_path):
     base = tiny_config(tmp_path / "base", steps=20, save_every=20, eval_every=20)
     run = launch(["--deepspeed", str(write_config(tmp_path / "base.json", base))])

@@ -39,21 +39,26 @@ def test_a_task_helps_its_twin_and_hurts_its_contradiction():
     gen = torch.Generator().manual_seed(0)
     batches = _copy_tasks(gen)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    for _ in range(150):  # learn to copy, so the contradicting task has something to undo
+    for _ in range(60):  # learn to copy (while it is still learning), so the contradiction has something to undo
         train = _copy_tasks(gen)["copy"]
         optimizer.zero_grad()
         _loss(model, train).backward()
         optimizer.step()
     params = [p for p in model.parameters() if p.requires_grad]
     before = [p.detach().clone() for p in params]
-    lookahead, cosine = measure(model, batches, _loss, params, step_size=0.05)
+    fresh = [_copy_tasks(torch.Generator().manual_seed(step + 1)) for step in range(5)]
+    state = {k: v.clone() for k, v in optimizer.state_dict()["state"][0].items()}
+    lookahead, cosine = measure(model, batches, _loss, params, lambda task, step: fresh[step][task], optimizer,
+                                horizon=5)
+    assert all(torch.equal(v, optimizer.state_dict()["state"][0][k]) for k, v in state.items())  # restored
     assert all(torch.equal(a, b) for a, b in zip(before, params))  # parameters restored exactly
     affinity = Affinity(list(batches), lookahead.tolist(), cosine.tolist(), 1)
     r = torch.tensor(affinity.normalised(), dtype=torch.float64)
     copy, twin, flip = 0, 1, 2
     assert torch.allclose(r.diagonal(), torch.ones(3, dtype=torch.float64))
-    assert r[copy, twin] > 0.1 and cosine[copy, twin] > 0.1  # the twin helps
-    assert lookahead[flip, copy] < 0 and r[copy, flip] < 0 and cosine[copy, flip] < 0  # the contradiction hurts
+    assert r[copy, twin] > 0.1 and lookahead[twin, copy] > 0  # the twin helps
+    assert lookahead[flip, copy] < 0 and r[copy, flip] < 0  # the contradiction hurts
+    assert cosine[copy, twin] > 0 > cosine[copy, flip]
     assert cosine[copy, copy] == pytest.approx(1.0)
     assert group_tasks(affinity.tasks, affinity.normalised()) == [["copy", "copy_again"], ["flip"]]
 

@@ -1,4 +1,6 @@
 """MTA injected into real transformers architectures (tiny random configs): identity, routing, generate, save/load."""
+import json
+
 import pytest
 import torch
 import transformers as tf
@@ -112,14 +114,37 @@ def test_save_load_round_trip_gives_identical_outputs(tmp_path, name, stage):
     _perturb(model)
     inputs = make_inputs(name)
     model.save_pretrained(tmp_path / "saved")
-    assert sorted(p.name for p in (tmp_path / "saved").iterdir()) == ["config.json", "model.safetensors",
-                                                                    "mta_config.json"]
+    assert sorted(p.name for p in (tmp_path / "saved").iterdir()) == ["backbone_config.json", "config.json",
+                                                                    "model.safetensors", "mta_config.json"]
     loaded = MTAModel.from_pretrained(tmp_path / "saved").eval()
     assert loaded.stage == stage
     with torch.no_grad():
         a = model(**inputs, task_type_ids=TASKS)
         b = loaded(**inputs, task_type_ids=TASKS)
     assert torch.equal(a.logits, b.logits) and torch.equal(a.loss, b.loss)
+    # no stock class mistakes the folder for a plain backbone (it would load random weights with a warning)
+    with pytest.raises(ValueError, match="mta_moe"):
+        tf.AutoModel.from_pretrained(tmp_path / "saved")
+
+
+def test_exports_of_format_1_still_load(tmp_path):
+    """Format 1 kept the backbone's config as config.json."""
+    model = _perturb_and_save(tmp_path)
+    saved = tmp_path / "saved"
+    (saved / "backbone_config.json").replace(saved / "config.json")
+    meta = json.loads((saved / "mta_config.json").read_text())
+    (saved / "mta_config.json").write_text(json.dumps({**meta, "format_version": 1}))
+    inputs = make_inputs("t5")
+    with torch.no_grad():
+        assert torch.equal(MTAModel.from_pretrained(saved).eval()(**inputs, task_type_ids=TASKS).logits,
+                           model(**inputs, task_type_ids=TASKS).logits)
+
+
+def _perturb_and_save(tmp_path):
+    model = MTAModel(make_backbone("t5"), MTAConfig(k=2, adapter_dim=8)).eval()
+    _perturb(model)
+    model.save_pretrained(tmp_path / "saved")
+    return model
 
 
 def test_errors_are_clear(tmp_path):

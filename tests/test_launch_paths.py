@@ -63,6 +63,7 @@ def test_batch_script_runs_two_tasks_under_a_stand_in_srun(tmp_path):
     assert sorted(train_losses(tmp_path / "run")) == [1, 2]
 
 
+@pytest.mark.slow
 def test_torchrun_and_deepspeed_launchers_train_the_same(tmp_path):
     runs = {}
     for name, cmd in {
@@ -79,6 +80,7 @@ def test_torchrun_and_deepspeed_launchers_train_the_same(tmp_path):
     assert runs["torchrun"] == runs["deepspeed"] and len(runs["torchrun"]) == 3
 
 
+@pytest.mark.slow
 def test_smoke_script_on_cpu(tmp_path):
     env = {**os.environ, "PYTHON": sys.executable, "OUT": str(tmp_path / "smoke"), "STEPS1": "40", "STEPS2": "40",
            "MASTER_PORT": str(29400 + os.getpid() % 90), "PYTHONPATH": str(REPO)}

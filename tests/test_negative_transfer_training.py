@@ -22,6 +22,7 @@ def _records(run_dir, kind):
     return [r for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if r["kind"] == kind]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("zero", [0, 2])
 def test_custom_gradient_path_reproduces_plain_training_on_one_task(tmp_path, zero):
     """With one task PCGrad projects nothing and GradNorm's weight stays 1: the gradient handed to the engine
@@ -33,6 +34,7 @@ def test_custom_gradient_path_reproduces_plain_training_on_one_task(tmp_path, ze
         assert list(losses.values()) == pytest.approx(list(plain.values()), rel=1e-5, abs=1e-6), lever
 
 
+@pytest.mark.slow
 def test_pcgrad_on_two_ranks_reproduces_plain_training_on_one_task(tmp_path):
     plain = train_losses(_run(tmp_path, "plain", nproc=2, tasks=["sentiment"], steps=6, save_every=6, eval_every=6))
     pcgrad = _run(tmp_path, "pcgrad", nproc=2, tasks=["sentiment"], steps=6, save_every=6, eval_every=6,
@@ -40,6 +42,7 @@ def test_pcgrad_on_two_ranks_reproduces_plain_training_on_one_task(tmp_path):
     assert list(train_losses(pcgrad).values()) == pytest.approx(list(plain.values()), rel=1e-5, abs=1e-6)
 
 
+@pytest.mark.slow
 def test_pcgrad_logs_conflicts_and_gradnorm_runs_expert_parallel(tmp_path):
     run = _run(tmp_path, "pcgrad", gradient_projection="pcgrad")
     shares = [r["pcgrad_conflicts"] for r in _records(run, "train")]
@@ -57,6 +60,9 @@ def test_pcgrad_logs_conflicts_and_gradnorm_runs_expert_parallel(tmp_path):
 
 @pytest.mark.parametrize("weighting", [{"method": "uncertainty"}, {"method": "gradnorm"},
                                        {"method": "validation"}])
+
+
+@pytest.mark.slow
 def test_dynamic_weights_logged_every_step_and_resumed_exactly(tmp_path, weighting):
     train = {"steps": 16, "save_every": 8, "eval_every": 4, "weighting": weighting,
              "loss_reduction": "task" if weighting["method"] == "uncertainty" else "token",

@@ -45,6 +45,7 @@ def test_every_layer_key_is_classified():
     assert set(MTAConfig().to_dict()) == fixed | set(APPLY_AT_RESTART) | set(STAGE2_PARTS)
 
 
+@pytest.mark.slow
 def test_stage2_settings_take_effect_in_the_run(tmp_path):
     stage1 = tiny_config(tmp_path / "s1", steps=6, save_every=6, eval_every=6)
     assert launch(["--deepspeed", str(write_config(tmp_path / "c1.json", stage1))]).returncode == 0
@@ -67,6 +68,13 @@ def test_stage2_settings_take_effect_in_the_run(tmp_path):
                   str(tmp_path / "s3")])
     assert run.returncode == 2 and run.stderr.strip().splitlines()[-1].startswith(
         f"error: mta.adapter_dim: 16 is set here but the export at {export} was trained with 8")
+    del cfg["mta"]["adapter_dim"]
+    cfg["mta"]["data"]["type_overrides"] = {"answer": "nli"}  # would route answer by another type's row
+    run = launch(["--deepspeed", str(write_config(tmp_path / "c4.json", cfg)), "--train.output_dir",
+                  str(tmp_path / "s4")])
+    assert run.returncode == 2 and run.stderr.strip().splitlines()[-1] == (
+        f"error: mta.data: task 'answer' has type 'nli' in this run's data but the export at {export} was trained "
+        "with it as 'generate'; use the same mta.data.type_overrides as that run")
 
 
 def test_official_stage2_form_lets_the_gate_weigh_the_task_mixture_against_shared_experts():

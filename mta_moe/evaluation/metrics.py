@@ -20,8 +20,6 @@ import unicodedata
 from collections import Counter
 from typing import Mapping, Sequence
 
-from rouge_score import rouge_scorer
-
 KINDS = ("classification", "extraction", "generation")
 PRIMARY = {"classification": "accuracy", "extraction": "exact_match", "generation": "rouge_l"}
 MAX_LABELS = 20  # more distinct targets than this: not a classification task
@@ -29,7 +27,7 @@ MAX_LABEL_WORDS = 3
 EXTRACTION_SHARE = 0.9  # this share of targets found verbatim in their inputs: an extraction task
 
 _TOKEN = re.compile(r"\w+|[^\w\s]")
-_ROUGE = rouge_scorer.RougeScorer(["rougeL"])
+_ROUGE = []  # the scorer, built on first use: rouge_score imports NLTK (seconds), which most runs never need
 
 
 def normalise(text: str) -> str:
@@ -71,7 +69,10 @@ def token_f1(prediction: str, target: str) -> float:
 
 
 def rouge_l(prediction: str, target: str) -> float:
-    return _ROUGE.score(normalise(target), normalise(prediction))["rougeL"].fmeasure
+    if not _ROUGE:
+        from rouge_score import rouge_scorer
+        _ROUGE.append(rouge_scorer.RougeScorer(["rougeL"]))
+    return _ROUGE[0].score(normalise(target), normalise(prediction))["rougeL"].fmeasure
 
 
 def infer_kind(inputs: Sequence[str], targets: Sequence[str]) -> str:

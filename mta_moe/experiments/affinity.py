@@ -2,20 +2,22 @@
 
 Two measures on the parameters every task shares (a fully shared model: everything trainable):
 
-* **lookahead** (TAG, Fifty et al. 2021): ``Z[i, j] = 1 − L_j(θ − s·g_i/‖g_i‖) / L_j(θ)``, the relative change of
-  task j's loss after a step of length ``s`` along task i's gradient (positive: i helps j);
-* **gradient cosine**: ``cos(g_i, g_j)`` of the per-task gradients.
+* **lookahead** (TAG, Fifty et al. 2021, over a short horizon): ``Z[i, j] = 1 − L_j(θ_i) / L_j(θ)``, where
+  ``θ_i`` is θ after ``horizon`` steps of the run's own optimizer (its Adam moments as they are) on task i's
+  training batches alone, and ``L_j`` task j's loss on held-out probe rows: the relative decrease of j's loss
+  when only i is trained (positive: i helps j). TAG takes one step; a few steps average over batches;
+* **gradient cosine**: ``cos(g_i, g_j)`` of the per-task gradients on the probe rows.
 
-Both are averaged over the measurement points of a probe run (or taken once at a trained model). The step
-is small (by default 0.03 % of the parameters' norm): a step on one task is taken against the others'
-current losses, not an optimised update, so the measure is local, like TAG's one-step lookahead. The
+Both are averaged over the measurement points of a probe run (or taken once at a trained model). The
 grouping uses the lookahead, symmetrised and normalised by the self-affinities, ``R[i, j] = Z̄[i, j] /
-sqrt(Z̄[i, i]·Z̄[j, j])`` (``Z̄ = (Z + Zᵀ)/2``), a correlation-like number in which 1 is "helps j as much as j
-helps itself". Groups are merged by complete linkage: two groups share an adapter only while every pair of
-their tasks has ``R`` above the threshold, so tasks that hurt each other (``R < 0``) never share one.
+sqrt(Z̄[i, i]·Z̄[j, j])`` (``Z̄ = (Z + Zᵀ)/2``, clipped to [−1, 1]), a correlation-like number in which 1 is
+"helps j as much as j helps itself". Groups are merged by complete linkage: two groups share an adapter only
+while every pair of their tasks has ``R`` above the threshold, so tasks that hurt each other (``R < 0``) never
+share one.
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
 
@@ -38,46 +40,65 @@ class Affinity:
         """``R``: the symmetrised lookahead divided by the geometric mean of the two self-affinities."""
         z = torch.tensor(self.lookahead, dtype=torch.float64)
         sym = (z + z.t()) / 2
-        scale = sym.diagonal().clamp(min=1e-12).sqrt()
-        return (sym / scale.unsqueeze(0) / scale.unsqueeze(1)).tolist()
+        own = sym.diagonal()
+        scale = own.clamp(min=1e-12).sqrt()
+        r = (sym / scale.unsqueeze(0) / scale.unsqueeze(1)).clamp(-1.0, 1.0)
+        unusable = own <= 0  # training on the task did not lower its own held-out loss: no reference scale
+        r[unusable] = 0.0
+        r[:, unusable] = 0.0
+        r.fill_diagonal_(1.0)
+        return r.tolist()
+
+    def warnings(self) -> list[str]:
+        own = [self.lookahead[i][i] for i in range(len(self.tasks))]
+        return [f"{task}: training on it for the lookahead horizon did not lower its own probe loss "
+                f"(Z = {value:+.4f}); its affinities are set to 0, so it gets an adapter of its own"
+                for task, value in zip(self.tasks, own) if value <= 0]
 
     def as_dict(self) -> dict:
         return {"tasks": self.tasks, "lookahead": self.lookahead, "cosine": self.cosine,
-                "normalised": self.normalised(), "points": self.points, "steps": self.steps}
+                "normalised": self.normalised(), "points": self.points, "steps": self.steps,
+                "warnings": self.warnings()}
 
 
 LossFn = Callable[[nn.Module, dict[str, Tensor]], Tensor]
+BatchSource = Callable[[str, int], dict[str, Tensor]]  # (task, step) -> a training batch of that task
 
 
-def measure(model: nn.Module, batches: Mapping[str, dict[str, Tensor]], loss_fn: LossFn,
-            params: Sequence[nn.Parameter], step_size: float) -> tuple[Tensor, Tensor]:
+def measure(model: nn.Module, probe: Mapping[str, dict[str, Tensor]], loss_fn: LossFn,
+            params: Sequence[nn.Parameter], train_batch: BatchSource, optimizer: torch.optim.Optimizer,
+            horizon: int = 10) -> tuple[Tensor, Tensor]:
     """One measurement: (lookahead Z [T, T], gradient cosine [T, T]) at the model's current parameters.
-    The parameters are restored exactly afterwards."""
-    tasks = list(batches)
+    ``probe``: held-out rows per task; ``train_batch(task, s)``: the s-th training batch of a task for the
+    lookahead, taken with ``optimizer`` from its current state (warm Adam moments make a step the size of a
+    training step). Parameters and optimizer state are restored exactly afterwards."""
+    tasks = list(probe)
     was_training = model.training
-    model.eval()  # no dropout: the measurement compares losses of the same function
+    model.eval()  # no dropout: losses and gradients of one function
     grads = []
     for task in tasks:
-        g = torch.autograd.grad(loss_fn(model, batches[task]), params, allow_unused=True)
+        g = torch.autograd.grad(loss_fn(model, probe[task]), params, allow_unused=True)
         grads.append(torch.cat([(x if x is not None else torch.zeros_like(p)).reshape(-1).double()
                                 for x, p in zip(g, params)]))
     flat = torch.stack(grads)
     cosine = F.normalize(flat, dim=1) @ F.normalize(flat, dim=1).t()
-    lookahead = torch.zeros(len(tasks), len(tasks), dtype=torch.float64)
     saved = [p.detach().clone() for p in params]
+    state = copy.deepcopy(optimizer.state_dict())
     with torch.no_grad():
-        before = torch.tensor([float(loss_fn(model, batches[t])) for t in tasks], dtype=torch.float64)
-        for i in range(len(tasks)):
-            direction = flat[i] / flat[i].norm().clamp(min=1e-30)
-            offset = 0
-            for p in params:
-                n = p.numel()
-                p.sub_((step_size * direction[offset:offset + n]).view_as(p).to(p.dtype))
-                offset += n
-            for j, task in enumerate(tasks):
-                lookahead[i, j] = 1.0 - float(loss_fn(model, batches[task])) / max(float(before[j]), 1e-12)
+        before = torch.tensor([float(loss_fn(model, probe[t])) for t in tasks], dtype=torch.float64)
+    lookahead = torch.zeros(len(tasks), len(tasks), dtype=torch.float64)
+    for i, task in enumerate(tasks):
+        for step in range(horizon):
+            optimizer.zero_grad()
+            loss_fn(model, train_batch(task, step)).backward()
+            optimizer.step()
+        with torch.no_grad():
+            for j, other in enumerate(tasks):
+                lookahead[i, j] = 1.0 - float(loss_fn(model, probe[other])) / max(float(before[j]), 1e-12)
             for p, value in zip(params, saved):
                 p.copy_(value)
+        optimizer.load_state_dict(copy.deepcopy(state))
+    optimizer.zero_grad(set_to_none=True)
     model.train(was_training)
     return lookahead, cosine
 

@@ -74,7 +74,7 @@ def affinity_command(args: argparse.Namespace, overrides: Sequence[str]) -> int:
         apply_overrides(raw, overrides)
         cfg = build_run_config(raw, args.config)
         settings = ProbeSettings()
-        for key in ("probe_steps", "every"):
+        for key in ("probe_steps", "every", "horizon", "rows"):
             value = getattr(args, key)
             if value is not None and value < 1:
                 raise ConfigError(f"--{key.replace('_', '-')}: must be an integer >= 1, got {value}")
@@ -82,12 +82,7 @@ def affinity_command(args: argparse.Namespace, overrides: Sequence[str]) -> int:
             settings.steps = args.probe_steps
         if args.every is not None:
             settings.every = args.every
-        if args.rows < 1:
-            raise ConfigError(f"--rows: must be an integer >= 1, got {args.rows}")
-        settings.rows = args.rows
-        if args.step is not None and args.step <= 0:
-            raise ConfigError(f"--step: must be a number > 0, got {args.step}")
-        settings.step_size = args.step
+        settings.rows, settings.horizon = args.rows, args.horizon
         out = Path(args.out)
         affinity = run_probe(cfg, out, settings, export=args.model, log=print)
         groups = group_tasks(affinity.tasks, affinity.normalised(), args.threshold, args.max_groups)
@@ -95,7 +90,7 @@ def affinity_command(args: argparse.Namespace, overrides: Sequence[str]) -> int:
         path = write_affinity(affinity, groups, layer_keys,
                               out, {"probe_steps": None if args.model else settings.steps, "every": settings.every,
                                     "rows": settings.rows, "model": args.model, "threshold": args.threshold,
-                                    "step": args.step})
+                                    "horizon": settings.horizon})
         raw["mta"].update(layer_keys)
         config = out / "stage1_affinity.json"
         config.write_text(json.dumps(raw, indent=2) + "\n")

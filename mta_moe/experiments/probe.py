@@ -18,15 +18,15 @@ from ..training.run_config import RunConfig
 from .affinity import Affinity, average, measure
 
 
-RELATIVE_STEP = 3e-4  # default lookahead step: this fraction of the norm of the shared parameters
+WARM_STEPS = 20  # mixed batches at lr 0 that warm Adam's moments before measuring a trained export
 
 
 @dataclass
 class ProbeSettings:
     steps: int = 600  # probe training steps
     every: int = 150  # measure every this many steps
-    rows: int = 64  # rows per task in each measurement batch
-    step_size: float | None = None  # lookahead step length; None: RELATIVE_STEP × the parameters' norm
+    rows: int = 64  # held-out probe rows per task
+    horizon: int = 10  # lookahead: AdamW steps on one task's batches before every task's loss is read
 
 
 def token_loss(model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
@@ -60,28 +60,45 @@ def run_probe(cfg: RunConfig, out: Path, settings: ProbeSettings, export: str | 
     train, _ = tokenize_examples(data.splits["train"], tokenizer, registry, cfg.data.max_input_length,
                                  cfg.data.max_target_length, mode)
     collate = Collator(tokenizer.pad_token_id, mode, "right" if mode == "seq2seq" else "left")
+    train = train.select_columns(["input_ids", "labels", "task_type_id", "task_id"]).to_list()
     rows = data.task_indices()
     rng = random.Random(cfg.train.seed)
-    batches = {t: collate([train[i] for i in rng.sample(rows[t], min(settings.rows, len(rows[t])))]) for t in tasks}
-    params = [p for p in model.parameters() if p.requires_grad]
-    step = settings.step_size
-    if step is None:
-        step = RELATIVE_STEP * float(torch.sqrt(sum((p.detach().double() ** 2).sum() for p in params)))
-    if export is not None:
-        return average(tasks, [measure(model, batches, token_loss, params, step)], [0])
-    optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-    sampler = MixtureSampler({t: len(rows[t]) for t in tasks}, SamplingConfig(strategy="uniform"), cfg.data.seed)
+    probe_rows = {t: set(rng.sample(rows[t], min(settings.rows, len(rows[t]) // 2))) for t in tasks}
+    batches = {t: collate([train[i] for i in sorted(probe_rows[t])]) for t in tasks}
+    rest = {t: [i for i in rows[t] if i not in probe_rows[t]] for t in tasks}  # the lookahead trains on these
     per_step = int(cfg.ds["train_micro_batch_size_per_gpu"])
-    measurements, at = [], []
-    model.train()
-    for index in range(1, settings.steps + 1):
-        picks = sampler.next_batch(per_step, index)
-        batch = collate([train[rows[task][i]] for task, i in picks])
+
+    def train_batch(task: str, step: int) -> dict[str, Tensor]:
+        pool = rest[task]
+        return collate([train[pool[(step * per_step + k) % len(pool)]] for k in range(per_step)])
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    sampler = MixtureSampler({t: len(rest[t]) for t in tasks}, SamplingConfig(strategy="uniform"), cfg.data.seed)
+
+    def mixed_step(index: int, lr: float) -> None:
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        batch = collate([train[rest[task][i]] for task, i in sampler.next_batch(per_step, index)])
         optimizer.zero_grad()
         token_loss(model, batch).backward()
         optimizer.step()
+
+    def measure_here() -> tuple[Tensor, Tensor]:
+        return measure(model, batches, token_loss, params, train_batch, optimizer, settings.horizon)
+
+    model.train()
+    if export is not None:  # no optimizer state to look ahead with: warm Adam's moments without moving
+        for index in range(1, WARM_STEPS + 1):
+            mixed_step(index, 0.0)
+        for group in optimizer.param_groups:
+            group["lr"] = cfg.train.lr
+        return average(tasks, [measure_here()], [0])
+    measurements, at = [], []
+    for index in range(1, settings.steps + 1):
+        mixed_step(index, cfg.train.lr)
         if index % settings.every == 0 or index == settings.steps:
-            measurements.append(measure(model, batches, token_loss, params, step))
+            measurements.append(measure_here())
             at.append(index)
             log(f"probe step {index}: measured ({len(measurements)} points)")
     return average(tasks, measurements, at)

@@ -17,13 +17,17 @@ from .inject import MTAModel
 from .layer import MTALayer
 
 MTA_CONFIG_FILE = "mta_config.json"
+BACKBONE_CONFIG_FILE = "backbone_config.json"  # the transformers config of the backbone (format 2)
 WEIGHTS_FILE = "model.safetensors"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 1: the backbone's config was config.json, which let AutoModel load random weights
+READABLE_VERSIONS = (1, 2)
 _EXPERT_KEY = re.compile(r"(.*\.deepspeed_moe\.experts\.deepspeed_experts\.)(\d+)(\..*)")
 
 
 def save_mta_model(model: MTAModel, directory: str | Path, state: dict | None = None) -> Path:
-    """Write ``config.json``, ``mta_config.json`` and ``model.safetensors``; all files appear together.
+    """Write ``backbone_config.json``, ``mta_config.json``, ``model.safetensors`` and a ``config.json`` of model
+    type ``mta_moe`` (so ``transformers.AutoModel*.from_pretrained`` refuses the folder instead of loading a
+    backbone with random weights); all files appear together.
 
     ``state``: a full (all-adapters) state dict from :func:`gathered_state` when the model is expert-parallel;
     the files then describe an ep_size-1 model, loadable at any ep size.
@@ -38,6 +42,8 @@ def save_mta_model(model: MTAModel, directory: str | Path, state: dict | None = 
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:
         model.base_model.config.save_pretrained(tmp)
+        (tmp / "config.json").replace(tmp / BACKBONE_CONFIG_FILE)
+        (tmp / "config.json").write_text(json.dumps(export_marker(type(model.base_model).__name__), indent=2) + "\n")
         meta = {"format_version": FORMAT_VERSION, "architecture": type(model.base_model).__name__,
                 "stage": model.stage, "mta": model.mta_config.replace(ep_size=1).to_dict()}
         (tmp / MTA_CONFIG_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
@@ -48,6 +54,14 @@ def save_mta_model(model: MTAModel, directory: str | Path, state: dict | None = 
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return directory
+
+
+def export_marker(architecture: str) -> dict[str, Any]:
+    """``config.json`` of an export: a model type no transformers release knows, and how to load the folder."""
+    return {"model_type": "mta_moe", "architectures": ["MTAModel"], "backbone_architecture": architecture,
+            "mta_moe_format_version": FORMAT_VERSION,
+            "how_to_load": "mta_moe.MTAModel.from_pretrained(this_directory) (pip install mta_moe); the backbone's "
+                           f"own config is {BACKBONE_CONFIG_FILE}"}
 
 
 def gathered_state(model: MTAModel) -> dict | None:
@@ -97,14 +111,21 @@ class SavedModel:
 
 
 def _read_meta(directory: Path) -> dict[str, Any]:
-    for name in ("config.json", MTA_CONFIG_FILE, WEIGHTS_FILE):
+    for name in (MTA_CONFIG_FILE, WEIGHTS_FILE):
         if not (directory / name).is_file():
             raise FileNotFoundError(f"{directory / name}: missing; not a saved MTA model directory")
     meta = json.loads((directory / MTA_CONFIG_FILE).read_text(encoding="utf-8"))
-    if meta.get("format_version") != FORMAT_VERSION:
+    if meta.get("format_version") not in READABLE_VERSIONS:
         raise ValueError(f"{directory / MTA_CONFIG_FILE}: format_version {meta.get('format_version')!r}, "
-                         f"expected {FORMAT_VERSION}")
+                         f"expected one of {list(READABLE_VERSIONS)}")
+    backbone = _backbone_config_path(directory, meta["format_version"])
+    if not backbone.is_file():
+        raise FileNotFoundError(f"{backbone}: missing; not a saved MTA model directory")
     return meta
+
+
+def _backbone_config_path(directory: Path, version: int) -> Path:
+    return directory / ("config.json" if version == 1 else BACKBONE_CONFIG_FILE)
 
 
 def read_saved_config(directory: str | Path) -> tuple[int, MTAConfig]:
@@ -122,7 +143,8 @@ def read_saved_model(directory: str | Path) -> SavedModel:
     if model_cls is None:
         raise ValueError(f"{directory / MTA_CONFIG_FILE}: architecture {arch!r} is not a transformers class")
     return SavedModel(directory, meta["stage"], MTAConfig.from_dict(meta["mta"]), model_cls,
-                      transformers.AutoConfig.from_pretrained(directory), load_file(str(directory / WEIGHTS_FILE)))
+                      transformers.AutoConfig.from_pretrained(str(_backbone_config_path(directory, meta["format_version"]))),
+                      load_file(str(directory / WEIGHTS_FILE)))
 
 
 def build_saved_model(saved: SavedModel, mta: MTAConfig, state: dict,

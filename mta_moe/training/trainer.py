@@ -94,6 +94,8 @@ class Trainer:
                                                 self.data.registry, d.max_input_length, d.max_target_length,
                                                 "seq2seq" if self.mode == "seq2seq" else "causal")
         self.task_rows = self.data.task_indices()
+        # the collated columns as plain Python rows, read once: indexing a datasets.Dataset formats a row per call
+        self.train_rows = self.train_set.select_columns(["input_ids", "labels", "task_type_id", "task_id"]).to_list()
         self.growth = None
         sampled = list(self.task_rows)
         if cfg.train.add_task_types is not None:
@@ -137,6 +139,14 @@ class Trainer:
         """Stage 2 (or adding task types) from an export, built with :meth:`_restart_config`'s layer config; the
         data's task ids follow a by-task model's order."""
         growing = self.cfg.train.add_task_types is not None
+        trained_types = json.loads((source / "tasks.json").read_text())["tasks"] if (source / "tasks.json").is_file() \
+            else {}
+        changed = {t: (trained_types[t], ty) for t, ty in self.data.registry.type_of.items()
+                   if t in trained_types and trained_types[t] != ty}
+        if changed:
+            task, (was, now) = sorted(changed.items())[0]
+            raise ConfigError(f"mta.data: task {task!r} has type {now!r} in this run's data but the export at {source} "
+                              f"was trained with it as {was!r}; use the same mta.data.type_overrides as that run")
         self.tokenizer = load_tokenizer(source)
         self.model = MTAModel.from_pretrained(source, ep_size=self.cfg.mta.ep_size, config=self.layer)
         if self.model.stage == 1 and not growing:
@@ -151,12 +161,12 @@ class Trainer:
         cfg, registry = self.cfg, self.data.registry
         if self.model.mta_config.route_by == "task":  # the new routing keys are the data's new tasks
             tasks = self.new_tasks
-            rows = {t: [self.train_set[i] for i in self.task_rows[t]] for t in tasks}
+            rows = {t: [self.train_rows[i] for i in self.task_rows[t]] for t in tasks}
         else:
             trained = self.model.mta_config.task_types
             new_types = [ty for ty in cfg.mta.task_types if ty not in trained]
             tasks = [t for t in registry.names if registry.type_of[t] in new_types]
-            rows = {ty: [self.train_set[i] for t in tasks if registry.type_of[t] == ty for i in self.task_rows[t]]
+            rows = {ty: [self.train_rows[i] for t in tasks if registry.type_of[t] == ty for i in self.task_rows[t]]
                     for ty in new_types}
         self.model, self.growth = grow_for_training(Path(cfg.train.init_from), cfg.mta.task_types,
                                                     cfg.train.add_task_types, cfg.mta.ep_size, rows, self.collate,
@@ -275,7 +285,7 @@ class Trainer:
         share = micro * self.world
         for a in range(accum):
             mine = rank_slice(picks[a * share:(a + 1) * share], self.rank, self.world)
-            batch = self.collate([self.train_set[self.task_rows[task][i]] for task, i in mine])
+            batch = self.collate([self.train_rows[self.task_rows[task][i]] for task, i in mine])
             batch = {k: v.to(engine.device) for k, v in batch.items()}
             result = self.objective(engine, self.model, batch, self.step)
             engine.backward(result.backward)
