@@ -101,11 +101,13 @@ def test_bad_growth_is_refused_by_name(tmp_path, mta, args, message):
 @pytest.mark.slow
 def test_launcher_adds_a_task_type_and_leaves_old_tasks_untouched(tmp_path):
     base = tiny_config(tmp_path / "base", steps=20, save_every=20, eval_every=20)
+    base["mta"]["route_by"] = "type"  # the paper's routing: a new task *type* gets a bias row
     run = launch(["--deepspeed", str(write_config(tmp_path / "base.json", base))])
     assert run.returncode == 0, run.stderr[-3000:]
     grown = tiny_config(tmp_path / "grown", steps=10, save_every=10, eval_every=10,
                         init_from=str(tmp_path / "base" / "export"), add_task_types={"new_adapters": 1})
     grown["mta"]["task_types"] = ["classify", "nli", "generate", "qa"]
+    grown["mta"]["route_by"] = "type"
     grown["mta"]["data"]["type_overrides"] = {"answer": "qa"}
     run = launch(["--deepspeed", str(write_config(tmp_path / "grown.json", grown))])
     assert run.returncode == 0, run.stderr[-3000:]
@@ -124,6 +126,26 @@ def test_launcher_adds_a_task_type_and_leaves_old_tasks_untouched(tmp_path):
     assert [r for r in new if r["task"] != "answer"] == [r for r in old if r["task"] != "answer"]
     tasks = json.loads((tmp_path / "grown" / "export" / "tasks.json").read_text())
     assert tasks["tasks"]["answer"] == "qa" and MTAModel.from_pretrained(tmp_path / "grown" / "export")
+
+
+@pytest.mark.slow
+def test_launcher_adds_a_task_to_a_model_that_routes_by_task(tmp_path):
+    base = tiny_config(tmp_path / "base", steps=12, save_every=12, eval_every=12)
+    base["mta"]["data"]["suite"]["tasks"] = ["fact_entail", "sentiment"]
+    run = launch(["--deepspeed", str(write_config(tmp_path / "base.json", base))])
+    assert run.returncode == 0, run.stderr[-3000:]
+    grown = tiny_config(tmp_path / "grown", steps=6, save_every=6, eval_every=6,
+                        init_from=str(tmp_path / "base" / "export"), add_task_types={"new_adapters": 1})
+    run = launch(["--deepspeed", str(write_config(tmp_path / "grown.json", grown))])
+    assert run.returncode == 0, run.stderr[-3000:]
+    model = MTAModel.from_pretrained(tmp_path / "grown" / "export")
+    assert model.mta_config.tasks == ["fact_entail", "sentiment", "answer"] and model.mta_config.num_experts == 5
+    records = [json.loads(line) for line in (tmp_path / "grown" / "metrics.jsonl").read_text().splitlines()]
+    assert all(set(r["task_loss"]) == {"answer"} for r in records if r["kind"] == "train")
+    old = [json.loads(line) for line in (tmp_path / "base" / "predictions" / "step12.jsonl").read_text().splitlines()]
+    new = [json.loads(line) for line in (tmp_path / "grown" / "predictions" / "step6.jsonl").read_text().splitlines()]
+    key = lambda r: (r["task"], r["target"], r["prediction"])  # noqa: E731
+    assert sorted(map(key, (r for r in new if r["task"] != "answer"))) == sorted(map(key, old))  # as before
 
 
 def test_add_task_config_errors(tmp_path):

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from mta_moe import MTAConfig, MTALayer
+from mta_moe import ConfigError, MTAConfig, MTALayer
 from mta_moe.modeling import sequence_representation
 from workers.toy_model import make_ffn
 
@@ -112,3 +112,27 @@ def test_sequence_representation_respects_padding():
     mean = sequence_representation(h, mask, "mean")
     assert torch.allclose(mean[0], h[0, :3].mean(0)) and torch.allclose(mean[1], h[1, 2:].mean(0))
     assert torch.equal(sequence_representation(h, None, "first"), h[:, 0])
+
+
+def test_official_preset_reproduces_the_official_formula():
+    """``ffn`` experts, the official overlapping Softmax-T rows, dense mixture: y = Σ_e softmax(β[type] / 0.1)_e ·
+    FFN_e(x), written out independently of the layer (the official code's mixture of FFN copies)."""
+    torch.manual_seed(0)
+    ffn = make_ffn(D, 32)
+    layer = MTALayer(MTAConfig(expert_kind="ffn", task_adapter_assignment="official"), D, ffn).eval()
+    with torch.no_grad():
+        for expert in layer.local_experts:  # the copies drift apart in training; make them differ
+            for p in expert.parameters():
+                p.add_(torch.randn_like(p) * 0.1)
+    rows = torch.tensor([[0.22, 0.22, 0.20, 0.20, 0.20],  # classify: adapters 0, 1
+                         [0.20, 0.22, 0.22, 0.20, 0.20],  # nli: 1, 2
+                         [0.20, 0.20, 0.20, 0.22, 0.22]])  # generate: 3, 4
+    assert torch.allclose(layer.selector.task_bias.detach(), rows)
+    x, types = torch.randn(3, 4, D), torch.tensor([0, 1, 2])
+    with torch.no_grad():
+        out, _, _ = layer(x, types)
+        weights = torch.softmax(rows[types] / 0.1, dim=-1)
+        expected = sum(weights[:, e, None, None] * expert(x) for e, expert in enumerate(layer.local_experts))
+    assert (out - expected).abs().max().item() <= 2e-6
+    with pytest.raises(ConfigError, match=r"^mta.task_adapter_assignment: 'official' is the official code's table"):
+        MTAConfig(num_experts=6, task_adapter_assignment="official")

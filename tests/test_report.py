@@ -77,8 +77,9 @@ def test_routing_tables_match_the_layer_statistics(two_stages):
         table = tables[name]
         by_type = torch.zeros_like(stats.adapter_counts)
         weights = torch.zeros_like(stats.weight_sums)
-        for i, task in enumerate(table.tasks):
-            row = export.registry.task_types.index(export.registry.type_of[task])  # the layer's rows: task types
+        by_task = export.model.mta_config.route_by == "task"
+        for i, task in enumerate(table.tasks):  # the layer's rows: its routing keys (tasks, or task types)
+            row = stats.row_names.index(task if by_task else export.registry.type_of[task])
             by_type[row] += torch.tensor(table.counts[i], dtype=by_type.dtype)
             weights[row] += torch.tensor(table.mean_weights[i], dtype=weights.dtype) * table.sequences[i]
         assert torch.equal(by_type, stats.adapter_counts)

@@ -100,3 +100,54 @@ def test_official_stage2_form_lets_the_gate_weigh_the_task_mixture_against_share
     assert not torch.allclose(out, mixture, atol=1e-4)  # unlike the residual form, the switch moves the output
     with pytest.raises(ConfigError, match=r"^mta.stage2_form: 'official' .* needs expert_kind 'bottleneck'"):
         MTAConfig(expert_kind="ffn", stage2_form="official")
+
+
+@pytest.mark.slow
+def test_dynamic_sampling_moves_the_rates_and_resumes_exactly(tmp_path):
+    def config(out):
+        cfg = tiny_config(out, steps=12, eval_every=4, save_every=4, log_every=1)
+        cfg["mta"]["data"]["sampling"] = {"strategy": "dynamic", "dynamic_signal": "loss", "dynamic_alpha": 2.0}
+        return write_config(tmp_path / f"{out.name}.json", cfg)
+
+    whole = launch(["--deepspeed", str(config(tmp_path / "whole"))])
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    records = [json.loads(line) for line in (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()]
+    sampling = [r for r in records if r["kind"] == "sampling"]
+    assert [r["step"] for r in sampling] == [4, 8, 12]
+    first = sampling[0]
+    assert set(first["signal"]) == set(first["rates"]) == {"answer", "fact_entail", "sentiment"}
+    # the first validation fixes each task's reference loss (rates stay uniform); later ones move them
+    assert max(sampling[1]["rates"].values()) - min(sampling[1]["rates"].values()) > 0.01
+    assert sum(sampling[1]["rates"].values()) == pytest.approx(1.0)
+    cut = config(tmp_path / "cut")
+    assert launch(["--deepspeed", str(cut), "--train.stop_at_step", "8"]).returncode == 0
+    resumed = launch(["--deepspeed", str(cut), "--resume"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    again = [json.loads(line) for line in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
+    losses = {r["step"]: r["loss"] for r in records if r["kind"] == "train"}
+    assert {r["step"]: r["loss"] for r in again if r["kind"] == "train"} == losses  # bit-identical
+    assert [r["rates"] for r in again if r["kind"] == "sampling" and r["step"] == 12] == [sampling[-1]["rates"]]
+
+
+@pytest.mark.slow
+def test_a_deepspeed_scheduler_section_sets_the_learning_rate(tmp_path):
+    cfg = tiny_config(tmp_path / "run", steps=6, eval_every=6, save_every=6, log_every=1)
+    del cfg["mta"]["train"]["warmup_steps"]
+    cfg["scheduler"] = {"type": "WarmupLR", "params": {"warmup_min_lr": 0.0, "warmup_max_lr": 0.01,
+                                                       "warmup_num_steps": 4, "warmup_type": "linear"}}
+    run = launch(["--deepspeed", str(write_config(tmp_path / "c.json", cfg))])
+    assert run.returncode == 0, run.stderr[-3000:]
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    lrs = [r["lr"] for r in records if r["kind"] == "train"]
+    # WarmupLR, linear: min + (max - min) * i / 4 for the i-th update (DeepSpeed's own formula), then max
+    assert lrs == pytest.approx([0.0, 0.0025, 0.005, 0.0075, 0.01, 0.01])
+
+
+def test_a_scheduler_section_and_the_trainers_warmup_are_not_both_accepted(tmp_path):
+    from mta_moe.training.run_config import build_run_config
+    cfg = tiny_config(tmp_path / "run")
+    cfg["scheduler"] = {"type": "WarmupLR", "params": {"warmup_num_steps": 4}}
+    with pytest.raises(ConfigError, match=r"mta.train.warmup_steps: the DeepSpeed \"scheduler\" section sets"):
+        build_run_config(cfg)
+    del cfg["mta"]["train"]["warmup_steps"]
+    assert build_run_config(cfg).ds["scheduler"]["type"] == "WarmupLR"

@@ -159,6 +159,7 @@ class RunConfig:
     train: TrainConfig
     source: str = "<dict>"
     mta_keys: frozenset[str] = frozenset()  # the layer keys set in the file or by overrides (not defaults)
+    train_keys: frozenset[str] = frozenset()  # the mta.train keys set in the file or by overrides
 
     def to_json(self) -> dict[str, Any]:
         """The full resolved config (DeepSpeed keys plus the complete ``mta`` section)."""
@@ -187,7 +188,12 @@ def build_run_config(raw: Mapping[str, Any], source: str = "<dict>") -> RunConfi
             if kind not in mta_types:
                 raise ConfigError(f"mta.data.type_overrides.{task}: type {kind!r} is not in mta.task_types "
                                   f"{mta.task_types}")
-        return RunConfig(ds, mta, model, data, train, source, frozenset(section))
+        train_keys = frozenset(sub["train"]) if isinstance(sub["train"], Mapping) else frozenset()
+        if "scheduler" in ds and "warmup_steps" in train_keys:
+            raise ConfigError("mta.train.warmup_steps: the DeepSpeed \"scheduler\" section sets the learning-rate "
+                              "schedule; remove warmup_steps (or the scheduler section, for the trainer's own warm-up "
+                              "and linear decay)")
+        return RunConfig(ds, mta, model, data, train, source, frozenset(section), train_keys)
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
 

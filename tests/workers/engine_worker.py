@@ -53,7 +53,8 @@ def zero2_updates() -> dict:
     """
     ds_config, mta = load_ds_config(REPO / "ds_configs" / "stage1.json")
     assert ds_config["zero_optimization"]["stage"] == 2
-    cfg = mta.replace(num_experts=4, k=2, gate_mode="both", adapter_dim=8, task_types=["a", "b", "c"])
+    cfg = mta.replace(num_experts=4, k=2, gate_mode="both", adapter_dim=8, task_types=["a", "b", "c"],
+                      tasks=["a", "b", "c"])
     engine = build_engine(cfg, zero_stage=None, ds_config=ds_config)
     before = {n: p.detach().clone() for n, p in engine.module.named_parameters()}
     changed = {}

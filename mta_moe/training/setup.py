@@ -1,0 +1,228 @@
+"""Building one training stage: data, the model (fresh, from an export, or grown), parameter groups and the
+DeepSpeed engine. :class:`~.trainer.Trainer` runs what this builds."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import deepspeed
+import torch
+
+from ..config import ConfigError
+from ..data import Collator, Curriculum, MixtureSampler, load_task_data, load_tokenizer, tokenize_examples
+from ..data.suite import SUITE_TASKS
+from ..evaluation.metrics import profile_tasks
+from ..modeling import MTAModel, format_parameter_counts
+from ..modeling.persistence import read_saved_config
+from .add_task import grow_for_training, growth_param_groups
+from .distributed import barrier
+from .losses import task_weight_vector
+from .model_factory import build_backbone, build_tokenizer, model_mode
+from .monitor import TrainingMonitor
+from .objective import Objective, TrainingModule
+from .param_groups import optimizer_param_groups, pattern_param_groups
+from .stages import restart_config
+from .task_balance import TaskBalance
+from .unfreezing import UnfreezeSchedule
+
+EXPORT = "export"
+
+
+class RunSetup:
+    """The setup half of :class:`~.trainer.Trainer`: everything built before the first step."""
+
+    def _setup_data_and_model(self) -> None:
+        cfg = self.cfg
+        self.layer = cfg.mta if cfg.train.init_from is None else self._restart_config(Path(cfg.train.init_from))
+        task_types = cfg.mta.task_types if cfg.train.add_task_types is not None else self.layer.task_types
+        if self.rank == 0:  # generates the bundled suite once; the other ranks read it afterwards
+            self.data = load_task_data(cfg.data, task_types, self.out / "data")
+        barrier()
+        if self.rank != 0:
+            self.data = load_task_data(cfg.data, task_types, self.out / "data")
+        for report in self.data.reports:
+            self._info(report.summary())
+        train_texts = list(self.data.splits["train"]["input"]) + list(self.data.splits["train"]["target"])
+        self.new_tasks: list[str] = []
+        if cfg.train.init_from is None:  # stage 1 (stage 2 and add_task_types start from an export)
+            if self.rank == 0:  # trains the SentencePiece model once; the other ranks load it
+                self.tokenizer = build_tokenizer(cfg.model, train_texts, self.out / "tokenizer", train_here=True)
+            barrier()
+            if self.rank != 0:
+                self.tokenizer = build_tokenizer(cfg.model, train_texts, self.out / "tokenizer", train_here=False)
+            base = build_backbone(cfg.model, self.tokenizer, cfg.train.seed)
+            self.model = MTAModel(base, self._layer_config())
+        else:
+            self._load_init_from(Path(cfg.train.init_from))
+        self.mode = model_mode(self.model.base_model)
+        self.collate = Collator(self.tokenizer.pad_token_id, self.mode,
+                                padding_side="right" if self.mode == "seq2seq" else "left")
+        d = cfg.data
+        self.train_set, report = tokenize_examples(self.data.splits["train"], self.tokenizer, self.data.registry,
+                                                   d.max_input_length, d.max_target_length, self.mode)
+        self._info(report.summary())
+        self.logger.log("truncation", 0, {"train": report.counts})
+        self.val_set, self.val_rows = None, []
+        if "validation" in self.data.splits:
+            self.val_set, _ = tokenize_examples(self.data.splits["validation"], self.tokenizer,
+                                                self.data.registry, d.max_input_length, d.max_target_length,
+                                                "seq2seq" if self.mode == "seq2seq" else "causal")
+            self.val_rows = self.val_set.select_columns(["input_ids", "labels", "task_type_id", "task_id"]).to_list()
+        self.task_rows = self.data.task_indices()
+        # the collated columns as plain Python rows, read once: indexing a datasets.Dataset formats a row per call
+        self.train_rows = self.train_set.select_columns(["input_ids", "labels", "task_type_id", "task_id"]).to_list()
+        self.growth = None
+        sampled = list(self.task_rows)
+        if cfg.train.add_task_types is not None:
+            sampled = self._grow()
+        curriculum = Curriculum.from_list(d.curriculum, sampled) if d.curriculum else None
+        self.sampler = MixtureSampler({t: len(self.task_rows[t]) for t in sampled}, d.sampling, d.seed, curriculum)
+        if d.sampling.strategy == "dynamic":
+            validated = set(self.val_set["task"]) if self.val_set is not None else set()
+            missing = [t for t in sampled if t not in validated]
+            if missing:
+                raise ConfigError(f"mta.data.sampling.strategy: 'dynamic' re-weights the mixture after each validation, "
+                                  f"but tasks {missing} have no validation rows")
+        static = task_weight_vector(self.cfg.train.task_weights, self.data.registry.names)
+        self.balance = TaskBalance(self.cfg.train.weighting, self.data.registry.names, static)
+        train = self.data.splits["train"]
+        for key, mapping in (("mta.data.task_kinds", d.task_kinds),
+                             ("mta.train.baseline_scores", self.cfg.train.baseline_scores)):
+            unknown = sorted(set(mapping) - set(self.data.registry.names))
+            if unknown:
+                raise ConfigError(f"{key}.{unknown[0]}: unknown task; tasks in the data: {self.data.registry.names}")
+        declared = {name: SUITE_TASKS[name].kind for name in self.data.registry.names
+                    if d.suite is not None and name in SUITE_TASKS}
+        self.profiles = profile_tasks(list(train["task"]), list(train["input"]), list(train["target"]),
+                                      {**declared, **d.task_kinds})
+
+    def _layer_config(self):
+        """``mta`` for a stage-1 model; routing by task names the data's tasks (ids follow ``mta.tasks``)."""
+        mta, registry = self.layer, self.data.registry
+        if mta.route_by == "task":
+            if mta.tasks is None:
+                mta = mta.replace(tasks=list(registry.names))
+            self.data.registry = registry.in_order(mta.tasks)
+        return mta
+
+    def _restart_config(self, source: Path):
+        """The layer config of a run that starts from an export: the export's, with this run's keys applied where
+        they can take effect (:func:`.stages.restart_config`); a key that cannot is refused by name."""
+        cfg = self.cfg
+        if not (source / "mta_config.json").is_file():
+            raise ConfigError(f"mta.train.init_from: {source} is not a stage-1 export (no mta_config.json); "
+                              f"run stage 1 first or point to its {EXPORT}/ directory")
+        self.saved_stage, saved = read_saved_config(source)
+        growing = cfg.train.add_task_types is not None
+        return restart_config(saved, self.saved_stage, cfg.mta, cfg.mta_keys | {"ep_size"}, str(source), growing)
+
+    def _load_init_from(self, source: Path) -> None:
+        """Stage 2 (or adding task types) from an export, built with :meth:`_restart_config`'s layer config; the
+        data's task ids follow a by-task model's order."""
+        growing = self.cfg.train.add_task_types is not None
+        # (adding task types moves tasks to the new types on purpose: mta.data.type_overrides)
+        trained_types = json.loads((source / "tasks.json").read_text())["tasks"] \
+            if (source / "tasks.json").is_file() and not growing else {}
+        changed = {t: (trained_types[t], ty) for t, ty in self.data.registry.type_of.items()
+                   if t in trained_types and trained_types[t] != ty}
+        if changed:
+            task, (was, now) = sorted(changed.items())[0]
+            raise ConfigError(f"mta.data: task {task!r} has type {now!r} in this run's data but the export at {source} "
+                              f"was trained with it as {was!r}; use the same mta.data.type_overrides as that run")
+        self.tokenizer = load_tokenizer(source)
+        self.model = MTAModel.from_pretrained(source, ep_size=self.cfg.mta.ep_size, config=self.layer)
+        if self.model.stage == 1 and not growing:
+            self.model.enable_stage2()
+        if self.layer.route_by == "task":
+            trained = list(self.layer.tasks)
+            self.new_tasks = sorted(set(self.data.registry.names) - set(trained)) if growing else []
+            self.data.registry = self.data.registry.in_order(trained + self.new_tasks)
+
+    def _grow(self) -> list[str]:
+        """Add the new task types to the init_from export; training batches come from their tasks only."""
+        cfg, registry = self.cfg, self.data.registry
+        if self.model.mta_config.route_by == "task":  # the new routing keys are the data's new tasks
+            tasks = self.new_tasks
+            rows = {t: [self.train_rows[i] for i in self.task_rows[t]] for t in tasks}
+        else:
+            trained = self.model.mta_config.task_types
+            new_types = [ty for ty in cfg.mta.task_types if ty not in trained]
+            tasks = [t for t in registry.names if registry.type_of[t] in new_types]
+            rows = {ty: [self.train_rows[i] for t in tasks if registry.type_of[t] == ty for i in self.task_rows[t]]
+                    for ty in new_types}
+        self.model, self.growth = grow_for_training(Path(cfg.train.init_from), cfg.mta.task_types,
+                                                    cfg.train.add_task_types, cfg.mta.ep_size, rows, self.collate,
+                                                    self._info, new_keys=tasks)
+        self.logger.log("add_task_types", 0, {"new_types": self.growth.new_types, "tasks": tasks,
+                                              "new_adapters": self.growth.new_experts,
+                                              "warm_start": self.growth.warm_start})
+        return tasks
+
+    def _param_groups(self) -> list[dict[str, Any]]:
+        t = self.cfg.train
+        self.unfreeze = None
+        if self.growth is not None:
+            groups = growth_param_groups(self.model, self.growth, t.lr, t.weight_decay)
+        elif t.trainable is not None:
+            unused = [p for layer in self.model.mta_layers.values() for p in layer.selector.unused_parameters()]
+            groups = pattern_param_groups(self.model, t.trainable, t.lr, t.weight_decay, keep_frozen=unused)
+        elif t.unfreeze is not None:
+            self.unfreeze = UnfreezeSchedule(self.model, t.unfreeze.get("start_step", 0), t.unfreeze["every"])
+            groups = self.unfreeze.param_groups(t.lr, t.weight_decay)
+        else:
+            if t.stage == 2:
+                self.model.freeze_all_but_mta()
+            groups = optimizer_param_groups(self.model, t.lr, t.weight_decay)
+        return groups + self.balance.param_groups()
+
+    def _setup_engine(self) -> None:
+        t = self.cfg.train
+        groups = self._param_groups()
+        self._info(format_parameter_counts(self.model))
+        optimizer = torch.optim.AdamW(groups, lr=t.lr, weight_decay=t.weight_decay)
+        warmup, total = t.warmup_steps, t.steps
+
+        def schedule(step: int) -> float:  # linear warmup, then linear decay to 10 %
+            if step < warmup:
+                return (step + 1) / warmup
+            return max(0.1, 1.0 - 0.9 * (step - warmup) / max(1, total - warmup))
+
+        # a DeepSpeed "scheduler" section (WarmupLR, WarmupDecayLR, WarmupCosineLR, OneCycle...) is DeepSpeed's
+        # to build over this optimizer; without one, the trainer's own warm-up / linear decay
+        scheduler = None if "scheduler" in self.cfg.ds else torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        ds = dict(self.cfg.ds)
+        ds.setdefault("zero_allow_untested_optimizer", True)
+        ds.setdefault("steps_per_print", 10**9)
+        self.engine, _, _, self.scheduler = deepspeed.initialize(model=TrainingModule(self.model, self.balance),
+                                                                 optimizer=optimizer, lr_scheduler=scheduler,
+                                                                 config=ds)
+        dtypes = sorted({str(p.dtype).replace("torch.", "") for p in self.engine.module.parameters()})
+        self.logger.log("engine", 0, {"device": str(self.engine.device), "param_dtypes": dtypes,
+                                      "zero_stage": self.engine.zero_optimization_stage()})
+        self._info(f"engine: {self.engine.device}, parameters in {', '.join(dtypes)}, "
+                   f"ZeRO stage {self.engine.zero_optimization_stage()}")
+        self.step = 0
+        self.best = -math.inf
+        self.monitor = TrainingMonitor(t.warn_margin, t.baseline_scores)
+        self.objective = Objective(t, self.balance, self.mode, self.world)
+        if self.balance.method == "gradnorm":
+            waiting = [p for u in self.unfreeze.units for p in u.params] if self.unfreeze else []
+            named = self.balance.gradnorm_parameters(self.model, exclude=waiting)
+            self.objective.gradnorm_params = [p for _, p in named]
+            self._info(f"GradNorm: gradient norms w.r.t. {[n for n, _ in named]}")
+        if self.resume:
+            self._load_checkpoint()
+        self._apply_unfreeze()
+
+    def _apply_unfreeze(self) -> None:
+        """Gradual unfreezing: switch the blocks whose turn has come (logged as ``unfreeze`` records)."""
+        if self.unfreeze is None:
+            return
+        newly = self.unfreeze.apply(self.step, self.engine.optimizer)
+        if newly:
+            self.logger.log("unfreeze", self.step, {"blocks": newly, "unfrozen": self.unfreeze.unfrozen,
+                                                    "of": len(self.unfreeze.units)})
+            self._info(f"step {self.step}: unfroze {', '.join(newly)} "
+                       f"({self.unfreeze.unfrozen}/{len(self.unfreeze.units)} blocks)")
