@@ -151,3 +151,16 @@ def test_a_scheduler_section_and_the_trainers_warmup_are_not_both_accepted(tmp_p
         build_run_config(cfg)
     del cfg["mta"]["train"]["warmup_steps"]
     assert build_run_config(cfg).ds["scheduler"]["type"] == "WarmupLR"
+
+
+def test_a_diverging_run_stops_at_the_first_non_finite_step(tmp_path):
+    cfg = tiny_config(tmp_path / "run", steps=30, lr=1.0e4, warmup_steps=0, log_every=1)
+    cfg["gradient_clipping"] = 0.0
+    run = launch(["--deepspeed", str(write_config(tmp_path / "c.json", cfg))])
+    assert run.returncode == 3, run.stderr[-2000:]
+    last = run.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: step ") and "is not finite" not in last and "on a batch of tasks [" in last
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    diverged = next(r for r in records if r["kind"] == "diverged")
+    assert all(r["step"] < diverged["step"] for r in records if r["kind"] == "train")
+    assert not (tmp_path / "run" / "export").exists()

@@ -11,7 +11,7 @@ def train_command(args: argparse.Namespace, overrides: Sequence[str]) -> int:
     from ..config import ConfigError
     from ..data import DataError
     from .run_config import load_run_config
-    from .trainer import Trainer
+    from .trainer import DivergedError, Trainer
 
     try:
         cfg = load_run_config(args.config, overrides)
@@ -20,6 +20,9 @@ def train_command(args: argparse.Namespace, overrides: Sequence[str]) -> int:
     except (ConfigError, DataError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except DivergedError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
     if scores and trainer.rank == 0:
         print("final validation: " + ", ".join(f"{k} {v:.3f}" for k, v in scores.items()))
     return 0

@@ -3,6 +3,7 @@ included) and the consolidated export; what it runs is built by :class:`.setup.R
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,11 @@ from .setup import EXPORT, RunSetup
 from .validation_loss import task_losses
 
 CHECKPOINTS = "checkpoints"
+
+
+class DivergedError(RuntimeError):
+    """The loss or the gradient norm stopped being finite (``mta-moe train`` exits with code 3)."""
+
 BEST = "best"
 
 
@@ -54,6 +60,9 @@ class Trainer(RunSetup):
             self._apply_unfreeze()
             picks = self.sampler.next_batch(micro * self.world * accum, self.step)
             stats = self._train_step(picks, micro, accum)
+            if not self._finite(stats):
+                bar.close()
+                self._diverged(stats, picks)
             self.step += 1
             bar.update(1)
             if self.balance.method is not None:
@@ -110,6 +119,22 @@ class Trainer(RunSetup):
         if conflicts is not None:
             stats["pcgrad_conflicts"] = conflicts
         return stats
+
+    @staticmethod
+    def _finite(stats: dict[str, Any]) -> bool:
+        values = [stats["loss"]] + ([stats["grad_norm"]] if stats["grad_norm"] is not None else [])
+        return all(math.isfinite(v) for v in values)
+
+    def _diverged(self, stats: dict[str, Any], picks: list[tuple[str, int]]) -> None:
+        """The first step whose loss or gradient norm is not finite: stop before anything is saved from it."""
+        self.logger.log("diverged", self.step + 1, {"loss": stats["loss"], "grad_norm": stats["grad_norm"]})
+        self.logger.close()
+        latest = self.out / CHECKPOINTS / "latest"
+        last = latest.read_text().strip() if latest.is_file() else "none"
+        raise DivergedError(f"step {self.step + 1}: loss {stats['loss']}, gradient norm {stats['grad_norm']} on a "
+                            f"batch of tasks {sorted({task for task, _ in picks})}; stopped before saving anything "
+                            f"from it (last checkpoint: {last}; export/ and best/ hold only earlier, finite models). "
+                            "Lower mta.train.lr or raise gradient_clipping, then --resume or start again")
 
     def _log_routing(self) -> None:
         """Routing since the last record, summed over ranks: per layer, sequences per task type and
