@@ -64,8 +64,8 @@ def _report(p: argparse.ArgumentParser) -> None:
     p.add_argument("--affinity", help="affinity.json from `mta-moe affinity`: adds its heatmap and grouping")
     p.add_argument("--out", required=True, help="directory for report.md, report.json and the figures")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--max-input-length", type=int, default=128)
-    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--max-input-length", type=int, help="default: the first system's training run's, else 128")
+    p.add_argument("--max-new-tokens", type=int, help="default: the first system's training run's, else 32")
 
 
 @command("compare", "single-task, shared and MTA runs on the same data and budget, then the report",

@@ -30,9 +30,11 @@ def evaluate_command(args: argparse.Namespace, _: Sequence[str] = ()) -> int:
     return 0
 
 
-def generation_settings(args: argparse.Namespace) -> None:
-    """Fill unset lengths from the run_config.json of the run the export came from (its parent directory)."""
-    run_config = Path(args.model).resolve().parent / "run_config.json"
+def generation_settings(args: argparse.Namespace, model: str | None = None) -> None:
+    """Fill unset lengths from the run_config.json of the run the export came from (its parent directory, or the
+    directory itself when it is a run directory)."""
+    model = Path(model or args.model).resolve()
+    run_config = model / "run_config.json" if (model / "run_config.json").is_file() else model.parent / "run_config.json"
     mta = json.loads(run_config.read_text()).get("mta", {}) if run_config.is_file() else {}
     if args.max_input_length is None:
         args.max_input_length = mta.get("data", {}).get("max_input_length", 128)
@@ -48,6 +50,7 @@ def report_command(args: argparse.Namespace, _: Sequence[str] = ()) -> int:
 
     try:
         systems = dict(_pair(item) for item in args.system)
+        generation_settings(args, next(iter(systems.values())))  # lengths the first system was trained with
         chance = load_chance(args.chance) if args.chance else {}
         affinity = json.loads(Path(args.affinity).read_text()) if args.affinity else None
         cfg = ReportConfig(systems, args.test, args.validation, args.baseline, args.threshold, chance,
