@@ -27,7 +27,8 @@ test-fast: setup
 	DS_ACCELERATOR=cpu $(PY) -m pytest -q -m "not slow" tests
 
 # The main job: both stages on the bundled suite (CPU by default), the per-task table on the test split, and the
-# report (stage 2 against stage 1: deltas, routing heatmaps, calibration, loss curves) in $(DEMO)/report.
+# report (stage 2 against stage 1: deltas, routing heatmaps, calibration, loss curves) in $(DEMO)/report, and one
+# stock Hugging Face model per task folded from stage 1 in $(DEMO)/per_task (stage 2's gate network does not fold).
 DEMO ?= runs/demo
 DS_LAUNCH ?= DS_ACCELERATOR=$${DS_ACCELERATOR:-cpu} $(VENV)/bin/deepspeed --num_gpus 1 --master_port 29560
 demo: setup
@@ -40,6 +41,7 @@ demo: setup
 	$(PY) launchers/report.py --system stage1=$(DEMO)/stage1 --system stage2=$(DEMO)/stage2 --baseline stage1 \
 		--test $(DEMO)/stage2/data/suite/test.jsonl --validation $(DEMO)/stage2/data/suite/validation.jsonl \
 		--chance $(DEMO)/stage2/data/suite/suite.json --out $(DEMO)/report
+	$(PY) -m mta_moe.cli export --model $(DEMO)/stage1/export --all --out $(DEMO)/per_task
 
 clean:
 	rm -rf $(VENV) build *.egg-info

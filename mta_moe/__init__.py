@@ -13,6 +13,8 @@ _LAZY = {
     "LayerRouting": "mta_moe.modeling", "MTALayer": "mta_moe.modeling", "MTAModel": "mta_moe.modeling",
     "SequenceRouting": "mta_moe.modeling", "TaskWeightSelector": "mta_moe.modeling",
     "format_parameter_counts": "mta_moe.modeling", "parameter_counts": "mta_moe.modeling",
+    "save_adapters": "mta_moe.modeling.adapter_files", "load_adapters": "mta_moe.modeling.adapter_files",
+    "MergeError": "mta_moe.merging", "export_task": "mta_moe.merging", "fold_task": "mta_moe.merging",
 }
 __all__ = [*_LAZY, "__version__"]
 

@@ -5,6 +5,8 @@
     mta-moe report --system NAME=RUN ... --test FILE --out DIR
     mta-moe compare --config stage1.json [--stage2 stage2.json] --out DIR
     mta-moe affinity --config stage1.json --out DIR
+    mta-moe export --model EXPORT --task NAME --out DIR
+    mta-moe save-adapters --model EXPORT --backbone NAME_OR_DIR --out DIR
     mta-moe check-data FILE ...
 
 Also ``python -m mta_moe.cli ...``, ``deepspeed --module mta_moe.cli train ...`` and
@@ -111,6 +113,28 @@ def _affinity(p: argparse.ArgumentParser) -> None:
     p.epilog = "Further --key value pairs override the config (e.g. --train.lr 1e-3)."
 
 
+@command("export", "fold one task's adapters into a stock Hugging Face model (no mta_moe needed to serve it)",
+         "mta_moe.merging.export:export_command")
+def _export(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="an MTA export directory (stage 1, gate_mode 'task')")
+    p.add_argument("--out", required=True, help="the folder to write (with --all: one sub-folder per task)")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--task", help="the task to export (models routed by task)")
+    which.add_argument("--type", help="the task type to export (models routed by type)")
+    which.add_argument("--all", action="store_true", help="every task (or task type) the model routes by")
+    p.add_argument("--tokenizer", help="tokenizer directory (default: the export's, or the run's tokenizer/)")
+
+
+@command("save-adapters", "the MTA weights alone (adapters, selector, stage-2 parts) for loading on the backbone",
+         "mta_moe.modeling.adapter_files:save_adapters_command")
+def _save_adapters(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="an MTA export directory")
+    p.add_argument("--backbone", required=True,
+                   help="hub id or directory of the backbone the adapters go on (checked: it must hold the "
+                        "export's backbone weights)")
+    p.add_argument("--out", required=True, help="directory for mta_adapters.json and adapters.safetensors")
+
+
 @command("check-data", "check data files in the canonical format before training",
          "mta_moe.data.__main__:check_command")
 def _check(p: argparse.ArgumentParser) -> None:
@@ -122,7 +146,7 @@ def _check(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mta-moe", description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="\n".join(__doc__.splitlines()[2:9]))
+                                     epilog="\n".join(__doc__.splitlines()[2:11]))
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (help_text, configure, _) in _COMMANDS.items():
         configure(sub.add_parser(name, help=help_text, description=help_text))

@@ -38,6 +38,8 @@ class MTAConfig:
     expert_kind: str = "bottleneck"
     adapter_dim: int = 64
     adapter_activation: str = "relu"
+    # bias vectors in the adapters' projections; false makes a task's mixture fold exactly into a bias-free FFN (T5)
+    adapter_bias: bool = True
     ep_size: int = 1
     task_types: list[str] = field(default_factory=lambda: list(DEFAULT_TASK_TYPES))
     # what the selector keys its bias rows on: the task type (the paper) or the task name
@@ -128,6 +130,8 @@ class MTAConfig:
         _choice(self.expert_kind, "expert_kind", EXPERT_KINDS)
         _int(self.adapter_dim, "adapter_dim", minimum=1)
         _choice(self.adapter_activation, "adapter_activation", ACTIVATIONS)
+        if not isinstance(self.adapter_bias, bool):
+            raise ConfigError(f"mta.adapter_bias: must be true or false, got {self.adapter_bias!r}")
         _int(self.ep_size, "ep_size", minimum=1)
         if self.num_experts % self.ep_size != 0:
             raise ConfigError(f"mta.ep_size: num_experts ({self.num_experts}) must be divisible by ep_size, "

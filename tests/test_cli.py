@@ -21,7 +21,7 @@ def test_help_lists_every_subcommand_without_importing_heavy_modules():
             f"print(out.getvalue())\nprint([m for m in {HEAVY!r} if m in sys.modules])\n")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO)
     assert run.returncode == 0, run.stderr
-    for command in ("train", "evaluate", "report", "compare", "affinity", "check-data"):
+    for command in ("train", "evaluate", "report", "compare", "affinity", "export", "check-data"):
         assert f"    {command}" in run.stdout
     assert run.stdout.strip().splitlines()[-1] == "[]"
 
@@ -36,6 +36,18 @@ def test_module_form_drops_the_launchers_local_rank(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "mta_moe.cli", "evaluate", "--model", "x", "--data", "y", "--nope"],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "unrecognized arguments: --nope" in bad.stderr
+
+
+def test_check_data_imports_neither_torch_nor_transformers(tmp_path):
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"input": f"a {i}", "target": "c", "type": "nli", "task": "t"}) + "\n"
+                            for i in range(100)))
+    code = (f"import sys\nfrom mta_moe.cli import main\nassert main(['check-data', {str(data)!r}]) == 0\n"
+            f"print([m for m in {HEAVY!r} if m in sys.modules])\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert run.returncode == 0, run.stderr
+    assert "100 rows" in run.stdout
+    assert run.stdout.strip().splitlines()[-1] == "['datasets']"  # the reader builds a datasets.Dataset
 
 
 @pytest.mark.slow

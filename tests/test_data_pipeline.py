@@ -52,12 +52,36 @@ def test_files_and_suite_combine_and_task_type_clashes_fail(loaded, tmp_path):
     clash = tmp_path / "clash.jsonl"
     clash.write_text(json.dumps({"input": "x", "target": "yes", "task": "sentiment", "type": "nli"}) + "\n")
     with pytest.raises(DataError, match=r"task 'sentiment' has type 'nli' here but 'classify'"):
-        load_task_data(DataConfig.from_dict({"suite": SMALL_SUITE, "files": {"train": [str(clash)]}}), TYPES, work)
+        load_task_data(DataConfig.from_dict({"suite": SMALL_SUITE, "files": {"train": [str(clash)]},
+                                             "merge_tasks": ["sentiment"]}), TYPES, work)
     with pytest.raises(DataError, match=r"validation data: tasks \['copy'\] have no training rows"):
         load_task_data(DataConfig.from_dict({"suite": SMALL_SUITE, "files": {"validation": [str(extra)]}}),
                        TYPES, work)
     with pytest.raises(DataError, match=r"task 'copy' has type 'generate', which is not configured"):
         TaskRegistry(["classify"], {"copy": "generate"})
+
+
+def test_a_task_in_two_sources_is_refused_unless_merged_on_purpose(loaded, tmp_path):
+    _, _, work = loaded
+    mine = tmp_path / "mine.jsonl"
+    mine.write_text("".join(json.dumps({"input": f"great {i}", "target": "positive", "task": "sentiment",
+                                        "type": "classify"}) + "\n" for i in range(3)))
+    files = {"train": [str(mine)]}
+    with pytest.raises(DataError, match=r"^mta.data: task 'sentiment' has train rows in mta.data.files and the "
+                                        r"bundled suite; rename one, drop a source \(e.g. --data.suite null\), or "
+                                        r"pool them on purpose with mta.data.merge_tasks: \['sentiment'\]$"):
+        load_task_data(DataConfig.from_dict({"suite": SMALL_SUITE, "files": files}), TYPES, work)
+    merged = load_task_data(DataConfig.from_dict({"suite": SMALL_SUITE, "files": files, "merge_tasks": ["sentiment"]}),
+                            TYPES, work)
+    assert merged.splits["train"].num_rows == 363 and len(merged.task_indices()["sentiment"]) == 43
+    # a task filtered out by mta.data.tasks is not pooled, so it is not refused either
+    kept = load_task_data(DataConfig.from_dict({"suite": SMALL_SUITE, "files": files, "tasks": ["topic"]}), TYPES, work)
+    assert kept.registry.names == ["topic"]
+    # one source may hold a task in several files (shards)
+    shards = DataConfig.from_dict({"suite": None, "files": {"train": [str(mine), str(mine)]}})
+    assert load_task_data(shards, TYPES, work).splits["train"].num_rows == 6
+    with pytest.raises(ConfigError, match=r"mta.data.merge_tasks: must be a list of task names, got 'sentiment'"):
+        DataConfig.from_dict({"merge_tasks": "sentiment"})
 
 
 def test_tokenised_batches_carry_task_ids_and_start_token(loaded):

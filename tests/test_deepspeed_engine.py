@@ -1,7 +1,10 @@
 """The MTA layer under real DeepSpeed engines: ZeRO updates, expert parallelism over 2 gloo ranks."""
+import json
+
 import pytest
 
 from distributed import run_workers
+from test_training import REPO
 
 pytestmark = pytest.mark.distributed
 
@@ -13,7 +16,8 @@ def test_zero2_step_updates_selector_and_adapters(tmp_path):
     selector = [n for n in changed if ".deepspeed_moe.gate." in n]
     adapters = [n for n in changed if ".deepspeed_moe.experts." in n]
     assert sorted(selector) == ["mta.deepspeed_moe.gate.task_bias", "mta.deepspeed_moe.gate.wg.weight"]
-    assert len(adapters) == 4 * 4  # 4 experts × (down, up) × (weight, bias)
+    shipped = json.loads((REPO / "ds_configs" / "stage1.json").read_text())["mta"]
+    assert len(adapters) == 4 * 2 * (2 if shipped.get("adapter_bias", True) else 1)  # experts × (down, up) × w[, b]
     # Step 1: up-projections start at zero, so only they (not the gate, not the down-projections)
     # can receive gradient; step 2: everything has moved, W and β included.
     for name in adapters:

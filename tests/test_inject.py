@@ -193,3 +193,40 @@ def test_saved_model_loads_with_expert_parallelism(tmp_path):
     assert [r["experts"] for r in results] == [[0, 1], [2, 3]] and results[0]["local"] == 2
     for r in results:
         assert (torch.tensor(r["logits"]) - ref).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize("name", ["t5", "gpt2"])
+def test_gradient_checkpointing_recomputes_with_the_calls_task_ids(name):
+    """Checkpointed blocks are recomputed in backward, after the call's ids were cleared: same loss, same gradients,
+    routing counted once."""
+    def run(checkpointing: bool):
+        model = MTAModel(make_backbone(name), MTAConfig(num_experts=4, k=2, adapter_dim=8, inject_layers="all",
+                                                        load_balance_coef=0.1))
+        torch.manual_seed(5)
+        with torch.no_grad():
+            for layer in model.mta_layers.values():
+                for p in layer.local_experts.parameters():
+                    p.add_(torch.randn_like(p) * 0.3)
+        if checkpointing:
+            model.activation_checkpointing_enable()
+        model.train()
+        torch.manual_seed(0)  # the same dropout masks in both runs
+        loss = model(**make_inputs(name), task_type_ids=torch.tensor([0, 2, 1, 0])).loss
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        counts = sum(int(layer.get_routing_stats().sequences.sum()) for layer in model.mta_layers.values())
+        return loss.detach(), grads, counts
+
+    plain_loss, plain_grads, plain_counts = run(False)
+    ckpt_loss, ckpt_grads, ckpt_counts = run(True)
+    assert torch.allclose(plain_loss, ckpt_loss, rtol=1e-6, atol=0)
+    assert plain_grads.keys() == ckpt_grads.keys() and len(plain_grads) > 20
+    assert all(torch.allclose(plain_grads[n], ckpt_grads[n], rtol=1e-5, atol=1e-7) for n in plain_grads)
+    assert ckpt_counts == plain_counts == 4 * len(MTAModel(make_backbone(name), MTAConfig(
+        inject_layers="all")).mta_layers)
+
+
+def test_reentrant_checkpointing_is_refused():
+    model = MTAModel(make_backbone("t5"), MTAConfig())
+    with pytest.raises(ValueError, match="use_reentrant=True cannot restore the task ids"):
+        model.gradient_checkpointing_enable({"use_reentrant": True})

@@ -56,3 +56,28 @@ def test_weight_vector_follows_task_order_and_rejects_unknown_names():
 def test_unknown_reduction_is_named():
     with pytest.raises(ConfigError, match="mta.train.loss_reduction"):
         reduce_loss(TOKENS, MASK, TASKS, "median")
+
+
+@pytest.mark.parametrize("name, mode", [("t5", "seq2seq"), ("bart", "seq2seq"), ("gpt2", "causal")])
+def test_objective_computes_the_loss_once_and_equal_to_the_backbones(name, mode):
+    """The backbone is not given labels (no second cross-entropy); the loss equals what it would have computed."""
+    from types import SimpleNamespace
+
+    from backbones import make_backbone, make_inputs
+    from mta_moe import MTAConfig, MTAModel
+    from mta_moe.training.objective import Objective
+    from mta_moe.training.task_balance import TaskBalance
+
+    model = MTAModel(make_backbone(name), MTAConfig(num_experts=2, adapter_dim=4)).eval()
+    inputs = make_inputs(name)
+    batch = {**inputs, "task_type_ids": torch.tensor([0, 1, 2, 0]), "task_ids": torch.tensor([0, 1, 1, 0])}
+    seen = []
+    forward = model.base_model.forward
+    model.base_model.forward = lambda *a, **kw: seen.append(sorted(kw)) or forward(*a, **kw)
+    cfg = SimpleNamespace(loss_reduction="token", gradient_projection=None, seed=0)
+    objective = Objective(cfg, TaskBalance(None, ["a", "b"], torch.ones(2)), mode, world=1)
+    result = objective(model, model, batch, step=0)
+    assert len(seen) == 1 and "labels" not in seen[0]
+    with torch.no_grad():
+        reference = model(**inputs, task_type_ids=batch["task_type_ids"]).loss  # the backbone's own cross-entropy
+    assert abs(result.loss - reference.item()) <= 1e-5 * reference.item()

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from mta_moe.evaluation.calibration import calibrate, fit_temperature, nll, reliability
-from mta_moe.evaluation.metrics import (accuracy, infer_kind, macro_f1, normalise, profile_tasks, rouge_l,
+from mta_moe.metrics import (accuracy, infer_kind, macro_f1, normalise, profile_tasks, rouge_l,
                                         score_predictions, score_task, token_f1)
 from mta_moe.evaluation.routing import collapse_warnings
 

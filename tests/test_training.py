@@ -88,6 +88,10 @@ def test_stage1_logs_and_exports(stage1):
     assert list((stage1 / "tensorboard").glob("events.out.tfevents.*"))
     model = MTAModel.from_pretrained(stage1 / "export")
     assert model.stage == 1 and load_tokenizer(stage1 / "export").start_token_id == 3
+    card = (stage1 / "export" / "README.md").read_text().splitlines()  # the model card: the final validation scores
+    assert f"| sentiment | classify | classification | {validation['scores']['sentiment']:.3f} |" in card
+    assert f"| **macro** | | | {validation['scores']['macro']:.3f} |" in card
+    assert any(line.startswith("One stock Hugging Face model per task") for line in card)
 
 
 def test_stage2_trains_only_mta_parameters(stage1, tmp_path):
@@ -233,3 +237,20 @@ def test_evaluate_cli_reproduces_validation_scores_for_seq2seq_and_causal(stage1
     assert losses[80] < losses[1]
     assert _evaluate_cli(tmp_path / "gpt2" / "export", tmp_path / "gpt2" / "data" / "suite" / "validation.jsonl",
                          tmp_path) == _last_validation(tmp_path / "gpt2")
+
+
+def test_per_task_stock_exports_reproduce_the_runs_predictions(stage1, tmp_path):
+    """The shipped stage-1 config folds: each task's stock model predicts exactly what the MTA model does."""
+    out = tmp_path / "plain_export.json"
+    proc = subprocess.run([sys.executable, "benchmarks/plain_export.py", "--model", str(stage1 / "export"),
+                           "--data", str(stage1 / "data" / "suite" / "validation.jsonl"), "--out", str(out),
+                           "--work", str(tmp_path / "folders"), "--repeats", "1"],
+                          cwd=REPO, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "DS_ACCELERATOR": "cpu"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert sorted(r["key"] for r in result["keys"]) == sorted(TASKS)
+    assert result["all_identical"] and all(r["rows"] == 6 for r in result["keys"])
+    assert all(r["plain_score"] == r["mta_score"] and r["max_abs_output_difference"] <= 1e-5
+               for r in result["keys"])
+    assert sorted(p.name for p in (tmp_path / "folders").iterdir()) == sorted(TASKS)

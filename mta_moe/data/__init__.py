@@ -1,15 +1,28 @@
-"""Multi-task data: canonical rows, strict readers, hub recipes, the bundled suite, tokenizer, sampling."""
-from .collate import IGNORE_INDEX, Collator, TruncationReport, tokenize_examples
-from .config import DataConfig
-from .curriculum import Curriculum, Phase
-from .formats import DataError, LoadReport, load_examples, validate_row
-from .pipeline import TaskData, load_task_data
-from .recipes import RECIPES, load_recipe
-from .registry import TaskRegistry
-from .sampling import MixtureSampler, SamplingConfig, rank_slice
-from .tokenizer import START_TOKEN, MTASentencePieceTokenizer, load_tokenizer, train_sentencepiece_tokenizer
+"""Multi-task data: canonical rows, strict readers, hub recipes, the bundled suite, tokenizer, sampling.
 
-__all__ = ["Collator", "Curriculum", "DataConfig", "DataError", "IGNORE_INDEX", "LoadReport", "MTASentencePieceTokenizer",
-           "MixtureSampler", "Phase", "RECIPES", "START_TOKEN", "SamplingConfig", "TaskData", "TaskRegistry",
-           "TruncationReport", "load_examples", "load_recipe", "load_task_data", "load_tokenizer", "rank_slice",
-           "tokenize_examples", "train_sentencepiece_tokenizer", "validate_row"]
+The names below load on first use, so ``mta-moe check-data`` (which needs only the readers) does not import torch
+or transformers.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY = {
+    "IGNORE_INDEX": "collate", "Collator": "collate", "TruncationReport": "collate", "tokenize_examples": "collate",
+    "DataConfig": "config", "Curriculum": "curriculum", "Phase": "curriculum",
+    "DataError": "formats", "LoadReport": "formats", "load_examples": "formats", "validate_row": "formats",
+    "TaskData": "pipeline", "load_task_data": "pipeline", "RECIPES": "recipes", "load_recipe": "recipes",
+    "TaskRegistry": "registry", "MixtureSampler": "sampling", "SamplingConfig": "sampling", "rank_slice": "sampling",
+    "START_TOKEN": "tokenizer", "MTASentencePieceTokenizer": "tokenizer", "load_tokenizer": "tokenizer",
+    "train_sentencepiece_tokenizer": "tokenizer",
+}
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from ..config import ConfigError, check_int, reject_unknown_keys
-from ..evaluation.metrics import KINDS as TASK_KINDS
+from ..metrics import KINDS as TASK_KINDS
 from .formats import ON_ERROR
 from .recipes import RECIPES
 from .sampling import SamplingConfig
@@ -36,6 +36,9 @@ class DataConfig:
     task_kinds: dict[str, str] = field(default_factory=dict)  # {task: classification|extraction|generation}
     type_overrides: dict[str, str] = field(default_factory=dict)  # {task: task type}, replaces the data's type
     tasks: list[str] | None = None  # keep only these tasks of every source (null: all of them)
+    # tasks whose rows may come from more than one source (the suite, the files, each recipe); any other task
+    # name found in two sources of one split is refused, so same-named tasks are never pooled by accident
+    merge_tasks: list[str] = field(default_factory=list)
 
     @classmethod
     def from_dict(cls, raw: Any, key: str = "mta.data") -> "DataConfig":
@@ -68,6 +71,8 @@ class DataConfig:
         if self.tasks is not None and (not isinstance(self.tasks, list) or not self.tasks
                                        or not all(isinstance(t, str) and t for t in self.tasks)):
             raise ConfigError(f"{key}.tasks: must be a non-empty list of task names or null, got {self.tasks!r}")
+        if not isinstance(self.merge_tasks, list) or not all(isinstance(t, str) and t for t in self.merge_tasks):
+            raise ConfigError(f"{key}.merge_tasks: must be a list of task names, got {self.merge_tasks!r}")
         for task, kind in self.task_kinds.items():
             if kind not in TASK_KINDS:
                 raise ConfigError(f"{key}.task_kinds.{task}: must be one of {list(TASK_KINDS)}, got {kind!r}")

@@ -38,26 +38,30 @@ def load_task_data(config: DataConfig, task_types: Sequence[str], work_dir: str 
     """Load every configured source; the bundled suite is generated into ``work_dir/suite`` (once per
     seed and sizes) and read back through the same strict reader as user files."""
     parts: dict[str, list[datasets.Dataset]] = {split: [] for split in SPLIT_KEYS}
+    sources: dict[str, dict[str, set[str]]] = {split: {} for split in SPLIT_KEYS}  # split -> task -> sources
     reports: list[LoadReport] = []
+
+    def add(split: str, dataset: datasets.Dataset, report: LoadReport, source: str) -> None:
+        parts[split].append(dataset)
+        reports.append(report)
+        for task in set(dataset["task"]):
+            sources[split].setdefault(task, set()).add(source)
+
     if config.suite is not None:
         suite_dir = _ensure_suite(config, Path(work_dir))
         for split in SPLIT_KEYS:
-            dataset, report = load_examples(suite_dir / f"{split}.jsonl", task_types, config.on_bad_rows)
-            parts[split].append(dataset)
-            reports.append(report)
+            add(split, *load_examples(suite_dir / f"{split}.jsonl", task_types, config.on_bad_rows), "the bundled suite")
     for split, paths in config.files.items():
         for path in paths:
-            dataset, report = load_examples(path, task_types, config.on_bad_rows)
-            parts[split].append(dataset)
-            reports.append(report)
-    for recipe in config.recipes:
+            add(split, *load_examples(path, task_types, config.on_bad_rows), "mta.data.files")
+    for index, recipe in enumerate(config.recipes):
         splits = {**DEFAULT_RECIPE_SPLITS, **recipe.get("splits", {})}
         local = recipe.get("data_files", {})
         for split in (local or splits):
-            dataset, report = load_recipe(recipe["name"], splits[split], task_types, data_files=local.get(split),
-                                          task_type=recipe.get("type"), limit=recipe.get("limit"))
-            parts[split].append(dataset)
-            reports.append(report)
+            add(split, *load_recipe(recipe["name"], splits[split], task_types, data_files=local.get(split),
+                                    task_type=recipe.get("type"), limit=recipe.get("limit")),
+                f"mta.data.recipes[{index}] ({recipe['name']})")
+    _refuse_pooled_tasks(sources, config)
     if not parts["train"]:
         raise DataError("mta.data: no training split was loaded")
     splits = {split: datasets.concatenate_datasets(p) for split, p in parts.items() if p}
@@ -85,6 +89,17 @@ def load_task_data(config: DataConfig, task_types: Sequence[str], work_dir: str 
     registry = TaskRegistry.from_rows(task_types, [
         (f"{split} data", ds["task"], ds["type"]) for split, ds in splits.items()])
     return TaskData(splits, registry, reports)
+
+
+def _refuse_pooled_tasks(sources: dict[str, dict[str, set[str]]], config: DataConfig) -> None:
+    """A task name found in two sources of one split is an error unless ``mta.data.merge_tasks`` names it."""
+    kept = None if config.tasks is None else set(config.tasks)
+    for split, by_task in sources.items():
+        for task, found in sorted(by_task.items()):
+            if len(found) > 1 and task not in config.merge_tasks and (kept is None or task in kept):
+                raise DataError(f"mta.data: task {task!r} has {split} rows in {' and '.join(sorted(found))}; "
+                                "rename one, drop a source (e.g. --data.suite null), or pool them on purpose "
+                                f"with mta.data.merge_tasks: [{task!r}]")
 
 
 def _ensure_suite(config: DataConfig, work_dir: Path) -> Path:

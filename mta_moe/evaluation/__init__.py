@@ -1,2 +1,2 @@
-"""Evaluation: generation over a dataset, per-task metrics by task kind, calibration, per-task routing,
-and the multi-task report."""
+"""Evaluation: generation over a dataset, scoring of exports (the metrics are ``mta_moe.metrics``), calibration,
+per-task routing, and the multi-task report."""

@@ -16,7 +16,7 @@ from ..data import load_examples, tokenize_examples
 from . import figures
 from .calibration import calibrate
 from .label_scores import label_logits
-from .metrics import normalise
+from ..metrics import normalise
 from .routing import collapse_warnings, routing_by_task
 from .scoring import evaluate_rows, load_export
 

@@ -12,7 +12,7 @@ import torch
 from ..data import Collator, TaskRegistry, load_examples, load_tokenizer, tokenize_examples
 from ..modeling import MTAModel
 from .generation import causal_prompt, generate_predictions
-from .metrics import PRIMARY, profile_tasks, score_predictions
+from ..metrics import PRIMARY, profile_tasks, score_predictions
 
 
 @dataclass

@@ -8,7 +8,7 @@ from pathlib import Path
 import datasets
 
 from ..data.suite import SUITE_TASKS
-from ..evaluation.metrics import profile_tasks, score_task
+from ..metrics import profile_tasks, score_task
 from ..evaluation.scoring import load_chance
 
 CANONICAL = ("input", "target", "task", "type")

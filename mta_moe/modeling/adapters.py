@@ -18,15 +18,17 @@ _ACTIVATIONS = {
 
 
 class BottleneckAdapter(nn.Module):
-    """``up(act(down(x)))`` with d -> r -> d; the up-projection starts at zero so the adapter adds nothing."""
+    """``up(act(down(x)))`` with d -> r -> d; the up-projection starts at zero so the adapter adds nothing.
 
-    def __init__(self, hidden_size: int, adapter_dim: int, activation: str = "relu") -> None:
+    ``bias=False`` drops both bias vectors (what an exact fold into a bias-free FFN such as T5's needs)."""
+
+    def __init__(self, hidden_size: int, adapter_dim: int, activation: str = "relu", bias: bool = True) -> None:
         super().__init__()
         if activation not in _ACTIVATIONS:
             raise ValueError(f"adapter activation must be one of {sorted(_ACTIVATIONS)}, got {activation!r}")
         self.activation = activation
-        self.down = nn.Linear(hidden_size, adapter_dim)
-        self.up = nn.Linear(adapter_dim, hidden_size)
+        self.down = nn.Linear(hidden_size, adapter_dim, bias=bias)
+        self.up = nn.Linear(adapter_dim, hidden_size, bias=bias)
         self.reset_parameters()
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
@@ -34,9 +36,11 @@ class BottleneckAdapter(nn.Module):
         bound = 1.0 / math.sqrt(self.down.in_features)
         with torch.no_grad():
             self.down.weight.uniform_(-bound, bound, generator=generator)
-            self.down.bias.uniform_(-bound, bound, generator=generator)
+            if self.down.bias is not None:
+                self.down.bias.uniform_(-bound, bound, generator=generator)
             self.up.weight.zero_()
-            self.up.bias.zero_()
+            if self.up.bias is not None:
+                self.up.bias.zero_()
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return self.up(_ACTIVATIONS[self.activation](self.down(hidden_states)))
@@ -49,19 +53,21 @@ class BottleneckAdapter(nn.Module):
         """
         h = _ACTIVATIONS[self.activation](self.down(hidden_states))
         scale = scale.to(h.dtype)
+        if self.up.bias is None:
+            return F.linear(h * scale, self.up.weight)
         h = torch.cat([h * scale, scale.expand(*h.shape[:-1], 1)], dim=-1)
         return F.linear(h, torch.cat([self.up.weight, self.up.bias.unsqueeze(1)], dim=1))
 
 
 def make_expert_template(kind: str, hidden_size: int, adapter_dim: int, activation: str,
-                         ffn: nn.Module | None) -> nn.Module:
+                         ffn: nn.Module | None, bias: bool = True) -> nn.Module:
     """The module DeepSpeed copies once per local expert.
 
     ``bottleneck``: a fresh :class:`BottleneckAdapter`. ``ffn``: a copy of the backbone's FFN
     (the official ALTER variant), so every expert starts as the pretrained FFN.
     """
     if kind == "bottleneck":
-        return BottleneckAdapter(hidden_size, adapter_dim, activation)
+        return BottleneckAdapter(hidden_size, adapter_dim, activation, bias)
     if kind == "ffn":
         if ffn is None:
             raise ValueError("mta.expert_kind='ffn' needs the backbone's FFN module to copy (ffn=None was given)")

@@ -1,7 +1,8 @@
 """Turn a ``transformers`` model into an MTA model: replace chosen FFN sub-layers, plumb task ids."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import contextlib
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor, nn
@@ -20,6 +21,7 @@ class MTAContext:
     masks: dict[str, Tensor | None] = field(default_factory=dict)
     routing_cache: dict[str, LayerRouting] | None = None  # set while generating: routing decided once
     aux_losses: list[Tensor] = field(default_factory=list)
+    recomputing: bool = False  # a checkpointed block is being recomputed: routing statistics already counted
 
     def rows(self, value: Tensor | None, batch: int, what: str) -> Tensor | None:
         """``value`` for a batch of ``batch`` rows; generation repeats each sample (beams, return sequences)."""
@@ -51,7 +53,7 @@ class MTAFeedForward(nn.Module):
         if routing is None and mask is not None and mask.shape[1] != hidden_states.shape[1]:
             raise ValueError(f"attention_mask covers {mask.shape[1]} positions but the {self.stack} sees "
                              f"{hidden_states.shape[1]}: route the full sequence first (generate() does)")
-        out, l_aux, _ = self.mta(hidden_states, route_ids, mask, routing=routing)
+        out, l_aux, _ = self.mta(hidden_states, route_ids, mask, routing=routing, track=not ctx.recomputing)
         if cache is not None and routing is None:
             cache[self.key] = self.mta.last_routing
         ctx.aux_losses.append(l_aux)
@@ -171,6 +173,43 @@ class MTAModel(nn.Module):
         """Forget the call's ids and masks, so a later direct call of the backbone cannot reuse them."""
         ctx = self._context
         ctx.route_ids, ctx.masks, ctx.routing_cache = None, {}, None
+
+    # ------------------------------------------------------ gradient checkpointing
+    def activation_checkpointing_enable(self, activation_checkpointing_kwargs: dict | None = None, **options) -> None:
+        """The backbone's activation (gradient) checkpointing, with each checkpointed block recomputed under the task
+        ids and masks of the call that ran it (non-reentrant checkpoints; the ids are gone from the context by
+        then). ``options`` (e.g. ``every_n_layers``) go to the backbone's method."""
+        kwargs = dict(activation_checkpointing_kwargs or {})
+        if kwargs.get("use_reentrant", False):
+            raise ValueError("activation_checkpointing_kwargs: use_reentrant=True cannot restore the task ids when a "
+                             "block is recomputed; MTAModel uses non-reentrant checkpoints")
+        kwargs.update(use_reentrant=False, context_fn=self._checkpoint_contexts)
+        enable = getattr(self.base_model, "activation_checkpointing_enable", None)
+        if enable is not None:  # transformers >= 5.23; the older name is deprecated there
+            enable(activation_checkpointing_kwargs=kwargs, **options)
+        else:
+            self.base_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs, **options)
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None, **options) -> None:
+        """The older name of :meth:`activation_checkpointing_enable`."""
+        self.activation_checkpointing_enable(gradient_checkpointing_kwargs, **options)
+
+    def _checkpoint_contexts(self):
+        """(forward context, recompute context) for one checkpointed block: the second reinstates this call's ids."""
+        saved = replace(self._context, masks=dict(self._context.masks), aux_losses=[])
+
+        @contextlib.contextmanager
+        def recompute():
+            ctx = self._context
+            before = (ctx.route_ids, ctx.masks, ctx.routing_cache, ctx.aux_losses, ctx.recomputing)
+            ctx.route_ids, ctx.masks, ctx.routing_cache = saved.route_ids, saved.masks, saved.routing_cache
+            ctx.aux_losses, ctx.recomputing = [], True
+            try:
+                yield
+            finally:
+                ctx.route_ids, ctx.masks, ctx.routing_cache, ctx.aux_losses, ctx.recomputing = before
+
+        return contextlib.nullcontext(), recompute()
 
     def forward(self, *args, task_type_ids: Tensor | None = None, task_ids: Tensor | None = None, **kwargs):
         self._begin(task_type_ids, task_ids, kwargs)

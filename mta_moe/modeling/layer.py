@@ -50,7 +50,7 @@ class MTALayer(MoE):
         if ffn is None:
             raise ValueError("MTALayer needs the FFN module it extends (bottleneck) or copies (ffn)")
         template = make_expert_template(config.expert_kind, hidden_size, config.adapter_dim,
-                                        config.adapter_activation, ffn)
+                                        config.adapter_activation, ffn, config.adapter_bias)
         super().__init__(hidden_size, template, num_experts=config.num_experts, ep_size=config.ep_size, k=1,
                          capacity_factor=1.0, eval_capacity_factor=1.0, min_capacity=0, drop_tokens=False,
                          use_rts=False)
@@ -105,7 +105,8 @@ class MTALayer(MoE):
         if cfg.num_shared_adapters > 0:
             gen = expert_generator(cfg.init_seed, self.layer_id, _SHARED_SEED_OFFSET)
             self.shared_adapters = build_shared_adapters(self.hidden_size, cfg.num_shared_adapters,
-                                                         cfg.shared_adapter_dim, cfg.adapter_activation, gen)
+                                                         cfg.shared_adapter_dim, cfg.adapter_activation, gen,
+                                                         cfg.adapter_bias)
             self.gate_network = GateNetwork(self.hidden_size, 1 + cfg.num_shared_adapters,
                                             cfg.gate_network_hidden or self.hidden_size)
             self.gate_network.reset_parameters(gen)
@@ -126,10 +127,11 @@ class MTALayer(MoE):
         return self.selector.route(seq_repr, route_ids)
 
     def forward(self, hidden_states: Tensor, route_ids: Tensor | None = None,
-                attention_mask: Tensor | None = None,
-                routing: LayerRouting | None = None) -> tuple[Tensor, Tensor, Tensor]:  # type: ignore[override]
+                attention_mask: Tensor | None = None, routing: LayerRouting | None = None,
+                track: bool = True) -> tuple[Tensor, Tensor, Tensor]:  # type: ignore[override]
         """``hidden_states`` [B, L, d] → ``(output, l_aux, exp_counts)``; ``route_ids`` are one routing-key id per
-        sequence (task-type ids, or task ids with ``route_by: task``); ``routing`` reuses an earlier decision."""
+        sequence (task-type ids, or task ids with ``route_by: task``); ``routing`` reuses an earlier decision;
+        ``track=False`` leaves the routing statistics alone (a recomputation of a forward already counted)."""
         if hidden_states.dim() != 3:
             raise ValueError(f"MTALayer expects [batch, seq_len, hidden], got shape {tuple(hidden_states.shape)}")
         selection = routing.selection if routing is not None else self.route(hidden_states, route_ids,
@@ -148,7 +150,7 @@ class MTALayer(MoE):
                                        None if routing is None else routing.mix_weights,
                                        base_out=base if official else None)
         self.last_routing = LayerRouting(selection.detach(), None if mix is None else mix.detach())
-        if self.config.track_routing:
+        if self.config.track_routing and track:
             self.routing_stats.update(selection, mix)
         return out, self.deepspeed_moe.l_aux, self.deepspeed_moe.exp_counts
 

@@ -38,8 +38,9 @@ class GateNetwork(nn.Sequential):
 
 
 def build_shared_adapters(hidden_size: int, num_shared: int, adapter_dim: int, activation: str,
-                          generator: torch.Generator) -> nn.ModuleList:
-    adapters = nn.ModuleList(BottleneckAdapter(hidden_size, adapter_dim, activation) for _ in range(num_shared))
+                          generator: torch.Generator, bias: bool = True) -> nn.ModuleList:
+    adapters = nn.ModuleList(BottleneckAdapter(hidden_size, adapter_dim, activation, bias)
+                             for _ in range(num_shared))
     for adapter in adapters:
         adapter.reset_parameters(generator)
     return adapters

@@ -34,6 +34,16 @@ class MicroBatchLoss:
     aux: float
 
 
+def model_inputs(model, batch: dict[str, Tensor], mode: str) -> dict[str, Tensor]:
+    """The forward's inputs without ``labels``: the loss is computed once, here, not also by the backbone.
+    Seq2seq models get the decoder inputs the backbone would have built from the labels."""
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"],
+              "task_type_ids": batch["task_type_ids"], "task_ids": batch["task_ids"]}
+    if mode == "seq2seq":
+        inputs["decoder_input_ids"] = model.prepare_decoder_input_ids_from_labels(labels=batch["labels"])
+    return inputs
+
+
 class Objective:
     """``objective(engine, model, batch, step)`` → :class:`MicroBatchLoss` for one micro-batch."""
 
@@ -51,8 +61,7 @@ class Objective:
 
     def __call__(self, engine, model, batch: dict[str, Tensor], step: int) -> MicroBatchLoss:
         forward = model if self.custom_gradient else engine
-        out = forward(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"],
-                      task_type_ids=batch["task_type_ids"], task_ids=batch["task_ids"])
+        out = forward(**model_inputs(model, batch, self.mode))
         logits, labels = out.logits, batch["labels"]
         if self.mode == "causal":
             logits, labels = logits[:, :-1], labels[:, 1:]

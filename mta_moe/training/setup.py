@@ -13,7 +13,7 @@ import torch
 from ..config import ConfigError
 from ..data import Collator, Curriculum, MixtureSampler, load_task_data, load_tokenizer, tokenize_examples
 from ..data.suite import SUITE_TASKS
-from ..evaluation.metrics import profile_tasks
+from ..metrics import profile_tasks
 from ..modeling import MTAModel, format_parameter_counts
 from ..modeling.persistence import read_saved_config
 from .add_task import grow_for_training, growth_param_groups

@@ -15,7 +15,8 @@ from tqdm import tqdm
 from ..config import ConfigError
 from ..data import rank_slice
 from ..evaluation.generation import causal_prompt, generate_predictions
-from ..evaluation.metrics import score_predictions
+from ..metrics import score_predictions
+from ..merging.model_card import model_card
 from ..modeling.persistence import gathered_state, save_mta_model
 from .distributed import barrier, init_process_group
 from .logger import RunLogger
@@ -83,7 +84,7 @@ class Trainer(RunSetup):
             self._info(f"stopped at step {self.step} of {t.steps}; continue with --resume")
             self.logger.close()
             return scores
-        self.export(self.out / EXPORT)
+        self.export(self.out / EXPORT, scores)
         self.logger.close()
         return scores
 
@@ -178,7 +179,7 @@ class Trainer(RunSetup):
         self._update_sampling(scores)
         if scores["macro"] > self.best:
             self.best = scores["macro"]
-            self.export(self.out / BEST)
+            self.export(self.out / BEST, scores)
             self.logger.log("best", self.step, {"macro": self.best})
         return scores
 
@@ -221,15 +222,17 @@ class Trainer(RunSetup):
         torch.set_rng_state(state["torch_rng"])
         self._info(f"resumed from {path} at step {self.step}")
 
-    def export(self, directory: Path) -> None:
-        """Consolidated, ep-size-independent model (safetensors + configs) and tokenizer, loadable with
-        ``MTAModel.from_pretrained`` at any ep size."""
+    def export(self, directory: Path, scores: dict[str, float] | None = None) -> None:
+        """Consolidated, ep-size-independent model (safetensors + configs), tokenizer and model card, loadable with
+        ``MTAModel.from_pretrained`` at any ep size; ``scores``: the validation scores the card lists."""
         state = gathered_state(self.model)  # every rank takes part; rank 0 gets all adapters
         if self.rank == 0:
             save_mta_model(self.model, directory, state)
             self.tokenizer.save_pretrained(directory)
             tasks = {**self.data.registry.to_dict(), "profiles": self.profiles}
             (directory / "tasks.json").write_text(json.dumps(tasks, indent=2) + "\n")
+            card = model_card(self.model, self.data.registry.to_dict()["tasks"], self.profiles, scores, self.step)
+            (directory / "README.md").write_text(card, encoding="utf-8")
         barrier()
 
     def _info(self, message: str) -> None:

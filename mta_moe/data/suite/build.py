@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from ...evaluation.metrics import rouge_l
+from ...metrics import rouge_l
 from .tasks import CONFLICTS, HELPS, SUITE_TASKS, SuiteTask
 
 SPLITS = ("train", "validation", "test")

@@ -22,7 +22,7 @@ class SuiteTask:
 
     @property
     def kind(self) -> str:
-        """How the task is scored (``mta_moe.evaluation.metrics``)."""
+        """How the task is scored (``mta_moe.metrics``)."""
         return {"accuracy": "classification", "exact_match": "extraction", "rouge_l": "generation"}[self.metric]
 
 

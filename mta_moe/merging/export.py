@@ -1,0 +1,135 @@
+"""Write a per-task stock Hugging Face folder from an MTA export: config, safetensors, tokenizer; checked on write.
+
+The folder loads with ``AutoModelForSeq2SeqLM`` / ``AutoModelForCausalLM`` / ``AutoModel`` and
+``AutoTokenizer`` alone (no mta_moe, no custom code). ``mta_merge.json`` beside them records the source, the
+routing key, each layer's adapters and weights, and the largest logit difference measured at export.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..modeling.inject import MTAModel
+from .fold import FoldResult, MergeError, fold_task
+from .tokenizer import stock_tokenizer
+
+MERGE_FILE = "mta_merge.json"
+# largest |logit difference| an fp32 export may show against the MTA model on the check inputs
+FP32_TOLERANCE = 1e-4
+
+
+@torch.no_grad()
+def max_logit_difference(model: MTAModel, plain: torch.nn.Module, route_id: int, batch: int = 4,
+                         length: int = 12, seed: int = 0) -> float:
+    """Largest |output difference| between the MTA model (routed to ``route_id``) and ``plain`` on random ids."""
+    config = plain.config
+    gen = torch.Generator().manual_seed(seed)
+    ref = next(plain.parameters())
+    ids = torch.randint(4, config.vocab_size, (batch, length), generator=gen).to(ref.device)
+    mask = torch.ones_like(ids)
+    mask[1, length // 2:] = 0  # one padded row: the gate reads the first position, the fold must not care
+    kwargs: dict[str, Any] = {"input_ids": ids, "attention_mask": mask}
+    if getattr(config, "is_encoder_decoder", False):
+        kwargs["decoder_input_ids"] = torch.randint(4, config.vocab_size, (batch, length // 2), generator=gen).to(ref.device)
+    routes = torch.full((batch,), route_id, dtype=torch.long, device=ref.device)
+    by_task = model.mta_config.route_by == "task"
+    was_training = model.training
+    model.eval()
+    try:
+        mta_out = model(**kwargs, task_ids=routes if by_task else None, task_type_ids=None if by_task else routes)
+    finally:
+        model.train(was_training)
+    plain_out = plain(**kwargs)
+    return float((mta_out[0].float() - plain_out[0].float()).abs().max())
+
+
+def export_task(model: MTAModel, out: str | Path, task: str | None = None, task_type: str | None = None,
+                tokenizer_dir: str | Path | None = None, source: str | None = None) -> dict[str, Any]:
+    """Fold ``model`` for one task (or task type) and write the stock folder ``out`` (all files appear together).
+
+    Raises :class:`MergeError` when no exact fold exists or the written model does not match (fp32 outputs more
+    than :data:`FP32_TOLERANCE` apart)."""
+    result = fold_task(model, task=task, task_type=task_type)
+    route_id = model.mta_config.routing_keys.index(result.key)
+    diff = max_logit_difference(model, result.model, route_id)
+    dtype = next(result.model.parameters()).dtype
+    if dtype == torch.float32 and diff > FP32_TOLERANCE:
+        raise MergeError(f"the folded model differs from the MTA model by {diff:.3g} (tolerance {FP32_TOLERANCE})")
+    record = _record(result, diff, source)
+    _write_folder(result, Path(out), record, tokenizer_dir)
+    return record
+
+
+def _record(result: FoldResult, diff: float, source: str | None) -> dict[str, Any]:
+    return {"source": source, "route_by": result.route_by, "routing_key": result.key,
+            "architecture": type(result.model).__name__, "ffn_widths": result.widths,
+            "layers": {k: {"adapters": v.adapters, "weights": v.weights, "width": v.width}
+                       for k, v in result.layers.items()},
+            "parameters": sum(p.numel() for p in result.model.parameters()),
+            "max_abs_output_difference": diff}
+
+
+def _write_folder(result: FoldResult, out: Path, record: dict[str, Any], tokenizer_dir: str | Path | None) -> None:
+    if out.exists() and any(out.iterdir()):
+        raise MergeError(f"{out}: exists and is not empty; choose a new directory")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        result.model.save_pretrained(tmp)
+        if tokenizer_dir is not None:
+            stock_tokenizer(tokenizer_dir).save_pretrained(tmp)
+        (tmp / MERGE_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        if out.exists():
+            out.rmdir()
+        tmp.replace(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def find_tokenizer(export_dir: Path) -> Path | None:
+    """The tokenizer saved with an export (in it, or the run's ``tokenizer/`` beside it), if any."""
+    for candidate in (export_dir, export_dir / "tokenizer", export_dir.parent / "tokenizer"):
+        if (candidate / "tokenizer_config.json").is_file():
+            return candidate
+    return None
+
+
+def export_command(args, _=()) -> int:
+    """``mta-moe export``: one stock folder per named task / type (or per routing key with ``--all``)."""
+    import sys
+
+    from ..modeling.persistence import load_mta_model
+    try:
+        model_dir = Path(args.model)
+        model = load_mta_model(model_dir, ep_size=1).eval()
+        tokenizer_dir = Path(args.tokenizer) if args.tokenizer else find_tokenizer(model_dir)
+        if tokenizer_dir is None:
+            raise MergeError(f"{model_dir}: no tokenizer found in the export or beside it; pass --tokenizer DIR")
+        targets = _targets(model, args)
+        out = Path(args.out)
+        for task, task_type in targets:
+            name = task or task_type
+            dest = out / name if len(targets) > 1 else out
+            record = export_task(model, dest, task=task, task_type=task_type, tokenizer_dir=tokenizer_dir,
+                                 source=str(model_dir))
+            print(f"{name}: {dest} ({record['architecture']}, "
+                  f"{record['parameters']:,} parameters, FFN widths {record['ffn_widths']}, "
+                  f"max |Δ output| {record['max_abs_output_difference']:.2g})")
+    except (MergeError, FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _targets(model: MTAModel, args) -> list[tuple[str | None, str | None]]:
+    by_task = model.mta_config.route_by == "task"
+    if args.all:
+        return [(key, None) if by_task else (None, key) for key in model.mta_config.routing_keys]
+    if not args.task and not args.type:
+        raise MergeError("name what to export: --task NAME, --type NAME or --all")
+    return [(args.task, args.type)]
