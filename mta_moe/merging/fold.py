@@ -146,8 +146,8 @@ def fold_task(model: MTAModel, task: str | None = None, task_type: str | None = 
     key, route_id = routing_key_id(model, task, task_type)
     family, base = model.family, model.base_model
     activation = getattr(base.config, ACTIVATION_KEYS[family.name])
-    result = FoldResult(model=base, route_by=model.mta_config.route_by, key=key)
     ffns: dict[tuple[str, int], FFNWeights] = {}
+    layers: dict[str, FoldedLayer] = {}
     for stack, path in family.stacks.items():
         _, blocks = find_stack(base, path)
         for idx, block in enumerate(blocks):
@@ -155,12 +155,12 @@ def fold_task(model: MTAModel, task: str | None = None, task_type: str | None = 
             if layer is None:
                 ffns[stack, idx] = read_ffn(family.get_ffn(block))
             else:
-                ffns[stack, idx], result.layers[f"{stack}.{idx}"] = fold_layer(layer, route_id, activation)
-    for stack, width_key in WIDTH_KEYS[family.name].items():
+                ffns[stack, idx], layers[f"{stack}.{idx}"] = fold_layer(layer, route_id, activation)
+    widths: dict[str, int] = {}
+    for stack, width_key in WIDTH_KEYS[family.name].items():  # T5 keeps one d_ff for both stacks
         widest = max(w.width for (s, _), w in ffns.items() if s == stack)
-        result.widths[width_key] = max(result.widths.get(width_key, 0), widest)
-    result.model = _stock_model(model, ffns, result.widths)
-    return result
+        widths[width_key] = max(widths.get(width_key, 0), widest)
+    return FoldResult(_stock_model(model, ffns, widths), model.mta_config.route_by, key, layers, widths)
 
 
 def _stock_model(model: MTAModel, ffns: dict[tuple[str, int], FFNWeights], widths: dict[str, int]) -> nn.Module:

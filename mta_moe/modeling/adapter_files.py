@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -21,6 +19,7 @@ from safetensors.torch import load_file, save_file
 from ..config import MTAConfig
 from .inject import MTAModel
 from .layer import component_of
+from .persistence import load_mta_model, read_saved_model, write_files_together
 
 ADAPTER_CONFIG_FILE = "mta_adapters.json"
 ADAPTER_WEIGHTS_FILE = "adapters.safetensors"
@@ -61,17 +60,12 @@ def save_adapters(model: MTAModel, directory: str | Path, backbone: str) -> Path
             "architecture": type(model.base_model).__name__, "stage": model.stage,
             "mta": model.mta_config.replace(ep_size=1).to_dict(), "backbone_sha256": backbone_fingerprint(model)}
     state = adapter_state(model)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    try:
+
+    def write(tmp: Path) -> None:
         save_file(state, str(tmp / ADAPTER_WEIGHTS_FILE), metadata={"format": "pt"})
         (tmp / ADAPTER_CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-        directory.mkdir(exist_ok=True)
-        for f in tmp.iterdir():
-            f.replace(directory / f.name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return directory
+
+    return write_files_together(directory, write)
 
 
 def read_adapter_meta(directory: str | Path) -> dict:
@@ -121,7 +115,6 @@ def save_adapters_command(args, _=()) -> int:
     really is the export's backbone (stage 1 trains the backbone unless told otherwise)."""
     import sys
 
-    from .persistence import load_mta_model, read_saved_model
     try:
         saved = read_saved_model(args.model)
         model = load_mta_model(args.model, ep_size=1)

@@ -37,10 +37,8 @@ def save_mta_model(model: MTAModel, directory: str | Path, state: dict | None = 
             raise ValueError("save_pretrained needs every adapter in this process (ep_size 1); with expert "
                              "parallelism pass the state from gathered_state()")
         state = _unique_state(model)
-    directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    try:
+
+    def write(tmp: Path) -> None:
         model.base_model.config.save_pretrained(tmp)
         (tmp / "config.json").replace(tmp / BACKBONE_CONFIG_FILE)
         (tmp / "config.json").write_text(json.dumps(export_marker(type(model.base_model).__name__), indent=2) + "\n")
@@ -48,6 +46,18 @@ def save_mta_model(model: MTAModel, directory: str | Path, state: dict | None = 
                 "stage": model.stage, "mta": model.mta_config.replace(ep_size=1).to_dict()}
         (tmp / MTA_CONFIG_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
         save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+
+    return write_files_together(directory, write)
+
+
+def write_files_together(directory: str | Path, write: Callable[[Path], None]) -> Path:
+    """``write(tmp)`` fills a temporary folder beside ``directory``; then every file moves in, so a reader never
+    sees some new files beside old ones (and a failed write leaves ``directory`` as it was)."""
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        write(tmp)
         directory.mkdir(exist_ok=True)
         for f in tmp.iterdir():
             f.replace(directory / f.name)
