@@ -247,3 +247,21 @@ def test_model_card_lists_tasks_routing_and_how_to_serve():
     assert "`mta-moe export --model this_directory --type NAME --out DIR`" in card
     learned = model_card(_trained_like("t5", gate_mode="both"), tasks, profiles)
     assert "The gate reads each input" in learned and "No exact per-task stock export: mta.gate_mode is 'both'" in learned
+
+
+def test_a_fold_that_does_not_match_is_refused_and_nothing_written(tmp_path, monkeypatch):
+    import mta_moe.merging.export as export_module
+
+    model, _ = _saved_t5(tmp_path, adapter_bias=False)
+    real_fold = export_module.fold_task
+
+    def broken_fold(*args, **kwargs):  # a folding bug: one unit's output column off
+        result = real_fold(*args, **kwargs)
+        with torch.no_grad():
+            result.model.encoder.block[0].layer[-1].DenseReluDense.wo.weight[:, -1] += 1.0
+        return result
+
+    monkeypatch.setattr(export_module, "fold_task", broken_fold)
+    with pytest.raises(MergeError, match=r"the folded model differs from the MTA model by .* nothing was written"):
+        export_task(model, tmp_path / "bad", task_type="nli")
+    assert not (tmp_path / "bad").exists()
