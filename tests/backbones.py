@@ -69,3 +69,15 @@ def make_inputs(name: str, batch: int = 4, seq_len: int = 10, seed: int = 0) -> 
     else:
         inputs["labels"] = ids.masked_fill(mask == 0, -100)
     return inputs
+
+
+def perturb_mta(model, seed: int, scale: float):
+    """Move every adapter (noise of ``scale``) and selector bias (unit noise) away from its initial value, as
+    training would; returns the model in eval mode."""
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for layer in model.mta_layers.values():
+            for p in layer.local_experts.parameters():
+                p.add_(torch.randn_like(p) * scale)
+            layer.selector.task_bias.add_(torch.randn_like(layer.selector.task_bias))
+    return model.eval()

@@ -7,7 +7,7 @@ import pytest
 import torch
 import transformers as tf
 
-from backbones import SEQ2SEQ, make_backbone, make_inputs
+from backbones import SEQ2SEQ, make_backbone, make_inputs, perturb_mta
 from mta_moe import ConfigError, MTAConfig, MTAModel
 from mta_moe.cli import main as cli_main
 from mta_moe.data.tokenizer import train_sentencepiece_tokenizer
@@ -32,14 +32,7 @@ FOLDABLE = {
 def _trained_like(name: str, **settings) -> MTAModel:
     """An MTA model whose adapters, biases and selector have moved away from their initial values."""
     cfg = MTAConfig(**{"num_experts": 4, "k": 2, "adapter_dim": 8, "task_types": TYPES, **settings})
-    model = MTAModel(make_backbone(name), cfg)
-    torch.manual_seed(3)
-    with torch.no_grad():
-        for layer in model.mta_layers.values():
-            for p in layer.local_experts.parameters():
-                p.add_(torch.randn_like(p) * 0.3)
-            layer.selector.task_bias.add_(torch.randn_like(layer.selector.task_bias))
-    return model.eval()
+    return perturb_mta(MTAModel(make_backbone(name), cfg), seed=3, scale=0.3)
 
 
 def _output(model, inputs, **routing):

@@ -3,7 +3,7 @@ works (forward, generate with and without cache, save/load, growth, routing stat
 import pytest
 import torch
 
-from backbones import make_backbone, make_inputs
+from backbones import make_backbone, make_inputs, perturb_mta
 from mta_moe import ConfigError, MTAConfig, MTAModel
 from mta_moe.data import DataError, TaskRegistry
 from mta_moe.modeling.grow import grow_saved_model
@@ -13,13 +13,7 @@ IDS = torch.tensor([0, 2, 1, 3])
 
 
 def _perturbed(model: MTAModel) -> MTAModel:
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for layer in model.mta_layers.values():
-            for p in layer.local_experts.parameters():
-                p.add_(torch.randn_like(p) * 0.2)
-            layer.selector.task_bias.add_(torch.randn_like(layer.selector.task_bias))
-    return model.eval()
+    return perturb_mta(model, seed=1, scale=0.2)
 
 
 @pytest.mark.parametrize("name", ["t5", "gpt2"])
