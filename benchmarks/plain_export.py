@@ -11,7 +11,6 @@ Usage: python benchmarks/plain_export.py --model runs/demo/stage1/export --data 
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokeni
 
 from measure import environment, interleaved_medians, write_json
 from mta_moe.data import load_examples, tokenize_examples
+from mta_moe.evaluation.commands import generation_settings
 from mta_moe.evaluation.generation import causal_prompt, generate_predictions
 from mta_moe.metrics import score_predictions
 from mta_moe.evaluation.scoring import evaluate_rows, load_export
@@ -27,10 +27,10 @@ from mta_moe.merging import export_task
 
 
 def run_lengths(model_dir: Path) -> tuple[int, int]:
-    """(max input length, max new tokens) of the run the export came from (its run_config.json), else defaults."""
-    run_config = model_dir.parent / "run_config.json"
-    mta = json.loads(run_config.read_text()).get("mta", {}) if run_config.is_file() else {}
-    return mta.get("data", {}).get("max_input_length", 128), mta.get("train", {}).get("max_new_tokens", 32)
+    """(max input length, max new tokens) of the run the export came from, as ``mta-moe evaluate`` takes them."""
+    args = argparse.Namespace(model=str(model_dir), max_input_length=None, max_new_tokens=None)
+    generation_settings(args)
+    return args.max_input_length, args.max_new_tokens
 
 
 def plain_predictions(model, tokenizer, inputs: list[str], batch_size: int, max_input_length: int,

@@ -7,14 +7,13 @@ routing key, each layer's adapters and weights, and the largest logit difference
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..modeling.inject import MTAModel
+from ..modeling.persistence import write_files_together
 from .fold import FoldResult, MergeError, fold_task
 from .tokenizer import stock_tokenizer
 
@@ -81,18 +80,14 @@ def _record(result: FoldResult, diff: float, source: str | None) -> dict[str, An
 def _write_folder(result: FoldResult, out: Path, record: dict[str, Any], tokenizer_dir: str | Path | None) -> None:
     if out.exists() and any(out.iterdir()):
         raise MergeError(f"{out}: exists and is not empty; choose a new directory")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+
+    def write(tmp: Path) -> None:
         result.model.save_pretrained(tmp)
         if tokenizer_dir is not None:
             stock_tokenizer(tokenizer_dir).save_pretrained(tmp)
         (tmp / MERGE_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-        if out.exists():
-            out.rmdir()
-        tmp.replace(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+
+    write_files_together(out, write)
 
 
 def find_tokenizer(export_dir: Path) -> Path | None:

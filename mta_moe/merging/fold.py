@@ -103,14 +103,14 @@ def route_of(layer: MTALayer, route_id: int) -> tuple[list[int], list[float]]:
     return routing.indices[0].tolist(), routing.weights[0].tolist()
 
 
-def fold_layer(layer: MTALayer, route_id: int, activation: str) -> tuple[FFNWeights, FoldedLayer]:
-    """The FFN weights equal to ``layer`` for routing key ``route_id``; ``activation``: the backbone FFN's."""
+def fold_layer(layer: MTALayer, route_id: int) -> tuple[FFNWeights, FoldedLayer]:
+    """The FFN weights equal to ``layer`` for routing key ``route_id``, for a model :func:`check_foldable` passed."""
     adapters, weights = route_of(layer, route_id)
     experts = [layer.local_experts[i] for i in adapters]
     if layer.config.expert_kind == "ffn":
         folded = _fold_ffn_experts([read_ffn(e) for e in experts], weights)
     else:
-        folded = _fold_bottlenecks(layer, read_ffn(layer.base_ffn), experts, weights, activation)
+        folded = _fold_bottlenecks(layer, read_ffn(layer.base_ffn), experts, weights)
     return folded, FoldedLayer(adapters, weights, folded.width)
 
 
@@ -125,9 +125,8 @@ def _fold_ffn_experts(ffns: list[FFNWeights], weights: list[float]) -> FFNWeight
     return FFNWeights(inputs, biases, output, out_bias)
 
 
-def _fold_bottlenecks(layer: MTALayer, base: FFNWeights, experts: list[nn.Module], weights: list[float],
-                      activation: str) -> FFNWeights:
-    _check_bottleneck_fold(layer, base, activation)
+def _fold_bottlenecks(layer: MTALayer, base: FFNWeights, experts: list[nn.Module], weights: list[float]
+                      ) -> FFNWeights:
     has_bias = layer.config.adapter_bias
     down = torch.cat([e.down.weight.detach() for e in experts])
     down_bias = torch.cat([e.down.bias.detach() for e in experts]) if has_bias else None
@@ -145,7 +144,6 @@ def fold_task(model: MTAModel, task: str | None = None, task_type: str | None = 
     check_foldable(model)
     key, route_id = routing_key_id(model, task, task_type)
     family, base = model.family, model.base_model
-    activation = getattr(base.config, ACTIVATION_KEYS[family.name])
     ffns: dict[tuple[str, int], FFNWeights] = {}
     layers: dict[str, FoldedLayer] = {}
     for stack, path in family.stacks.items():
@@ -155,7 +153,7 @@ def fold_task(model: MTAModel, task: str | None = None, task_type: str | None = 
             if layer is None:
                 ffns[stack, idx] = read_ffn(family.get_ffn(block))
             else:
-                ffns[stack, idx], layers[f"{stack}.{idx}"] = fold_layer(layer, route_id, activation)
+                ffns[stack, idx], layers[f"{stack}.{idx}"] = fold_layer(layer, route_id)
     widths: dict[str, int] = {}
     for stack, width_key in WIDTH_KEYS[family.name].items():  # T5 keeps one d_ff for both stacks
         widest = max(w.width for (s, _), w in ffns.items() if s == stack)

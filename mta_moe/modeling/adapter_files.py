@@ -2,7 +2,7 @@
 
 ``save_adapters`` writes ``mta_adapters.json`` (settings, stage, the backbone's name and a SHA-256 of its
 weights) and ``adapters.safetensors`` (adapters, selector, stage-2 parts: 2·d·r·E numbers per bottleneck layer
-plus biases, selector and stage-2 parts). ``load_adapters`` loads the named backbone (a local directory or a hub id) with its stock class,
+plus biases). ``load_adapters`` loads the named backbone (a local directory or a hub id) with its stock class,
 injects the MTA layers and loads the adapters; it refuses a backbone whose weights are not the ones the adapters
 were trained with, because the adapters alone would then compute a different model.
 """
@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 from ..config import MTAConfig
 from .inject import MTAModel
 from .layer import component_of
-from .persistence import load_mta_model, read_saved_model, write_files_together
+from .persistence import build_saved_model, read_saved_model, unique_state, write_files_together
 
 ADAPTER_CONFIG_FILE = "mta_adapters.json"
 ADAPTER_WEIGHTS_FILE = "adapters.safetensors"
@@ -28,10 +28,7 @@ ADAPTER_FORMAT_VERSION = 1
 
 def backbone_state(model: MTAModel) -> dict[str, torch.Tensor]:
     """The backbone's own tensors (the frozen base FFNs included), tied ones once."""
-    unique = {name for name, _ in model.named_parameters()}
-    every = {name for name, _ in model.named_parameters(remove_duplicate=False)}
-    return {k: v for k, v in model.state_dict().items()
-            if component_of(k) == "backbone" and (k not in every or k in unique)}
+    return unique_state(model, lambda name: component_of(name) == "backbone", copy=False)
 
 
 def backbone_fingerprint(model: MTAModel) -> str:
@@ -48,8 +45,7 @@ def adapter_state(model: MTAModel) -> dict[str, torch.Tensor]:
     """Everything that is not the backbone: adapters, selector, shared adapters, gate network."""
     if any(layer.ep_size > 1 for layer in model.mta_layers.values()):
         raise ValueError("save_adapters needs every adapter in this process: load the export with ep_size 1")
-    return {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()
-            if component_of(k) != "backbone"}
+    return unique_state(model, lambda name: component_of(name) != "backbone")
 
 
 def save_adapters(model: MTAModel, directory: str | Path, backbone: str) -> Path:
@@ -116,8 +112,8 @@ def save_adapters_command(args, _=()) -> int:
     import sys
 
     try:
-        saved = read_saved_model(args.model)
-        model = load_mta_model(args.model, ep_size=1)
+        saved = read_saved_model(args.model)  # read once: the model is built from it
+        model = build_saved_model(saved, saved.mta.replace(ep_size=1), saved.state)
         base = saved.model_cls.from_pretrained(args.backbone)
         if backbone_fingerprint(MTAModel(base, model.mta_config)) != backbone_fingerprint(model):
             raise ValueError(f"{args.model}: its backbone weights are not {args.backbone}'s (a stage 1 that trains the "

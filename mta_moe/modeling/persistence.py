@@ -36,7 +36,7 @@ def save_mta_model(model: MTAModel, directory: str | Path, state: dict | None = 
         if any(layer.ep_size > 1 for layer in model.mta_layers.values()):
             raise ValueError("save_pretrained needs every adapter in this process (ep_size 1); with expert "
                              "parallelism pass the state from gathered_state()")
-        state = _unique_state(model)
+        state = unique_state(model)
 
     def write(tmp: Path) -> None:
         model.base_model.config.save_pretrained(tmp)
@@ -81,7 +81,7 @@ def gathered_state(model: MTAModel) -> dict | None:
 
     prefixes = {f"{name}.deepspeed_moe.experts.deepspeed_experts.": module.global_expert_ids()
                 for name, module in model.named_modules() if isinstance(module, MTALayer)}
-    state = _unique_state(model)
+    state = unique_state(model)
     experts, shared = {}, {}
     for key, value in state.items():
         m = _EXPERT_KEY.match(key)
@@ -100,12 +100,14 @@ def gathered_state(model: MTAModel) -> dict | None:
     return shared
 
 
-def _unique_state(model: MTAModel) -> dict:
-    """The state dict with tied parameters once, each tensor copied out contiguously (under ZeRO the
-    parameters are views into one flat buffer, which safetensors refuses to write)."""
+def unique_state(model: MTAModel, include: Callable[[str], bool] | None = None, copy: bool = True) -> dict:
+    """The state dict (the entries whose name ``include`` accepts) with tied parameters once; ``copy``: each
+    tensor cloned out contiguously (under ZeRO the parameters are views into one flat buffer, which safetensors
+    refuses to write)."""
     every = {name for name, _ in model.named_parameters(remove_duplicate=False)}
     unique = {name for name, _ in model.named_parameters()}
-    return {k: v.detach().clone().contiguous() for k, v in model.state_dict().items() if k not in every or k in unique}
+    return {k: v.detach().clone().contiguous() if copy else v for k, v in model.state_dict().items()
+            if (k not in every or k in unique) and (include is None or include(k))}
 
 
 @dataclass
