@@ -50,6 +50,8 @@ def _evaluate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--max-input-length", type=int, help="default: the training run's, else 128")
     p.add_argument("--max-new-tokens", type=int, help="default: the training run's, else 32")
+    p.add_argument("--device", default="auto",
+                   help="where to generate and score: auto (a GPU when one is visible, else the CPU), cpu, cuda[:N]")
 
 
 @command("report", "the multi-task report of finished runs (deltas, routing, calibration, loss curves)",
@@ -68,6 +70,8 @@ def _report(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--max-input-length", type=int, help="default: the first system's training run's, else 128")
     p.add_argument("--max-new-tokens", type=int, help="default: the first system's training run's, else 32")
+    p.add_argument("--device", default="auto",
+                   help="where to generate and score: auto (a GPU when one is visible, else the CPU), cpu, cuda[:N]")
 
 
 @command("compare", "single-task, shared and MTA runs on the same data and budget, then the report",
@@ -93,6 +97,8 @@ def _compare(p: argparse.ArgumentParser) -> None:
     p.add_argument("--launcher", default=None,
                    help="how each run is started, e.g. 'deepspeed --num_gpus 4' (default: this python); the "
                         "runs are `<launcher> -m mta_moe.cli train ...`")
+    p.add_argument("--device", default="auto",
+                   help="where the baselines and the report generate and score: auto (a GPU when one is visible, else the CPU), cpu, cuda[:N]")
     p.epilog = "Further --key value pairs override both configs (e.g. --train.steps 300)."
 
 
@@ -179,6 +185,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     module_name, function = handler.split(":")
     import importlib
+
+    from .logs import configure_logging
+    try:
+        configure_logging()
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return int(getattr(importlib.import_module(module_name), function)(args, extra) or 0)
 
 

@@ -1,21 +1,26 @@
 """Per-task metrics of generated text, chosen by task kind, and their aggregates.
 
-Normalisation (applied to prediction and target before every metric): Unicode NFKC, lower case,
-surrounding whitespace stripped, inner whitespace collapsed to one space. Token F1 splits the
-normalised strings into words and punctuation marks (``"the lamp."`` -> ``the``, ``lamp``, ``.``).
-ROUGE-L is Google's ``rouge-score`` (``RougeScorer(["rougeL"])``, its own tokenizer: lower case,
-alphanumeric tokens), reported as the F-measure.
+Normalisation: classification labels and generation's exact match compare texts after Unicode NFKC, lower
+case, surrounding whitespace stripped and inner whitespace collapsed (``normalise``); generation's token F1
+splits those into words and punctuation marks (``"the lamp."`` -> ``the``, ``lamp``, ``.``). Extraction
+scores use the official SQuAD evaluation's answer normalisation (``squad_normalise``: lower case, ASCII
+punctuation removed, the articles a/an/the removed, whitespace collapsed) and its EM and F1 (F1 over
+whitespace tokens; an empty prediction or answer scores 1 only against an empty one, as in SQuAD v2.0),
+so scores on SQuAD-style data are comparable with published numbers; with several reference answers the
+best one counts (``squad_exact_match`` / ``squad_f1`` take a list). ROUGE-L is Google's ``rouge-score``
+(``RougeScorer(["rougeL"])``, its own tokenizer: lower case, alphanumeric tokens), reported as the F-measure.
 
 Task kinds and their metrics (the first is the task's primary score, used in macro averages):
 
 * ``classification`` (a closed label set): accuracy, macro-F1 over the label set (a prediction outside
   the set counts as wrong for every class);
-* ``extraction`` (the answer is a span of the input, e.g. QA): exact match, token F1;
+* ``extraction`` (the answer is a span of the input, e.g. QA): SQuAD exact match, SQuAD token F1;
 * ``generation`` (free text): ROUGE-L F, exact match, token F1.
 """
 from __future__ import annotations
 
 import re
+import string
 import unicodedata
 from collections import Counter
 from typing import Mapping, Sequence
@@ -27,6 +32,8 @@ MAX_LABEL_WORDS = 3
 EXTRACTION_SHARE = 0.9  # this share of targets found verbatim in their inputs: an extraction task
 
 _TOKEN = re.compile(r"\w+|[^\w\s]")
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+_PUNCTUATION = str.maketrans("", "", string.punctuation)
 _ROUGE = []  # the scorer, built on first use: rouge_score imports NLTK (seconds), which most runs never need
 
 
@@ -59,6 +66,35 @@ def macro_f1(predictions: Sequence[str], targets: Sequence[str], labels: Sequenc
 def token_f1(prediction: str, target: str) -> float:
     """SQuAD-style F1 of the bag of word/punctuation tokens; two empty strings score 1."""
     pred, gold = _TOKEN.findall(normalise(prediction)), _TOKEN.findall(normalise(target))
+    if not pred or not gold:
+        return float(pred == gold)
+    common = sum((Counter(pred) & Counter(gold)).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(pred), common / len(gold)
+    return 2 * precision * recall / (precision + recall)
+
+
+def squad_normalise(text: str) -> str:
+    """The official SQuAD evaluation's ``normalize_answer``: lower case, punctuation and articles removed,
+    whitespace collapsed."""
+    return " ".join(_ARTICLES.sub(" ", text.lower().translate(_PUNCTUATION)).split())
+
+
+def squad_exact_match(prediction: str, references: str | Sequence[str]) -> float:
+    """1.0 when the normalised prediction equals a normalised reference (the best of several)."""
+    refs = [references] if isinstance(references, str) else list(references)
+    return float(max(squad_normalise(prediction) == squad_normalise(r) for r in refs))
+
+
+def squad_f1(prediction: str, references: str | Sequence[str]) -> float:
+    """SQuAD's token F1 over normalised whitespace tokens, the best over several references."""
+    refs = [references] if isinstance(references, str) else list(references)
+    return max(_squad_f1_one(prediction, r) for r in refs)
+
+
+def _squad_f1_one(prediction: str, reference: str) -> float:
+    pred, gold = squad_normalise(prediction).split(), squad_normalise(reference).split()
     if not pred or not gold:
         return float(pred == gold)
     common = sum((Counter(pred) & Counter(gold)).values())
@@ -109,8 +145,8 @@ def score_task(kind: str, predictions: Sequence[str], targets: Sequence[str],
     if kind == "classification":
         out = {"accuracy": accuracy(predictions, targets), "macro_f1": macro_f1(predictions, targets, labels)}
     elif kind == "extraction":
-        out = {"exact_match": exact_match(predictions, targets),
-               "token_f1": _mean([token_f1(p, t) for p, t in zip(predictions, targets, strict=True)])}
+        out = {"exact_match": _mean([squad_exact_match(p, t) for p, t in zip(predictions, targets, strict=True)]),
+               "token_f1": _mean([squad_f1(p, t) for p, t in zip(predictions, targets, strict=True)])}
     elif kind == "generation":
         out = {"rouge_l": _mean([rouge_l(p, t) for p, t in zip(predictions, targets, strict=True)]),
                "exact_match": exact_match(predictions, targets),

@@ -58,7 +58,10 @@ def test_a_task_helps_its_twin_and_hurts_its_contradiction():
     assert torch.allclose(r.diagonal(), torch.ones(3, dtype=torch.float64))
     assert r[copy, twin] > 0.1 and lookahead[twin, copy] > 0  # the twin helps
     assert lookahead[flip, copy] < 0 and r[copy, flip] < 0  # the contradiction hurts
-    assert cosine[copy, twin] > 0 > cosine[copy, flip]
+    # one step's gradients barely align at this size (cosines 0.06..0.21): the twin's is closer to the copy's than
+    # the contradiction's, whose sign depends on the initialisation (+0.013 under transformers 5.0's T5
+    # initialisation, -0.074 under 5.23's); the lookahead above is the signal that separates them
+    assert cosine[copy, twin] > cosine[copy, flip]
     assert cosine[copy, copy] == pytest.approx(1.0)
     assert group_tasks(affinity.tasks, affinity.normalised()) == [["copy", "copy_again"], ["flip"]]
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from distributed import free_port
 from mta_moe.training.distributed import slurm_to_torch_env
 from test_training import REPO, tiny_config, train_losses, write_config
 
@@ -68,9 +69,9 @@ def test_torchrun_and_deepspeed_launchers_train_the_same(tmp_path):
     runs = {}
     for name, cmd in {
         "torchrun": [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                     "--master_port", str(29900 + os.getpid() % 90)],
+                     "--master_port", str(free_port())],
         "deepspeed": [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", "2",
-                      "--master_port", str(29990 + os.getpid() % 9)],
+                      "--master_port", str(free_port())],
     }.items():
         cfg = write_config(tmp_path / f"{name}.json", tiny_config(tmp_path / name, steps=3, save_every=3, eval_every=3))
         run = subprocess.run([*cmd, "launchers/train.py", "--deepspeed", str(cfg)], cwd=REPO, capture_output=True,
@@ -83,7 +84,7 @@ def test_torchrun_and_deepspeed_launchers_train_the_same(tmp_path):
 @pytest.mark.slow
 def test_smoke_script_on_cpu(tmp_path):
     env = {**os.environ, "PYTHON": sys.executable, "OUT": str(tmp_path / "smoke"), "STEPS1": "40", "STEPS2": "40",
-           "MASTER_PORT": str(29400 + os.getpid() % 90), "PYTHONPATH": str(REPO)}
+           "MASTER_PORT": str(free_port()), "PYTHONPATH": str(REPO)}
     run = subprocess.run(["bash", "launchers/smoke.sh"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
     assert "no GPU on this machine; running on CPU" in run.stdout

@@ -6,7 +6,8 @@ import torch
 
 from mta_moe.evaluation.calibration import calibrate, fit_temperature, nll, reliability
 from mta_moe.metrics import (accuracy, infer_kind, macro_f1, normalise, profile_tasks, rouge_l,
-                                        score_predictions, score_task, token_f1)
+                                        score_predictions, score_task, squad_exact_match, squad_f1,
+                                        squad_normalise, token_f1)
 from mta_moe.evaluation.routing import collapse_warnings
 
 
@@ -33,6 +34,29 @@ def test_token_f1_by_hand():
     assert token_f1("Oslo", "in oslo") == pytest.approx(2 * 1 * 0.5 / 1.5)
 
 
+def test_squad_normalisation_and_scores_follow_the_official_evaluation():
+    # normalize_answer: lower case, ASCII punctuation deleted (not replaced by a space), articles dropped as words
+    assert squad_normalise("The Denver Broncos!") == "denver broncos"
+    assert squad_normalise("  An  apple, a day ") == "apple day"
+    assert squad_normalise("don't") == "dont"
+    assert squad_normalise("theatre Anathema") == "theatre anathema"  # articles only as whole words
+    assert squad_normalise("1976") == "1976"
+    # EM and F1 take the best reference; F1 counts whitespace tokens of the normalised texts
+    assert squad_exact_match("the Denver Broncos.", ["Denver Broncos", "Broncos"]) == 1.0
+    assert squad_exact_match("Denver", ["Denver Broncos", "Broncos"]) == 0.0
+    # pred: broncos of denver; gold: denver broncos -> common 2: P 2/3, R 1
+    assert squad_f1("the Broncos of Denver", "Denver Broncos") == pytest.approx(0.8)
+    assert squad_f1("Denver", ["Denver Broncos", "Denver"]) == 1.0
+    assert squad_f1("Denver", ["Denver Broncos", "Broncos"]) == pytest.approx(2 / 3)
+    # SQuAD v2.0: an answer with no tokens after normalisation scores 1 only against another such
+    assert squad_f1("the", "a") == 1.0
+    assert squad_f1("Denver", "the") == 0.0
+    # the extraction kind scores with these: "the lamp" and "lamp" are the same answer
+    e = score_task("extraction", ["lamp", "Oslo, Norway"], ["the lamp", "oslo"])
+    assert e["exact_match"] == 0.5
+    assert e["token_f1"] == pytest.approx((1 + 2 / 3) / 2)
+
+
 def test_rouge_l_by_hand():
     # LCS of "the cat sat on the mat" and "the cat on mat" is 4: P 4/4, R 4/6
     assert rouge_l("the cat on mat", "the cat sat on the mat") == pytest.approx(2 * 1 * (4 / 6) / (1 + 4 / 6))
@@ -49,7 +73,7 @@ def test_kinds_are_inferred_from_the_data():
 def test_score_task_primary_and_aggregates():
     out = score_predictions(
         tasks=["c", "c", "e", "e", "g"], targets=["yes", "no", "Oslo", "the lamp", "a b c d"],
-        predictions=["yes", "yes", "oslo", "lamp", "a b x d"],
+        predictions=["yes", "yes", "oslo", "red lamp", "a b x d"],
         kinds={"c": "classification", "e": "extraction", "g": "generation"},
         task_types={"c": "nli", "e": "qa", "g": "qa"})
     c, e, g = out["tasks"]["c"], out["tasks"]["e"], out["tasks"]["g"]

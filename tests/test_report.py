@@ -115,3 +115,27 @@ def test_tasks_a_system_was_not_trained_on_are_left_out_of_its_scores(two_stages
     run = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300,
                          env={**os.environ, "DS_ACCELERATOR": "cpu"})
     assert run.returncode == 2 and "tasks ['later_task'] are not among the training tasks" in run.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal of a CUDA device that is not there")
+def test_evaluate_runs_where_device_says_and_refuses_a_missing_gpu(two_stages, tmp_path):
+    suite = two_stages / "stage2" / "data" / "suite"
+    scores = {}
+    for device in ("cpu", "auto"):
+        out = tmp_path / f"{device}.json"
+        run = subprocess.run([sys.executable, "-m", "mta_moe.cli", "evaluate", "--model", str(two_stages / "stage2"
+                              / "export"), "--data", str(suite / "test.jsonl"), "--device", device, "--out", str(out),
+                              "--max-input-length", "64", "--max-new-tokens", "12"],
+                             cwd=REPO, capture_output=True, text=True, timeout=300, env={**os.environ, "DS_ACCELERATOR": "cpu"})
+        assert run.returncode == 0, run.stderr[-2000:]
+        scores[device] = json.loads(out.read_text())["scores"]
+    assert scores["cpu"] == scores["auto"]  # auto is the CPU where no GPU is visible
+    for bad, message in (("cuda", "error: --device cuda: no such CUDA device is visible"),
+                         ("tpu", "error: --device: expected auto, cpu, cuda or cuda:N, got 'tpu'")):
+        run = subprocess.run([sys.executable, "-m", "mta_moe.cli", "evaluate", "--model", str(two_stages / "stage2"
+                              / "export"), "--data", str(suite / "test.jsonl"), "--device", bad],
+                             cwd=REPO, capture_output=True, text=True, timeout=300)
+        assert run.returncode == 2 and run.stderr.strip().splitlines() == [run.stderr.strip()]
+        assert run.stderr.startswith(message)
+    report = _report(two_stages, "--device", "cuda:1")
+    assert report.returncode == 2 and "error: --device cuda:1: no such CUDA device" in report.stderr

@@ -9,6 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from distributed import free_port
 from mta_moe import MTAModel
 from mta_moe.config import ConfigError
 from mta_moe.data import DataConfig, load_task_data, load_tokenizer
@@ -45,7 +46,7 @@ def launch(args, nproc: int = 0, timeout: int = 300):
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "PYTHONPATH": str(REPO)}
     if nproc:
         cmd = [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", str(nproc), "--master_port",
-               str(29700 + os.getpid() % 200), "launchers/train.py", *args]
+               str(free_port()), "launchers/train.py", *args]
     else:
         cmd = [sys.executable, "launchers/train.py", *args]
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
@@ -107,6 +108,19 @@ def test_stage2_trains_only_mta_parameters(stage1, tmp_path):
     new = {component_of(k) for k in after if k not in before}
     assert new == {"shared_adapters", "gate_network"}
     assert MTAModel.from_pretrained(tmp_path / "run" / "export").stage == 2
+    # trainable names what trains: without the adapter and selector patterns, only the stage-2 parts move
+    narrow = tiny_config(tmp_path / "narrow", stage=2, init_from=str(stage1 / "export"), steps=3, save_every=3,
+                         eval_every=3)
+    narrow["mta"]["train"]["trainable"] = [{"pattern": "*shared_adapters*"}, {"pattern": "*gate_network*"}]
+    run = launch(["--deepspeed", str(write_config(tmp_path / "narrow.json", narrow))])
+    assert run.returncode == 2 and run.stderr.strip().splitlines()[-1].startswith(
+        "error: mta.train.trainable: no trainable adapter (MoE expert) parameter; DeepSpeed's ZeRO stage 2 needs")
+    narrow["zero_optimization"]["stage"] = 0  # without ZeRO the experts may all stay frozen
+    run = launch(["--deepspeed", str(write_config(tmp_path / "narrow.json", narrow))])
+    assert run.returncode == 0, run.stderr[-3000:]
+    after = load_file(str(tmp_path / "narrow" / "export" / "model.safetensors"))
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert {component_of(k) for k in after if k not in before} == {"shared_adapters", "gate_network"}
 
 
 def test_kill_and_resume_reproduces_the_losses(stage1, tmp_path):
@@ -121,12 +135,90 @@ def test_kill_and_resume_reproduces_the_losses(stage1, tmp_path):
 
 
 @pytest.mark.slow
+def test_seed_lr_warmup_and_run_length_keys_shape_the_run(tmp_path):
+    """Each key changes what the run logs, saves or generates; eval_batch_size changes only how it batches."""
+    base = dict(steps=4, log_every=2, eval_every=2, save_every=3, max_new_tokens=3, eval_batch_size=8)
+    variants = {"base": {}, "seed": {"seed": 1}, "lr": {"lr": 0.02}, "warmup": {"warmup_steps": 0},
+                "eval_batch": {"eval_batch_size": 5}}
+    records = {}
+    for name, change in variants.items():
+        cfg = tiny_config(tmp_path / name, **{**base, **change})
+        run = launch(["--deepspeed", str(write_config(tmp_path / f"{name}.json", cfg))])
+        assert run.returncode == 0, run.stderr[-3000:]
+        records[name] = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+
+    def of(name, kind, field):
+        return [r[field] for r in records[name] if r["kind"] == kind]
+    # steps, log_every, eval_every, save_every, output_dir
+    assert json.loads((tmp_path / "base" / "run_config.json").read_text())["mta"]["train"]["output_dir"] == \
+        str(tmp_path / "base")
+    assert of("base", "train", "step") == [2, 4] and of("base", "validation", "step") == [2, 4]
+    assert sorted(p.name for p in (tmp_path / "base" / "checkpoints").iterdir() if p.is_dir()) == ["step3", "step4"]
+    # seed: another initialisation; lr and warmup_steps: other learning rates, and so other losses
+    assert of("seed", "train", "loss")[0] != of("base", "train", "loss")[0]
+    assert of("lr", "train", "lr") == [2 * lr for lr in of("base", "train", "lr")]
+    assert of("lr", "train", "loss")[1] != of("base", "train", "loss")[1]
+    assert of("warmup", "train", "lr") != of("base", "train", "lr")
+    # max_new_tokens caps each generation (3 tokens: at most 3 pieces of text)
+    predictions = [json.loads(line)["prediction"] for line in
+                   (tmp_path / "base" / "predictions" / "step4.jsonl").read_text().splitlines()]
+    assert predictions and all(len(p.split()) <= 3 for p in predictions)
+    # eval_batch_size: generation in batches of 5 instead of 8 gives the same texts (right-padded seq2seq)
+    assert of("eval_batch", "validation", "scores") == of("base", "validation", "scores")
+    assert (tmp_path / "eval_batch" / "predictions" / "step4.jsonl").read_text() == \
+        (tmp_path / "base" / "predictions" / "step4.jsonl").read_text()
+
+
+def test_training_starts_from_a_backbone_directory_with_its_tokenizer(stage1, tmp_path):
+    """mta.model.backbone (a directory, as a hub name would be after download) with tokenizer 'backbone': the
+    weights are the directory's (a run that trains only the adapters leaves them bit-identical) and so is the
+    tokenizer."""
+    import transformers
+    tokenizer = load_tokenizer(stage1 / "tokenizer")
+    torch.manual_seed(3)
+    base = transformers.T5ForConditionalGeneration(transformers.T5Config(
+        vocab_size=len(tokenizer), d_model=32, d_ff=64, num_layers=1, num_decoder_layers=1, num_heads=2, d_kv=16,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        decoder_start_token_id=tokenizer.pad_token_id))
+    backbone = tmp_path / "my-t5"
+    base.save_pretrained(backbone)
+    tokenizer.save_pretrained(backbone)
+    cfg = tiny_config(tmp_path / "run", steps=3, save_every=3, eval_every=3,
+                      trainable=[{"pattern": "*deepspeed_experts*"}])
+    cfg["mta"]["model"] = {"backbone": str(backbone), "tokenizer": "backbone"}
+    run = launch(["--deepspeed", str(write_config(tmp_path / "cfg.json", cfg))])
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert not (tmp_path / "run" / "tokenizer").exists()  # nothing trained: the backbone's own tokenizer
+    export = MTAModel.from_pretrained(tmp_path / "run" / "export")
+    saved = base.state_dict()
+    loaded = export.base_model.state_dict()
+    inside = {k: k if k in loaded else k.replace("DenseReluDense.", "DenseReluDense.mta.base_ffn.") for k in saved}
+    assert all(torch.equal(v, loaded[inside[k]]) for k, v in saved.items())  # (the injected FFNs wrap the originals)
+    assert load_tokenizer(tmp_path / "run" / "export")("a good film").input_ids == tokenizer("a good film").input_ids
+
+
+def test_activation_checkpointing_key_recomputes_and_trains_the_same(stage1, tmp_path):
+    cfg = tiny_config(tmp_path / "run", baseline_scores={"answer": 1.0}, warn_margin=0.0, activation_checkpointing=True)
+    run = launch(["--deepspeed", str(write_config(tmp_path / "cfg.json", cfg))])
+    assert run.returncode == 0, run.stderr[-3000:]
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    engines = [r for r in records if r["kind"] == "engine"]
+    assert engines[0]["activation_checkpointed_modules"] >= 2  # the encoder and decoder stacks recompute
+    plain = [json.loads(line) for line in (stage1 / "metrics.jsonl").read_text().splitlines()]
+    assert [r for r in plain if r["kind"] == "engine"][0]["activation_checkpointed_modules"] == 0
+    losses, reference = train_losses(tmp_path / "run"), train_losses(stage1)
+    assert sorted(losses) == sorted(reference) == list(range(1, 31))
+    assert [losses[s] for s in range(1, 31)] == pytest.approx([reference[s] for s in range(1, 31)], rel=1e-5)
+
+
+@pytest.mark.slow
 def test_two_ranks_expert_parallel_then_evaluated_at_ep1(tmp_path):
     """Routing by task, adapters split over 2 ranks; the export scores the same in one process."""
     cfg = tiny_config(tmp_path / "run")
     cfg["mta"].update(ep_size=2, route_by="task")
     run = launch(["--deepspeed", str(write_config(tmp_path / "cfg.json", cfg))], nproc=2)
     assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.count("step 30 validation:") == 1  # the library's messages come from rank 0 only
     logged, logged_texts = _last_validation(tmp_path / "run")
     # the consolidated export holds all 4 adapters and scores the same in one process (ep 1)
     export = tmp_path / "run" / "export"

@@ -11,7 +11,9 @@ import datasets
 from .config import SPLIT_KEYS, DataConfig
 from .formats import DataError, LoadReport, load_examples
 from .recipes import load_recipe
+from .curriculum import Curriculum
 from .registry import TaskRegistry
+from .sampling import MixtureSampler
 from .suite import SUITE_TASKS, SuiteSizes, write_suite
 from .suite.build import SUITE_VERSION
 
@@ -89,6 +91,12 @@ def load_task_data(config: DataConfig, task_types: Sequence[str], work_dir: str 
     registry = TaskRegistry.from_rows(task_types, [
         (f"{split} data", ds["task"], ds["type"]) for split, ds in splits.items()])
     return TaskData(splits, registry, reports)
+
+
+def make_sampler(config: DataConfig, task_sizes: dict[str, int]) -> MixtureSampler:
+    """The training mixture of ``mta.data``: its sampling rates, seed and curriculum over these tasks' sizes."""
+    curriculum = Curriculum.from_list(config.curriculum, list(task_sizes)) if config.curriculum else None
+    return MixtureSampler(task_sizes, config.sampling, config.seed, curriculum)
 
 
 def _refuse_pooled_tasks(sources: dict[str, dict[str, set[str]]], config: DataConfig) -> None:

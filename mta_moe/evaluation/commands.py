@@ -17,7 +17,7 @@ def evaluate_command(args: argparse.Namespace, _: Sequence[str] = ()) -> int:
         generation_settings(args)
         chance = load_chance(args.chance) if args.chance else {}
         result = evaluate_export(args.model, args.data, args.batch_size, args.max_input_length, args.max_new_tokens,
-                                 predictions_path=args.predictions)
+                                 predictions_path=args.predictions, device=args.device)
     except (DataError, FileNotFoundError, ValueError, KeyError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -54,7 +54,8 @@ def report_command(args: argparse.Namespace, _: Sequence[str] = ()) -> int:
         chance = load_chance(args.chance) if args.chance else {}
         affinity = json.loads(Path(args.affinity).read_text()) if args.affinity else None
         cfg = ReportConfig(systems, args.test, args.validation, args.baseline, args.threshold, chance,
-                           args.batch_size, args.max_input_length, args.max_new_tokens, affinity=affinity)
+                           args.batch_size, args.max_input_length, args.max_new_tokens, affinity=affinity,
+                           device=args.device)
         report = build_report(cfg, args.out)
     except (DataError, FileNotFoundError, ValueError, KeyError) as exc:
         print(f"error: {exc}", file=sys.stderr)

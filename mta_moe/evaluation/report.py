@@ -38,6 +38,7 @@ class ReportConfig:
     protocol: dict[str, Any] | None = None  # how a comparison was budgeted (mta_moe.experiments.compare)
     seed_groups: dict[str, str] = field(default_factory=dict)  # run name -> the system it is a seed of
     affinity: dict[str, Any] | None = None  # affinity.json of `mta-moe affinity`: heatmap and groups
+    device: str = "cpu"  # where the systems generate and score ("auto": a GPU when one is visible)
 
 
 def export_dir(path: str | Path) -> Path:
@@ -57,7 +58,7 @@ def build_report(cfg: ReportConfig, out_dir: str | Path) -> dict[str, Any]:
     systems: dict[str, Any] = {}
     warnings: list[str] = []
     for name, run in cfg.systems.items():
-        export = load_export(export_dir(run))
+        export = load_export(export_dir(run), cfg.device)
         test, untrained = _known_rows(cfg.test, export)
         result = evaluate_rows(export, test, cfg.batch_size, cfg.max_input_length, cfg.max_new_tokens)
         entry = {"scores": {t: m["primary"] for t, m in result["tasks"].items()}, "metrics": result["tasks"],
@@ -155,7 +156,8 @@ def _routing(name: str, export, test: datasets.Dataset, cfg: ReportConfig, out: 
     tokenized, _ = tokenize_examples(test, export.tokenizer, export.registry, cfg.max_input_length,
                                      cfg.max_new_tokens, export.mode)
     layers = {}
-    for layer, table in routing_by_task(export.model, tokenized, export.collator(), cfg.batch_size).items():
+    for layer, table in routing_by_task(export.model, tokenized, export.collator(), cfg.batch_size,
+                                          export.device).items():
         png = figures.routing_heatmap(out / f"routing_{name}_{_slug(layer)}.png", f"{name}: {layer}", table.tasks,
                                       table.mean_weights, table.counts)
         found = collapse_warnings(f"{name} {layer}", table.counts, table.sequences)
@@ -175,7 +177,7 @@ def _calibration(name: str, export, validation: datasets.Dataset, test: datasets
         for split, rows in (("validation", validation), ("test", test)):
             subset = rows.filter(lambda r: r["task"] == task)
             logits[split] = label_logits(export.model, export.tokenizer, export.registry, subset, labels,
-                                         cfg.max_input_length, cfg.max_new_tokens, cfg.batch_size)
+                                         cfg.max_input_length, cfg.max_new_tokens, cfg.batch_size, export.device)
             gold[split] = torch.tensor([_label_index(labels, t, task) for t in subset["target"]])
         result = calibrate(logits["validation"], gold["validation"], logits["test"], gold["test"])
         png = figures.reliability_diagram(out / f"reliability_{name}_{task}.png", f"{name}: {task}",

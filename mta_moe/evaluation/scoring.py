@@ -26,18 +26,40 @@ class LoadedExport:
     def mode(self) -> str:
         return "seq2seq" if self.model.config.is_encoder_decoder else "causal"
 
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
     def collator(self) -> Collator:
         return Collator(self.tokenizer.pad_token_id, self.mode, "right" if self.mode == "seq2seq" else "left")
 
 
-def load_export(directory: str | Path) -> LoadedExport:
-    """An export written by the trainer (model, tokenizer, tasks.json)."""
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto``: the first CUDA device when one is visible, else the CPU; ``cpu``, ``cuda``, ``cuda:N`` as
+    named (a CUDA device that is not there is refused)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device: expected auto, cpu, cuda or cuda:N, got {name!r}") from None
+    if device.type == "cuda" and (not torch.cuda.is_available()
+                                  or (device.index or 0) >= torch.cuda.device_count()):
+        raise ValueError(f"--device {name}: no such CUDA device is visible "
+                         f"({torch.cuda.device_count()} visible); use --device cpu")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device: expected auto, cpu, cuda or cuda:N, got {name!r}")
+    return device
+
+
+def load_export(directory: str | Path, device: str | torch.device = "cpu") -> LoadedExport:
+    """An export written by the trainer (model, tokenizer, tasks.json), its model on ``device``."""
     directory = Path(directory)
     tasks_file = directory / "tasks.json"
     if not tasks_file.is_file():
         raise FileNotFoundError(f"{tasks_file}: missing; the model must be an export written by launchers/train.py")
     tasks = json.loads(tasks_file.read_text())
-    model = MTAModel.from_pretrained(directory)
+    model = MTAModel.from_pretrained(directory).to(resolve_device(device) if isinstance(device, str) else device)
     # task ids as the model was trained with them (a model that routes by task keys on them)
     order = model.mta_config.tasks if model.mta_config.route_by == "task" else list(tasks["tasks"])
     registry = TaskRegistry(tasks["task_types"], tasks["tasks"], order=order)
@@ -55,7 +77,7 @@ def evaluate_rows(export: LoadedExport, rows: datasets.Dataset, batch_size: int,
     tokenized, _ = tokenize_examples(rows, export.tokenizer, export.registry, max_input_length, max_new_tokens,
                                      export.mode)
     predictions = generate_predictions(export.model, tokenized, export.tokenizer, export.collator(), batch_size,
-                                       max_new_tokens, lockstep=False, device=torch.device("cpu"),
+                                       max_new_tokens, lockstep=False, device=export.device,
                                        prompt_only=causal_prompt if export.mode == "causal" else None)
     tasks = sorted(set(rows["task"]))
     result = score_predictions(list(rows["task"]), list(rows["target"]), predictions,
@@ -67,8 +89,9 @@ def evaluate_rows(export: LoadedExport, rows: datasets.Dataset, batch_size: int,
 
 
 def evaluate_export(model_dir: str | Path, data_path: str | Path, batch_size: int = 64, max_input_length: int = 128,
-                    max_new_tokens: int = 32, predictions_path: str | Path | None = None) -> dict[str, Any]:
-    export = load_export(model_dir)
+                    max_new_tokens: int = 32, predictions_path: str | Path | None = None,
+                    device: str | torch.device = "cpu") -> dict[str, Any]:
+    export = load_export(model_dir, device)
     rows, _ = load_examples(data_path, export.registry.task_types)
     export.registry.check_known(str(data_path), rows["task"])
     result = evaluate_rows(export, rows, batch_size, max_input_length, max_new_tokens)

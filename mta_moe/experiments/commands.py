@@ -31,7 +31,7 @@ def compare_command(args: argparse.Namespace, overrides: Sequence[str]) -> int:
         launcher = shlex.split(args.launcher) if args.launcher else [sys.executable]
         report = compare(stage1, stage2, args.out, temperatures, args.ablate_freeze, args.threshold, launcher,
                          variants=variants, single_task_budget=args.single_task_budget,
-                         single_task=not args.no_single_task, seeds=seeds)
+                         single_task=not args.no_single_task, seeds=seeds, device=args.device)
     except (ConfigError, DataError, FileNotFoundError, ValueError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -84,7 +84,7 @@ def affinity_command(args: argparse.Namespace, overrides: Sequence[str]) -> int:
             settings.every = args.every
         settings.rows, settings.horizon = args.rows, args.horizon
         out = Path(args.out)
-        affinity = run_probe(cfg, out, settings, export=args.model, log=print)
+        affinity = run_probe(cfg, out, settings, export=args.model)
         groups = group_tasks(affinity.tasks, affinity.normalised(), args.threshold, args.max_groups)
         layer_keys = assignment_config(groups, cfg.mta.ep_size)
         path = write_affinity(affinity, groups, layer_keys,

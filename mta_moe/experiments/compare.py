@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from ..config import ConfigError
+from ..logs import get_logger
 from ..training.run_config import apply_overrides, build_run_config
 from .budget import examples_per_task, single_task_steps
 
@@ -217,18 +218,22 @@ def same_config(previous: Any, requested: Any, default: Any = None) -> bool:
 
 def compare(stage1: dict[str, Any], stage2: dict[str, Any] | None, out_dir: str | Path,
             temperatures: Sequence[float] = (), no_freeze: bool = False, threshold: float = 0.01,
-            launcher: Sequence[str] = (sys.executable,), log: Callable[[str], None] = print,
+            launcher: Sequence[str] = (sys.executable,), log: Callable[[str], None] | None = None,
             variants: Sequence[Variant] = (), single_task_budget: str = "examples", single_task: bool = True,
-            seeds: Sequence[int] = ()) -> dict[str, Any]:
-    """Train (or reuse) every run, score the single-task baselines, and write the report to out_dir/report."""
+            seeds: Sequence[int] = (), device: str = "cpu") -> dict[str, Any]:
+    """Train (or reuse) every run, score the single-task baselines, and write the report to out_dir/report
+    (generation and scoring on ``device``: cpu, cuda[:N] or auto); progress goes to ``log`` (default: the
+    ``mta_moe`` logger)."""
+    log = log or get_logger(__name__).info
     from ..data import load_task_data
     from ..evaluation.report import ReportConfig, build_report
-    from ..evaluation.scoring import evaluate_rows, load_export
+    from ..evaluation.scoring import evaluate_rows, load_export, resolve_device
     from .data_files import chance_for, write_split
 
     if single_task_budget not in BUDGETS:
         raise ConfigError(f"compare: --single-task-budget must be one of {list(BUDGETS)}, got {single_task_budget!r}")
     out = Path(out_dir).resolve()
+    resolve_device(device)  # a device that is not there is refused before any run starts
     run_cfg = build_run_config(stage1, "compare --config")
     data = load_task_data(run_cfg.data, run_cfg.mta.task_types, out / "data")
     if "test" not in data.splits:
@@ -252,7 +257,7 @@ def compare(stage1: dict[str, Any], stage2: dict[str, Any] | None, out_dir: str 
     baseline = {}
     for spec in runs:
         if spec.single_task is not None:
-            export = load_export(out / spec.name / "export")
+            export = load_export(out / spec.name / "export", device)
             rows = data.splits["test"].filter(lambda r: r["task"] == spec.single_task)
             result = evaluate_rows(export, rows, run_cfg.train.eval_batch_size, run_cfg.data.max_input_length,
                                    run_cfg.train.max_new_tokens)
@@ -263,5 +268,6 @@ def compare(stage1: dict[str, Any], stage2: dict[str, Any] | None, out_dir: str 
                               max_input_length=run_cfg.data.max_input_length,
                               max_new_tokens=run_cfg.train.max_new_tokens, baseline_name="single-task",
                               protocol=protocol.as_dict(),
-                              seed_groups={spec.name: spec.system for spec in runs if spec.system is not None})
+                              seed_groups={spec.name: spec.system for spec in runs if spec.system is not None},
+                              device=device)
     return build_report(report_cfg, out / "report")

@@ -11,6 +11,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
+from ..logs import get_logger
 from ..data import Collator, MixtureSampler, SamplingConfig, load_task_data, tokenize_examples
 from ..modeling import MTAModel
 from ..training.model_factory import build_backbone, build_tokenizer, model_mode
@@ -37,8 +38,10 @@ def token_loss(model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
 
 
 def run_probe(cfg: RunConfig, out: Path, settings: ProbeSettings, export: str | None = None,
-              log: Callable[[str], None] = print) -> Affinity:
-    """Affinity of the configured data's tasks: along a shared probe run, or at ``export`` (a trained model)."""
+              log: Callable[[str], None] | None = None) -> Affinity:
+    """Affinity of the configured data's tasks: along a shared probe run, or at ``export`` (a trained model);
+    progress goes to ``log`` (default: the ``mta_moe`` logger)."""
+    log = log or get_logger(__name__).info
     data = load_task_data(cfg.data, cfg.mta.task_types, out / "data")
     tasks = list(data.registry.names)
     if export is not None:

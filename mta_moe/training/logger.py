@@ -1,10 +1,13 @@
-"""Run logging on rank 0: one JSON object per line in ``metrics.jsonl`` and the same scalars in TensorBoard."""
+"""Run logging on rank 0: one JSON object per line in ``metrics.jsonl``, the same scalars in TensorBoard, and,
+when the DeepSpeed config enables monitors (``tensorboard``, ``csv_monitor``, ``wandb``, ``comet``), the same
+scalars through DeepSpeed's monitor too."""
 from __future__ import annotations
 
+import copy
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Mapping
 
 from torch.utils.tensorboard import SummaryWriter
 
@@ -17,20 +20,39 @@ class RunLogger:
         self.enabled = enabled
         self.path = out_dir / "metrics.jsonl"
         self._tb = SummaryWriter(str(out_dir / "tensorboard")) if enabled else None
+        self.monitor: Callable[[list[tuple[str, float, int]]], None] | None = None  # DeepSpeed's write_events
 
     def log(self, kind: str, step: int, values: dict[str, Any]) -> None:
         if not self.enabled:
             return
         with self.path.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps({"kind": kind, "step": step, **values}) + "\n")
-        for name, value in _flatten(values):
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-                self._tb.add_scalar(f"{kind}/{name}", value, step)
+        events = [(f"{kind}/{name}", float(value), step) for name, value in _flatten(values)
+                  if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)]
+        for name, value, _ in events:
+            self._tb.add_scalar(name, value, step)
         self._tb.flush()
+        if self.monitor is not None and events:
+            self.monitor(events)
 
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
+
+
+MONITORS = ("tensorboard", "csv_monitor", "wandb", "comet")
+MONITOR_PACKAGES = {"wandb": "wandb", "comet": "comet_ml"}
+
+
+def monitor_config(ds: Mapping[str, Any], out_dir: Path) -> dict[str, Any]:
+    """``ds`` with every enabled file monitor (``tensorboard``, ``csv_monitor``) that names no ``output_path``
+    writing under ``out_dir/monitor`` (DeepSpeed's default is the working directory)."""
+    ds = copy.deepcopy(dict(ds))
+    for name in ("tensorboard", "csv_monitor"):
+        section = ds.get(name)
+        if isinstance(section, dict) and section.get("enabled") and not section.get("output_path"):
+            section["output_path"] = str(out_dir / "monitor") + "/"
+    return ds
 
 
 def _flatten(values: dict[str, Any], prefix: str = ""):

@@ -21,8 +21,9 @@ TOKENIZERS = ("backbone", "sentencepiece")
 
 @dataclass
 class ModelConfig:
-    """``backbone``: a hub name or local directory of pretrained weights, or null with ``from_scratch``
-    (a ``transformers`` config dict with ``model_type``) for a randomly initialised model.
+    """``backbone``: a hub name or local directory of pretrained weights (the default ``from_scratch`` then
+    steps aside), or null with ``from_scratch`` (a ``transformers`` config dict with ``model_type``) for a
+    randomly initialised model.
     ``tokenizer``: ``backbone`` (the backbone's own) or ``sentencepiece`` (trained on the training text)."""
 
     backbone: str | None = None
@@ -78,6 +79,9 @@ class TrainConfig:
     # add the task types of mta.task_types that init_from lacks (see mta_moe.modeling.grow):
     # {"new_adapters": int (default 1), "warm_start": "closest" (default) | a trained type | null}
     add_task_types: dict[str, Any] | None = None
+    # recompute each backbone block in backward instead of keeping its activations (MTAModel.activation_
+    # checkpointing_enable: non-reentrant, task ids restored); less memory, about one more forward per step
+    activation_checkpointing: bool = False
 
     def validate(self, key: str = "mta.train") -> None:
         if self.stage not in (1, 2):
@@ -107,6 +111,9 @@ class TrainConfig:
                     raise ConfigError(f"{key}.{section}.{name}: must be a number >= 0, got {value!r}")
         if not isinstance(self.warn_margin, (int, float)) or isinstance(self.warn_margin, bool) or self.warn_margin < 0:
             raise ConfigError(f"{key}.warn_margin: must be a number >= 0, got {self.warn_margin!r}")
+        if not isinstance(self.activation_checkpointing, bool):
+            raise ConfigError(f"{key}.activation_checkpointing: must be true or false, got "
+                              f"{self.activation_checkpointing!r}")
         check_weighting(self.weighting, self.loss_reduction, f"{key}.weighting")
         check_unfreeze(self.unfreeze, self.stage, self.trainable, f"{key}.unfreeze")
         if self.stage == 2 and not self.init_from:
@@ -174,7 +181,11 @@ def build_run_config(raw: Mapping[str, Any], source: str = "<dict>") -> RunConfi
         section = dict(raw.get("mta", {}))
         sub = {name: section.pop(name, {}) for name in SUBSECTIONS}
         mta = MTAConfig.from_dict(section)
-        model = _dataclass(ModelConfig, sub["model"], "mta.model")
+        model_raw = sub["model"]
+        if isinstance(model_raw, Mapping) and model_raw.get("backbone") is not None \
+                and "from_scratch" not in model_raw:  # a backbone replaces the default from-scratch model
+            model_raw = {**model_raw, "from_scratch": None}
+        model = _dataclass(ModelConfig, model_raw, "mta.model")
         data = DataConfig.from_dict(sub["data"])
         train = _dataclass(TrainConfig, sub["train"], "mta.train")
         _check_deepspeed(ds, mta)
@@ -252,10 +263,40 @@ def _check_deepspeed(ds: Mapping[str, Any], mta: MTAConfig) -> None:
             raise ConfigError("zero_optimization.stage: 3 is refused by DeepSpeed for MoE layers (the MTA "
                               "adapters are MoE experts); use ZeRO stage 1 or 2")
         raise ConfigError(f"zero_optimization.stage: must be 0, 1 or 2, got {stage!r}")
+    if stage == 2 and zero.get("reduce_scatter", True) is not True:
+        raise ConfigError("zero_optimization.reduce_scatter: must be true (or left out) at ZeRO stage 2: "
+                          "DeepSpeed supports MoE layers (the MTA adapters) only with reduce-scatter")
+    if stage == 2 and zero.get("contiguous_gradients", True) is not True:
+        raise ConfigError("zero_optimization.contiguous_gradients: must be true (or left out) at ZeRO stage 2: "
+                          "DeepSpeed supports MoE layers (the MTA adapters) only with contiguous gradients")
     if "optimizer" in ds:
         raise ConfigError("optimizer: leave it out; the trainer builds AdamW over the configured parameter "
                           "groups (mta.train.lr / mta.train.trainable)")
     check_int(ds.get("train_micro_batch_size_per_gpu"), "train_micro_batch_size_per_gpu", 1)
+    if ds.get("zero_allow_untested_optimizer", True) is not True and stage in (1, 2):
+        raise ConfigError("zero_allow_untested_optimizer: must be true (or left out) under ZeRO: the trainer's "
+                          "optimizer is torch's AdamW over its parameter groups, which DeepSpeed calls untested")
+    _check_monitors(ds)
+
+
+def _check_monitors(ds: Mapping[str, Any]) -> None:
+    """DeepSpeed's monitor sections: objects with a boolean ``enabled``; wandb and comet need their package."""
+    import importlib.util
+    from .logger import MONITOR_PACKAGES, MONITORS
+
+    for name in MONITORS:
+        if name not in ds:
+            continue
+        section = ds[name]
+        if not isinstance(section, Mapping):
+            raise ConfigError(f"{name}: expected an object like {{\"enabled\": true, ...}}, got {section!r}")
+        enabled = section.get("enabled", False)
+        if not isinstance(enabled, bool):
+            raise ConfigError(f"{name}.enabled: expected true or false, got {enabled!r}")
+        package = MONITOR_PACKAGES.get(name)
+        if enabled and package and importlib.util.find_spec(package) is None:
+            raise ConfigError(f"{name}.enabled: true needs the {package} package, which is not installed "
+                              f"(pip install {package}), or set {name}.enabled to false")
 
 
 def _dataclass(cls, raw: Any, key: str):

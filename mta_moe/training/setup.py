@@ -11,13 +11,15 @@ import deepspeed
 import torch
 
 from ..config import ConfigError
-from ..data import Collator, Curriculum, MixtureSampler, load_task_data, load_tokenizer, tokenize_examples
+from ..data import Collator, load_task_data, load_tokenizer, make_sampler, tokenize_examples
 from ..data.suite import SUITE_TASKS
+from ..logs import get_logger
 from ..metrics import profile_tasks
 from ..modeling import MTAModel, format_parameter_counts
 from ..modeling.persistence import read_saved_config
 from .add_task import grow_for_training, growth_param_groups
 from .distributed import barrier
+from .logger import monitor_config
 from .losses import task_weight_vector
 from .model_factory import build_backbone, build_tokenizer, model_mode
 from .monitor import TrainingMonitor
@@ -28,6 +30,7 @@ from .task_balance import TaskBalance
 from .unfreezing import UnfreezeSchedule
 
 EXPORT = "export"
+log = get_logger(__name__)
 
 
 class RunSetup:
@@ -57,6 +60,8 @@ class RunSetup:
         else:
             self._load_init_from(Path(cfg.train.init_from))
         self.mode = model_mode(self.model.base_model)
+        if cfg.train.activation_checkpointing:
+            self.model.activation_checkpointing_enable()
         self.collate = Collator(self.tokenizer.pad_token_id, self.mode,
                                 padding_side="right" if self.mode == "seq2seq" else "left")
         d = cfg.data
@@ -77,8 +82,7 @@ class RunSetup:
         sampled = list(self.task_rows)
         if cfg.train.add_task_types is not None:
             sampled = self._grow()
-        curriculum = Curriculum.from_list(d.curriculum, sampled) if d.curriculum else None
-        self.sampler = MixtureSampler({t: len(self.task_rows[t]) for t in sampled}, d.sampling, d.seed, curriculum)
+        self.sampler = make_sampler(d, {t: len(self.task_rows[t]) for t in sampled})
         if d.sampling.strategy == "dynamic":
             validated = set(self.val_set["task"]) if self.val_set is not None else set()
             missing = [t for t in sampled if t not in validated]
@@ -175,6 +179,11 @@ class RunSetup:
             if t.stage == 2:
                 self.model.freeze_all_but_mta()
             groups = optimizer_param_groups(self.model, t.lr, t.weight_decay)
+        zero = self.cfg.ds.get("zero_optimization", {}).get("stage", 0)
+        if zero in (1, 2) and not any(g.get("moe") for g in groups):
+            raise ConfigError("mta.train.trainable: no trainable adapter (MoE expert) parameter; DeepSpeed's ZeRO "
+                              f"stage {zero} needs at least one (add a pattern such as '*deepspeed_experts*'), or "
+                              "set zero_optimization.stage to 0 to train without them")
         return groups + self.balance.param_groups()
 
     def _setup_engine(self) -> None:
@@ -192,15 +201,26 @@ class RunSetup:
         # a DeepSpeed "scheduler" section (WarmupLR, WarmupDecayLR, WarmupCosineLR, OneCycle...) is DeepSpeed's
         # to build over this optimizer; without one, the trainer's own warm-up / linear decay
         scheduler = None if "scheduler" in self.cfg.ds else torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-        ds = dict(self.cfg.ds)
+        ds = monitor_config(self.cfg.ds, self.out)
         ds.setdefault("zero_allow_untested_optimizer", True)
         ds.setdefault("steps_per_print", 10**9)
         self.engine, _, _, self.scheduler = deepspeed.initialize(model=TrainingModule(self.model, self.balance),
                                                                  optimizer=optimizer, lr_scheduler=scheduler,
                                                                  config=ds)
+        if self.engine.monitor.enabled and self.rank == 0:  # the training records through DeepSpeed's monitors too
+            self.logger.monitor = self.engine.monitor.write_events
         dtypes = sorted({str(p.dtype).replace("torch.", "") for p in self.engine.module.parameters()})
-        self.logger.log("engine", 0, {"device": str(self.engine.device), "param_dtypes": dtypes,
-                                      "zero_stage": self.engine.zero_optimization_stage()})
+        checkpointed = sum(getattr(m, "gradient_checkpointing", False) is True for m in self.model.modules())
+        e = self.engine  # the engine's own view of the DeepSpeed keys, as it applies them
+        self.logger.log("engine", 0, {"device": str(e.device), "param_dtypes": dtypes,
+                                      "zero_stage": e.zero_optimization_stage(),
+                                      "activation_checkpointed_modules": checkpointed,
+                                      "train_micro_batch_size_per_gpu": e.train_micro_batch_size_per_gpu(),
+                                      "gradient_accumulation_steps": e.gradient_accumulation_steps(),
+                                      "gradient_clipping": e.gradient_clipping(), "bf16": e.bfloat16_enabled(),
+                                      "fp16": e.fp16_enabled(), "overlap_comm": e.zero_overlap_comm(),
+                                      "contiguous_gradients": e.zero_contiguous_gradients(),
+                                      "steps_per_print": e.steps_per_print()})
         self._info(f"engine: {self.engine.device}, parameters in {', '.join(dtypes)}, "
                    f"ZeRO stage {self.engine.zero_optimization_stage()}")
         self.step = 0
@@ -226,3 +246,8 @@ class RunSetup:
                                                     "of": len(self.unfreeze.units)})
             self._info(f"step {self.step}: unfroze {', '.join(newly)} "
                        f"({self.unfreeze.unfrozen}/{len(self.unfreeze.units)} blocks)")
+
+    @staticmethod
+    def _info(message: str) -> None:
+        """A progress message (``mta_moe`` logger; printed by rank 0 under the command-line handler)."""
+        log.info(message)

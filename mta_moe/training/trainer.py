@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from ..config import ConfigError
 from ..data import rank_slice
+from ..logs import get_logger
 from ..evaluation.generation import causal_prompt, generate_predictions
 from ..metrics import score_predictions
 from ..merging.model_card import model_card
@@ -25,6 +26,7 @@ from .setup import EXPORT, RunSetup
 from .validation_loss import task_losses
 
 CHECKPOINTS = "checkpoints"
+log = get_logger(__name__)
 
 
 class DivergedError(RuntimeError):
@@ -150,7 +152,7 @@ class Trainer(RunSetup):
     def _warn(self, warnings: list[dict[str, Any]]) -> None:
         for warning in warnings:
             self.logger.log("warning", self.step, warning)
-            self._info(f"warning at step {self.step}: {warning['message']}")
+            log.warning(f"step {self.step}: {warning['message']}")
 
     def validate(self) -> dict[str, float]:
         """Greedy generations on the validation split scored per task; ``scores`` holds each task's
@@ -234,7 +236,3 @@ class Trainer(RunSetup):
             card = model_card(self.model, self.data.registry.to_dict()["tasks"], self.profiles, scores, self.step)
             (directory / "README.md").write_text(card, encoding="utf-8")
         barrier()
-
-    def _info(self, message: str) -> None:
-        if self.rank == 0:
-            tqdm.write(message)
