@@ -36,6 +36,9 @@ def _train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--deepspeed", "--deepspeed_config", dest="config", required=True,
                    help="DeepSpeed JSON with an \"mta\" section")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="with --resume: load a checkpoint this output directory's run did not write (DeepSpeed "
+                        "unpickles it: only for checkpoints you trust)")
     p.epilog = ("Any further --key value pair overrides a config value: --mta.k 2, --train.steps 500, "
                 "--train_micro_batch_size_per_gpu 4 (model., data., train. are short for mta.model. etc.)")
 

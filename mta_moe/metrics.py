@@ -65,14 +65,7 @@ def macro_f1(predictions: Sequence[str], targets: Sequence[str], labels: Sequenc
 
 def token_f1(prediction: str, target: str) -> float:
     """SQuAD-style F1 of the bag of word/punctuation tokens; two empty strings score 1."""
-    pred, gold = _TOKEN.findall(normalise(prediction)), _TOKEN.findall(normalise(target))
-    if not pred or not gold:
-        return float(pred == gold)
-    common = sum((Counter(pred) & Counter(gold)).values())
-    if common == 0:
-        return 0.0
-    precision, recall = common / len(pred), common / len(gold)
-    return 2 * precision * recall / (precision + recall)
+    return _bag_f1(_TOKEN.findall(normalise(prediction)), _TOKEN.findall(normalise(target)))
 
 
 def squad_normalise(text: str) -> str:
@@ -94,7 +87,11 @@ def squad_f1(prediction: str, references: str | Sequence[str]) -> float:
 
 
 def _squad_f1_one(prediction: str, reference: str) -> float:
-    pred, gold = squad_normalise(prediction).split(), squad_normalise(reference).split()
+    return _bag_f1(squad_normalise(prediction).split(), squad_normalise(reference).split())
+
+
+def _bag_f1(pred: list[str], gold: list[str]) -> float:
+    """F1 of two bags of tokens; two empty bags score 1, one empty bag 0."""
     if not pred or not gold:
         return float(pred == gold)
     common = sum((Counter(pred) & Counter(gold)).values())

@@ -28,8 +28,31 @@ def run_workers(script: str, args: list[str], nproc: int, out_dir: Path, timeout
     try:
         stdout, stderr = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)  # the launcher and every rank it started
+        kill_tree(proc.pid)  # the launcher and every rank it started
         proc.communicate()
         raise AssertionError(f"{script} {args} did not finish within {timeout} s (a rank hung)") from None
     assert proc.returncode == 0, f"workers failed ({proc.returncode}):\n{stdout[-4000:]}\n{stderr[-4000:]}"
     return [json.loads((out_dir / f"rank{r}.json").read_text()) for r in range(nproc)]
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL ``pid`` and every process below it (torchrun starts its workers in sessions of their own, so
+    killing the launcher's process group would leave them running)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(parent, []).append(int(entry.name))
+    tree, stack = [], [pid]
+    while stack:
+        current = stack.pop()
+        tree.append(current)
+        stack.extend(children.get(current, []))
+    for member in tree:
+        try:
+            os.kill(member, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

@@ -344,6 +344,8 @@ TRAIN_EVIDENCE = {  # key -> the test that shows it acting on a run (or refused)
     "mta.train.gradient_projection": "test_negative_transfer_training.py::test_pcgrad_logs_conflicts_and_gradnorm_runs_expert_parallel",
     "mta.train.unfreeze": "test_unfreezing.py::test_frozen_blocks_are_bit_identical_until_their_step",
     "mta.train.add_task_types": "test_add_task.py::test_launcher_adds_a_task_type_and_leaves_old_tasks_untouched",
+    "mta.train.distributed_timeout_s": "test_faults.py::test_a_rank_that_dies_or_stalls_ends_the_run_within_the_timeout",
+    "mta.train.skip_nonfinite_batches": "test_faults.py::test_nonfinite_batches_are_skipped_up_to_the_limit_then_stop_the_run",
     "mta.train.activation_checkpointing": "test_training.py::test_activation_checkpointing_key_recomputes_and_trains_the_same",
     "mta.model.backbone": "test_training.py::test_training_starts_from_a_backbone_directory_with_its_tokenizer",
     "mta.model.from_scratch": "test_training.py::test_evaluate_cli_reproduces_validation_scores_for_seq2seq_and_causal",

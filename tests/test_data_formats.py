@@ -149,3 +149,26 @@ def test_check_command_exits_non_zero_with_one_line(tmp_path):
     run = subprocess.run([sys.executable, "-m", "mta_moe.data", str(bad), "--task-types", "classify", "qa"],
                          capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
+
+
+def test_duplicate_rows_are_reported_and_kept(tmp_path):
+    path = write_jsonl(tmp_path / "dup.jsonl", [ROWS[0], ROWS[1], ROWS[0], ROWS[0]])
+    dataset, report = load_examples(path, TYPES)
+    assert len(dataset) == 4  # kept: repeating an example is the data's decision (e.g. upsampling)
+    assert report.duplicates == ["line 3 repeats line 1", "line 4 repeats line 1"]
+    assert "2 duplicate rows (kept): line 3 repeats line 1" in report.summary()
+    run = subprocess.run([sys.executable, "-m", "mta_moe.data", str(path)], capture_output=True, text=True)
+    assert run.returncode == 0 and "2 duplicate rows (kept)" in run.stdout
+
+
+def test_a_100k_character_input_loads_and_is_truncated_when_tokenised(tmp_path):
+    from mta_moe.data import TaskRegistry, tokenize_examples, train_sentencepiece_tokenizer
+    long = {**ROWS[0], "input": "the soup was superb " * 5000}
+    path = write_jsonl(tmp_path / "long.jsonl", [long, ROWS[1]])
+    dataset, _ = load_examples(path, TYPES)
+    assert len(dataset[0]["input"]) == 100_000
+    tokenizer = train_sentencepiece_tokenizer([r["input"] for r in ROWS] * 20, tmp_path / "tok", vocab_size=60)
+    registry = TaskRegistry.from_rows(TYPES, [("data", dataset["task"], dataset["type"])])
+    tokenized, report = tokenize_examples(dataset, tokenizer, registry, 128, 8, "seq2seq")
+    assert len(tokenized[0]["input_ids"]) == 128 > len(tokenized[1]["input_ids"])
+    assert report.counts["sentiment"]["inputs_truncated"] == 1 and report.counts["entail"]["inputs_truncated"] == 0

@@ -165,3 +165,27 @@ def test_recipes_through_the_config(tmp_path):
                                                             "limit": 4}]})
     data = load_task_data(cfg, TYPES, tmp_path)
     assert data.registry.names == ["sst2"] and data.splits["train"]["target"] == ["negative", "positive"] * 2
+
+
+def test_settings_keyed_by_task_are_checked_before_the_suite_is_generated(tmp_path):
+    """The curriculum, task weights, caps, ... name tasks: checked against the names the config and the user files
+    give, before anything is generated or tokenised (the bundled suite's full size takes minutes to build)."""
+    from mta_moe.training.run_config import build_run_config
+    from test_training import tiny_config
+    extra = tmp_path / "extra.jsonl"
+    extra.write_text(json.dumps({"input": "x", "target": "yes", "type": "classify", "task": "mine"}) + "\n")
+    for key, value, message in [
+            ("curriculum", [{"start_step": 0, "tasks": ["sentimnt"]}], r"mta.data.curriculum\[0\].tasks: unknown task"),
+            ("sampling", {"strategy": "temperature", "caps": {"sentimnt": 4}}, "mta.data.sampling.caps.sentimnt"),
+            ("task_kinds", {"sentimnt": "generation"}, "mta.data.task_kinds.sentimnt: unknown task")]:
+        cfg = tiny_config(tmp_path / "run")
+        cfg["mta"]["data"].update({key: value, "files": {"train": [str(extra)]}})
+        run = build_run_config(cfg)
+        with pytest.raises(ConfigError, match=message):
+            load_task_data(run.data, run.mta.task_types, tmp_path / "work", run.check_task_names)
+        assert not (tmp_path / "work").exists()
+    cfg = tiny_config(tmp_path / "run")  # a task of the user's file is a known name too
+    cfg["mta"]["data"].update({"files": {"train": [str(extra)]}, "curriculum": [{"start_step": 0, "tasks": ["mine"]}]})
+    run = build_run_config(cfg)
+    data = load_task_data(run.data, run.mta.task_types, tmp_path / "work", run.check_task_names)
+    assert "mine" in data.registry.names and (tmp_path / "work" / "suite").is_dir()

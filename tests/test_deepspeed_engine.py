@@ -52,3 +52,14 @@ def test_adapter_without_sequences_does_not_hang(tmp_path, scenario):
         assert counts[0] == [24.0, 0.0, 0.0, 0.0] and counts[1] == [0.0, 24.0, 0.0, 0.0]
     assert r0["stats_local"]["sequences"][:2] == [24.0, 0.0]
     assert r1["stats_local"]["sequences"][:2] == [0.0, 24.0]
+
+
+@pytest.mark.slow
+def test_long_unbalanced_expert_parallel_run_matches_ep1(tmp_path):
+    """60 steps, every batch a single task type, two of four adapters idle throughout: no hang, ep 2 == ep 1."""
+    r0, r1 = run_workers("engine_worker.py", ["long_unbalanced"], nproc=2, out_dir=tmp_path, timeout=300)
+    assert len(r0["ep1"]) == len(r0["ep2"]) == 60
+    assert max(abs(a - b) for a, b in zip(r0["ep1"], r0["ep2"])) <= 1e-5
+    assert r0["ep2"] == r1["ep2"]  # both ranks report the same mean loss
+    for key in ("counts_ep1", "counts_ep2"):  # adapters 2 and 3 idle, 0 and 1 used (the last step's window)
+        assert all(row[2:] == [0.0, 0.0] for row in r0[key]) and sum(row[0] + row[1] for row in r0[key]) > 0

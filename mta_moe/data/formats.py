@@ -28,14 +28,18 @@ class DataError(ValueError):
 
 @dataclass
 class LoadReport:
-    """What a load kept and what it skipped (only with ``on_error="skip"``)."""
+    """What a load kept, what it skipped (only with ``on_error="skip"``) and the repeated rows it kept."""
 
     path: str
     rows: int = 0
     skipped: list[str] = field(default_factory=list)
+    duplicates: list[str] = field(default_factory=list)  # "line N repeats line M" (kept: the data decides)
 
     def summary(self) -> str:
         text = f"{self.path}: {self.rows} rows"
+        if self.duplicates:
+            text += f", {len(self.duplicates)} duplicate rows (kept): " + "; ".join(self.duplicates[:3])
+            text += " ..." if len(self.duplicates) > 3 else ""
         if self.skipped:
             text += f", {len(self.skipped)} skipped: " + "; ".join(self.skipped[:5])
             text += " ..." if len(self.skipped) > 5 else ""
@@ -58,6 +62,8 @@ def load_examples(path: str | Path, task_types: Sequence[str], on_error: str = "
     if on_error not in ON_ERROR:
         raise ValueError(f"on_error: must be one of {list(ON_ERROR)}, got {on_error!r}")
     path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory, expected a data file")
     if not path.is_file():
         raise DataError(f"{path}: data file not found")
     fmt = fmt or detect_format(path)
@@ -66,6 +72,7 @@ def load_examples(path: str | Path, task_types: Sequence[str], on_error: str = "
         raise DataError(f"{path}: unknown format {fmt!r}; expected one of {sorted(readers)}")
     report = LoadReport(str(path))
     columns: dict[str, list[str]] = {name: [] for name in FIELDS}
+    seen: dict[tuple[str, ...], str] = {}
     for where, raw in readers[fmt](path):
         try:
             if isinstance(raw, _Problem):  # found by the reader: bad bytes, bad JSON, wrong field count
@@ -77,6 +84,11 @@ def load_examples(path: str | Path, task_types: Sequence[str], on_error: str = "
                 raise DataError(message) from None
             report.skipped.append(f"{where}: {exc}")
             continue
+        key = tuple(row[name] for name in FIELDS)
+        if key in seen:
+            report.duplicates.append(f"{where} repeats {seen[key]}")
+        else:
+            seen[key] = where
         for name in FIELDS:
             columns[name].append(row[name])
     report.rows = len(columns["input"])

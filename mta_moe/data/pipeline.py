@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import datasets
 
@@ -36,23 +36,21 @@ class TaskData:
         return {name: rows for name, rows in out.items() if rows}
 
 
-def load_task_data(config: DataConfig, task_types: Sequence[str], work_dir: str | Path) -> TaskData:
-    """Load every configured source; the bundled suite is generated into ``work_dir/suite`` (once per
-    seed and sizes) and read back through the same strict reader as user files."""
+def load_task_data(config: DataConfig, task_types: Sequence[str], work_dir: str | Path,
+                   check_names: Callable[[list[str]], None] | None = None) -> TaskData:
+    """Load every configured source: user files and recipes first, then ``check_names(task names)`` (checks
+    that need only the config and the names, before anything is generated), then the bundled suite, generated
+    into ``work_dir/suite`` (once per seed and sizes) and read back through the same strict reader."""
     parts: dict[str, list[datasets.Dataset]] = {split: [] for split in SPLIT_KEYS}
     sources: dict[str, dict[str, set[str]]] = {split: {} for split in SPLIT_KEYS}  # split -> task -> sources
     reports: list[LoadReport] = []
 
-    def add(split: str, dataset: datasets.Dataset, report: LoadReport, source: str) -> None:
-        parts[split].append(dataset)
-        reports.append(report)
+    def add(split: str, dataset: datasets.Dataset, report: LoadReport, source: str, first: bool = False) -> None:
+        parts[split].insert(0 if first else len(parts[split]), dataset)
+        reports.insert(0 if first else len(reports), report)
         for task in set(dataset["task"]):
             sources[split].setdefault(task, set()).add(source)
 
-    if config.suite is not None:
-        suite_dir = _ensure_suite(config, Path(work_dir))
-        for split in SPLIT_KEYS:
-            add(split, *load_examples(suite_dir / f"{split}.jsonl", task_types, config.on_bad_rows), "the bundled suite")
     for split, paths in config.files.items():
         for path in paths:
             add(split, *load_examples(path, task_types, config.on_bad_rows), "mta.data.files")
@@ -63,6 +61,13 @@ def load_task_data(config: DataConfig, task_types: Sequence[str], work_dir: str 
             add(split, *load_recipe(recipe["name"], splits[split], task_types, data_files=local.get(split),
                                     task_type=recipe.get("type"), limit=recipe.get("limit")),
                 f"mta.data.recipes[{index}] ({recipe['name']})")
+    if check_names is not None:
+        check_names(_task_names(config, sources["train"]))
+    if config.suite is not None:  # generated only now; its rows come first, as the suite is the first source
+        suite_dir = _ensure_suite(config, Path(work_dir))
+        for split in reversed(SPLIT_KEYS):
+            add(split, *load_examples(suite_dir / f"{split}.jsonl", task_types, config.on_bad_rows),
+                "the bundled suite", first=True)
     _refuse_pooled_tasks(sources, config)
     if not parts["train"]:
         raise DataError("mta.data: no training split was loaded")
@@ -91,6 +96,20 @@ def load_task_data(config: DataConfig, task_types: Sequence[str], work_dir: str 
     registry = TaskRegistry.from_rows(task_types, [
         (f"{split} data", ds["task"], ds["type"]) for split, ds in splits.items()])
     return TaskData(splits, registry, reports)
+
+
+def _task_names(config: DataConfig, loaded: Sequence[str]) -> list[str]:
+    """The training tasks the config will give: the suite's (from its settings) and those ``loaded`` from
+    files and recipes, kept to ``mta.data.tasks``."""
+    names = set(loaded)
+    if config.suite is not None:
+        names |= set(config.suite.get("tasks") or SUITE_TASKS)
+    if config.tasks is None:
+        return sorted(names)
+    unknown = sorted(set(config.tasks) - names)
+    if unknown:
+        raise DataError(f"mta.data.tasks: {unknown[0]!r} has no training rows; tasks in the data: {sorted(names)}")
+    return sorted(names & set(config.tasks))
 
 
 def make_sampler(config: DataConfig, task_sizes: dict[str, int]) -> MixtureSampler:

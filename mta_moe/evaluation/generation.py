@@ -27,6 +27,7 @@ def generate_predictions(model: torch.nn.Module, dataset: datasets.Dataset, toke
     indices = list(range(rank, len(dataset), world))
     batches = math.ceil(len(dataset) / world / batch_size)
     mine: dict[int, str] = {}
+    table = dataset.to_list()  # plain rows, converted once (indexing a Dataset formats one row per call)
     was_training = model.training
     model.eval()
     for b in range(batches if lockstep else math.ceil(len(indices) / batch_size)):
@@ -34,7 +35,7 @@ def generate_predictions(model: torch.nn.Module, dataset: datasets.Dataset, toke
         real = len(chunk)
         if not chunk:  # lockstep: this rank has run out, decode a stand-in and ignore it
             chunk = [0]
-        rows = [dataset[i] for i in chunk]
+        rows = [table[i] for i in chunk]
         feats = [prompt_only(r) if prompt_only else r for r in rows]
         batch = collate(feats)
         # lockstep: ranks that finish early keep running forwards until every rank is done (synced_gpus)

@@ -26,8 +26,9 @@ def label_logits(model: torch.nn.Module, tokenizer, registry: TaskRegistry, rows
     was_training = model.training
     model.eval()
     scores = []
+    table = tokenized.to_list()  # plain rows, converted once
     for start in range(0, len(tokenized), batch_size):
-        batch = collate([tokenized[i] for i in range(start, min(start + batch_size, len(tokenized)))])
+        batch = collate(table[start:start + batch_size])
         batch = {k: v.to(device) for k, v in batch.items()}
         out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"],
                     task_type_ids=batch["task_type_ids"], task_ids=batch["task_ids"])

@@ -32,8 +32,9 @@ def routing_by_task(model: torch.nn.Module, tokenized: datasets.Dataset, collate
     sums: dict[str, dict[str, torch.Tensor]] = {}
     was_training = model.training
     model.eval()
+    table = tokenized.to_list()  # plain rows, converted once
     for start in range(0, len(tokenized), batch_size):
-        rows = [tokenized[i] for i in range(start, min(start + batch_size, len(tokenized)))]
+        rows = table[start:start + batch_size]
         batch = {k: v.to(device) for k, v in collate(rows).items()}
         model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"],
               task_type_ids=batch["task_type_ids"], task_ids=batch["task_ids"])

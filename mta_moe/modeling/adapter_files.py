@@ -14,12 +14,12 @@ from pathlib import Path
 
 import torch
 import transformers
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from ..config import MTAConfig
 from .inject import MTAModel
 from .layer import component_of
-from .persistence import build_saved_model, read_saved_model, unique_state, write_files_together
+from .persistence import build_saved_model, read_saved_model, read_weights, unique_state, write_files_together
 
 ADAPTER_CONFIG_FILE = "mta_adapters.json"
 ADAPTER_WEIGHTS_FILE = "adapters.safetensors"
@@ -89,7 +89,7 @@ def load_adapters(directory: str | Path, backbone: str | None = None) -> MTAMode
     check_backbone(model, meta, name, directory)
     if meta["stage"] == 2:
         model.enable_stage2()
-    missing, unexpected = model.load_state_dict(load_file(str(directory / ADAPTER_WEIGHTS_FILE)), strict=False)
+    missing, unexpected = model.load_state_dict(read_weights(directory / ADAPTER_WEIGHTS_FILE), strict=False)
     missing = [k for k in missing if component_of(k) != "backbone"]
     if missing or unexpected:
         raise ValueError(f"{directory / ADAPTER_WEIGHTS_FILE}: adapters do not match the model "

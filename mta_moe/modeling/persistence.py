@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import transformers
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..config import MTAConfig
@@ -156,7 +157,18 @@ def read_saved_model(directory: str | Path) -> SavedModel:
         raise ValueError(f"{directory / MTA_CONFIG_FILE}: architecture {arch!r} is not a transformers class")
     return SavedModel(directory, meta["stage"], MTAConfig.from_dict(meta["mta"]), model_cls,
                       transformers.AutoConfig.from_pretrained(str(_backbone_config_path(directory, meta["format_version"]))),
-                      load_file(str(directory / WEIGHTS_FILE)))
+                      read_weights(directory / WEIGHTS_FILE))
+
+
+def read_weights(path: Path) -> dict:
+    """A safetensors file's tensors; a missing, truncated or altered file is a ValueError naming it."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing; the export is incomplete")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        raise ValueError(f"{path}: not a readable safetensors file ({exc}); the file is damaged — export "
+                         "the model again") from None
 
 
 def build_saved_model(saved: SavedModel, mta: MTAConfig, state: dict,

@@ -7,6 +7,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from ..collectives import all_reduce as sum_over_ranks
 from .gate import SequenceRouting
 
 
@@ -83,9 +84,9 @@ class RoutingStatistics:
         mix = None if self.mix_sums is None else self.mix_sums.clone()
         if all_reduce and dist.is_available() and dist.is_initialized():
             for t in tensors:
-                dist.all_reduce(t, group=group)
+                sum_over_ranks(t, group=group)
             if mix is not None:
-                dist.all_reduce(mix, group=group)
+                sum_over_ranks(mix, group=group)
         return RoutingSnapshot(list(self.row_names), *tensors, mix)
 
     def _to(self, device: torch.device) -> None:

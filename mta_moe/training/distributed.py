@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import os
 import socket
+from datetime import timedelta
 from typing import MutableMapping
 
 import deepspeed
 import torch.distributed as dist
+import torch.distributed.distributed_c10d as c10d
 
 
 def slurm_to_torch_env(env: MutableMapping[str, str]) -> dict[str, str]:
@@ -31,14 +33,21 @@ def slurm_to_torch_env(env: MutableMapping[str, str]) -> dict[str, str]:
     return derived
 
 
-def init_process_group() -> tuple[int, int]:
-    """Join (or, for a plain ``python`` run, create) the default process group; returns (rank, world size)."""
+def init_process_group(timeout_s: float | None = None) -> tuple[int, int]:
+    """Join (or, for a plain ``python`` run, create) the default process group; returns (rank, world size).
+    ``timeout_s``: how long a collective waits for a rank that stopped answering before it fails."""
     slurm_to_torch_env(os.environ)
     if "RANK" not in os.environ:  # plain `python launchers/train.py`: a group of one
         os.environ.update({"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
                            "MASTER_PORT": str(_free_port())})
     if not dist.is_initialized():
-        deepspeed.init_distributed(auto_mpi_discovery=False)
+        kwargs = {}
+        if timeout_s is not None:
+            kwargs["timeout"] = timedelta(seconds=timeout_s)
+            # DeepSpeed creates its expert and data-parallel subgroups with new_group() and no timeout, which then
+            # takes torch's module default (30 min): the configured timeout has to be that default too
+            c10d.default_pg_timeout = c10d.default_pg_nccl_timeout = kwargs["timeout"]
+        deepspeed.init_distributed(auto_mpi_discovery=False, **kwargs)
     return dist.get_rank(), dist.get_world_size()
 
 

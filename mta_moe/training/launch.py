@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import sys
+from pathlib import Path
 from typing import Sequence
 
 
@@ -11,13 +14,21 @@ def train_command(args: argparse.Namespace, overrides: Sequence[str]) -> int:
     from ..config import ConfigError
     from ..data import DataError
     from .run_config import load_run_config
+    from .checkpoints import CheckpointError
     from .trainer import DivergedError, Trainer
 
     try:
         cfg = load_run_config(args.config, overrides)
-        trainer = Trainer(cfg, resume=args.resume)
+        out = Path(cfg.train.output_dir)
+        fresh = not out.exists()
+        try:
+            trainer = Trainer(cfg, resume=args.resume, trust_checkpoint=args.trust_checkpoint)
+        except BaseException:
+            if fresh and _rank() == 0:  # nothing of a run that never started stays behind
+                shutil.rmtree(out, ignore_errors=True)
+            raise
         scores = trainer.run()
-    except (ConfigError, DataError, FileNotFoundError) as exc:
+    except (ConfigError, DataError, FileNotFoundError, CheckpointError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except DivergedError as exc:
@@ -26,3 +37,7 @@ def train_command(args: argparse.Namespace, overrides: Sequence[str]) -> int:
     if scores and trainer.rank == 0:
         print("final validation: " + ", ".join(f"{k} {v:.3f}" for k, v in scores.items()))
     return 0
+
+
+def _rank() -> int:
+    return int(os.environ.get("RANK", "0") or 0)

@@ -18,12 +18,27 @@ class RunLogger:
 
     def __init__(self, out_dir: Path, enabled: bool) -> None:
         self.enabled = enabled
+        self.out_dir = out_dir
         self.path = out_dir / "metrics.jsonl"
-        self._tb = SummaryWriter(str(out_dir / "tensorboard")) if enabled else None
+        self._tb: SummaryWriter | None = None
+        self._pending: list[tuple[str, int, dict[str, Any]]] | None = []  # held until start()
         self.monitor: Callable[[list[tuple[str, float, int]]], None] | None = None  # DeepSpeed's write_events
+
+    def start(self) -> None:
+        """Open metrics.jsonl and TensorBoard and write the records logged so far. Until then nothing is
+        written, so a run that fails while starting leaves no files behind."""
+        pending, self._pending = self._pending or [], None
+        if self.enabled:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            self._tb = SummaryWriter(str(self.out_dir / "tensorboard"))
+        for record in pending:
+            self.log(*record)
 
     def log(self, kind: str, step: int, values: dict[str, Any]) -> None:
         if not self.enabled:
+            return
+        if self._pending is not None:
+            self._pending.append((kind, step, values))
             return
         with self.path.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps({"kind": kind, "step": step, **values}) + "\n")

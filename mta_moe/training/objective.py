@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..collectives import all_reduce
 from ..data import IGNORE_INDEX
 from .gradient_projection import pcgrad_gradient
 from .losses import reduce_loss
@@ -102,7 +102,7 @@ class Objective:
         local[task_ids.cpu().unique()] = 1.0
         anywhere = local.clone()
         if self.world > 1:
-            dist.all_reduce(anywhere)
+            all_reduce(anywhere)
         return local > 0, anywhere > 0
 
     def _gradnorm(self, per_sample: Tensor, task_ids: Tensor) -> None:

@@ -82,6 +82,12 @@ class TrainConfig:
     # recompute each backbone block in backward instead of keeping its activations (MTAModel.activation_
     # checkpointing_enable: non-reentrant, task ids restored); less memory, about one more forward per step
     activation_checkpointing: bool = False
+    # how long a collective (all-reduce, all-to-all, barrier) waits for a rank that stopped answering before the
+    # run fails instead of hanging (PyTorch's default: 1800 s)
+    distributed_timeout_s: float = 1800.0
+    # batches whose loss is not finite that may be skipped (no backward, no optimizer step, logged) before the run
+    # stops as diverged; 0: the first one stops it
+    skip_nonfinite_batches: int = 0
 
     def validate(self, key: str = "mta.train") -> None:
         if self.stage not in (1, 2):
@@ -111,6 +117,11 @@ class TrainConfig:
                     raise ConfigError(f"{key}.{section}.{name}: must be a number >= 0, got {value!r}")
         if not isinstance(self.warn_margin, (int, float)) or isinstance(self.warn_margin, bool) or self.warn_margin < 0:
             raise ConfigError(f"{key}.warn_margin: must be a number >= 0, got {self.warn_margin!r}")
+        if not isinstance(self.distributed_timeout_s, (int, float)) or isinstance(self.distributed_timeout_s, bool) \
+                or self.distributed_timeout_s <= 0:
+            raise ConfigError(f"{key}.distributed_timeout_s: must be a number of seconds > 0, got "
+                              f"{self.distributed_timeout_s!r}")
+        check_int(self.skip_nonfinite_batches, f"{key}.skip_nonfinite_batches", 0)
         if not isinstance(self.activation_checkpointing, bool):
             raise ConfigError(f"{key}.activation_checkpointing: must be true or false, got "
                               f"{self.activation_checkpointing!r}")
@@ -173,6 +184,22 @@ class RunConfig:
         return {**self.ds, "mta": {**self.mta.to_dict(), "model": dataclasses.asdict(self.model),
                                    "data": self.data.to_dict(), "train": dataclasses.asdict(self.train)}}
 
+    def check_task_names(self, names: Sequence[str]) -> None:
+        """Every setting keyed by task names names a task of the data (run before any data is generated or
+        tokenised): the curriculum, task weights, baseline scores, task kinds, sampling caps, type overrides."""
+        from ..data.curriculum import Curriculum
+
+        if self.data.curriculum:
+            Curriculum.from_list(self.data.curriculum, names)
+        for key, mapping in (("mta.train.task_weights", self.train.task_weights),
+                             ("mta.train.baseline_scores", self.train.baseline_scores),
+                             ("mta.data.task_kinds", self.data.task_kinds),
+                             ("mta.data.sampling.caps", self.data.sampling.caps),
+                             ("mta.data.type_overrides", self.data.type_overrides)):
+            unknown = sorted(set(mapping) - set(names))
+            if unknown:
+                raise ConfigError(f"{key}.{unknown[0]}: unknown task; tasks in the data: {list(names)}")
+
 
 def build_run_config(raw: Mapping[str, Any], source: str = "<dict>") -> RunConfig:
     """Validate a whole config dict (DeepSpeed keys + ``mta``); errors start with ``source``."""
@@ -189,6 +216,7 @@ def build_run_config(raw: Mapping[str, Any], source: str = "<dict>") -> RunConfi
         data = DataConfig.from_dict(sub["data"])
         train = _dataclass(TrainConfig, sub["train"], "mta.train")
         _check_deepspeed(ds, mta)
+        _check_skipping(ds, train)
         check_projection(train.gradient_projection, ds, mta.ep_size)
         mta_types = set(mta.task_types)
         for recipe in data.recipes:
@@ -277,6 +305,12 @@ def _check_deepspeed(ds: Mapping[str, Any], mta: MTAConfig) -> None:
         raise ConfigError("zero_allow_untested_optimizer: must be true (or left out) under ZeRO: the trainer's "
                           "optimizer is torch's AdamW over its parameter groups, which DeepSpeed calls untested")
     _check_monitors(ds)
+
+
+def _check_skipping(ds: Mapping[str, Any], train: "TrainConfig") -> None:
+    if train.skip_nonfinite_batches and ds.get("gradient_accumulation_steps", 1) != 1:
+        raise ConfigError("mta.train.skip_nonfinite_batches: needs gradient_accumulation_steps 1 (a step's earlier "
+                          "micro-batches would already have accumulated their gradients); set one of them back")
 
 
 def _check_monitors(ds: Mapping[str, Any]) -> None:

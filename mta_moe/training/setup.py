@@ -41,17 +41,19 @@ class RunSetup:
         self.layer = cfg.mta if cfg.train.init_from is None else self._restart_config(Path(cfg.train.init_from))
         task_types = cfg.mta.task_types if cfg.train.add_task_types is not None else self.layer.task_types
         if self.rank == 0:  # generates the bundled suite once; the other ranks read it afterwards
-            self.data = load_task_data(cfg.data, task_types, self.out / "data")
+            self.data = load_task_data(cfg.data, task_types, self.out / "data", cfg.check_task_names)
         barrier()
         if self.rank != 0:
-            self.data = load_task_data(cfg.data, task_types, self.out / "data")
+            self.data = load_task_data(cfg.data, task_types, self.out / "data", cfg.check_task_names)
         for report in self.data.reports:
             self._info(report.summary())
         train_texts = list(self.data.splits["train"]["input"]) + list(self.data.splits["train"]["target"])
         self.new_tasks: list[str] = []
         if cfg.train.init_from is None:  # stage 1 (stage 2 and add_task_types start from an export)
-            if self.rank == 0:  # trains the SentencePiece model once; the other ranks load it
-                self.tokenizer = build_tokenizer(cfg.model, train_texts, self.out / "tokenizer", train_here=True)
+            # trained once, by rank 0 (the other ranks load it); a resumed run keeps the tokenizer it trained with
+            train_here = not (self.resume and (self.out / "tokenizer").is_dir())
+            if self.rank == 0:
+                self.tokenizer = build_tokenizer(cfg.model, train_texts, self.out / "tokenizer", train_here=train_here)
             barrier()
             if self.rank != 0:
                 self.tokenizer = build_tokenizer(cfg.model, train_texts, self.out / "tokenizer", train_here=False)
@@ -223,7 +225,7 @@ class RunSetup:
                                       "steps_per_print": e.steps_per_print()})
         self._info(f"engine: {self.engine.device}, parameters in {', '.join(dtypes)}, "
                    f"ZeRO stage {self.engine.zero_optimization_stage()}")
-        self.step = 0
+        self.step, self.skipped = 0, 0
         self.best = -math.inf
         self.monitor = TrainingMonitor(t.warn_margin, t.baseline_scores)
         self.objective = Objective(t, self.balance, self.mode, self.world)

@@ -21,9 +21,9 @@ from fnmatch import fnmatchcase
 from typing import Any, Mapping, Sequence
 
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 
+from ..collectives import all_reduce
 from ..config import ConfigError
 
 METHODS = ("uncertainty", "validation", "gradnorm")
@@ -151,7 +151,7 @@ class TaskBalance(nn.Module):
                 losses[t] = float(task_losses[t].detach())
         counts = torch.stack([norms, losses, local.double().cpu()])
         if world > 1:
-            dist.all_reduce(counts)
+            all_reduce(counts)
         norms, losses, ranks = counts[0], counts[1], counts[2]
         active = ranks > 0
         if not active.any():

@@ -10,15 +10,19 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from safetensors import SafetensorError
 from tqdm import tqdm
 
+from ..collectives import all_reduce
 from ..config import ConfigError
 from ..data import rank_slice
 from ..logs import get_logger
 from ..evaluation.generation import causal_prompt, generate_predictions
 from ..metrics import score_predictions
 from ..merging.model_card import model_card
-from ..modeling.persistence import gathered_state, save_mta_model
+from ..modeling.persistence import gathered_state, save_mta_model, write_files_together
+from .checkpoints import (CheckpointError, check_free_space, check_output_dir, commit, new_run_id, read_run_id,
+                          verify)
 from .distributed import barrier, init_process_group
 from .logger import RunLogger
 from .run_config import RunConfig
@@ -38,19 +42,26 @@ BEST = "best"
 class Trainer(RunSetup):
     """``Trainer(cfg).run()`` trains one stage as configured and returns the final validation scores."""
 
-    def __init__(self, cfg: RunConfig, resume: bool = False) -> None:
+    def __init__(self, cfg: RunConfig, resume: bool = False, trust_checkpoint: bool = False) -> None:
+        """Everything before the first step; a failure here leaves no run record (run_config.json, metrics,
+        run_id) behind. ``resume``: the checkpoint is checked first (see :mod:`.checkpoints`)."""
         self.cfg, self.resume = cfg, resume
-        self.rank, self.world = init_process_group()
+        self.rank, self.world = init_process_group(cfg.train.distributed_timeout_s)
         self.out = Path(cfg.train.output_dir)
-        if self.rank == 0:
-            self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / "run_config.json").write_text(json.dumps(cfg.to_json(), indent=2) + "\n")
-        barrier()
+        check_output_dir(self.out)
+        self.resume_tag = verify(self.out, self.out / CHECKPOINTS, trust_checkpoint) if resume else None
         self.logger = RunLogger(self.out, enabled=self.rank == 0)
         self.logger.log("run", 0, {"stage": cfg.train.stage, "world_size": self.world, "ep_size": cfg.mta.ep_size,
                                    "resume": resume, "config": cfg.source})
         self._setup_data_and_model()
+        check_free_space(self.out, sum(p.numel() for p in self.model.parameters()))
         self._setup_engine()
+        if self.rank == 0:  # started: the run's record
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "run_config.json").write_text(json.dumps(cfg.to_json(), indent=2) + "\n")
+            self.run_id = read_run_id(self.out) if resume and read_run_id(self.out) else new_run_id(self.out)
+        self.logger.start()
+        barrier()
 
     def run(self) -> dict[str, float]:
         t, engine = self.cfg.train, self.engine
@@ -58,13 +69,32 @@ class Trainer(RunSetup):
         bar = tqdm(total=t.steps, initial=self.step, disable=self.rank != 0, desc=f"stage {t.stage}")
         scores: dict[str, float] = {}
         end = t.steps if t.stop_at_step is None else min(t.steps, t.stop_at_step)
+        try:
+            self._loop(bar, end, micro, accum, scores)
+        finally:  # also on an error: the bar's last line comes before the error's
+            bar.close()
+        if self.step < t.steps:  # stopped early: the checkpoint is the state to resume from
+            if self.step % t.save_every:
+                self.save_checkpoint()
+            self._info(f"stopped at step {self.step} of {t.steps}; continue with --resume")
+            self.logger.close()
+            return scores
+        self.export(self.out / EXPORT, scores)
+        self.logger.close()
+        return scores
+
+    def _loop(self, bar, end: int, micro: int, accum: int, scores: dict[str, float]) -> None:
+        """Steps until ``end``: sample, train, log, validate (``scores`` holds the last validation), save."""
+        t = self.cfg.train
         while self.step < end:
             started = time.perf_counter()
             self._apply_unfreeze()
             picks = self.sampler.next_batch(micro * self.world * accum, self.step)
             stats = self._train_step(picks, micro, accum)
+            if stats is None:  # a non-finite loss, skipped (mta.train.skip_nonfinite_batches)
+                self._skipped_batch(picks)
+                continue
             if not self._finite(stats):
-                bar.close()
                 self._diverged(stats, picks)
             self.step += 1
             bar.update(1)
@@ -76,21 +106,12 @@ class Trainer(RunSetup):
                 self._log_routing()
                 bar.set_postfix(loss=f"{stats['loss']:.3f}")
             if self.val_set is not None and (self.step % t.eval_every == 0 or self.step == t.steps):
-                scores = self.validate()
+                scores.clear()
+                scores.update(self.validate())
             if self.step % t.save_every == 0 or self.step == t.steps:
                 self.save_checkpoint()
-        bar.close()
-        if self.step < t.steps:  # stopped early: the checkpoint is the state to resume from
-            if self.step % t.save_every:
-                self.save_checkpoint()
-            self._info(f"stopped at step {self.step} of {t.steps}; continue with --resume")
-            self.logger.close()
-            return scores
-        self.export(self.out / EXPORT, scores)
-        self.logger.close()
-        return scores
 
-    def _train_step(self, picks: list[tuple[str, int]], micro: int, accum: int) -> dict[str, Any]:
+    def _train_step(self, picks: list[tuple[str, int]], micro: int, accum: int) -> dict[str, Any] | None:
         engine, names = self.engine, self.data.registry.names
         task_loss = torch.zeros(len(names), dtype=torch.float64)
         task_count = torch.zeros(len(names), dtype=torch.float64)
@@ -101,6 +122,8 @@ class Trainer(RunSetup):
             batch = self.collate([self.train_rows[self.task_rows[task][i]] for task, i in mine])
             batch = {k: v.to(engine.device) for k, v in batch.items()}
             result = self.objective(engine, self.model, batch, self.step)
+            if self.cfg.train.skip_nonfinite_batches and not self._finite_on_every_rank(result.loss):
+                return None  # before backward: nothing of this batch reaches the weights or the optimizer
             engine.backward(result.backward)
             engine.step()
             task_loss.index_add_(0, batch["task_ids"].cpu(), result.per_sample.detach().double().cpu())
@@ -109,7 +132,7 @@ class Trainer(RunSetup):
                                    dtype=torch.float64)
         packed = torch.cat([task_loss, task_count, totals])
         if self.world > 1:
-            dist.all_reduce(packed)
+            all_reduce(packed)
         n = len(names)
         task_loss, task_count, totals = packed[:n], packed[n:2 * n], packed[2 * n:]
         norm = engine.get_global_grad_norm()
@@ -123,18 +146,38 @@ class Trainer(RunSetup):
             stats["pcgrad_conflicts"] = conflicts
         return stats
 
+    def _finite_on_every_rank(self, loss: float) -> bool:
+        bad = torch.tensor([0.0 if math.isfinite(float(loss)) else 1.0])
+        if self.world > 1:
+            all_reduce(bad, op=dist.ReduceOp.MAX)
+        return bad.item() == 0.0
+
+    def _skipped_batch(self, picks: list[tuple[str, int]]) -> None:
+        """Count and log a skipped batch; one more than ``skip_nonfinite_batches`` stops the run as diverged."""
+        self.skipped += 1
+        tasks = sorted({task for task, _ in picks})
+        allowed = self.cfg.train.skip_nonfinite_batches
+        self.logger.log("skipped_batch", self.step + 1, {"tasks": tasks, "skipped": self.skipped, "allowed": allowed})
+        if self.skipped > allowed:
+            self._diverged({"loss": float("nan"), "grad_norm": None}, picks,
+                           f"{self.skipped} batches with a non-finite loss, more than "
+                           f"mta.train.skip_nonfinite_batches ({allowed}) allows")
+        log.warning(f"step {self.step + 1}: non-finite loss on a batch of tasks {tasks}; skipped it "
+                    f"({self.skipped} of {allowed} allowed)")
+
     @staticmethod
     def _finite(stats: dict[str, Any]) -> bool:
         values = [stats["loss"]] + ([stats["grad_norm"]] if stats["grad_norm"] is not None else [])
         return all(math.isfinite(v) for v in values)
 
-    def _diverged(self, stats: dict[str, Any], picks: list[tuple[str, int]]) -> None:
+    def _diverged(self, stats: dict[str, Any], picks: list[tuple[str, int]], why: str = "") -> None:
         """The first step whose loss or gradient norm is not finite: stop before anything is saved from it."""
         self.logger.log("diverged", self.step + 1, {"loss": stats["loss"], "grad_norm": stats["grad_norm"]})
         self.logger.close()
         latest = self.out / CHECKPOINTS / "latest"
         last = latest.read_text().strip() if latest.is_file() else "none"
-        raise DivergedError(f"step {self.step + 1}: loss {stats['loss']}, gradient norm {stats['grad_norm']} on a "
+        raise DivergedError(f"step {self.step + 1}: {why + '; ' if why else ''}loss {stats['loss']}, gradient norm "
+                            f"{stats['grad_norm']} on a "
                             f"batch of tasks {sorted({task for task, _ in picks})}; stopped before saving anything "
                             f"from it (last checkpoint: {last}; export/ and best/ hold only earlier, finite models). "
                             "Lower mta.train.lr or raise gradient_clipping, then --resume or start again")
@@ -201,24 +244,36 @@ class Trainer(RunSetup):
         self._info(f"step {self.step} mixing rates: " + ", ".join(f"{k} {v:.3f}" for k, v in rates.items()))
 
     def save_checkpoint(self) -> None:
-        """A DeepSpeed checkpoint tagged by step; ``latest`` moves only after every file is written."""
-        state = {"step": self.step, "best": self.best, "monitor": self.monitor.state_dict(),
+        """A DeepSpeed checkpoint tagged by step; its manifest, then ``latest``, once every file is written."""
+        state = {"step": self.step, "best": self.best, "skipped": self.skipped, "monitor": self.monitor.state_dict(),
                  "sampler": self.sampler.state_dict(),
                  "torch_rng": torch.get_rng_state(), "stage": self.cfg.train.stage}
-        self.engine.save_checkpoint(str(self.out / CHECKPOINTS), tag=f"step{self.step}", client_state=state,
-                                    save_latest=True)
+        tag = f"step{self.step}"
+        try:
+            self.engine.save_checkpoint(str(self.out / CHECKPOINTS), tag=tag, client_state=state, save_latest=False)
+        except (OSError, RuntimeError) as exc:  # torch.save reports a failed write as a RuntimeError
+            latest = self.out / CHECKPOINTS / "latest"
+            kept = latest.read_text().strip() if latest.is_file() else "no checkpoint"
+            raise CheckpointError(f"could not write checkpoint {self.out / CHECKPOINTS / tag} "
+                                  f"({str(exc).splitlines()[0]}); latest still names {kept}, intact") from None
+        barrier()  # every rank's files are written
+        if self.rank == 0:
+            commit(self.out / CHECKPOINTS, tag, self.step, self.run_id)
+        barrier()
 
     def _load_checkpoint(self) -> None:
         directory = self.out / CHECKPOINTS
-        if not (directory / "latest").is_file():
-            raise FileNotFoundError(f"--resume: no checkpoint to resume from ({directory / 'latest'} is missing)")
-        path, state = self.engine.load_checkpoint(str(directory))
+        try:
+            path, state = self.engine.load_checkpoint(str(directory), tag=self.resume_tag)
+        except Exception as exc:  # noqa: BLE001 - DeepSpeed and torch.load raise many types for a bad file
+            raise CheckpointError(f"--resume: DeepSpeed could not load {directory / self.resume_tag} "
+                                  f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
         if path is None:
-            raise FileNotFoundError(f"--resume: DeepSpeed could not load the checkpoint named in {directory / 'latest'}")
+            raise CheckpointError(f"--resume: DeepSpeed could not load {directory / self.resume_tag}")
         if state.get("stage") != self.cfg.train.stage:
             raise ConfigError(f"--resume: {path} is a stage-{state.get('stage')} checkpoint; this run is stage "
                               f"{self.cfg.train.stage}")
-        self.step, self.best = int(state["step"]), float(state["best"])
+        self.step, self.best, self.skipped = int(state["step"]), float(state["best"]), int(state.get("skipped", 0))
         self.monitor.load_state_dict(state.get("monitor", {}))
         self.sampler.load_state_dict(state["sampler"])
         torch.set_rng_state(state["torch_rng"])
@@ -229,10 +284,16 @@ class Trainer(RunSetup):
         ``MTAModel.from_pretrained`` at any ep size; ``scores``: the validation scores the card lists."""
         state = gathered_state(self.model)  # every rank takes part; rank 0 gets all adapters
         if self.rank == 0:
-            save_mta_model(self.model, directory, state)
-            self.tokenizer.save_pretrained(directory)
-            tasks = {**self.data.registry.to_dict(), "profiles": self.profiles}
-            (directory / "tasks.json").write_text(json.dumps(tasks, indent=2) + "\n")
-            card = model_card(self.model, self.data.registry.to_dict()["tasks"], self.profiles, scores, self.step)
-            (directory / "README.md").write_text(card, encoding="utf-8")
+            def write(folder: Path) -> None:
+                save_mta_model(self.model, folder, state)
+                self.tokenizer.save_pretrained(folder)
+                tasks = {**self.data.registry.to_dict(), "profiles": self.profiles}
+                (folder / "tasks.json").write_text(json.dumps(tasks, indent=2) + "\n")
+                card = model_card(self.model, self.data.registry.to_dict()["tasks"], self.profiles, scores, self.step)
+                (folder / "README.md").write_text(card, encoding="utf-8")
+            try:  # all files together: a failed write leaves the previous export as it was
+                write_files_together(directory, write)
+            except (OSError, RuntimeError, SafetensorError) as exc:
+                raise CheckpointError(f"could not write {directory} ({str(exc).splitlines()[0]}); the previous "
+                                      "export there is intact") from None
         barrier()

@@ -9,6 +9,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from ..collectives import all_reduce
 from ..data import IGNORE_INDEX, Collator
 
 
@@ -39,5 +40,5 @@ def task_losses(model: torch.nn.Module, rows: Sequence[dict], tasks: Sequence[st
         sums[1].index_add_(0, ids, mask.sum(1).double().cpu()[:real])
     model.train(was_training)
     if world > 1:
-        dist.all_reduce(sums)
+        all_reduce(sums)
     return {task: float(sums[0, i] / sums[1, i]) for i, task in enumerate(tasks) if sums[1, i] > 0}

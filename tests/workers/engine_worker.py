@@ -99,7 +99,26 @@ def empty_expert(dispatch: str = "grouped") -> dict:
     return {"losses": losses, "stats_all_reduced": stats, "stats_local": local}
 
 
-SCENARIOS = {"zero2_updates": zero2_updates, "ep_equivalence": ep_equivalence, "empty_expert": empty_expert,
+def long_unbalanced(steps: int = 60) -> dict:
+    """ep_size 1 and 2 over ``steps`` steps where every batch (on both ranks) is one task type, alternating
+    between types 0 and 1: adapters 2 and 3 get no sequence in the whole run."""
+    rank = dist.get_rank()
+    out = {}
+    for ep in (1, 2):
+        cfg = MTAConfig(num_experts=4, k=1, ep_size=ep, gate_mode="task", adapter_dim=8,
+                        task_types=["t0", "t1", "t2", "t3"])
+
+        def batch(step):
+            ids, _ = make_batch(1000 * step + rank)
+            return ids, torch.full((ids.size(0), ), step % 2, dtype=torch.long)
+
+        engine = build_engine(cfg, zero_stage=2)
+        out[f"ep{ep}"] = train_steps(engine, steps, batch)
+        out[f"counts_ep{ep}"] = engine.module.mta.get_routing_stats(all_reduce=True).as_dict()["adapter_counts"]
+    return out
+
+
+SCENARIOS = {"zero2_updates": zero2_updates, "long_unbalanced": long_unbalanced, "ep_equivalence": ep_equivalence, "empty_expert": empty_expert,
              "empty_expert_deepspeed": lambda: empty_expert("deepspeed")}
 
 if __name__ == "__main__":
