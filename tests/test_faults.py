@@ -137,6 +137,7 @@ def test_a_damaged_or_foreign_checkpoint_is_refused_before_anything_loads(stoppe
     assert _snapshot(run) == before  # nothing written, nothing damaged
 
 
+@pytest.mark.slow
 def test_trust_checkpoint_resumes_a_foreign_one_and_the_run_matches(stopped_run, tmp_path):
     run, cfg = _copy(stopped_run, tmp_path)
     (run / "run_id").unlink()  # e.g. the checkpoints were copied into a fresh directory
@@ -163,6 +164,7 @@ def test_a_rank_that_dies_or_stalls_ends_the_run_within_the_timeout(tmp_path, fa
     assert _logged_step(tmp_path / "run") == 3  # it got as far as the fault
 
 
+@pytest.mark.slow
 def test_nonfinite_batches_are_skipped_up_to_the_limit_then_stop_the_run(tmp_path):
     cfg = tiny_config(tmp_path / "run", steps=6, save_every=3, eval_every=6, skip_nonfinite_batches=2)
     env = {**ENV, "MTA_TEST_FAULT": "nan_loss:2,4"}

@@ -118,6 +118,7 @@ def test_tasks_a_system_was_not_trained_on_are_left_out_of_its_scores(two_stages
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal of a CUDA device that is not there")
+@pytest.mark.slow
 def test_evaluate_runs_where_device_says_and_refuses_a_missing_gpu(two_stages, tmp_path):
     suite = two_stages / "stage2" / "data" / "suite"
     scores = {}
