@@ -71,13 +71,14 @@ def make_inputs(name: str, batch: int = 4, seq_len: int = 10, seed: int = 0) -> 
     return inputs
 
 
-def perturb_mta(model, seed: int, scale: float):
-    """Move every adapter (noise of ``scale``) and selector bias (unit noise) away from its initial value, as
-    training would; returns the model in eval mode."""
+def perturb_mta(model, seed: int, scale: float, biases: bool = True):
+    """Move every adapter (noise of ``scale``) and, with ``biases``, selector bias (unit noise) away from its
+    initial value, as training would; returns the model in eval mode."""
     torch.manual_seed(seed)
     with torch.no_grad():
         for layer in model.mta_layers.values():
             for p in layer.local_experts.parameters():
                 p.add_(torch.randn_like(p) * scale)
-            layer.selector.task_bias.add_(torch.randn_like(layer.selector.task_bias))
+            if biases:
+                layer.selector.task_bias.add_(torch.randn_like(layer.selector.task_bias))
     return model.eval()

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from test_config_keys import _set as set_key
 from test_training import REPO, tiny_config
 
 WORKER = REPO / "tests" / "workers" / "bad_input_worker.py"
@@ -38,13 +39,7 @@ def _config_case(root: Path, name: str, change) -> dict:
 
 
 def _set(path: str, value):
-    def change(cfg):
-        *parents, last = path.split(".")
-        node = cfg
-        for part in parents:
-            node = node[part]
-        node[last] = value
-    return change
+    return lambda cfg: set_key(cfg, path, value)
 
 
 def _build(root: Path) -> list[tuple[str, list[str], str, list[str]]]:

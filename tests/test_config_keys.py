@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from backbones import make_backbone, make_inputs
+from backbones import make_backbone, make_inputs, perturb_mta
 from mta_moe import ConfigError, MTAConfig, MTAModel
 from mta_moe.data import DataConfig, DataError, load_task_data, make_sampler, tokenize_examples
 from mta_moe.data.sampling import SamplingConfig
@@ -120,12 +120,7 @@ def _signature(cfg: MTAConfig, stage: int) -> dict:
     model = MTAModel(make_backbone("t5"), cfg)
     if stage == 2:
         model.enable_stage2()
-    torch.manual_seed(1)
-    with torch.no_grad():  # adapters away from their zero start (as after training), selector as initialised
-        for layer in model.mta_layers.values():
-            for p in layer.local_experts.parameters():
-                p.add_(torch.randn_like(p) * 0.1)
-    model.eval()
+    perturb_mta(model, seed=1, scale=0.1, biases=False)  # adapters away from their zero start, selector as built
     inputs = make_inputs("t5")
     with torch.no_grad():
         out = model(**inputs, task_type_ids=torch.tensor([0, 1, 2, 0]), task_ids=torch.tensor([1, 2, 0, 1]))

@@ -8,6 +8,7 @@ from typing import Callable, Sequence
 
 import datasets
 
+from ..config import ConfigError
 from .config import SPLIT_KEYS, DataConfig
 from .formats import DataError, LoadReport, load_examples
 from .recipes import load_recipe
@@ -61,8 +62,10 @@ def load_task_data(config: DataConfig, task_types: Sequence[str], work_dir: str 
             add(split, *load_recipe(recipe["name"], splits[split], task_types, data_files=local.get(split),
                                     task_type=recipe.get("type"), limit=recipe.get("limit")),
                 f"mta.data.recipes[{index}] ({recipe['name']})")
+    names = _task_names(config, sources["train"])  # before anything is generated: the checks on names
+    _check_names(config, names)
     if check_names is not None:
-        check_names(_task_names(config, sources["train"]))
+        check_names(names)
     if config.suite is not None:  # generated only now; its rows come first, as the suite is the first source
         suite_dir = _ensure_suite(config, Path(work_dir))
         for split in reversed(SPLIT_KEYS):
@@ -72,18 +75,11 @@ def load_task_data(config: DataConfig, task_types: Sequence[str], work_dir: str 
     if not parts["train"]:
         raise DataError("mta.data: no training split was loaded")
     splits = {split: datasets.concatenate_datasets(p) for split, p in parts.items() if p}
-    if config.tasks is not None:
-        unknown = sorted(set(config.tasks) - set(splits["train"]["task"]))
-        if unknown:
-            raise DataError(f"mta.data.tasks: {unknown[0]!r} has no training rows; tasks in the data: "
-                            f"{sorted(set(splits['train']['task']))}")
+    if config.tasks is not None:  # every name has training rows (checked by _task_names)
         keep = set(config.tasks)
         splits = {split: ds.filter(lambda names: [n in keep for n in names], input_columns="task", batched=True)
                   for split, ds in splits.items()}
     if config.type_overrides:
-        unknown = sorted(set(config.type_overrides) - set(splits["train"]["task"]))
-        if unknown:
-            raise DataError(f"mta.data.type_overrides.{unknown[0]}: no such task in the training data")
         overrides = dict(config.type_overrides)
         splits = {split: ds.map(lambda row: {"type": overrides.get(row["task"], row["type"])})
                   for split, ds in splits.items()}
@@ -110,6 +106,20 @@ def _task_names(config: DataConfig, loaded: Sequence[str]) -> list[str]:
     if unknown:
         raise DataError(f"mta.data.tasks: {unknown[0]!r} has no training rows; tasks in the data: {sorted(names)}")
     return sorted(names & set(config.tasks))
+
+
+def _check_names(config: DataConfig, names: Sequence[str]) -> None:
+    """The data settings that name tasks name tasks of the data: curriculum, task kinds, sampling caps, type
+    overrides."""
+    if config.curriculum:
+        Curriculum.from_list(config.curriculum, names)
+    for key, mapping in (("mta.data.task_kinds", config.task_kinds), ("mta.data.sampling.caps", config.sampling.caps)):
+        unknown = sorted(set(mapping) - set(names))
+        if unknown:
+            raise ConfigError(f"{key}.{unknown[0]}: unknown task; tasks in the data: {list(names)}")
+    unknown = sorted(set(config.type_overrides) - set(names))
+    if unknown:
+        raise DataError(f"mta.data.type_overrides.{unknown[0]}: no such task in the training data")
 
 
 def make_sampler(config: DataConfig, task_sizes: dict[str, int]) -> MixtureSampler:

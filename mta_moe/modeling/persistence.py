@@ -33,22 +33,24 @@ def save_mta_model(model: MTAModel, directory: str | Path, state: dict | None = 
     ``state``: a full (all-adapters) state dict from :func:`gathered_state` when the model is expert-parallel;
     the files then describe an ep_size-1 model, loadable at any ep size.
     """
+    return write_files_together(directory, lambda tmp: write_model_files(model, tmp, state))
+
+
+def write_model_files(model: MTAModel, folder: Path, state: dict | None = None) -> None:
+    """The files of :func:`save_mta_model`, written straight into ``folder`` (for a caller that already writes
+    into a temporary folder of its own)."""
     if state is None:
         if any(layer.ep_size > 1 for layer in model.mta_layers.values()):
             raise ValueError("save_pretrained needs every adapter in this process (ep_size 1); with expert "
                              "parallelism pass the state from gathered_state()")
         state = unique_state(model)
-
-    def write(tmp: Path) -> None:
-        model.base_model.config.save_pretrained(tmp)
-        (tmp / "config.json").replace(tmp / BACKBONE_CONFIG_FILE)
-        (tmp / "config.json").write_text(json.dumps(export_marker(type(model.base_model).__name__), indent=2) + "\n")
-        meta = {"format_version": FORMAT_VERSION, "architecture": type(model.base_model).__name__,
-                "stage": model.stage, "mta": model.mta_config.replace(ep_size=1).to_dict()}
-        (tmp / MTA_CONFIG_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
-        save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
-
-    return write_files_together(directory, write)
+    model.base_model.config.save_pretrained(folder)
+    (folder / "config.json").replace(folder / BACKBONE_CONFIG_FILE)
+    (folder / "config.json").write_text(json.dumps(export_marker(type(model.base_model).__name__), indent=2) + "\n")
+    meta = {"format_version": FORMAT_VERSION, "architecture": type(model.base_model).__name__,
+            "stage": model.stage, "mta": model.mta_config.replace(ep_size=1).to_dict()}
+    (folder / MTA_CONFIG_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
+    save_file(state, str(folder / WEIGHTS_FILE), metadata={"format": "pt"})
 
 
 def write_files_together(directory: str | Path, write: Callable[[Path], None]) -> Path:

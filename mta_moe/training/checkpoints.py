@@ -18,6 +18,8 @@ import shutil
 import uuid
 from pathlib import Path
 
+from ..files import write_text_atomically
+
 LATEST = "latest"
 MANIFEST = "manifest.json"
 RUN_ID = "run_id"
@@ -55,23 +57,13 @@ def check_free_space(out: Path, parameters: int) -> None:
 def new_run_id(out: Path) -> str:
     """A fresh id for a run started (not resumed) in ``out``, written to ``out/run_id``."""
     run_id = uuid.uuid4().hex
-    write_atomically(out / RUN_ID, run_id + "\n")
+    write_text_atomically(out / RUN_ID, run_id + "\n")
     return run_id
 
 
 def read_run_id(out: Path) -> str | None:
     path = out / RUN_ID
     return path.read_text().strip() if path.is_file() else None
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """``path`` holds either its old content or ``text``, never a part (temporary file + rename)."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    with temporary.open("w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
 
 
 def _digest(path: Path) -> str:
@@ -82,23 +74,28 @@ def _digest(path: Path) -> str:
     return sha.hexdigest()
 
 
+def latest_tag(checkpoints: Path) -> str | None:
+    """The tag ``checkpoints/latest`` names, or None when there is none."""
+    latest = checkpoints / LATEST
+    return latest.read_text().strip() if latest.is_file() else None
+
+
 def commit(checkpoints: Path, tag: str, step: int, run_id: str) -> None:
     """After DeepSpeed wrote ``checkpoints/tag``: its manifest, then ``latest`` (rank 0, every rank's files
     on a shared file system)."""
     folder = checkpoints / tag
     files = {str(p.relative_to(folder)): {"bytes": p.stat().st_size, "sha256": _digest(p)}
              for p in sorted(folder.rglob("*")) if p.is_file() and p.name != MANIFEST}
-    write_atomically(folder / MANIFEST, json.dumps({"tag": tag, "step": step, "run_id": run_id,
+    write_text_atomically(folder / MANIFEST, json.dumps({"tag": tag, "step": step, "run_id": run_id,
                                                     "files": files}, indent=1) + "\n")
-    write_atomically(checkpoints / LATEST, tag)
+    write_text_atomically(checkpoints / LATEST, tag)
 
 
 def verify(out: Path, checkpoints: Path, trust: bool = False) -> str:
     """The tag ``--resume`` loads, after checking it as the module docstring says; raises CheckpointError."""
-    latest = checkpoints / LATEST
-    if not latest.is_file():
+    latest, tag = checkpoints / LATEST, latest_tag(checkpoints)
+    if tag is None:
         raise CheckpointError(f"--resume: no checkpoint to resume from ({latest} is missing)")
-    tag = latest.read_text().strip()
     folder = checkpoints / tag
     if not tag or not folder.is_dir():
         raise CheckpointError(f"--resume: {latest} names {tag!r}, but {folder} is missing; point {latest} at "

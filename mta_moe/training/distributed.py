@@ -51,6 +51,14 @@ def init_process_group(timeout_s: float | None = None) -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
+def leave_process_group() -> None:
+    """Every rank leaves together: a rank that exits with the group's threads alive can abort at exit
+    ("terminate called without an active exception"), failing a run that finished."""
+    if dist.is_initialized():
+        barrier()
+        dist.destroy_process_group()
+
+
 def barrier() -> None:
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.barrier()

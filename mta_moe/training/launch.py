@@ -15,6 +15,7 @@ def train_command(args: argparse.Namespace, overrides: Sequence[str]) -> int:
     from ..data import DataError
     from .run_config import load_run_config
     from .checkpoints import CheckpointError
+    from .distributed import leave_process_group
     from .trainer import DivergedError, Trainer
 
     try:
@@ -34,6 +35,7 @@ def train_command(args: argparse.Namespace, overrides: Sequence[str]) -> int:
     except DivergedError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3
+    leave_process_group()
     if scores and trainer.rank == 0:
         print("final validation: " + ", ".join(f"{k} {v:.3f}" for k, v in scores.items()))
     return 0

@@ -185,17 +185,10 @@ class RunConfig:
                                    "data": self.data.to_dict(), "train": dataclasses.asdict(self.train)}}
 
     def check_task_names(self, names: Sequence[str]) -> None:
-        """Every setting keyed by task names names a task of the data (run before any data is generated or
-        tokenised): the curriculum, task weights, baseline scores, task kinds, sampling caps, type overrides."""
-        from ..data.curriculum import Curriculum
-
-        if self.data.curriculum:
-            Curriculum.from_list(self.data.curriculum, names)
+        """The training settings keyed by task name name tasks of the data (run by ``load_task_data`` before
+        anything is generated or tokenised, beside its own checks of the data settings)."""
         for key, mapping in (("mta.train.task_weights", self.train.task_weights),
-                             ("mta.train.baseline_scores", self.train.baseline_scores),
-                             ("mta.data.task_kinds", self.data.task_kinds),
-                             ("mta.data.sampling.caps", self.data.sampling.caps),
-                             ("mta.data.type_overrides", self.data.type_overrides)):
+                             ("mta.train.baseline_scores", self.train.baseline_scores)):
             unknown = sorted(set(mapping) - set(names))
             if unknown:
                 raise ConfigError(f"{key}.{unknown[0]}: unknown task; tasks in the data: {list(names)}")

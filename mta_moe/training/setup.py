@@ -94,11 +94,6 @@ class RunSetup:
         static = task_weight_vector(self.cfg.train.task_weights, self.data.registry.names)
         self.balance = TaskBalance(self.cfg.train.weighting, self.data.registry.names, static)
         train = self.data.splits["train"]
-        for key, mapping in (("mta.data.task_kinds", d.task_kinds),
-                             ("mta.train.baseline_scores", self.cfg.train.baseline_scores)):
-            unknown = sorted(set(mapping) - set(self.data.registry.names))
-            if unknown:
-                raise ConfigError(f"{key}.{unknown[0]}: unknown task; tasks in the data: {self.data.registry.names}")
         declared = {name: SUITE_TASKS[name].kind for name in self.data.registry.names
                     if d.suite is not None and name in SUITE_TASKS}
         self.profiles = profile_tasks(list(train["task"]), list(train["input"]), list(train["target"]),

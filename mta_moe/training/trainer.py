@@ -20,9 +20,9 @@ from ..logs import get_logger
 from ..evaluation.generation import causal_prompt, generate_predictions
 from ..metrics import score_predictions
 from ..merging.model_card import model_card
-from ..modeling.persistence import gathered_state, save_mta_model, write_files_together
-from .checkpoints import (CheckpointError, check_free_space, check_output_dir, commit, new_run_id, read_run_id,
-                          verify)
+from ..modeling.persistence import gathered_state, write_files_together, write_model_files
+from .checkpoints import (CheckpointError, check_free_space, check_output_dir, commit, latest_tag, new_run_id,
+                          read_run_id, verify)
 from .distributed import barrier, init_process_group
 from .logger import RunLogger
 from .run_config import RunConfig
@@ -174,8 +174,7 @@ class Trainer(RunSetup):
         """The first step whose loss or gradient norm is not finite: stop before anything is saved from it."""
         self.logger.log("diverged", self.step + 1, {"loss": stats["loss"], "grad_norm": stats["grad_norm"]})
         self.logger.close()
-        latest = self.out / CHECKPOINTS / "latest"
-        last = latest.read_text().strip() if latest.is_file() else "none"
+        last = latest_tag(self.out / CHECKPOINTS) or "none"
         raise DivergedError(f"step {self.step + 1}: {why + '; ' if why else ''}loss {stats['loss']}, gradient norm "
                             f"{stats['grad_norm']} on a "
                             f"batch of tasks {sorted({task for task, _ in picks})}; stopped before saving anything "
@@ -252,8 +251,7 @@ class Trainer(RunSetup):
         try:
             self.engine.save_checkpoint(str(self.out / CHECKPOINTS), tag=tag, client_state=state, save_latest=False)
         except (OSError, RuntimeError) as exc:  # torch.save reports a failed write as a RuntimeError
-            latest = self.out / CHECKPOINTS / "latest"
-            kept = latest.read_text().strip() if latest.is_file() else "no checkpoint"
+            kept = latest_tag(self.out / CHECKPOINTS) or "no checkpoint"
             raise CheckpointError(f"could not write checkpoint {self.out / CHECKPOINTS / tag} "
                                   f"({str(exc).splitlines()[0]}); latest still names {kept}, intact") from None
         barrier()  # every rank's files are written
@@ -285,7 +283,7 @@ class Trainer(RunSetup):
         state = gathered_state(self.model)  # every rank takes part; rank 0 gets all adapters
         if self.rank == 0:
             def write(folder: Path) -> None:
-                save_mta_model(self.model, folder, state)
+                write_model_files(self.model, folder, state)
                 self.tokenizer.save_pretrained(folder)
                 tasks = {**self.data.registry.to_dict(), "profiles": self.profiles}
                 (folder / "tasks.json").write_text(json.dumps(tasks, indent=2) + "\n")

@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import json
-import os
 import random
-import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from ...files import write_text_atomically
 from ...metrics import rouge_l
 from .tasks import CONFLICTS, HELPS, SUITE_TASKS, SuiteTask
 
@@ -103,19 +102,12 @@ def write_suite(out_dir: str | Path, seed: int = 0, sizes: SuiteSizes = SuiteSiz
                               "labels": list(SUITE_TASKS[n].labels or []), **levels[n]} for n in levels}}
     paths = {split: out_dir / f"{split}.jsonl" for split in SPLITS}
     for split, path in paths.items():
-        _atomic_write(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in suite[split]))
+        write_text_atomically(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in suite[split]))
     paths["manifest"] = out_dir / "suite.json"
-    _atomic_write(paths["manifest"], json.dumps(manifest, indent=2) + "\n")
+    write_text_atomically(paths["manifest"], json.dumps(manifest, indent=2) + "\n")
     paths["card"] = out_dir / "DATA.md"
-    _atomic_write(paths["card"], render_card(suite, seed, sizes))
+    write_text_atomically(paths["card"], render_card(suite, seed, sizes))
     return paths
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
 
 
 def render_card(suite: dict[str, list[dict[str, str]]], seed: int, sizes: SuiteSizes) -> str:
