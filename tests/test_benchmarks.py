@@ -4,14 +4,17 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from test_training import REPO
 
 
-def test_layer_dispatch_benchmark_writes_results(tmp_path):
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_layer_dispatch_benchmark_writes_results(tmp_path, dtype):
     out, png = tmp_path / "layer.json", tmp_path / "layer.png"
     args = [sys.executable, "benchmarks/layer_dispatch.py", "--hidden", "32", "--experts", "4", "--k", "1", "2",
             "--tokens", "256", "--seq-len", "16", "--adapter-dim", "8", "--repeats", "1", "--warmup", "0",
-            "--routing", "task", "--out", str(out), "--plot", str(png)]
+            "--routing", "task", "--dtype", dtype, "--out", str(out), "--plot", str(png)]
     proc = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "DS_ACCELERATOR": "cpu"})
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -22,7 +25,46 @@ def test_layer_dispatch_benchmark_writes_results(tmp_path):
         assert row["ratio_to_floor"] == row["a_grouped_ms"] / row["d_floor_ms"]
         # three task types, Softmax-T init: each type's top-k adapters, at most 3·k of the 4
         assert 1 <= row["adapters_used"] <= min(4, 3 * row["k"])
-        assert all(row[f"{v}_peak_mib"] > 0 for v in ("a_grouped", "b_deepspeed", "c_dense", "d_floor"))
+        assert all(row[f"{v}_peak_mib"] > 0 for v in ("a_grouped", "a2_grouped_loop", "b_deepspeed", "c_dense",
+                                                       "d_floor", "f_anchor"))
+        assert row["grouped_gemm"] is True  # the shipped layer took the grouped GEMMs (8 and 32 are aligned)
+        assert row["speedup_vs_loop"] == row["a2_grouped_loop_ms"] / row["a_grouped_ms"]
+        assert row["ratio_to_anchor"] == row["a_grouped_ms"] / row["f_anchor_ms"]
     assert result["ffn"][0]["e_ffn_ms"] > 0
-    assert result["environment"]["device"] == "cpu"
+    assert result["environment"]["device"] == "cpu" and result["config"]["dtype"] == dtype
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_model_step_benchmark_runs_in_bf16(tmp_path):
+    out = tmp_path / "step.json"
+    args = [sys.executable, "benchmarks/model_step.py", "--batch", "1", "--src-len", "8", "--tgt-len", "4",
+            "--repeats", "1", "--warmup", "0", "--dtype", "bf16", "--out", str(out)]
+    proc = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "DS_ACCELERATOR": "cpu"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert result["config"]["dtype"] == "bf16"
+    assert set(result["step_ms"]) == {"base", "mta_official", "mta_all_layers"}
+    assert result["ratio_to_base"]["base"] == 1.0
+    for name, ms in result["step_ms"].items():
+        assert result["ratio_to_base"][name] == ms / result["step_ms"]["base"]
+    # adapters add parameters: official placement (2 blocks) < all 12 blocks
+    assert result["parameters"]["base"] < result["parameters"]["mta_official"] < result["parameters"]["mta_all_layers"]
+
+
+@pytest.mark.slow
+def test_trainer_throughput_benchmark_compares_two_trees(tmp_path):
+    """Against HEAD checked out beside the working tree: both trees train, the ratio is of the two medians."""
+    out = tmp_path / "throughput.json"
+    args = [sys.executable, "benchmarks/trainer_throughput.py", "--baseline", "HEAD", "--short", "2", "--long", "6",
+            "--repeats", "1", "--set", "train_micro_batch_size_per_gpu=4", "mta.data.suite.train=40", "--out",
+            str(out)]
+    proc = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "DS_ACCELERATOR": "cpu"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert set(result["ms_per_step"]) == {"baseline", "current"}
+    assert all(ms > 0 for ms in result["ms_per_step"].values())
+    assert result["speedup_vs_baseline"] == result["ms_per_step"]["baseline"] / result["ms_per_step"]["current"]
+    worktrees = subprocess.run(["git", "worktree", "list"], cwd=REPO, capture_output=True, text=True).stdout
+    assert "baseline" not in worktrees  # the temporary checkout is gone

@@ -157,8 +157,9 @@ def test_layer_key_changes_the_model_or_is_equal_by_design(key):
         return
     before, after = _signature(base, stage), _signature(base.replace(**{key: value}), stage)
     found = _differs(before, after)
-    if key == "dispatch":  # two implementations of one computation: equal outputs and gradients are its contract
-        assert found == [] and torch.equal(before["logits"], after["logits"])
+    if key == "dispatch":  # two implementations of one computation: equal outputs (to rounding: the grouped
+        assert found in ([], ["logits"])  # GEMMs sum in another order) and gradients are its contract
+        assert torch.allclose(before["logits"], after["logits"], atol=1e-5)
         return
     assert found, f"mta.{key}: {value!r} changed nothing the run sees"
     if key == "bias_init":  # the softmax ignores a shift shared by every bias: the stored values move, the

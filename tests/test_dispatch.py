@@ -4,6 +4,7 @@ import torch
 
 from mta_moe import MTAConfig, MTALayer
 from mta_moe.modeling import dispatch as dispatch_module
+from mta_moe.modeling import grouped_gemm
 from workers.toy_model import make_ffn
 
 D = 16
@@ -24,13 +25,31 @@ def _pair(kind: str, k, mode: str):
     return layers
 
 
-@pytest.mark.parametrize("kind", ["bottleneck", "ffn"])
+def _counting(fn, calls: list):
+    def wrapped(*args, **kwargs):
+        calls.append(1)
+        return fn(*args, **kwargs)
+    return wrapped
+
+
+# ffn experts always take the loop; bottleneck adapters take grouped GEMMs where usable, or the loop when told
+FORMS = [(kind, form) for kind in ("bottleneck", "ffn")
+         for form in ("grouped_gemm", "loop_weight_in_bottleneck", "loop_weight_on_output")
+         if (kind, form) != ("ffn", "grouped_gemm")]
+
+
+@pytest.mark.parametrize("kind,form", FORMS)
 @pytest.mark.parametrize("k", [1, 2, None])
 @pytest.mark.parametrize("mode", ["task", "both"])
-@pytest.mark.parametrize("folded", [True, False], ids=["weight_in_bottleneck", "weight_on_output"])
-def test_grouped_equals_deepspeed_dispatch(kind, k, mode, folded, monkeypatch):
-    monkeypatch.setattr(dispatch_module, "SCALED_FORWARD_MIN_ELEMENTS", 0 if folded else 1 << 60)
+def test_grouped_equals_deepspeed_dispatch(kind, form, k, mode, monkeypatch):
+    """Every form of the grouped dispatch (grouped GEMMs; the per-adapter loop with the routing weight inside
+    the bottleneck or on the output) equals DeepSpeed's stock dispatch."""
+    monkeypatch.setattr(dispatch_module, "SCALED_FORWARD_MIN_ELEMENTS",
+                        0 if form == "loop_weight_in_bottleneck" else 1 << 60)
+    calls = []
+    monkeypatch.setattr(grouped_gemm, "grouped_gemm_mixture", _counting(grouped_gemm.grouped_gemm_mixture, calls))
     grouped, stock = _pair(kind, k, mode)
+    grouped.grouped_gemm_kernel = None if form == "grouped_gemm" else False
     x = torch.randn(7, 9, D)
     tasks = torch.tensor([0, 0, 0, 0, 1, 1, 0])  # adapter 4 (task type 2) gets no sequence
     with torch.no_grad():  # inference skips adapters without sequences; the result is the same sum
@@ -45,6 +64,7 @@ def test_grouped_equals_deepspeed_dispatch(kind, k, mode, folded, monkeypatch):
     assert torch.equal(inference, outs[0][0].detach())
     assert torch.equal(outs[0][1], outs[1][1].to(outs[0][1].dtype))  # tokens per expert
     assert (xs[0].grad - xs[1].grad).abs().max().item() <= 1e-5
+    assert len(calls) == (2 if form == "grouped_gemm" else 0)  # the form under test is the one that ran
     for (n, a), (_, b) in zip(grouped.named_parameters(), stock.named_parameters()):
         ga = torch.zeros_like(a) if a.grad is None else a.grad
         gb = torch.zeros_like(b) if b.grad is None else b.grad
@@ -92,3 +112,95 @@ def test_gather_and_combine_have_exact_gradients(k):
     assert torch.autograd.gradcheck(mixture, (x, ))
     expected = sum(torch.tanh(x @ mats[e]) * (indices == e).any(1).view(-1, 1, 1) for e in range(experts))
     assert torch.allclose(mixture(x), expected, atol=1e-12)
+
+
+def _bf16_layer(k, bias: bool, stage: int, kernel: bool | None = None) -> MTALayer:
+    torch.manual_seed(0)
+    cfg = MTAConfig(num_experts=4, k=k, adapter_dim=16, gate_mode="both", selector_init_std=0.5,
+                    adapter_bias=bias, num_shared_adapters=1, shared_adapter_dim=16)
+    layer = MTALayer(cfg, 32, make_ffn(32, 64))
+    with torch.no_grad():
+        for p in layer.local_experts.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    if stage == 2:
+        layer.enable_stage2()
+    layer.grouped_gemm_kernel = kernel
+    return layer.to(torch.bfloat16)
+
+
+def _forward_backward(step, layer: MTALayer, x: torch.Tensor, tasks: torch.Tensor):
+    layer.zero_grad(set_to_none=True)
+    xi = x.clone().requires_grad_(True)
+    out, aux, counts = step(xi, tasks)
+    (out.float().pow(2).mean() + aux).backward()
+    return out.detach(), counts, xi.grad, {n: p.grad for n, p in layer.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("k", [1, 2])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("stage", [1, 2])
+def test_layer_compiles_whole_at_ep1_and_matches_eager(k, bias, stage):
+    """No host synchronisation at ep_size 1: forward + backward compile with fullgraph=True (a graph break
+    raises), and the compiled layer computes what the eager layer does."""
+    layer = _bf16_layer(k, bias, stage)
+    x = torch.randn(6, 5, 32, dtype=torch.bfloat16)
+    tasks = torch.tensor([0, 1, 0, 2, 1, 0])  # adapter 3 gets no sequence at k = 1
+    eager = _forward_backward(layer, layer, x, tasks)
+    torch._dynamo.reset()
+    compiled = _forward_backward(torch.compile(layer, fullgraph=True, backend="aot_eager"), layer, x, tasks)
+    assert torch.equal(eager[1], compiled[1])
+    for a, b in [(eager[0], compiled[0]), (eager[2], compiled[2])]:
+        assert (a.float() - b.float()).abs().max().item() <= 1e-2
+    assert eager[3].keys() == compiled[3].keys() and len(eager[3]) >= 4 * (2 if bias else 1)
+    for name, grad in eager[3].items():
+        assert (grad.float() - compiled[3][name].float()).abs().max().item() <= 1e-2, name
+
+
+def test_the_per_adapter_loop_does_not_compile_whole():
+    """The compile test can fail: the loop form reads routing counts on the host, a graph break."""
+    layer = _bf16_layer(2, True, 1, kernel=False)
+    x = torch.randn(6, 5, 32, dtype=torch.bfloat16)
+    torch._dynamo.reset()
+    with pytest.raises(Exception, match="(?i)graph break|tolist|item|data-dependent|Unsupported"):
+        _forward_backward(torch.compile(layer, fullgraph=True, backend="aot_eager"), layer, x,
+                          torch.tensor([0, 1, 0, 2, 1, 0]))
+
+
+def test_grouped_gemm_kernel_probe_and_choice(monkeypatch):
+    """Where ``torch._grouped_mm`` serves: probed eagerly per device and dtype; unaligned widths or ffn experts
+    keep the loop."""
+    from mta_moe.modeling import grouped_gemm
+    assert grouped_gemm.kernel_supported(torch.device("cpu"), torch.float32)
+    assert grouped_gemm.kernel_supported(torch.device("cpu"), torch.bfloat16)
+    bottleneck = _pair("bottleneck", 2, "task")[0]
+    assert grouped_gemm.usable(bottleneck.local_experts, torch.randn(2, 3, D))
+    assert not grouped_gemm.usable(bottleneck.local_experts, torch.randn(2, 3, D, dtype=torch.float64))
+    assert not grouped_gemm.usable(_pair("ffn", 2, "task")[0].local_experts, torch.randn(2, 3, D))
+    odd = MTALayer(MTAConfig(num_experts=2, k=1, adapter_dim=6, gate_mode="task"), D, make_ffn(D, 32))
+    assert not grouped_gemm.usable(odd.local_experts, torch.randn(2, 3, D))  # 6 fp32 = 24 bytes, not 16-aligned
+    # CPU, eager: gathered tokens above CPU_EAGER_MAX_BYTES take the loop (2·3·16 fp32 · k 2 = 768 bytes)
+    monkeypatch.setattr(grouped_gemm, "CPU_EAGER_MAX_BYTES", 767)
+    assert grouped_gemm.usable(bottleneck.local_experts, torch.randn(2, 3, D), 1)
+    assert not grouped_gemm.usable(bottleneck.local_experts, torch.randn(2, 3, D), 2)
+
+
+def test_the_kernel_probe_answers_the_same_under_no_grad(monkeypatch):
+    """The first use may be a generation step under no_grad; the probe's backward must still run."""
+    monkeypatch.setattr(grouped_gemm, "_PROBED", {})
+    with torch.no_grad():
+        assert grouped_gemm.kernel_supported(torch.device("cpu"), torch.float32)
+
+
+def test_the_kernel_probe_runs_inside_an_activation_checkpointed_block(monkeypatch):
+    """The first forward of a checkpointed block probes the kernel: the probe must not run under its hooks."""
+    from torch.utils.checkpoint import checkpoint
+    monkeypatch.setattr(grouped_gemm, "_PROBED", {})
+    layer = _pair("bottleneck", 2, "task")[0]
+    x = torch.randn(7, 9, D, requires_grad=True)
+    tasks = torch.tensor([0, 0, 0, 0, 1, 1, 0])
+    out = checkpoint(lambda h: layer(h, tasks)[0], x, use_reentrant=False)
+    out.pow(2).mean().backward()
+    assert grouped_gemm._PROBED == {("cpu", torch.float32): True}
+    reference = x.detach().clone().requires_grad_(True)
+    layer(reference, tasks)[0].pow(2).mean().backward()
+    assert torch.allclose(x.grad, reference.grad, atol=1e-6)

@@ -80,4 +80,4 @@ def test_objective_computes_the_loss_once_and_equal_to_the_backbones(name, mode)
     assert len(seen) == 1 and "labels" not in seen[0]
     with torch.no_grad():
         reference = model(**inputs, task_type_ids=batch["task_type_ids"]).loss  # the backbone's own cross-entropy
-    assert abs(result.loss - reference.item()) <= 1e-5 * reference.item()
+    assert abs(result.loss.item() - reference.item()) <= 1e-5 * reference.item()

@@ -164,3 +164,22 @@ def test_a_diverging_run_stops_at_the_first_non_finite_step(tmp_path):
     diverged = next(r for r in records if r["kind"] == "diverged")
     assert all(r["step"] < diverged["step"] for r in records if r["kind"] == "train")
     assert not (tmp_path / "run" / "export").exists()
+
+
+def test_the_divergence_check_between_logged_steps_names_the_same_first_step(tmp_path):
+    """Losses stay on the device between logged steps; the first non-finite step is still the one named, and
+    no record or file holds anything from it or after it."""
+    found = {}
+    for log_every in (1, 7):
+        out = tmp_path / f"log{log_every}"
+        cfg = tiny_config(out, steps=30, lr=1.0e4, warmup_steps=0, log_every=log_every, eval_every=30, save_every=30)
+        cfg["gradient_clipping"] = 0.0
+        run = launch(["--deepspeed", str(write_config(tmp_path / f"c{log_every}.json", cfg))])
+        assert run.returncode == 3, run.stderr[-2000:]
+        records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        diverged = next(r for r in records if r["kind"] == "diverged")
+        assert all(r["step"] < diverged["step"] for r in records if r["kind"] in ("train", "validation"))
+        assert not (out / "export").exists() and not (out / "checkpoints" / "latest").exists()
+        found[log_every] = (diverged["step"], run.stderr.strip().splitlines()[-1])
+    assert found[1][0] == found[7][0] and found[1][0] % 7 != 0  # named between two logged steps
+    assert found[1][1] == found[7][1]  # the same message: step, loss, gradient norm, tasks

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-_ACTIVATIONS = {
+ACTIVATION_FUNCTIONS = {
     "relu": F.relu,
     "gelu": F.gelu,
     "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
@@ -24,8 +24,8 @@ class BottleneckAdapter(nn.Module):
 
     def __init__(self, hidden_size: int, adapter_dim: int, activation: str = "relu", bias: bool = True) -> None:
         super().__init__()
-        if activation not in _ACTIVATIONS:
-            raise ValueError(f"adapter activation must be one of {sorted(_ACTIVATIONS)}, got {activation!r}")
+        if activation not in ACTIVATION_FUNCTIONS:
+            raise ValueError(f"adapter activation must be one of {sorted(ACTIVATION_FUNCTIONS)}, got {activation!r}")
         self.activation = activation
         self.down = nn.Linear(hidden_size, adapter_dim, bias=bias)
         self.up = nn.Linear(adapter_dim, hidden_size, bias=bias)
@@ -43,7 +43,7 @@ class BottleneckAdapter(nn.Module):
                 self.up.bias.zero_()
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.up(_ACTIVATIONS[self.activation](self.down(hidden_states)))
+        return self.up(ACTIVATION_FUNCTIONS[self.activation](self.down(hidden_states)))
 
     def scaled_forward(self, hidden_states: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         """``scale · forward(x)`` with the scale applied in the r-wide bottleneck, not on the d-wide output.
@@ -51,7 +51,7 @@ class BottleneckAdapter(nn.Module):
         ``scale`` broadcasts against ``hidden_states[..., :1]``. The bias rides on a column holding the
         scale, so the up-projection is one matmul: ``[s·h, s] @ [U | b]ᵀ = s·(U h + b)``.
         """
-        h = _ACTIVATIONS[self.activation](self.down(hidden_states))
+        h = ACTIVATION_FUNCTIONS[self.activation](self.down(hidden_states))
         scale = scale.to(h.dtype)
         if self.up.bias is None:
             return F.linear(h * scale, self.up.weight)

@@ -8,6 +8,8 @@ scatter-add combines the blocks. Gather and combine are single autograd nodes th
 [B, L, d] buffer each way; at ``ep_size`` 1 no block larger than one adapter's share is allocated.
 With ``ep_size`` > 1, the tokens of the routed sequences are exchanged between ranks with exact
 split sizes (no padding), and the weights are applied to the returned outputs.
+At ``ep_size`` 1, bottleneck adapters take the fixed-shape grouped-GEMM form of :mod:`.grouped_gemm`
+instead (no host synchronisation) wherever ``torch._grouped_mm`` supports the device and dtype.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.distributed.nn import functional as dist_fn
 
+from . import grouped_gemm
 from .gate import SequenceRouting
 
 # Blocks smaller than this (elements) take ``w · expert(x)``: below it the two small concatenations of
@@ -95,8 +98,16 @@ class SequenceCombine(torch.autograd.Function):
 
 
 def grouped_dispatch(hidden_states: Tensor, routing: SequenceRouting, experts: nn.ModuleList, num_experts: int,
-                     ep_size: int = 1, ep_group=None) -> tuple[Tensor, Tensor]:
-    """``Σ_j w_bj · A_{i_bj}(x_b)`` for every sequence b; returns (output [B, L, d], tokens per global expert [E])."""
+                     ep_size: int = 1, ep_group=None, grouped_gemm_kernel: bool | None = None) -> tuple[Tensor, Tensor]:
+    """``Σ_j w_bj · A_{i_bj}(x_b)`` for every sequence b; returns (output [B, L, d], tokens per global expert [E]).
+
+    At ``ep_size`` 1, bottleneck adapters run on grouped GEMMs without host synchronisation where the kernel
+    supports the device and dtype (:mod:`.grouped_gemm`; ``grouped_gemm_kernel`` None = where usable, False =
+    never); otherwise each adapter runs once on its gathered block.
+    """
+    if ep_size == 1 and grouped_gemm_kernel is not False and grouped_gemm.usable(experts, hidden_states,
+                                                                                  routing.indices.size(1)):
+        return grouped_gemm.grouped_gemm_mixture(hidden_states, routing.indices, routing.weights, experts)
     batch, seq_len, _ = hidden_states.shape
     plan = plan_routes(routing, num_experts)
     token_counts = torch.tensor(plan.counts, device=hidden_states.device) * seq_len

@@ -96,10 +96,13 @@ class TaskWeightSelector(TopKGate):
         self.task_bias.requires_grad_(trainable and self.gate_mode != "learned")
 
     # ------------------------------------------------------------------ routing
-    def route(self, seq_repr: Tensor, route_ids: Tensor | None) -> SequenceRouting:
-        """Choose adapters and weights for each sequence from its representation and routing key."""
+    def route(self, seq_repr: Tensor, route_ids: Tensor | None, ids_checked: bool = False) -> SequenceRouting:
+        """Choose adapters and weights for each sequence from its representation and routing key.
+
+        ``ids_checked``: the caller already checked the ids' range (:func:`check_route_id_range`), so this
+        layer does not read them back to the host (a synchronisation per layer on a GPU)."""
         batch = seq_repr.size(0)
-        route_ids = self._check_route_ids(route_ids, batch, seq_repr.device)
+        route_ids = self._check_route_ids(route_ids, batch, seq_repr.device, ids_checked)
         logits = seq_repr.new_zeros(batch, self.num_experts, dtype=torch.float32)
         if self.gate_mode != "task":
             logits = logits + F.linear(seq_repr.float(), self.wg.weight.float())
@@ -114,7 +117,8 @@ class TaskWeightSelector(TopKGate):
         aux = self._aux_loss(scaled, probs, top_idx)
         return SequenceRouting(top_idx, weights, probs, route_ids, aux)
 
-    def _check_route_ids(self, route_ids: Tensor | None, batch: int, device: torch.device) -> Tensor | None:
+    def _check_route_ids(self, route_ids: Tensor | None, batch: int, device: torch.device,
+                         ids_checked: bool) -> Tensor | None:
         name = "task_type_ids" if self.route_by == "type" else "task_ids"
         if route_ids is None:
             if self.gate_mode == "learned":
@@ -124,11 +128,8 @@ class TaskWeightSelector(TopKGate):
         route_ids = torch.as_tensor(route_ids, device=device).long().reshape(-1)
         if route_ids.numel() != batch:
             raise ValueError(f"{name}: need one id per sequence ({batch}), got {route_ids.numel()}")
-        if route_ids.numel() and (route_ids.min() < 0 or route_ids.max() >= self.num_routes):
-            bad = route_ids[(route_ids < 0) | (route_ids >= self.num_routes)][0].item()
-            keys = "task_types" if self.route_by == "type" else "tasks"
-            raise ValueError(f"{name}: ids must be in [0, {self.num_routes - 1}] "
-                             f"(mta.{keys} = {self.routing_keys}), got {bad}")
+        if not ids_checked and not torch.compiler.is_compiling():
+            check_route_id_range(route_ids, self.route_by, self.routing_keys)
         return route_ids
 
     def _aux_loss(self, scaled_logits: Tensor, probs: Tensor, top_idx: Tensor) -> Tensor:
@@ -151,6 +152,15 @@ class TaskWeightSelector(TopKGate):
         if not sparse_routes or use_tutel:
             raise ValueError("TaskWeightSelector returns sparse routes only (DeepSpeed 0.19.8 index dispatch, no Tutel)")
         return expand_to_tokens(used_token, input.size(0), self.num_experts, self.ep_group)
+
+
+def check_route_id_range(route_ids: Tensor, route_by: str, routing_keys: list[str]) -> None:
+    """Refuse routing-key ids outside ``[0, len(routing_keys))``, naming the first bad one (reads them on the host)."""
+    name, keys = ("task_type_ids", "task_types") if route_by == "type" else ("task_ids", "tasks")
+    bad = route_ids[(route_ids < 0) | (route_ids >= len(routing_keys))]
+    if bad.numel():
+        raise ValueError(f"{name}: ids must be in [0, {len(routing_keys) - 1}] "
+                         f"(mta.{keys} = {routing_keys}), got {bad[0].item()}")
 
 
 def expand_to_tokens(routing: SequenceRouting, num_tokens: int, num_experts: int, ep_group=None):

@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from ..config import ConfigError, MTAConfig
 from .backbones import BackboneFamily, family_for, find_stack
+from .gate import check_route_id_range
 from .layer import LayerRouting, MTALayer, component_of
 
 
@@ -53,7 +54,8 @@ class MTAFeedForward(nn.Module):
         if routing is None and mask is not None and mask.shape[1] != hidden_states.shape[1]:
             raise ValueError(f"attention_mask covers {mask.shape[1]} positions but the {self.stack} sees "
                              f"{hidden_states.shape[1]}: route the full sequence first (generate() does)")
-        out, l_aux, _ = self.mta(hidden_states, route_ids, mask, routing=routing, track=not ctx.recomputing)
+        out, l_aux, _ = self.mta(hidden_states, route_ids, mask, routing=routing, track=not ctx.recomputing,
+                                 ids_checked=True)
         if cache is not None and routing is None:
             cache[self.key] = self.mta.last_routing
         ctx.aux_losses.append(l_aux)
@@ -161,7 +163,11 @@ class MTAModel(nn.Module):
             ids = task_ids
         else:
             ids = task_type_ids
-        return None if ids is None else torch.as_tensor(ids).long().reshape(-1)
+        if ids is None:
+            return None
+        ids = torch.as_tensor(ids).long().reshape(-1)
+        check_route_id_range(ids, self.mta_config.route_by, self.mta_config.routing_keys)  # once, not per layer
+        return ids
 
     def _begin(self, task_type_ids, task_ids, kwargs: dict) -> None:
         ctx = self._context

@@ -67,6 +67,8 @@ class MTALayer(MoE):
         self.gate_network: GateNetwork | None = None
         self.routing_stats = RoutingStatistics(config.routing_keys, config.num_experts)
         self.last_routing: LayerRouting | None = None
+        # None: grouped GEMMs wherever the kernel supports the device and dtype; False: the per-adapter loop
+        self.grouped_gemm_kernel: bool | None = None
 
     # ------------------------------------------------------------------ setup
     @property
@@ -121,21 +123,22 @@ class MTALayer(MoE):
 
     # ---------------------------------------------------------------- forward
     def route(self, hidden_states: Tensor, route_ids: Tensor | None = None,
-              attention_mask: Tensor | None = None) -> SequenceRouting:
+              attention_mask: Tensor | None = None, ids_checked: bool = False) -> SequenceRouting:
         """The per-sequence adapter choice for ``hidden_states`` [B, L, d]."""
         seq_repr = sequence_representation(hidden_states, attention_mask, self.config.sequence_repr)
-        return self.selector.route(seq_repr, route_ids)
+        return self.selector.route(seq_repr, route_ids, ids_checked)
 
     def forward(self, hidden_states: Tensor, route_ids: Tensor | None = None,
                 attention_mask: Tensor | None = None, routing: LayerRouting | None = None,
-                track: bool = True) -> tuple[Tensor, Tensor, Tensor]:  # type: ignore[override]
+                track: bool = True, ids_checked: bool = False) -> tuple[Tensor, Tensor, Tensor]:  # type: ignore[override]
         """``hidden_states`` [B, L, d] → ``(output, l_aux, exp_counts)``; ``route_ids`` are one routing-key id per
         sequence (task-type ids, or task ids with ``route_by: task``); ``routing`` reuses an earlier decision;
-        ``track=False`` leaves the routing statistics alone (a recomputation of a forward already counted)."""
+        ``track=False`` leaves the routing statistics alone (a recomputation of a forward already counted);
+        ``ids_checked``: the ids' range was checked once for the whole model, not again here."""
         if hidden_states.dim() != 3:
             raise ValueError(f"MTALayer expects [batch, seq_len, hidden], got shape {tuple(hidden_states.shape)}")
         selection = routing.selection if routing is not None else self.route(hidden_states, route_ids,
-                                                                              attention_mask)
+                                                                              attention_mask, ids_checked)
         out = self._dispatch(hidden_states, selection)
         base = None
         if self.base_ffn is not None:
@@ -163,7 +166,7 @@ class MTALayer(MoE):
             raise RuntimeError(f"MTA layer {self.layer_id}: ep_size={self.ep_size} has no expert-parallel group yet; "
                                "wrap the model with deepspeed.initialize before the forward")
         out, counts = grouped_dispatch(hidden_states, selection, self.local_experts, self.num_experts,
-                                       self.ep_size, moe.ep_group)
+                                       self.ep_size, moe.ep_group, self.grouped_gemm_kernel)
         moe.l_aux, moe.exp_counts = selection.aux_loss, counts.detach()
         return out
 

@@ -29,9 +29,9 @@ from .task_balance import TaskBalance
 @dataclass
 class MicroBatchLoss:
     backward: Tensor  # what engine.backward receives
-    loss: float  # the loss value (weighted CE + regulariser + aux)
+    loss: Tensor  # the loss value (weighted CE + regulariser + aux), detached: read back only when logged
     per_sample: Tensor  # each sequence's mean token CE (unweighted)
-    aux: float
+    aux: Tensor  # the routing auxiliary loss, detached (0 without one)
 
 
 def model_inputs(model, batch: dict[str, Tensor], mode: str) -> dict[str, Tensor]:
@@ -72,7 +72,8 @@ class Objective:
         loss = loss + self.balance.regulariser(task_ids)
         aux = model.last_aux_loss
         total = loss if aux is None else loss + aux.to(loss.dtype)
-        result = MicroBatchLoss(total, float(total.detach()), per_sample, 0.0 if aux is None else float(aux.detach()))
+        result = MicroBatchLoss(total, total.detach(), per_sample,
+                                torch.zeros_like(total.detach()) if aux is None else aux.detach().to(total.dtype))
         if not self.custom_gradient:
             return result
         params = engine.module.trainable_parameters()

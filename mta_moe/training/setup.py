@@ -10,6 +10,7 @@ from typing import Any
 import deepspeed
 import torch
 
+from .step_health import StepHealth
 from ..config import ConfigError
 from ..data import Collator, load_task_data, load_tokenizer, make_sampler, tokenize_examples
 from ..data.suite import SUITE_TASKS
@@ -220,8 +221,12 @@ class RunSetup:
                                       "steps_per_print": e.steps_per_print()})
         self._info(f"engine: {self.engine.device}, parameters in {', '.join(dtypes)}, "
                    f"ZeRO stage {self.engine.zero_optimization_stage()}")
+        if self.world == 1 and self.engine.zero_optimization_stage() > 0:
+            self._info("one process: ZeRO partitions nothing here but adds a gradient hook per parameter; "
+                       "--zero_optimization.stage 0 starts faster (the shipped configs keep 2 for multi-rank runs)")
         self.step, self.skipped = 0, 0
         self.best = -math.inf
+        self.health = StepHealth(self.engine.device)
         self.monitor = TrainingMonitor(t.warn_margin, t.baseline_scores)
         self.objective = Objective(t, self.balance, self.mode, self.world)
         if self.balance.method == "gradnorm":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,26 @@ from .validation_loss import task_losses
 
 CHECKPOINTS = "checkpoints"
 log = get_logger(__name__)
+
+
+@dataclass
+class StepTensors:
+    """One optimizer step's statistics, on the device until a logging step reads them."""
+
+    task_loss: torch.Tensor  # [T] float64: summed per-sequence losses per task (this rank)
+    task_count: torch.Tensor  # [T] float64: sequences per task (this rank)
+    totals: torch.Tensor  # [3] float64: loss sum, aux sum, tokens (this rank, over the micro-batches)
+    grad_norm: torch.Tensor | float | None
+    accum: int
+
+    @property
+    def loss(self) -> torch.Tensor:
+        """This rank's loss, averaged over its micro-batches."""
+        return self.totals[0] / self.accum
+
+    @property
+    def tokens(self) -> torch.Tensor:
+        return self.totals[2]
 
 
 class DivergedError(RuntimeError):
@@ -86,67 +107,95 @@ class Trainer(RunSetup):
     def _loop(self, bar, end: int, micro: int, accum: int, scores: dict[str, float]) -> None:
         """Steps until ``end``: sample, train, log, validate (``scores`` holds the last validation), save."""
         t = self.cfg.train
+        window_seconds, window_tokens = 0.0, None  # training time and tokens since the last train record
         while self.step < end:
             started = time.perf_counter()
             self._apply_unfreeze()
             picks = self.sampler.next_batch(micro * self.world * accum, self.step)
-            stats = self._train_step(picks, micro, accum)
-            if stats is None:  # a non-finite loss, skipped (mta.train.skip_nonfinite_batches)
+            step = self._train_step(picks, micro, accum)
+            if step is None:  # a non-finite loss, skipped (mta.train.skip_nonfinite_batches)
                 self._skipped_batch(picks)
                 continue
-            if not self._finite(stats):
-                self._diverged(stats, picks)
             self.step += 1
+            self.health.observe(self.step, step.loss, step.grad_norm, sorted({task for task, _ in picks}))
+            window_tokens = step.tokens if window_tokens is None else window_tokens + step.tokens
             bar.update(1)
             if self.balance.method is not None:
                 self.logger.log("task_weights", self.step, self.balance.current())
-            if self.step % t.log_every == 0 or self.step == t.steps:
-                stats["tokens_per_s"] = stats.pop("tokens") / (time.perf_counter() - started)
+            log_now = self.step % t.log_every == 0 or self.step == t.steps
+            eval_now = self.val_set is not None and (self.step % t.eval_every == 0 or self.step == t.steps)
+            save_now = self.step % t.save_every == 0 or self.step == t.steps
+            if log_now or eval_now or save_now:  # the one read-back of the device: before anything is kept
+                self._check_finite()
+            if log_now:
+                stats = self._step_stats(step)  # waits for the device: the window's time is complete
+                window_seconds += time.perf_counter() - started
+                stats["tokens_per_s"] = float(window_tokens) / window_seconds
+                window_seconds, window_tokens = 0.0, None
                 self.logger.log("train", self.step, stats)
                 self._log_routing()
                 bar.set_postfix(loss=f"{stats['loss']:.3f}")
-            if self.val_set is not None and (self.step % t.eval_every == 0 or self.step == t.steps):
+            else:
+                window_seconds += time.perf_counter() - started
+            if eval_now:
                 scores.clear()
                 scores.update(self.validate())
-            if self.step % t.save_every == 0 or self.step == t.steps:
+            if save_now:
                 self.save_checkpoint()
+        self._check_finite()  # a run stopped early (stop_at_step) keeps nothing non-finite either
 
-    def _train_step(self, picks: list[tuple[str, int]], micro: int, accum: int) -> dict[str, Any] | None:
+    def _train_step(self, picks: list[tuple[str, int]], micro: int, accum: int) -> StepTensors | None:
+        """One optimizer step over ``accum`` micro-batches; its statistics stay on the device (see
+        :meth:`_step_stats`). None: a non-finite loss skipped before backward (``skip_nonfinite_batches``)."""
         engine, names = self.engine, self.data.registry.names
-        task_loss = torch.zeros(len(names), dtype=torch.float64)
-        task_count = torch.zeros(len(names), dtype=torch.float64)
-        totals = torch.zeros(3, dtype=torch.float64)  # loss sum, aux sum, tokens
+        device = engine.device
+        task_loss = torch.zeros(len(names), dtype=torch.float64, device=device)
+        task_count = torch.zeros(len(names), dtype=torch.float64, device=device)
+        totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, aux sum, tokens
         share = micro * self.world
         for a in range(accum):
             mine = rank_slice(picks[a * share:(a + 1) * share], self.rank, self.world)
             batch = self.collate([self.train_rows[self.task_rows[task][i]] for task, i in mine])
-            batch = {k: v.to(engine.device) for k, v in batch.items()}
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             result = self.objective(engine, self.model, batch, self.step)
             if self.cfg.train.skip_nonfinite_batches and not self._finite_on_every_rank(result.loss):
                 return None  # before backward: nothing of this batch reaches the weights or the optimizer
             engine.backward(result.backward)
             engine.step()
-            task_loss.index_add_(0, batch["task_ids"].cpu(), result.per_sample.detach().double().cpu())
-            task_count.index_add_(0, batch["task_ids"].cpu(), torch.ones(len(mine), dtype=torch.float64))
-            totals += torch.tensor([result.loss, result.aux, float(batch["attention_mask"].sum())],
-                                   dtype=torch.float64)
-        packed = torch.cat([task_loss, task_count, totals])
+            task_ids = batch["task_ids"]
+            task_loss.index_add_(0, task_ids, result.per_sample.detach().double())
+            task_count.index_add_(0, task_ids, torch.ones_like(task_ids, dtype=torch.float64))
+            totals += torch.stack([result.loss.double(), result.aux.double(),
+                                   batch["attention_mask"].sum().double()])
+        return StepTensors(task_loss, task_count, totals, engine.get_global_grad_norm(), accum)
+
+    def _step_stats(self, step: "StepTensors") -> dict[str, Any]:
+        """The logged record of one step: summed over ranks and read back to the host (the logging steps only)."""
+        names = self.data.registry.names
+        packed = torch.cat([step.task_loss, step.task_count, step.totals])
         if self.world > 1:
             all_reduce(packed)
-        n = len(names)
+        packed = packed.cpu()
+        n, ranks = len(names), step.accum * self.world
         task_loss, task_count, totals = packed[:n], packed[n:2 * n], packed[2 * n:]
-        norm = engine.get_global_grad_norm()
-        stats = {"loss": totals[0].item() / (accum * self.world), "aux_loss": totals[1].item() / (accum * self.world),
+        norm = step.grad_norm
+        stats = {"loss": totals[0].item() / ranks, "aux_loss": totals[1].item() / ranks,
                  "lr": self.scheduler.get_last_lr()[0], "grad_norm": None if norm is None else float(norm),
                  "task_loss": {t: task_loss[i].item() / task_count[i].item() for i, t in enumerate(names)
-                               if task_count[i] > 0},
-                 "tokens": totals[2].item()}
+                               if task_count[i] > 0}}
         conflicts = self.objective.pop_conflicts()
         if conflicts is not None:
             stats["pcgrad_conflicts"] = conflicts
         return stats
 
-    def _finite_on_every_rank(self, loss: float) -> bool:
+    def _check_finite(self) -> None:
+        """Stop (:class:`DivergedError`) if any step since the start had a non-finite loss or gradient norm."""
+        bad = self.health.first_bad(self.world)
+        if bad is not None:
+            step, loss, norm, tasks = bad
+            self._diverged({"loss": loss, "grad_norm": norm}, tasks, step=step)
+
+    def _finite_on_every_rank(self, loss: torch.Tensor) -> bool:
         bad = torch.tensor([0.0 if math.isfinite(float(loss)) else 1.0])
         if self.world > 1:
             all_reduce(bad, op=dist.ReduceOp.MAX)
@@ -159,25 +208,21 @@ class Trainer(RunSetup):
         allowed = self.cfg.train.skip_nonfinite_batches
         self.logger.log("skipped_batch", self.step + 1, {"tasks": tasks, "skipped": self.skipped, "allowed": allowed})
         if self.skipped > allowed:
-            self._diverged({"loss": float("nan"), "grad_norm": None}, picks,
+            self._diverged({"loss": float("nan"), "grad_norm": None}, tasks,
                            f"{self.skipped} batches with a non-finite loss, more than "
                            f"mta.train.skip_nonfinite_batches ({allowed}) allows")
         log.warning(f"step {self.step + 1}: non-finite loss on a batch of tasks {tasks}; skipped it "
                     f"({self.skipped} of {allowed} allowed)")
 
-    @staticmethod
-    def _finite(stats: dict[str, Any]) -> bool:
-        values = [stats["loss"]] + ([stats["grad_norm"]] if stats["grad_norm"] is not None else [])
-        return all(math.isfinite(v) for v in values)
-
-    def _diverged(self, stats: dict[str, Any], picks: list[tuple[str, int]], why: str = "") -> None:
+    def _diverged(self, stats: dict[str, Any], tasks: list[str], why: str = "", step: int | None = None) -> None:
         """The first step whose loss or gradient norm is not finite: stop before anything is saved from it."""
-        self.logger.log("diverged", self.step + 1, {"loss": stats["loss"], "grad_norm": stats["grad_norm"]})
+        step = self.step + 1 if step is None else step
+        self.logger.log("diverged", step, {"loss": stats["loss"], "grad_norm": stats["grad_norm"]})
         self.logger.close()
         last = latest_tag(self.out / CHECKPOINTS) or "none"
-        raise DivergedError(f"step {self.step + 1}: {why + '; ' if why else ''}loss {stats['loss']}, gradient norm "
+        raise DivergedError(f"step {step}: {why + '; ' if why else ''}loss {stats['loss']}, gradient norm "
                             f"{stats['grad_norm']} on a "
-                            f"batch of tasks {sorted({task for task, _ in picks})}; stopped before saving anything "
+                            f"batch of tasks {tasks}; stopped before saving anything "
                             f"from it (last checkpoint: {last}; export/ and best/ hold only earlier, finite models). "
                             "Lower mta.train.lr or raise gradient_clipping, then --resume or start again")
 

@@ -1,0 +1,133 @@
+"""Bottleneck adapters on grouped GEMMs: a fixed-shape dispatch with no host synchronisation (ep_size 1).
+
+The routes (sequence, adapter) are sorted by adapter on the device; the adapters' weights are stacked as
+``[E, d, r]`` / ``[E, r, d]`` and the two bottleneck matmuls run as two ``torch._grouped_mm`` calls whose
+group boundaries are a device tensor of token offsets. The routing weight is applied inside the r-wide
+bottleneck and the combine is one out-of-place ``index_add``. Every shape depends only on the batch's
+shape, never on how many sequences an adapter received, so no ``.item()``/``.tolist()`` is needed and
+the layer can be compiled whole (``torch.compile(fullgraph=True)``) or captured in a CUDA graph.
+
+Where the kernel is missing for the device and dtype (``torch._grouped_mm`` on CUDA takes bfloat16 only;
+when compiling, its shape rules accept bfloat16 only) or the dimensions are not 16-byte aligned, the
+caller keeps the per-adapter loop of :mod:`.dispatch`.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .adapters import ACTIVATION_FUNCTIONS, BottleneckAdapter
+
+_PROBED: dict[tuple[str, torch.dtype], bool] = {}
+# On CPU in eager mode, above this many bytes of gathered tokens the per-adapter loop is faster: glibc serves
+# allocations over 32 MiB with mmap and unmaps them on free, so the few large buffers of this form are
+# page-faulted in again every step, while the loop's per-adapter blocks stay in the heap (measured on 2 cores,
+# d 768, E 8, k 2: 1.05x faster than the loop at 8k tokens (48 MiB), 0.63-0.79x at 32k tokens (192 MiB), and
+# 1.06x at 32k with MALLOC_MMAP_MAX_=0; benchmarks/layer_dispatch.py).
+CPU_EAGER_MAX_BYTES = 64 << 20
+
+
+def usable(experts: nn.ModuleList, hidden_states: Tensor, routes_per_sequence: int = 1) -> bool:
+    """Whether :func:`grouped_gemm_mixture` should run these experts on ``hidden_states``: the kernel serves the
+    device and dtype, the widths are aligned, and (CPU, eager) the gathered tokens fit :data:`CPU_EAGER_MAX_BYTES`."""
+    if not hasattr(torch, "_grouped_mm") or len(experts) == 0:
+        return False
+    if not all(isinstance(e, BottleneckAdapter) for e in experts):
+        return False
+    first = experts[0]
+    dtype = hidden_states.dtype
+    if first.down.weight.dtype != dtype or first.down.weight.device != hidden_states.device:
+        return False
+    align = 16 // hidden_states.element_size()
+    if first.down.in_features % align or first.down.out_features % align:
+        return False
+    gathered = hidden_states.numel() * hidden_states.element_size() * routes_per_sequence
+    if hidden_states.device.type == "cpu" and not torch.compiler.is_compiling() and gathered > CPU_EAGER_MAX_BYTES:
+        return False
+    return kernel_supported(hidden_states.device, dtype)
+
+
+def kernel_supported(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether ``torch._grouped_mm`` computes correct values and gradients on ``device`` in ``dtype``.
+
+    When compiling, the kernel's shape rules (its meta function) take bfloat16 only. In eager mode the
+    answer is probed once per (device type, dtype): a tiny product with an empty group, checked against
+    per-group matmuls, forward and backward.
+    """
+    if torch.compiler.is_compiling():
+        return dtype == torch.bfloat16
+    key = (device.type, dtype)
+    if key not in _PROBED:
+        # the first call may come from inference (no_grad), from inside an activation-checkpointed block (its
+        # saved-tensor hooks) or under autocast: the probe runs apart from all three
+        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(_keep, _keep), \
+                torch.autocast(device.type, enabled=False):
+            _PROBED[key] = _probe(device, dtype)
+    return _PROBED[key]
+
+
+def _keep(tensor: Tensor) -> Tensor:
+    return tensor
+
+
+def _probe(device: torch.device, dtype: torch.dtype) -> bool:
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    a = torch.randn(24, 16, generator=gen).to(device, dtype).requires_grad_(True)
+    b = torch.randn(3, 16, 8, generator=gen).to(device, dtype).requires_grad_(True)
+    grad = torch.randn(24, 8, generator=gen).to(device, dtype)
+    ends = [8, 8, 24]  # the second group is empty
+    try:
+        out = torch._grouped_mm(a, b, offs=torch.tensor(ends, device=device, dtype=torch.int32))
+        ga, gb = torch.autograd.grad(out, (a, b), grad)
+    except (RuntimeError, NotImplementedError):
+        return False
+    starts = [0, *ends[:-1]]
+    ref = torch.cat([a[s:e] @ b[i] for i, (s, e) in enumerate(zip(starts, ends))])
+    ref_ga, ref_gb = torch.autograd.grad(ref, (a, b), grad)
+    tol = 1e-2 if dtype in (torch.bfloat16, torch.float16) else 1e-4
+    return all(torch.allclose(x.float(), y.float(), atol=tol, rtol=tol)
+               for x, y in ((out, ref), (ga, ref_ga), (gb, ref_gb)))
+
+
+def stacked_weights(experts: nn.ModuleList) -> tuple[Tensor, Tensor | None, Tensor, Tensor | None]:
+    """The adapters' ``down`` as ``[E, d, r]``, its bias ``[E, r]``, ``up`` as ``[E, r, d]``, its bias ``[E, d]``.
+
+    Each expert keeps its own parameters (DeepSpeed's expert layout, checkpoints, parameter groups); the
+    stacks are built per forward (E·d·r elements each) and their backward hands each expert its slice.
+    """
+    down = torch.stack([e.down.weight for e in experts]).transpose(1, 2)
+    up = torch.stack([e.up.weight for e in experts]).transpose(1, 2)
+    has_bias = experts[0].down.bias is not None
+    down_b = torch.stack([e.down.bias for e in experts]) if has_bias else None
+    up_b = torch.stack([e.up.bias for e in experts]) if has_bias else None
+    return down, down_b, up, up_b
+
+
+def grouped_gemm_mixture(hidden_states: Tensor, indices: Tensor, weights: Tensor,
+                         experts: nn.ModuleList) -> tuple[Tensor, Tensor]:
+    """``Σ_j w_bj · A_{i_bj}(x_b)`` per sequence with ``indices``/``weights`` [B, k]; also tokens per expert [E]."""
+    batch, seq_len, hidden = hidden_states.shape
+    k, num_experts = indices.size(1), len(experts)
+    flat = indices.reshape(-1)
+    order = torch.argsort(flat, stable=True)
+    sequences = order // k  # route i = (sequence i // k, choice i % k)
+    route_experts = flat.index_select(0, order)
+    route_weights = weights.reshape(-1).index_select(0, order)
+    counts = torch.zeros(num_experts, dtype=torch.long, device=flat.device).scatter_add_(0, flat,
+                                                                                        torch.ones_like(flat))
+    offsets = (counts.cumsum(0) * seq_len).to(torch.int32)
+    down, down_b, up, up_b = stacked_weights(experts)
+    routes = flat.numel()
+    tokens = hidden_states.index_select(0, sequences).reshape(routes * seq_len, hidden)
+    h = torch._grouped_mm(tokens, down, offs=offsets).view(routes, seq_len, -1)
+    if down_b is not None:
+        h = h + down_b.index_select(0, route_experts).unsqueeze(1)
+    scale = route_weights.to(h.dtype).view(routes, 1, 1)
+    h = ACTIVATION_FUNCTIONS[experts[0].activation](h) * scale
+    out = torch._grouped_mm(h.reshape(routes * seq_len, -1), up, offs=offsets).view(routes, seq_len, hidden)
+    if up_b is None:
+        start = hidden_states.new_zeros(batch, seq_len, hidden)
+    else:  # Σ_j w_bj · b_up[i_bj] once per sequence ([B, E] @ [E, d]), the buffer the routes are added onto
+        dense = weights.new_zeros(batch, num_experts).scatter(1, indices, weights).to(up_b.dtype)
+        start = (dense @ up_b).unsqueeze(1).expand(batch, seq_len, hidden)
+    return start.index_add(0, sequences, out), counts * seq_len
