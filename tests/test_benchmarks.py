@@ -35,6 +35,7 @@ def test_layer_dispatch_benchmark_writes_results(tmp_path, dtype):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_model_step_benchmark_runs_in_bf16(tmp_path):
     out = tmp_path / "step.json"
     args = [sys.executable, "benchmarks/model_step.py", "--batch", "1", "--src-len", "8", "--tgt-len", "4",

@@ -166,6 +166,7 @@ def test_a_diverging_run_stops_at_the_first_non_finite_step(tmp_path):
     assert not (tmp_path / "run" / "export").exists()
 
 
+@pytest.mark.slow
 def test_the_divergence_check_between_logged_steps_names_the_same_first_step(tmp_path):
     """Losses stay on the device between logged steps; the first non-finite step is still the one named, and
     no record or file holds anything from it or after it."""
