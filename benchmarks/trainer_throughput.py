@@ -92,10 +92,14 @@ def main() -> None:
             if args.baseline:
                 drop_tree(trees["baseline"])
     ms = {name: 1e3 * statistics.median(values) for name, values in per_step.items()}
+    # start-up varies by a second or so between runs: runs too close in length cannot resolve a step
+    resolved = all(v > 0 for values in per_step.values() for v in values)
+    if not resolved:
+        print("warning: a per-step time came out <= 0: --long - --short is too small to resolve a step", flush=True)
     result = {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
               "environment": environment("cpu" if os.environ.get("DS_ACCELERATOR", "cpu") == "cpu" else "cuda"),
               "ms_per_step": ms, "samples_ms": {k: [1e3 * v for v in vals] for k, vals in per_step.items()},
-              "last_loss": {name: rec.get("loss") for name, rec in last.items()}}
+              "resolved": resolved, "last_loss": {name: rec.get("loss") for name, rec in last.items()}}
     if "baseline" in ms:
         result["speedup_vs_baseline"] = ms["baseline"] / ms["current"]
         print(f"current {ms['current']:.1f} ms/step, baseline {ms['baseline']:.1f}: "

@@ -54,18 +54,28 @@ def test_model_step_benchmark_runs_in_bf16(tmp_path):
 
 
 @pytest.mark.slow
-def test_trainer_throughput_benchmark_compares_two_trees(tmp_path):
-    """Against HEAD checked out beside the working tree: both trees train, the ratio is of the two medians."""
+def test_trainer_throughput_benchmark_times_the_tree(tmp_path):
+    """A short and a long run of this tree; the per-step time is their difference (two trees run alike)."""
     out = tmp_path / "throughput.json"
-    args = [sys.executable, "benchmarks/trainer_throughput.py", "--baseline", "HEAD", "--short", "2", "--long", "6",
-            "--repeats", "1", "--set", "train_micro_batch_size_per_gpu=4", "mta.data.suite.train=40", "--out",
-            str(out)]
+    args = [sys.executable, "benchmarks/trainer_throughput.py", "--short", "2", "--long", "6", "--repeats", "1",
+            "--set", "train_micro_batch_size_per_gpu=4", "mta.data.suite.train=40", "--out", str(out)]
     proc = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=600,
                           env={**os.environ, "DS_ACCELERATOR": "cpu"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
-    assert set(result["ms_per_step"]) == {"baseline", "current"}
-    assert all(ms > 0 for ms in result["ms_per_step"].values())
-    assert result["speedup_vs_baseline"] == result["ms_per_step"]["baseline"] / result["ms_per_step"]["current"]
-    worktrees = subprocess.run(["git", "worktree", "list"], cwd=REPO, capture_output=True, text=True).stdout
-    assert "baseline" not in worktrees  # the temporary checkout is gone
+    assert set(result["ms_per_step"]) == {"current"} and len(result["samples_ms"]["current"]) == 1
+    # 4 steps apart, start-up noise can exceed the steps' time: the benchmark says whether it resolved them
+    assert result["resolved"] == (result["samples_ms"]["current"][0] > 0)
+    assert result["last_loss"]["current"] is not None  # it trained and logged
+
+
+def test_trainer_throughput_baseline_is_a_temporary_checkout(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import trainer_throughput
+    tree = trainer_throughput.baseline_tree("HEAD", tmp_path)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    assert (tree / "mta_moe" / "__init__.py").exists()
+    assert subprocess.run(["git", "rev-parse", "HEAD"], cwd=tree, capture_output=True, text=True).stdout.strip() == head
+    trainer_throughput.drop_tree(tree)
+    assert not tree.exists()
+    assert str(tree) not in subprocess.run(["git", "worktree", "list"], cwd=REPO, capture_output=True, text=True).stdout
