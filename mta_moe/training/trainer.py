@@ -128,9 +128,9 @@ class Trainer(RunSetup):
             if log_now or eval_now or save_now:  # the one read-back of the device: before anything is kept
                 self._check_finite()
             if log_now:
-                stats = self._step_stats(step)  # waits for the device: the window's time is complete
+                stats = self._step_stats(step, window_tokens)  # waits for the device: the window's time is complete
                 window_seconds += time.perf_counter() - started
-                stats["tokens_per_s"] = float(window_tokens) / window_seconds
+                stats["tokens_per_s"] = stats.pop("tokens") / window_seconds
                 window_seconds, window_tokens = 0.0, None
                 self.logger.log("train", self.step, stats)
                 self._log_routing()
@@ -169,20 +169,22 @@ class Trainer(RunSetup):
                                    batch["attention_mask"].sum().double()])
         return StepTensors(task_loss, task_count, totals, engine.get_global_grad_norm(), accum)
 
-    def _step_stats(self, step: "StepTensors") -> dict[str, Any]:
-        """The logged record of one step: summed over ranks and read back to the host (the logging steps only)."""
+    def _step_stats(self, step: StepTensors, window_tokens: torch.Tensor) -> dict[str, Any]:
+        """The logged record of one step, with ``tokens``: ``window_tokens`` summed over ranks; read back to the
+        host here only (the logging steps)."""
         names = self.data.registry.names
-        packed = torch.cat([step.task_loss, step.task_count, step.totals])
+        packed = torch.cat([step.task_loss, step.task_count, step.totals, window_tokens.reshape(1)])
         if self.world > 1:
             all_reduce(packed)
         packed = packed.cpu()
         n, ranks = len(names), step.accum * self.world
-        task_loss, task_count, totals = packed[:n], packed[n:2 * n], packed[2 * n:]
+        task_loss, task_count, totals = packed[:n], packed[n:2 * n], packed[2 * n:2 * n + 3]
         norm = step.grad_norm
         stats = {"loss": totals[0].item() / ranks, "aux_loss": totals[1].item() / ranks,
                  "lr": self.scheduler.get_last_lr()[0], "grad_norm": None if norm is None else float(norm),
                  "task_loss": {t: task_loss[i].item() / task_count[i].item() for i, t in enumerate(names)
-                               if task_count[i] > 0}}
+                               if task_count[i] > 0},
+                 "tokens": packed[-1].item()}
         conflicts = self.objective.pop_conflicts()
         if conflicts is not None:
             stats["pcgrad_conflicts"] = conflicts
