@@ -94,9 +94,8 @@ def _anchor_step(layer: MTALayer, x: torch.Tensor, counts: list[int]):
     tokens = torch.randn(sum(counts) * seq_len, hidden, device=x.device, dtype=x.dtype)
     grad = torch.randn_like(tokens)
     offsets = (torch.tensor(counts, device=x.device).cumsum(0) * seq_len).to(torch.int32)
-    experts = layer.local_experts
-    down = torch.stack([e.down.weight for e in experts]).transpose(1, 2).detach().requires_grad_(True)
-    up = torch.stack([e.up.weight for e in experts]).transpose(1, 2).detach().requires_grad_(True)
+    down, _, up, _ = grouped_gemm.stacked_weights(layer.local_experts)
+    down, up = down.detach().requires_grad_(True), up.detach().requires_grad_(True)
 
     def run():
         h = torch.relu(torch._grouped_mm(tokens.detach().requires_grad_(True), down, offs=offsets))

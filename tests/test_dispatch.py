@@ -204,3 +204,17 @@ def test_the_kernel_probe_runs_inside_an_activation_checkpointed_block(monkeypat
     reference = x.detach().clone().requires_grad_(True)
     layer(reference, tasks)[0].pow(2).mean().backward()
     assert torch.allclose(x.grad, reference.grad, atol=1e-6)
+
+
+def test_without_a_kernel_the_layer_says_so_and_takes_the_loop(monkeypatch, caplog):
+    def missing(*args, **kwargs):
+        raise NotImplementedError("no kernel for this backend")
+    monkeypatch.setattr(grouped_gemm, "_PROBED", {})
+    monkeypatch.setattr(torch, "_grouped_mm", missing)
+    grouped, stock = _pair("bottleneck", 2, "task")
+    x = torch.randn(7, 9, D)
+    tasks = torch.tensor([0, 0, 0, 0, 1, 1, 0])
+    with caplog.at_level("INFO", logger="mta_moe"):
+        out = grouped(x, tasks)[0]
+    assert "grouped GEMMs unavailable on cpu in torch.float32 (no kernel for this backend)" in caplog.text
+    assert (out - stock(x, tasks)[0]).abs().max().item() <= 1e-5

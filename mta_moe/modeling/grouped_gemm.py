@@ -16,8 +16,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ..logs import get_logger
 from .adapters import ACTIVATION_FUNCTIONS, BottleneckAdapter
 
+log = get_logger(__name__)
 _PROBED: dict[tuple[str, torch.dtype], bool] = {}
 # On CPU in eager mode, above this many bytes of gathered tokens the per-adapter loop is faster: glibc serves
 # allocations over 32 MiB with mmap and unmaps them on free, so the few large buffers of this form are
@@ -79,14 +81,20 @@ def _probe(device: torch.device, dtype: torch.dtype) -> bool:
     try:
         out = torch._grouped_mm(a, b, offs=torch.tensor(ends, device=device, dtype=torch.int32))
         ga, gb = torch.autograd.grad(out, (a, b), grad)
-    except (RuntimeError, NotImplementedError):
+    except (RuntimeError, NotImplementedError) as exc:  # this build has no kernel for the device and dtype
+        log.info(f"grouped GEMMs unavailable on {device.type} in {dtype} ({str(exc).splitlines()[0]}): "
+                 "the adapters run one by one")
         return False
     starts = [0, *ends[:-1]]
     ref = torch.cat([a[s:e] @ b[i] for i, (s, e) in enumerate(zip(starts, ends))])
     ref_ga, ref_gb = torch.autograd.grad(ref, (a, b), grad)
     tol = 1e-2 if dtype in (torch.bfloat16, torch.float16) else 1e-4
-    return all(torch.allclose(x.float(), y.float(), atol=tol, rtol=tol)
-               for x, y in ((out, ref), (ga, ref_ga), (gb, ref_gb)))
+    agree = all(torch.allclose(x.float(), y.float(), atol=tol, rtol=tol)
+                for x, y in ((out, ref), (ga, ref_ga), (gb, ref_gb)))
+    if not agree:
+        log.warning(f"torch._grouped_mm disagrees with per-group matmuls on {device.type} in {dtype}: "
+                    "not used; the adapters run one by one")
+    return agree
 
 
 def stacked_weights(experts: nn.ModuleList) -> tuple[Tensor, Tensor | None, Tensor, Tensor | None]:
@@ -109,9 +117,8 @@ def grouped_gemm_mixture(hidden_states: Tensor, indices: Tensor, weights: Tensor
     batch, seq_len, hidden = hidden_states.shape
     k, num_experts = indices.size(1), len(experts)
     flat = indices.reshape(-1)
-    order = torch.argsort(flat, stable=True)
+    route_experts, order = torch.sort(flat, stable=True)
     sequences = order // k  # route i = (sequence i // k, choice i % k)
-    route_experts = flat.index_select(0, order)
     route_weights = weights.reshape(-1).index_select(0, order)
     counts = torch.zeros(num_experts, dtype=torch.long, device=flat.device).scatter_add_(0, flat,
                                                                                         torch.ones_like(flat))
