@@ -1,8 +1,10 @@
-"""Forward+backward time and peak memory of one MTA layer's adapter mixture under seven computations.
+"""Forward+backward time and peak memory of one MTA layer's adapter mixture under eight computations.
 
-(a) grouped: the MTA layer as shipped (routing + grouped dispatch: grouped GEMMs where the kernel serves
-    the device and dtype, else the per-adapter loop);
+(a) grouped: the MTA layer as shipped (routing + grouped dispatch in the form it chooses: grouped GEMMs where
+    the kernel serves the device and dtype, else per-sequence gathered weights where 2·r <= L, else the
+    per-adapter loop; ``form`` in each row says which);
 (a2) grouped_loop: the same layer told to keep the per-adapter loop (the form before grouped GEMMs);
+(a3) gathered_weights: the same layer told to gather its adapters' weights per sequence (two batched matmuls);
 (b) deepspeed: DeepSpeed 0.19.8's stock MOELayer (token-level gate output, index dispatch padded to
     E × capacity, drop_tokens=False) with the same adapter experts and the same routing decisions;
 (c) dense: the official-style dense mixture, every adapter on every token, weighted by softmax(logits/T);
@@ -30,13 +32,14 @@ from torch import nn
 from measure import environment, interleaved_medians, peak_memory_mb, write_json
 from mta_moe import MTAConfig, MTALayer
 from mta_moe.modeling import grouped_gemm
+from mta_moe.modeling.dispatch import choose_form
 
-VARIANTS = ("a_grouped", "a2_grouped_loop", "b_deepspeed", "c_dense", "d_floor", "f_anchor")
+VARIANTS = ("a_grouped", "a2_grouped_loop", "a3_gathered_weights", "b_deepspeed", "c_dense", "d_floor", "f_anchor")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 TASK_TYPES = ("classify", "nli", "generate")
 
 
-def _layer(hidden: int, experts: int, k: int | None, dispatch: str, args, loop: bool = False) -> MTALayer:
+def _layer(hidden: int, experts: int, k: int | None, dispatch: str, args, form: str | None = None) -> MTALayer:
     """An MTA layer with random (non-zero) adapters; equal seeds give equal layers.
 
     ``--routing learned``: a random learned gate (sequences spread over all adapters);
@@ -55,8 +58,7 @@ def _layer(hidden: int, experts: int, k: int | None, dispatch: str, args, loop: 
     with torch.no_grad():
         for p in layer.local_experts.parameters():
             p.normal_(0, 0.02)
-    if loop:
-        layer.grouped_gemm_kernel = False
+    layer.dispatch_form = form
     return layer
 
 
@@ -120,7 +122,7 @@ def bench_shape(hidden: int, experts: int, k: int, tokens: int, args) -> dict:
     grad = torch.randn_like(x)
     tasks = torch.randint(0, len(TASK_TYPES), (seqs, ), device=args.device) if args.routing == "task" else None
     grouped = _layer(hidden, experts, k, "grouped", args)
-    grouped_loop = _layer(hidden, experts, k, "grouped", args, loop=True)
+    grouped_loop = _layer(hidden, experts, k, "grouped", args, form="loop")
     stock = _layer(hidden, experts, k, "deepspeed", args)
     dense = _layer(hidden, experts, None, "grouped", args)
     indices = grouped.route(x, tasks).indices
@@ -132,6 +134,8 @@ def bench_shape(hidden: int, experts: int, k: int, tokens: int, args) -> dict:
              "b_deepspeed": _layer_step(stock, x, tasks, grad),
              "c_dense": _dense_step(dense, x, tasks, grad),
              "d_floor": _floor_step(grouped, x, counts)}
+    gathered = _layer(hidden, experts, k, "grouped", args, form="gathered_weights")
+    steps["a3_gathered_weights"] = _layer_step(gathered, x, tasks, grad)
     if grouped_gemm.kernel_supported(x.device, x.dtype):
         steps["f_anchor"] = _anchor_step(grouped, x, counts)
     times = interleaved_medians(steps, args.repeats, args.warmup, args.device)
@@ -143,7 +147,8 @@ def bench_shape(hidden: int, experts: int, k: int, tokens: int, args) -> dict:
     row["ratio_to_floor"] = times["a_grouped"] / times["d_floor"]
     row["speedup_vs_dense"] = times["c_dense"] / times["a_grouped"]
     row["speedup_vs_loop"] = times["a2_grouped_loop"] / times["a_grouped"]
-    row["grouped_gemm"] = grouped_gemm.usable(grouped.local_experts, x, k)
+    row["form"] = choose_form(grouped.local_experts, x, k)
+    row["gathered_weights_speedup"] = times["a_grouped"] / times["a3_gathered_weights"]
     if "f_anchor_ms" in row:
         row["ratio_to_anchor"] = times["a_grouped"] / times["f_anchor"]
     # adapter matmul work of the selected routes: fwd (2 GEMMs) + bwd (4 GEMMs), 2·d·r flops per token each
@@ -172,8 +177,11 @@ def targets(rows: list[dict]) -> dict:
         "ratio_to_anchor_E8_k2_h768_ge8k (target <= 1.5, bf16 on a GPU)":
             [r.get("ratio_to_anchor") for r in main] or None,
         "ratio_to_floor_E8_k2_h768_ge8k": [r["ratio_to_floor"] for r in main] or None,
-        "speedup_vs_loop_E8_k2_h768_ge8k (the grouped GEMMs over the per-adapter loop)":
+        "speedup_vs_loop_E8_k2_h768_ge8k (the shipped form over the per-adapter loop)":
             [r["speedup_vs_loop"] for r in main] or None,
+        "gathered_weights_speedup_E8_k2_h768_ge8k (forced gathered weights over the shipped form)":
+            [r["gathered_weights_speedup"] for r in main] or None,
+        "forms_E8_k2_h768_ge8k": [r["form"] for r in main] or None,
         "ratio_to_floor_max_all_shapes": max((r["ratio_to_floor"] for r in rows), default=None),
         "grouped_E16_over_E4 (target <= 1.2)": flat or None,
     }
@@ -239,7 +247,8 @@ def main() -> None:
         for experts, k in itertools.product(args.experts, args.k):
             row = bench_shape(hidden, experts, k, tokens, args)
             rows.append(row)
-            print(f"h={hidden} E={experts} k={k} tokens={row['tokens']}: grouped {row['a_grouped_ms']:.1f} ms, "
+            print(f"h={hidden} E={experts} k={k} tokens={row['tokens']}: grouped ({row['form']}) "
+                  f"{row['a_grouped_ms']:.1f} ms, "
                   f"loop {row['a2_grouped_loop_ms']:.1f} ({row['speedup_vs_loop']:.2f}x), "
                   f"deepspeed {row['b_deepspeed_ms']:.1f} ({row['speedup_vs_deepspeed']:.2f}x), "
                   f"floor {row['d_floor_ms']:.1f} ({row['ratio_to_floor']:.2f}x)", flush=True)

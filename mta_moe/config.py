@@ -13,7 +13,8 @@ SEQUENCE_REPRS = ("first", "mean")
 ACTIVATIONS = ("relu", "gelu", "gelu_new", "silu", "tanh")
 DEFAULT_TASK_TYPES = ("classify", "nli", "generate")
 INJECT_STACKS = ("encoder", "decoder", "both")
-DISPATCH_MODES = ("grouped", "deepspeed")
+DISPATCH_MODES = ("grouped", "deepspeed", "gathered_weights", "grouped_gemm", "loop")
+FIXED_SHAPE_DISPATCH = ("gathered_weights", "grouped_gemm")
 ROUTE_BY = ("type", "task")
 STAGE2_FORMS = ("residual", "official")
 # the official ALTER Softmax-T rows for 5 adapters and (classify, nli, generate): overlapping pairs
@@ -67,7 +68,8 @@ class MTAConfig:
     # where to inject into a backbone: "all", "last:N" or block indices; which stacks ("both" = every stack)
     inject_layers: str | list[int] = "last:1"
     inject_stacks: str = "both"
-    # "grouped": whole sequences per adapter, exact split sizes; "deepspeed": DeepSpeed's stock index dispatch
+    # "grouped": whole sequences per adapter, exact split sizes, the form chosen per call (dispatch.choose_form);
+    # "gathered_weights" / "grouped_gemm" / "loop": that form always; "deepspeed": DeepSpeed's stock index dispatch
     dispatch: str = "grouped"
 
     def __post_init__(self) -> None:
@@ -170,6 +172,9 @@ class MTAConfig:
         self._validate_inject_layers()
         _choice(self.inject_stacks, "inject_stacks", INJECT_STACKS)
         _choice(self.dispatch, "dispatch", DISPATCH_MODES)
+        if self.dispatch in FIXED_SHAPE_DISPATCH and (self.expert_kind != "bottleneck" or self.ep_size != 1):
+            raise ConfigError(f"mta.dispatch: {self.dispatch!r} runs bottleneck adapters at ep_size 1 only "
+                              f"(got expert_kind {self.expert_kind!r}, ep_size {self.ep_size}); use 'grouped'")
         _choice(self.stage2_form, "stage2_form", STAGE2_FORMS)
         if self.stage2_form == "official" and self.expert_kind != "bottleneck":
             raise ConfigError("mta.stage2_form: 'official' mixes the task mixture with shared candidates "

@@ -25,9 +25,10 @@ def test_layer_dispatch_benchmark_writes_results(tmp_path, dtype):
         assert row["ratio_to_floor"] == row["a_grouped_ms"] / row["d_floor_ms"]
         # three task types, Softmax-T init: each type's top-k adapters, at most 3·k of the 4
         assert 1 <= row["adapters_used"] <= min(4, 3 * row["k"])
-        assert all(row[f"{v}_peak_mib"] > 0 for v in ("a_grouped", "a2_grouped_loop", "b_deepspeed", "c_dense",
-                                                       "d_floor", "f_anchor"))
-        assert row["grouped_gemm"] is True  # the shipped layer took the grouped GEMMs (8 and 32 are aligned)
+        assert all(row[f"{v}_peak_mib"] > 0 for v in ("a_grouped", "a2_grouped_loop", "a3_gathered_weights",
+                                                       "b_deepspeed", "c_dense", "d_floor", "f_anchor"))
+        assert row["form"] == "grouped_gemm"  # the shipped layer took the grouped GEMMs (8 and 32 are aligned)
+        assert row["gathered_weights_speedup"] == row["a_grouped_ms"] / row["a3_gathered_weights_ms"]
         assert row["speedup_vs_loop"] == row["a2_grouped_loop_ms"] / row["a_grouped_ms"]
         assert row["ratio_to_anchor"] == row["a_grouped_ms"] / row["f_anchor_ms"]
     assert result["ffn"][0]["e_ffn_ms"] > 0

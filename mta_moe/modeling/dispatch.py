@@ -8,8 +8,10 @@ scatter-add combines the blocks. Gather and combine are single autograd nodes th
 [B, L, d] buffer each way; at ``ep_size`` 1 no block larger than one adapter's share is allocated.
 With ``ep_size`` > 1, the tokens of the routed sequences are exchanged between ranks with exact
 split sizes (no padding), and the weights are applied to the returned outputs.
-At ``ep_size`` 1, bottleneck adapters take the fixed-shape grouped-GEMM form of :mod:`.grouped_gemm`
-instead (no host synchronisation) wherever ``torch._grouped_mm`` supports the device and dtype.
+At ``ep_size`` 1, bottleneck adapters take one of two fixed-shape forms instead (no host synchronisation):
+grouped GEMMs (:mod:`.grouped_gemm`) wherever ``torch._grouped_mm`` supports the device and dtype, else
+per-sequence gathered weights and two batched matmuls (:mod:`.batched_adapters`) where the gathered weights
+are no larger than the gathered tokens (:func:`choose_form`).
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.distributed.nn import functional as dist_fn
 
-from . import grouped_gemm
+from . import batched_adapters, grouped_gemm
 from .gate import SequenceRouting
 
 # Blocks smaller than this (elements) take ``w · expert(x)``: below it the two small concatenations of
@@ -97,16 +99,52 @@ class SequenceCombine(torch.autograd.Function):
         return (None, None, None, *grads)
 
 
+FORMS = ("gathered_weights", "grouped_gemm", "loop")
+
+
+def choose_form(experts: nn.ModuleList, hidden_states: Tensor, k: int, ep_size: int = 1,
+                forced: str | None = None) -> str:
+    """Which computation runs the mixture: ``forced`` (one of :data:`FORMS`, checked to apply) or, with None,
+    grouped GEMMs where usable, else per-sequence gathered weights where preferred, else the per-adapter loop.
+    ``ep_size`` > 1 always takes the loop (tokens travel to the adapters' ranks).
+
+    Grouped GEMMs come first because on CPU they compute bit for bit what the loop computes, the path every
+    documented training result was measured on; gathered weights serve where they are not usable (compiling in
+    float32, CUDA float32, unaligned widths). Forced, gathered weights are the faster form on CPU for
+    sequences of at least 2·r tokens (README, *Performance*)."""
+    if forced is not None and forced not in FORMS:
+        raise ValueError(f"dispatch form must be one of {list(FORMS)} or None (chosen per call), got {forced!r}")
+    if ep_size > 1 or forced == "loop":
+        if forced not in (None, "loop"):
+            raise ValueError(f"dispatch form {forced!r} needs ep_size 1 (got {ep_size}): only the loop exchanges "
+                             "tokens between ranks")
+        return "loop"
+    if forced == "gathered_weights":
+        if not batched_adapters.applicable(experts, hidden_states):
+            raise ValueError("dispatch form 'gathered_weights' needs bottleneck experts in the input's dtype and "
+                             "device")
+        return forced
+    if forced == "grouped_gemm":
+        if not grouped_gemm.usable(experts, hidden_states, k):
+            raise ValueError("dispatch form 'grouped_gemm' is not usable here (see mta_moe.modeling.grouped_gemm."
+                             "usable: bottleneck experts, a kernel for the device and dtype, aligned widths)")
+        return forced
+    if grouped_gemm.usable(experts, hidden_states, k):
+        return "grouped_gemm"
+    return "gathered_weights" if batched_adapters.preferred(experts, hidden_states, k) else "loop"
+
+
 def grouped_dispatch(hidden_states: Tensor, routing: SequenceRouting, experts: nn.ModuleList, num_experts: int,
-                     ep_size: int = 1, ep_group=None, grouped_gemm_kernel: bool | None = None) -> tuple[Tensor, Tensor]:
+                     ep_size: int = 1, ep_group=None, form: str | None = None) -> tuple[Tensor, Tensor]:
     """``Σ_j w_bj · A_{i_bj}(x_b)`` for every sequence b; returns (output [B, L, d], tokens per global expert [E]).
 
-    At ``ep_size`` 1, bottleneck adapters run on grouped GEMMs without host synchronisation where the kernel
-    supports the device and dtype (:mod:`.grouped_gemm`; ``grouped_gemm_kernel`` None = where usable, False =
-    never); otherwise each adapter runs once on its gathered block.
+    ``form``: see :func:`choose_form` (None: chosen per call). The loop runs each adapter once on its gathered
+    block (at ``ep_size`` > 1 after exchanging tokens between ranks).
     """
-    if ep_size == 1 and grouped_gemm_kernel is not False and grouped_gemm.usable(experts, hidden_states,
-                                                                                  routing.indices.size(1)):
+    chosen = choose_form(experts, hidden_states, routing.indices.size(1), ep_size, form)
+    if chosen == "gathered_weights":
+        return batched_adapters.gathered_weight_mixture(hidden_states, routing.indices, routing.weights, experts)
+    if chosen == "grouped_gemm":
         return grouped_gemm.grouped_gemm_mixture(hidden_states, routing.indices, routing.weights, experts)
     batch, seq_len, _ = hidden_states.shape
     plan = plan_routes(routing, num_experts)

@@ -44,9 +44,14 @@ def usable(experts: nn.ModuleList, hidden_states: Tensor, routes_per_sequence: i
     if first.down.in_features % align or first.down.out_features % align:
         return False
     gathered = hidden_states.numel() * hidden_states.element_size() * routes_per_sequence
-    if hidden_states.device.type == "cpu" and not torch.compiler.is_compiling() and gathered > CPU_EAGER_MAX_BYTES:
+    if not fits_cpu_eager(gathered, hidden_states.device):
         return False
     return kernel_supported(hidden_states.device, dtype)
+
+
+def fits_cpu_eager(nbytes: int, device: torch.device) -> bool:
+    """False only on CPU in eager mode for buffers over :data:`CPU_EAGER_MAX_BYTES` (where the loop is faster)."""
+    return device.type != "cpu" or torch.compiler.is_compiling() or nbytes <= CPU_EAGER_MAX_BYTES
 
 
 def kernel_supported(device: torch.device, dtype: torch.dtype) -> bool:

@@ -67,8 +67,9 @@ class MTALayer(MoE):
         self.gate_network: GateNetwork | None = None
         self.routing_stats = RoutingStatistics(config.routing_keys, config.num_experts)
         self.last_routing: LayerRouting | None = None
-        # None: grouped GEMMs wherever the kernel supports the device and dtype; False: the per-adapter loop
-        self.grouped_gemm_kernel: bool | None = None
+        # which computation runs the adapters at ep_size 1 (overrides mta.dispatch): None = as configured
+        # ('grouped' chooses per call, dispatch.choose_form), or one of dispatch.FORMS
+        self.dispatch_form: str | None = None
 
     # ------------------------------------------------------------------ setup
     @property
@@ -165,8 +166,11 @@ class MTALayer(MoE):
         if self.ep_size > 1 and moe.ep_group is None:
             raise RuntimeError(f"MTA layer {self.layer_id}: ep_size={self.ep_size} has no expert-parallel group yet; "
                                "wrap the model with deepspeed.initialize before the forward")
+        form = self.dispatch_form
+        if form is None and self.config.dispatch != "grouped":
+            form = self.config.dispatch
         out, counts = grouped_dispatch(hidden_states, selection, self.local_experts, self.num_experts,
-                                       self.ep_size, moe.ep_group, self.grouped_gemm_kernel)
+                                       self.ep_size, moe.ep_group, form)
         moe.l_aux, moe.exp_counts = selection.aux_loss, counts.detach()
         return out
 
