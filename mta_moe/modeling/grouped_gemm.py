@@ -9,7 +9,8 @@ the layer can be compiled whole (``torch.compile(fullgraph=True)``) or captured 
 
 Where the kernel is missing for the device and dtype (``torch._grouped_mm`` on CUDA takes bfloat16 only;
 when compiling, its shape rules accept bfloat16 only) or the dimensions are not 16-byte aligned, the
-caller keeps the per-adapter loop of :mod:`.dispatch`.
+caller takes the gathered-weight form of :mod:`.batched_adapters` or the per-adapter loop of :mod:`.dispatch`
+(:func:`.dispatch.choose_form`).
 """
 from __future__ import annotations
 
