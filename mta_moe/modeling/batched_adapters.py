@@ -52,23 +52,16 @@ def gathered_weight_mixture(hidden_states: Tensor, indices: Tensor, weights: Ten
     batch, seq_len, hidden = hidden_states.shape
     k, num_experts = indices.size(1), len(experts)
     flat = indices.reshape(-1)
-    first = experts[0]
-    rank = first.down.out_features
-    down = torch.stack([e.down.weight for e in experts])  # [E, r, d]
-    up = torch.stack([e.up.weight for e in experts]).transpose(1, 2)  # [E, r, d]
-    down_rows = down.index_select(0, flat).view(batch, k * rank, hidden)
+    rank = experts[0].down.out_features
+    down, down_b, up, up_b = grouped_gemm.stacked_weights(experts)  # [E, d, r], [E, r], [E, r, d], [E, d]
+    down_rows = down.transpose(1, 2).index_select(0, flat).view(batch, k * rank, hidden)
     up_rows = up.index_select(0, flat).view(batch, k * rank, hidden)
     h = torch.bmm(hidden_states, down_rows.transpose(1, 2))  # [B, L, k·r]
-    if first.down.bias is not None:
-        down_b = torch.stack([e.down.bias for e in experts])
+    if down_b is not None:
         h = h + down_b.index_select(0, flat).view(batch, 1, k * rank)
-    h = ACTIVATION_FUNCTIONS[first.activation](h).view(batch, seq_len, k, rank)
+    h = ACTIVATION_FUNCTIONS[experts[0].activation](h).view(batch, seq_len, k, rank)
     h = h * weights.to(h.dtype).view(batch, 1, k, 1)
     out = torch.bmm(h.view(batch, seq_len, k * rank), up_rows)  # [B, L, d]
-    if first.up.bias is not None:  # Σ_j w_bj · b_up[i_bj] once per sequence ([B, E] @ [E, d])
-        up_b = torch.stack([e.up.bias for e in experts])
-        dense = weights.new_zeros(batch, num_experts).scatter(1, indices, weights).to(up_b.dtype)
-        out = out + (dense @ up_b).unsqueeze(1)
-    counts = torch.zeros(num_experts, dtype=torch.long, device=flat.device).scatter_add_(0, flat,
-                                                                                        torch.ones_like(flat))
-    return out, counts * seq_len
+    if up_b is not None:
+        out = out + grouped_gemm.up_bias_per_sequence(indices, weights, up_b).unsqueeze(1)
+    return out, grouped_gemm.route_counts(flat, num_experts) * seq_len

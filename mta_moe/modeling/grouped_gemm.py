@@ -84,23 +84,41 @@ def _probe(device: torch.device, dtype: torch.dtype) -> bool:
     b = torch.randn(3, 16, 8, generator=gen).to(device, dtype).requires_grad_(True)
     grad = torch.randn(24, 8, generator=gen).to(device, dtype)
     ends = [8, 8, 24]  # the second group is empty
-    try:
-        out = torch._grouped_mm(a, b, offs=torch.tensor(ends, device=device, dtype=torch.int32))
-        ga, gb = torch.autograd.grad(out, (a, b), grad)
-    except (RuntimeError, NotImplementedError) as exc:  # this build has no kernel for the device and dtype
-        log.info(f"grouped GEMMs unavailable on {device.type} in {dtype} ({str(exc).splitlines()[0]}): "
-                 "the adapters run one by one")
+    result = _kernel_product(a, b, ends, grad)
+    if isinstance(result, str):
+        log.info(f"grouped GEMMs unavailable on {device.type} in {dtype} ({result}): the layer takes another form")
         return False
     starts = [0, *ends[:-1]]
     ref = torch.cat([a[s:e] @ b[i] for i, (s, e) in enumerate(zip(starts, ends))])
-    ref_ga, ref_gb = torch.autograd.grad(ref, (a, b), grad)
+    reference = (ref, *torch.autograd.grad(ref, (a, b), grad))
     tol = 1e-2 if dtype in (torch.bfloat16, torch.float16) else 1e-4
-    agree = all(torch.allclose(x.float(), y.float(), atol=tol, rtol=tol)
-                for x, y in ((out, ref), (ga, ref_ga), (gb, ref_gb)))
+    agree = all(torch.allclose(x.float(), y.float(), atol=tol, rtol=tol) for x, y in zip(result, reference))
     if not agree:
         log.warning(f"torch._grouped_mm disagrees with per-group matmuls on {device.type} in {dtype}: "
-                    "not used; the adapters run one by one")
+                    "not used; the layer takes another form")
     return agree
+
+
+def _kernel_product(a: Tensor, b: Tensor, ends: list[int], grad: Tensor) -> tuple[Tensor, Tensor, Tensor] | str:
+    """``torch._grouped_mm(a, b)`` with groups ending at ``ends`` and its gradients for ``grad``; or, where this
+    build has no kernel for the device and dtype, the first line of the error it raises (the probe's answer)."""
+    try:
+        out = torch._grouped_mm(a, b, offs=torch.tensor(ends, device=a.device, dtype=torch.int32))
+        return (out, *torch.autograd.grad(out, (a, b), grad))
+    except (RuntimeError, NotImplementedError) as exc:
+        return str(exc).splitlines()[0]
+
+
+def route_counts(flat_indices: Tensor, num_experts: int) -> Tensor:
+    """Routes per adapter [E] of the flattened [B·k] adapter choices, on the device (no host read)."""
+    ones = torch.ones_like(flat_indices)
+    return torch.zeros(num_experts, dtype=torch.long, device=flat_indices.device).scatter_add_(0, flat_indices, ones)
+
+
+def up_bias_per_sequence(indices: Tensor, weights: Tensor, up_bias: Tensor) -> Tensor:
+    """``Σ_j w_bj · b_up[i_bj]`` [B, d] for ``indices``/``weights`` [B, k] and stacked biases ``up_bias`` [E, d]."""
+    dense = weights.new_zeros(indices.size(0), up_bias.size(0)).scatter(1, indices, weights).to(up_bias.dtype)
+    return dense @ up_bias
 
 
 def stacked_weights(experts: nn.ModuleList) -> tuple[Tensor, Tensor | None, Tensor, Tensor | None]:
@@ -126,8 +144,7 @@ def grouped_gemm_mixture(hidden_states: Tensor, indices: Tensor, weights: Tensor
     route_experts, order = torch.sort(flat, stable=True)
     sequences = order // k  # route i = (sequence i // k, choice i % k)
     route_weights = weights.reshape(-1).index_select(0, order)
-    counts = torch.zeros(num_experts, dtype=torch.long, device=flat.device).scatter_add_(0, flat,
-                                                                                        torch.ones_like(flat))
+    counts = route_counts(flat, num_experts)
     offsets = (counts.cumsum(0) * seq_len).to(torch.int32)
     down, down_b, up, up_b = stacked_weights(experts)
     routes = flat.numel()
@@ -140,7 +157,6 @@ def grouped_gemm_mixture(hidden_states: Tensor, indices: Tensor, weights: Tensor
     out = torch._grouped_mm(h.reshape(routes * seq_len, -1), up, offs=offsets).view(routes, seq_len, hidden)
     if up_b is None:
         start = hidden_states.new_zeros(batch, seq_len, hidden)
-    else:  # Σ_j w_bj · b_up[i_bj] once per sequence ([B, E] @ [E, d]), the buffer the routes are added onto
-        dense = weights.new_zeros(batch, num_experts).scatter(1, indices, weights).to(up_b.dtype)
-        start = (dense @ up_b).unsqueeze(1).expand(batch, seq_len, hidden)
+    else:  # the up-projection biases once per sequence, the buffer the routes are added onto
+        start = up_bias_per_sequence(indices, weights, up_b).unsqueeze(1).expand(batch, seq_len, hidden)
     return start.index_add(0, sequences, out), counts * seq_len
