@@ -4,10 +4,13 @@ Each tree trains the demo's stage 1 (``ds_configs/stage1.json``: the bundled sui
 configured) through the DeepSpeed launcher for a short and a long run, no validation or checkpoint in
 between; the time per step is ``(wall(long) - wall(short)) / (long - short)``, so start-up (imports, data,
 engine) cancels out. Runs alternate between the trees (baseline, current, baseline, current, ...) so drifts
-of a shared machine hit both alike; the median over ``--repeats`` is reported. Both trees train on the same
-batches (same seed and sampler), so the ratio of step times is the ratio of tokens per second.
+of a shared machine hit both alike; the median over ``--repeats`` is reported. Where both trees train on the same
+batches (same config, seed and sampler), the ratio of step times is the ratio of tokens per second; where their
+configs differ (another demo config, ``mta.data.group_by_length``), compare ``tokens_per_s``: the median of the
+input tokens per second each trainer logs over the long run's steps after ``--short``.
 Usage: python benchmarks/trainer_throughput.py [--baseline REV] [--short 40] [--long 240] [--repeats 3]
-       [--set KEY=VALUE ...] [--out F.json]
+       [--set KEY=VALUE ...] [--set-current KEY=VALUE ...] [--out F.json]
+A knob against its absence: --baseline HEAD --set-current data.group_by_length=8 (this tree, committed).
 """
 from __future__ import annotations
 
@@ -32,8 +35,8 @@ def _deepspeed() -> str:
     return str(local) if local.exists() else "deepspeed"
 
 
-def train_seconds(tree: Path, steps: int, out: Path, port: int, extra: list[str]) -> tuple[float, dict]:
-    """Wall time of one launcher run of ``steps`` steps in ``tree``; also its last train record."""
+def train_seconds(tree: Path, steps: int, out: Path, port: int, extra: list[str]) -> tuple[float, list[dict]]:
+    """Wall time of one launcher run of ``steps`` steps in ``tree``; also its train records."""
     shutil.rmtree(out, ignore_errors=True)
     cmd = [_deepspeed(), "--num_gpus", "1", "--master_port", str(port), "--module", "mta_moe.cli", "train",
            "--deepspeed", "ds_configs/stage1.json", "--train.steps", str(steps), "--train.output_dir", str(out),
@@ -46,8 +49,7 @@ def train_seconds(tree: Path, steps: int, out: Path, port: int, extra: list[str]
     if proc.returncode != 0:
         raise RuntimeError(f"training in {tree} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    train = [r for r in records if r["kind"] == "train"]
-    return seconds, train[-1] if train else {}
+    return seconds, [r for r in records if r["kind"] == "train"]
 
 
 def baseline_tree(rev: str, root: Path) -> Path:
@@ -62,6 +64,11 @@ def drop_tree(path: Path) -> None:
     subprocess.run(["git", "worktree", "remove", "--force", str(path)], cwd=REPO, capture_output=True, text=True)
 
 
+def _options(items: list[str]) -> list[str]:
+    """``KEY=VALUE`` items as the trainer's ``--KEY VALUE`` arguments."""
+    return [part for item in items for part in (f"--{item.split('=', 1)[0]}", item.split("=", 1)[1])]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--baseline", help="git revision to compare against (default: this tree alone)")
@@ -70,24 +77,31 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="extra trainer options for both trees, e.g. zero_optimization.stage=0")
+    parser.add_argument("--set-current", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="extra trainer options for this tree only")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/trainer_throughput.json"))
     args = parser.parse_args()
-    extra = [part for item in args.set for part in (f"--{item.split('=', 1)[0]}", item.split("=", 1)[1])]
+    extra, current_extra = _options(args.set), _options(args.set_current)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         trees = {"current": REPO}
         if args.baseline:
             trees = {"baseline": baseline_tree(args.baseline, root), **trees}
         per_step: dict[str, list[float]] = {name: [] for name in trees}
+        rates: dict[str, list[float]] = {name: [] for name in trees}
         last: dict[str, dict] = {}
         try:
             for repeat in range(args.repeats):
                 for i, (name, tree) in enumerate(trees.items()):
                     port = 29700 + 2 * i
-                    short, _ = train_seconds(tree, args.short, root / f"{name}_short", port, extra)
-                    long, last[name] = train_seconds(tree, args.long, root / f"{name}_long", port, extra)
+                    options = extra + (current_extra if name == "current" else [])
+                    short, _ = train_seconds(tree, args.short, root / f"{name}_short", port, options)
+                    long, records = train_seconds(tree, args.long, root / f"{name}_long", port, options)
                     per_step[name].append((long - short) / (args.long - args.short))
-                    print(f"repeat {repeat}: {name} {1e3 * per_step[name][-1]:.1f} ms/step", flush=True)
+                    last[name] = records[-1] if records else {}
+                    rates[name] += [r["tokens_per_s"] for r in records if r["step"] > args.short]
+                    print(f"repeat {repeat}: {name} {1e3 * per_step[name][-1]:.1f} ms/step, "
+                          f"{statistics.median(rates[name]):.0f} tokens/s", flush=True)
         finally:
             if args.baseline:
                 drop_tree(trees["baseline"])
@@ -99,11 +113,15 @@ def main() -> None:
     result = {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
               "environment": environment("cpu" if os.environ.get("DS_ACCELERATOR", "cpu") == "cpu" else "cuda"),
               "ms_per_step": ms, "samples_ms": {k: [1e3 * v for v in vals] for k, vals in per_step.items()},
+              "tokens_per_s": {name: statistics.median(values) for name, values in rates.items()},
               "resolved": resolved, "last_loss": {name: rec.get("loss") for name, rec in last.items()}}
     if "baseline" in ms:
         result["speedup_vs_baseline"] = ms["baseline"] / ms["current"]
+        tokens = result["tokens_per_s"]
+        result["tokens_per_s_vs_baseline"] = tokens["current"] / tokens["baseline"]
         print(f"current {ms['current']:.1f} ms/step, baseline {ms['baseline']:.1f}: "
-              f"{result['speedup_vs_baseline']:.2f}x")
+              f"{result['speedup_vs_baseline']:.2f}x per step; tokens/s {tokens['current']:.0f} against "
+              f"{tokens['baseline']:.0f}: {result['tokens_per_s_vs_baseline']:.2f}x")
     write_json(args.out, result)
     print(f"wrote {args.out}")
 

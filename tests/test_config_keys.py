@@ -284,6 +284,19 @@ def _probe_merge_tasks(tmp_path):
     assert "x" in merged.splits["train"]["input"]
 
 
+def _probe_group_by_length(tmp_path):
+    sizes = {"sentiment": 50, "fact_entail": 10, "answer": 5}
+    length = {"sentiment": 40, "fact_entail": 9, "answer": 25}  # per task: a batch of one length is one task
+
+    def batches(**changes) -> list:
+        sampler = make_sampler(_data(tmp_path, "s", **changes)[0], sizes, lambda task, index: (length[task], 1), 4)
+        return [sampler.next_batch(16, step) for step in range(4)]
+
+    plain, grouped = batches(), batches(group_by_length=4)
+    assert sorted(p for b in grouped for p in b) == sorted(p for b in plain for p in b)  # the same examples
+    assert sum(len({task for task, _ in b}) for b in grouped) < sum(len({task for task, _ in b}) for b in plain)
+
+
 DATA_PROBES = {name[len("_probe_"):]: fn for name, fn in globals().items() if name.startswith("_probe_")}
 
 

@@ -17,6 +17,14 @@ def test_token_reduction_is_the_mean_over_target_tokens():
     assert per_sequence.tolist() == pytest.approx([2.0, 4.0, 6.0])
 
 
+def test_a_given_normalizer_divides_the_token_sum_and_leaves_other_reductions_alone():
+    assert reduce_loss(TOKENS, MASK, TASKS, "token", normalizer=10.0)[0].item() == \
+        pytest.approx((1 + 3 + 2 + 2 + 4 + 8 + 6) / 10)
+    assert reduce_loss(TOKENS, MASK, TASKS, "token", normalizer=7.0)[0].item() == \
+        reduce_loss(TOKENS, MASK, TASKS, "token")[0].item()  # the batch's own count: the plain token mean
+    assert reduce_loss(TOKENS, MASK, TASKS, "sequence", normalizer=10.0)[0].item() == pytest.approx((2 + 4 + 6) / 3)
+
+
 def test_sequence_reduction_weighs_every_sequence_alike():
     loss, _ = reduce_loss(TOKENS, MASK, TASKS, "sequence")
     assert loss.item() == pytest.approx((2 + 4 + 6) / 3)

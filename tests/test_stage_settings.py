@@ -104,9 +104,12 @@ def test_official_stage2_form_lets_the_gate_weigh_the_task_mixture_against_share
 
 @pytest.mark.slow
 def test_dynamic_sampling_moves_the_rates_and_resumes_exactly(tmp_path):
+    """Also with length-grouped batches in windows of 3 steps: the stop at step 8 falls inside a window, so the
+    resumed run must take its remaining batches and its token divisor from the checkpoint."""
     def config(out):
         cfg = tiny_config(out, steps=12, eval_every=4, save_every=4, log_every=1)
         cfg["mta"]["data"]["sampling"] = {"strategy": "dynamic", "dynamic_signal": "loss", "dynamic_alpha": 2.0}
+        cfg["mta"]["data"]["group_by_length"] = 3
         return write_config(tmp_path / f"{out.name}.json", cfg)
 
     whole = launch(["--deepspeed", str(config(tmp_path / "whole"))])

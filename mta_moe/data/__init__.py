@@ -12,6 +12,7 @@ _LAZY = {
     "IGNORE_INDEX": "collate", "Collator": "collate", "TruncationReport": "collate", "tokenize_examples": "collate",
     "DataConfig": "config", "Curriculum": "curriculum", "Phase": "curriculum",
     "DataError": "formats", "LoadReport": "formats", "load_examples": "formats", "validate_row": "formats",
+    "LengthGroupedSampler": "length_grouping",
     "TaskData": "pipeline", "load_task_data": "pipeline", "make_sampler": "pipeline", "RECIPES": "recipes", "load_recipe": "recipes",
     "TaskRegistry": "registry", "MixtureSampler": "sampling", "SamplingConfig": "sampling", "rank_slice": "sampling",
     "START_TOKEN": "tokenizer", "MTASentencePieceTokenizer": "tokenizer", "load_tokenizer": "tokenizer",

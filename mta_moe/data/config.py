@@ -39,6 +39,8 @@ class DataConfig:
     # tasks whose rows may come from more than one source (the suite, the files, each recipe); any other task
     # name found in two sources of one split is refused, so same-named tasks are never pooled by accident
     merge_tasks: list[str] = field(default_factory=list)
+    # 0: batches as drawn; n >= 1: the draws of n steps pooled and re-cut by length (data.length_grouping)
+    group_by_length: int = 0
 
     @classmethod
     def from_dict(cls, raw: Any, key: str = "mta.data") -> "DataConfig":
@@ -53,8 +55,8 @@ class DataConfig:
     def validate(self, key: str = "mta.data") -> None:
         if self.on_bad_rows not in ON_ERROR:
             raise ConfigError(f"{key}.on_bad_rows: must be one of {list(ON_ERROR)}, got {self.on_bad_rows!r}")
-        for name in ("max_input_length", "max_target_length", "seed"):
-            check_int(getattr(self, name), f"{key}.{name}", 0 if name == "seed" else 4)
+        for name in ("max_input_length", "max_target_length", "seed", "group_by_length"):
+            check_int(getattr(self, name), f"{key}.{name}", 4 if name.startswith("max_") else 0)
         self._validate_suite(key)
         self._validate_files(key)
         self._validate_recipes(key)

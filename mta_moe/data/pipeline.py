@@ -11,6 +11,7 @@ import datasets
 from ..config import ConfigError
 from .config import SPLIT_KEYS, DataConfig
 from .formats import DataError, LoadReport, load_examples
+from .length_grouping import LengthGroupedSampler
 from .recipes import load_recipe
 from .curriculum import Curriculum
 from .registry import TaskRegistry
@@ -122,10 +123,18 @@ def _check_names(config: DataConfig, names: Sequence[str]) -> None:
         raise DataError(f"mta.data.type_overrides.{unknown[0]}: no such task in the training data")
 
 
-def make_sampler(config: DataConfig, task_sizes: dict[str, int]) -> MixtureSampler:
-    """The training mixture of ``mta.data``: its sampling rates, seed and curriculum over these tasks' sizes."""
+def make_sampler(config: DataConfig, task_sizes: dict[str, int], length: Callable[[str, int], tuple] | None = None,
+                 total_steps: int | None = None) -> MixtureSampler | LengthGroupedSampler:
+    """The training mixture of ``mta.data``: its sampling rates, seed and curriculum over these tasks' sizes;
+    with ``group_by_length``, its batches re-cut by ``length(task, index)`` over windows that end with the run
+    at ``total_steps``."""
     curriculum = Curriculum.from_list(config.curriculum, list(task_sizes)) if config.curriculum else None
-    return MixtureSampler(task_sizes, config.sampling, config.seed, curriculum)
+    sampler = MixtureSampler(task_sizes, config.sampling, config.seed, curriculum)
+    if not config.group_by_length:
+        return sampler
+    if length is None:
+        raise ValueError("mta.data.group_by_length: the sampler needs the examples' lengths")
+    return LengthGroupedSampler(sampler, length, config.group_by_length, total_steps)
 
 
 def _refuse_pooled_tasks(sources: dict[str, dict[str, set[str]]], config: DataConfig) -> None:

@@ -177,6 +177,9 @@ class MixtureSampler:
                 "epoch": list(self._epoch), "signal_start": list(self._signal_start), "dynamic": self._dynamic}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if state.get("length_window"):
+            raise ValueError(f"sampler state was saved with mta.data.group_by_length = {state['length_window']}; "
+                             f"this run has 0: resume with the setting the run was started with")
         if list(state["tasks"]) != self.tasks or list(state["sizes"]) != self.sizes:
             raise ValueError(f"sampler state is for tasks {state['tasks']} with sizes {state['sizes']}; "
                              f"this run has {self.tasks} with {self.sizes}")

@@ -12,7 +12,9 @@ from ..data import Curriculum, MixtureSampler
 def examples_per_task(run_cfg, task_sizes: Mapping[str, int]) -> dict[str, int]:
     """The exact number of training examples of each task the run draws: its sampler (rates, curriculum and
     seed) replayed for all of its steps, at one data-parallel rank (with W ranks both the multi-task run and
-    the single-task runs draw W times as many per step, so the equal-examples steps are the same).
+    the single-task runs draw W times as many per step, so the equal-examples steps are the same). Length-grouped
+    batches (``mta.data.group_by_length``) re-cut the same draws, their last window ending with the run: the
+    counts are theirs too.
     ``task_sizes`` in the trainer's task order (sorted names, or ``mta.tasks`` of a model that routes by task)."""
     d, t = run_cfg.data, run_cfg.train
     tasks = list(task_sizes)

@@ -31,8 +31,11 @@ def task_weight_vector(weights: Mapping[str, float], task_names: Sequence[str],
 
 
 def reduce_loss(token_losses: torch.Tensor, mask: torch.Tensor, task_ids: torch.Tensor, reduction: str,
-                weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """``token_losses``, ``mask``: [B, T]; ``task_ids``: [B]; ``weights``: [num_tasks] or None.
+                weights: torch.Tensor | None = None, normalizer: float | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``token_losses``, ``mask``: [B, T]; ``task_ids``: [B]; ``weights``: [num_tasks] or None; ``normalizer``:
+    the ``token`` reduction's divisor instead of this batch's token count (length-grouped batches pass the
+    window's mean count, so a token weighs the same in a batch of short targets as in one of long targets).
 
     Returns the scalar loss and the per-sequence mean token losses (unweighted, for logging)."""
     mask = mask.to(token_losses.dtype)
@@ -40,7 +43,8 @@ def reduce_loss(token_losses: torch.Tensor, mask: torch.Tensor, task_ids: torch.
     per_sequence = (token_losses * mask).sum(1) / counts.clamp(min=1)
     w = torch.ones_like(per_sequence) if weights is None else weights.to(per_sequence)[task_ids]
     if reduction == "token":
-        loss = (w * (token_losses * mask).sum(1)).sum() / counts.sum().clamp(min=1)
+        divisor = counts.sum().clamp(min=1) if normalizer is None else normalizer
+        loss = (w * (token_losses * mask).sum(1)).sum() / divisor
     elif reduction == "sequence":
         loss = (w * per_sequence).sum() / per_sequence.numel()
     elif reduction == "task":

@@ -59,7 +59,8 @@ class Objective:
     def custom_gradient(self) -> bool:
         return self.projection is not None or self.gradnorm_params is not None
 
-    def __call__(self, engine, model, batch: dict[str, Tensor], step: int) -> MicroBatchLoss:
+    def __call__(self, engine, model, batch: dict[str, Tensor], step: int,
+                 token_normalizer: float | None = None) -> MicroBatchLoss:
         forward = model if self.custom_gradient else engine
         out = forward(**model_inputs(model, batch, self.mode))
         logits, labels = out.logits, batch["labels"]
@@ -68,7 +69,7 @@ class Objective:
         tokens = F.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=IGNORE_INDEX, reduction="none")
         mask, task_ids = labels != IGNORE_INDEX, batch["task_ids"]
         weights = self.balance.weights().to(tokens.device)
-        loss, per_sample = reduce_loss(tokens, mask, task_ids, self.reduction, weights)
+        loss, per_sample = reduce_loss(tokens, mask, task_ids, self.reduction, weights, token_normalizer)
         loss = loss + self.balance.regulariser(task_ids)
         aux = model.last_aux_loss
         total = loss if aux is None else loss + aux.to(loss.dtype)
@@ -80,7 +81,7 @@ class Objective:
         if self.gradnorm_params is not None:
             self._gradnorm(per_sample, task_ids)
         if self.projection == "pcgrad":
-            grads = self._pcgrad(tokens, mask, task_ids, weights, params, step)
+            grads = self._pcgrad(tokens, mask, task_ids, weights, params, step, token_normalizer)
             if aux is not None and aux.requires_grad:
                 grads = _add(grads, torch.autograd.grad(aux, params, retain_graph=True, allow_unused=True))
         else:
@@ -114,14 +115,14 @@ class Objective:
 
     # ------------------------------------------------------------------ PCGrad
     def _pcgrad(self, tokens: Tensor, mask: Tensor, task_ids: Tensor, weights: Tensor, params: list[Tensor],
-                step: int) -> list[Tensor | None]:
+                step: int, normalizer: float | None) -> list[Tensor | None]:
         """Each present task's share of the weighted loss (the shares sum to the loss), projected."""
         present = task_ids.unique().tolist()
         shares = []
         for t in present:
             onehot = torch.zeros_like(weights)
             onehot[t] = 1.0
-            share = reduce_loss(tokens, mask, task_ids, self.reduction, weights * onehot)[0]
+            share = reduce_loss(tokens, mask, task_ids, self.reduction, weights * onehot, normalizer)[0]
             if self.balance.log_vars is not None:
                 share = share + self.balance.log_vars[t] / len(present)
             shares.append(share)

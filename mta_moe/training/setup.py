@@ -12,7 +12,7 @@ import torch
 
 from .step_health import StepHealth
 from ..config import ConfigError
-from ..data import Collator, load_task_data, load_tokenizer, make_sampler, tokenize_examples
+from ..data import IGNORE_INDEX, Collator, load_task_data, load_tokenizer, make_sampler, tokenize_examples
 from ..data.suite import SUITE_TASKS
 from ..logs import get_logger
 from ..metrics import profile_tasks
@@ -85,7 +85,8 @@ class RunSetup:
         sampled = list(self.task_rows)
         if cfg.train.add_task_types is not None:
             sampled = self._grow()
-        self.sampler = make_sampler(d, {t: len(self.task_rows[t]) for t in sampled})
+        self.sampler = make_sampler(d, {t: len(self.task_rows[t]) for t in sampled}, self._example_length,
+                                    cfg.train.steps)
         if d.sampling.strategy == "dynamic":
             validated = set(self.val_set["task"]) if self.val_set is not None else set()
             missing = [t for t in sampled if t not in validated]
@@ -99,6 +100,12 @@ class RunSetup:
                     if d.suite is not None and name in SUITE_TASKS}
         self.profiles = profile_tasks(list(train["task"]), list(train["input"]), list(train["target"]),
                                       {**declared, **d.task_kinds})
+
+    def _example_length(self, task: str, index: int) -> tuple[int, int]:
+        """Input tokens and scored target tokens of a training example (``mta.data.group_by_length`` orders
+        by them)."""
+        row = self.train_rows[self.task_rows[task][index]]
+        return len(row["input_ids"]), sum(label != IGNORE_INDEX for label in row["labels"])
 
     def _layer_config(self):
         """``mta`` for a stage-1 model; routing by task names the data's tasks (ids follow ``mta.tasks``)."""

@@ -153,11 +153,12 @@ class Trainer(RunSetup):
         task_count = torch.zeros(len(names), dtype=torch.float64, device=device)
         totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, aux sum, tokens
         share = micro * self.world
+        normalizer = self._token_normalizer(accum)
         for a in range(accum):
             mine = rank_slice(picks[a * share:(a + 1) * share], self.rank, self.world)
             batch = self.collate([self.train_rows[self.task_rows[task][i]] for task, i in mine])
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-            result = self.objective(engine, self.model, batch, self.step)
+            result = self.objective(engine, self.model, batch, self.step, normalizer)
             if self.cfg.train.skip_nonfinite_batches and not self._finite_on_every_rank(result.loss):
                 return None  # before backward: nothing of this batch reaches the weights or the optimizer
             engine.backward(result.backward)
@@ -168,6 +169,14 @@ class Trainer(RunSetup):
             totals += torch.stack([result.loss.double(), result.aux.double(),
                                    batch["attention_mask"].sum().double()])
         return StepTensors(task_loss, task_count, totals, engine.get_global_grad_norm(), accum)
+
+    def _token_normalizer(self, accum: int) -> float | None:
+        """With length-grouped batches and the ``token`` reduction: the window's mean scored tokens per
+        micro-batch, the divisor of every micro-batch's loss in the window (None: each batch's own count)."""
+        per_batch = getattr(self.sampler, "tokens_per_batch", None)
+        if per_batch is None or self.cfg.train.loss_reduction != "token":
+            return None
+        return max(per_batch / (accum * self.world), 1.0)
 
     def _step_stats(self, step: StepTensors, window_tokens: torch.Tensor) -> dict[str, Any]:
         """The logged record of one step, with ``tokens``: ``window_tokens`` summed over ranks; read back to the
