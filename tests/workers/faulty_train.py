@@ -37,8 +37,8 @@ def _inject(fault: str) -> None:
         poisoned, calls = {int(n) for n in arg.split(",")}, [0]
         real_call = objective_module.Objective.__call__
 
-        def call(self, engine, model, batch, step):
-            result = real_call(self, engine, model, batch, step)
+        def call(self, engine, model, batch, step, token_normalizer=None):
+            result = real_call(self, engine, model, batch, step, token_normalizer)
             calls[0] += 1
             if calls[0] in poisoned:
                 nan = float("nan")
