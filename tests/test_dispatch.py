@@ -261,15 +261,26 @@ def test_the_kernel_probe_runs_inside_an_activation_checkpointed_block(monkeypat
     assert torch.allclose(x.grad, reference.grad, atol=1e-6)
 
 
-def test_without_a_kernel_the_layer_says_so_and_takes_the_loop(monkeypatch, caplog):
-    def missing(*args, **kwargs):
-        raise NotImplementedError("no kernel for this backend")
+def test_without_a_kernel_the_layer_says_so_and_takes_another_form(monkeypatch, caplog):
     monkeypatch.setattr(grouped_gemm, "_PROBED", {})
-    monkeypatch.setattr(torch, "_grouped_mm", missing)
+    monkeypatch.setattr(grouped_gemm, "CPU_KERNEL_DTYPES", (torch.bfloat16,))
     grouped, stock = _pair("bottleneck", 2, "task")
     x = torch.randn(7, 9, D)
     tasks = torch.tensor([0, 0, 0, 0, 1, 1, 0])
     with caplog.at_level("INFO", logger="mta_moe"):
         out = grouped(x, tasks)[0]
-    assert "grouped GEMMs unavailable on cpu in torch.float32 (no kernel for this backend)" in caplog.text
+    assert "grouped GEMMs unavailable on cpu in torch.float32 (no CPU kernel for torch.float32)" in caplog.text
+    assert grouped_gemm._PROBED == {("cpu", torch.float32): False}
     assert (out - stock(x, tasks)[0]).abs().max().item() <= 1e-5
+    assert grouped_gemm.missing_kernel(torch.device("cpu"), torch.float64) == "no CPU kernel for torch.float64"
+    assert grouped_gemm.missing_kernel(torch.device("meta"), torch.bfloat16) == "no kernel on meta"
+
+
+def test_a_kernel_that_fails_where_one_is_expected_stops_with_the_way_around(monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("kernel image missing\nmore")
+    monkeypatch.setattr(grouped_gemm, "_PROBED", {})
+    monkeypatch.setattr(torch, "_grouped_mm", broken)
+    with pytest.raises(RuntimeError, match=r"torch._grouped_mm failed on cpu in torch.float32 \(kernel image missing\); "
+                                           r"set mta.dispatch to 'gathered_weights' or 'loop'"):
+        grouped_gemm.kernel_supported(torch.device("cpu"), torch.float32)

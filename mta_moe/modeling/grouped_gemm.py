@@ -7,9 +7,9 @@ bottleneck and the combine is one out-of-place ``index_add``. Every shape depend
 shape, never on how many sequences an adapter received, so no ``.item()``/``.tolist()`` is needed and
 the layer can be compiled whole (``torch.compile(fullgraph=True)``) or captured in a CUDA graph.
 
-Where the kernel is missing for the device and dtype (``torch._grouped_mm`` on CUDA takes bfloat16 only;
-when compiling, its shape rules accept bfloat16 only) or the dimensions are not 16-byte aligned, the
-caller takes the gathered-weight form of :mod:`.batched_adapters` or the per-adapter loop of :mod:`.dispatch`
+Where the kernel is missing for the device and dtype (:func:`missing_kernel`: on CUDA bfloat16 from compute
+capability 9.0; when compiling, its shape rules accept bfloat16 only) or the dimensions are not 16-byte aligned,
+the caller takes the gathered-weight form of :mod:`.batched_adapters` or the per-adapter loop of :mod:`.dispatch`
 (:func:`.dispatch.choose_form`).
 """
 from __future__ import annotations
@@ -28,6 +28,8 @@ _PROBED: dict[tuple[str, torch.dtype], bool] = {}
 # d 768, E 8, k 2: 1.05x faster than the loop at 8k tokens (48 MiB), 0.63-0.79x at 32k tokens (192 MiB), and
 # 1.06x at 32k with MALLOC_MMAP_MAX_=0; benchmarks/layer_dispatch.py).
 CPU_EAGER_MAX_BYTES = 64 << 20
+# the dtypes torch._grouped_mm (torch >= 2.9) has CPU kernels for
+CPU_KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 def usable(experts: nn.ModuleList, hidden_states: Tensor, routes_per_sequence: int = 1) -> bool:
@@ -58,13 +60,17 @@ def fits_cpu_eager(nbytes: int, device: torch.device) -> bool:
 def kernel_supported(device: torch.device, dtype: torch.dtype) -> bool:
     """Whether ``torch._grouped_mm`` computes correct values and gradients on ``device`` in ``dtype``.
 
-    When compiling, the kernel's shape rules (its meta function) take bfloat16 only. In eager mode the
-    answer is probed once per (device type, dtype): a tiny product with an empty group, checked against
-    per-group matmuls, forward and backward.
+    When compiling, the kernel's shape rules (its meta function) take bfloat16 only. In eager mode, where
+    :func:`missing_kernel` finds a kernel, it is probed once per (device type, dtype): a tiny product with an
+    empty group, checked against per-group matmuls, forward and backward.
     """
     if torch.compiler.is_compiling():
         return dtype == torch.bfloat16
     key = (device.type, dtype)
+    reason = None if key in _PROBED else missing_kernel(device, dtype)
+    if reason is not None:
+        log.info(f"grouped GEMMs unavailable on {device.type} in {dtype} ({reason}): the layer takes another form")
+        _PROBED[key] = False
     if key not in _PROBED:
         # the first call may come from inference (no_grad), from inside an activation-checkpointed block (its
         # saved-tensor hooks) or under autocast: the probe runs apart from all three
@@ -85,9 +91,6 @@ def _probe(device: torch.device, dtype: torch.dtype) -> bool:
     grad = torch.randn(24, 8, generator=gen).to(device, dtype)
     ends = [8, 8, 24]  # the second group is empty
     result = _kernel_product(a, b, ends, grad)
-    if isinstance(result, str):
-        log.info(f"grouped GEMMs unavailable on {device.type} in {dtype} ({result}): the layer takes another form")
-        return False
     starts = [0, *ends[:-1]]
     ref = torch.cat([a[s:e] @ b[i] for i, (s, e) in enumerate(zip(starts, ends))])
     reference = (ref, *torch.autograd.grad(ref, (a, b), grad))
@@ -99,14 +102,29 @@ def _probe(device: torch.device, dtype: torch.dtype) -> bool:
     return agree
 
 
-def _kernel_product(a: Tensor, b: Tensor, ends: list[int], grad: Tensor) -> tuple[Tensor, Tensor, Tensor] | str:
-    """``torch._grouped_mm(a, b)`` with groups ending at ``ends`` and its gradients for ``grad``; or, where this
-    build has no kernel for the device and dtype, the first line of the error it raises (the probe's answer)."""
+def missing_kernel(device: torch.device, dtype: torch.dtype) -> str | None:
+    """Why ``torch._grouped_mm`` has no host-sync-free kernel for ``device`` and ``dtype``; None where it has one."""
+    if torch.torch_version.TorchVersion(torch.__version__) < "2.9":
+        return f"torch {torch.__version__}: its grouped GEMMs need 2.9 or later"
+    if device.type == "cpu":
+        return None if dtype in CPU_KERNEL_DTYPES else f"no CPU kernel for {dtype}"
+    if device.type != "cuda":
+        return f"no kernel on {device.type}"
+    if dtype != torch.bfloat16:
+        return "its CUDA kernel takes bfloat16 only"
+    if torch.cuda.get_device_capability(device) < (9, 0):
+        return "below compute capability 9.0 torch loops over the groups with a host sync"
+    return None
+
+
+def _kernel_product(a: Tensor, b: Tensor, ends: list[int], grad: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``torch._grouped_mm(a, b)`` with groups ending at ``ends`` and its gradients for ``grad``."""
     try:
         out = torch._grouped_mm(a, b, offs=torch.tensor(ends, device=a.device, dtype=torch.int32))
         return (out, *torch.autograd.grad(out, (a, b), grad))
-    except (RuntimeError, NotImplementedError) as exc:
-        return str(exc).splitlines()[0]
+    except (RuntimeError, NotImplementedError) as exc:  # a kernel this build was expected to have
+        raise RuntimeError(f"torch._grouped_mm failed on {a.device.type} in {a.dtype} ({str(exc).splitlines()[0]}); "
+                           "set mta.dispatch to 'gathered_weights' or 'loop' to run without it") from exc
 
 
 def route_counts(flat_indices: Tensor, num_experts: int) -> Tensor:
