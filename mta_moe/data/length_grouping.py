@@ -55,17 +55,19 @@ class LengthGroupedSampler:
         """The next batch of the current window; a new window of draws starts at ``step`` when it is used up."""
         if not self._pending:
             self._pending = self._draw_window(batch_size, step)
-            self.tokens_per_batch = sum(self.length(*pick)[-1] for batch in self._pending
-                                        for pick in batch) / len(self._pending)
         if len(self._pending[0]) != batch_size:
             raise ValueError(f"length grouping: the window was drawn with batches of {len(self._pending[0])}, "
                              f"now {batch_size} are asked for")
         return self._pending.pop(0)
 
     def _draw_window(self, batch_size: int, step: int) -> list[list[Pick]]:
+        """The window's batches in hand-out order; sets ``tokens_per_batch`` from the same length keys."""
         steps = self.window if self.total_steps is None else max(1, min(self.window, self.total_steps - step))
-        pooled = [pick for j in range(steps) for pick in self.sampler.next_batch(batch_size, step + j)]
-        pooled.sort(key=lambda pick: self.length(*pick))
+        drawn = [pick for j in range(steps) for pick in self.sampler.next_batch(batch_size, step + j)]
+        keyed = [(self.length(*pick), pick) for pick in drawn]
+        keyed.sort(key=lambda item: item[0])
+        self.tokens_per_batch = sum(key[-1] for key, _ in keyed) / steps
+        pooled = [pick for _, pick in keyed]
         batches = [pooled[i * batch_size:(i + 1) * batch_size] for i in range(steps)]
         order = np.random.Generator(np.random.PCG64([self.sampler.seed, step])).permutation(steps)
         return [batches[i] for i in order]

@@ -88,6 +88,8 @@ class MixtureSampler:
         self._orders: dict[int, tuple[int, np.ndarray]] = {}
         self._signal_start: list[float | None] = [None] * len(self.tasks)
         self._dynamic: list[float] | None = None
+        # the token-loss divisor shared by the current batches (length grouping sets one); None: each its own
+        self.tokens_per_batch: float | None = None
 
     # ------------------------------------------------------------------ rates
     def base_rates(self) -> np.ndarray:

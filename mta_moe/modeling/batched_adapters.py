@@ -23,22 +23,14 @@ import torch
 from torch import Tensor, nn
 
 from . import grouped_gemm
-from .adapters import ACTIVATION_FUNCTIONS, BottleneckAdapter
-
-
-def applicable(experts: nn.ModuleList, hidden_states: Tensor) -> bool:
-    """Bottleneck experts whose weights share the device and dtype of ``hidden_states``."""
-    if len(experts) == 0 or not all(isinstance(e, BottleneckAdapter) for e in experts):
-        return False
-    weight = experts[0].down.weight
-    return weight.dtype == hidden_states.dtype and weight.device == hidden_states.device
+from .adapters import ACTIVATION_FUNCTIONS
 
 
 def preferred(experts: nn.ModuleList, hidden_states: Tensor, routes_per_sequence: int = 1) -> bool:
     """Whether this form should run: applicable, the gathered weights (2·r per route and hidden unit) are no
     larger than the tokens a token-moving form would gather (L per route and hidden unit), and on CPU in eager
     mode they fit :data:`.grouped_gemm.CPU_EAGER_MAX_BYTES` (as the grouped-GEMM form's tokens must)."""
-    if not applicable(experts, hidden_states):
+    if not grouped_gemm.bottlenecks_like(experts, hidden_states):
         return False
     batch, seq_len, hidden = hidden_states.shape
     rank = experts[0].down.out_features

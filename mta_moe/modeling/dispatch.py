@@ -120,7 +120,7 @@ def choose_form(experts: nn.ModuleList, hidden_states: Tensor, k: int, ep_size: 
                              "tokens between ranks")
         return "loop"
     if forced == "gathered_weights":
-        if not batched_adapters.applicable(experts, hidden_states):
+        if not grouped_gemm.bottlenecks_like(experts, hidden_states):
             raise ValueError("dispatch form 'gathered_weights' needs bottleneck experts in the input's dtype and "
                              "device")
         return forced

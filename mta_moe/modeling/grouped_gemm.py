@@ -35,14 +35,9 @@ CPU_KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 def usable(experts: nn.ModuleList, hidden_states: Tensor, routes_per_sequence: int = 1) -> bool:
     """Whether :func:`grouped_gemm_mixture` should run these experts on ``hidden_states``: the kernel serves the
     device and dtype, the widths are aligned, and (CPU, eager) the gathered tokens fit :data:`CPU_EAGER_MAX_BYTES`."""
-    if not hasattr(torch, "_grouped_mm") or len(experts) == 0:
+    if not hasattr(torch, "_grouped_mm") or not bottlenecks_like(experts, hidden_states):
         return False
-    if not all(isinstance(e, BottleneckAdapter) for e in experts):
-        return False
-    first = experts[0]
-    dtype = hidden_states.dtype
-    if first.down.weight.dtype != dtype or first.down.weight.device != hidden_states.device:
-        return False
+    first, dtype = experts[0], hidden_states.dtype
     align = 16 // hidden_states.element_size()
     if first.down.in_features % align or first.down.out_features % align:
         return False
@@ -50,6 +45,15 @@ def usable(experts: nn.ModuleList, hidden_states: Tensor, routes_per_sequence: i
     if not fits_cpu_eager(gathered, hidden_states.device):
         return False
     return kernel_supported(hidden_states.device, dtype)
+
+
+def bottlenecks_like(experts: nn.ModuleList, hidden_states: Tensor) -> bool:
+    """Bottleneck experts whose weights share the device and dtype of ``hidden_states`` (what both fixed-shape
+    forms need)."""
+    if len(experts) == 0 or not all(isinstance(e, BottleneckAdapter) for e in experts):
+        return False
+    weight = experts[0].down.weight
+    return weight.dtype == hidden_states.dtype and weight.device == hidden_states.device
 
 
 def fits_cpu_eager(nbytes: int, device: torch.device) -> bool:

@@ -46,13 +46,13 @@ class StepHealth:
             self.tasks.clear()
             return None
         mine = int(self.first.item()) == step
-        values = self.values.clone() if mine else torch.zeros_like(self.values)
         if world > 1:  # every rank names the values of the lowest rank that saw that step
             rank = dist.get_rank()
             owner = torch.tensor(rank if mine else world, dtype=torch.int64, device=self.device)
             all_reduce(owner, op=dist.ReduceOp.MIN)
-            if int(owner.item()) != rank:
-                values.zero_()
+            mine = int(owner.item()) == rank
+        values = self.values.clone() if mine else torch.zeros_like(self.values)
+        if world > 1:
             all_reduce(values)  # one rank adds its (possibly non-finite) values onto zeros
         loss, norm = (float(v) for v in values.tolist())
         return step, loss, norm if grad_norm_known else None, self.tasks.get(step, [])

@@ -173,7 +173,7 @@ class Trainer(RunSetup):
     def _token_normalizer(self, accum: int) -> float | None:
         """With length-grouped batches and the ``token`` reduction: the window's mean scored tokens per
         micro-batch, the divisor of every micro-batch's loss in the window (None: each batch's own count)."""
-        per_batch = getattr(self.sampler, "tokens_per_batch", None)
+        per_batch = self.sampler.tokens_per_batch
         if per_batch is None or self.cfg.train.loss_reduction != "token":
             return None
         return max(per_batch / (accum * self.world), 1.0)
