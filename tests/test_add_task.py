@@ -1,5 +1,5 @@
-"""Adding a task type to a trained model: old task types' outputs stay bit-identical (at growth and after
-training the new parts), the closest trained type is found, bad requests are refused by name, and the
+"""Adding a task type to a trained model: old task types' outputs are equal at growth (to fp32 summation order)
+and stay bit-identical while the new parts train, the closest trained type is found, bad requests are refused by name, and the
 launcher run changes no old weight and no old validation prediction."""
 import json
 
@@ -11,6 +11,7 @@ from backbones import _gpt2, _t5
 from mta_moe import MTAConfig, MTAModel
 from mta_moe.config import ConfigError
 from mta_moe.modeling.grow import BLOCKED, closest_task_types, grow_saved_model, new_parameters
+from tolerances import assert_close_to_scale
 from test_training import launch, tiny_config, write_config
 
 
@@ -40,11 +41,11 @@ def test_old_task_types_are_bit_identical_after_growing_and_training(make, new_a
     before = trained(**old_kw).logits
     grown, growth = grow_saved_model(tmp_path / "trained", ["qa"], new_adapters, {"qa": "generate"})
     grown.eval()
-    assert torch.equal(grown(**old_kw).logits, before)
+    # At growth the old types' routing is exact (the new adapter's weight is 0), but the grown model is another
+    # computation (stacked weights of another shape, frozen weights): equal up to fp32 summation order.
+    assert_close_to_scale(grown(**old_kw).logits, before)
     experts, biases = new_parameters(grown, growth)
-    # compare under one requires_grad layout: PyTorch's CPU kernels round differently when weights are frozen
-    before = grown(**old_kw).logits
-    assert torch.allclose(before, trained(**old_kw).logits, atol=1e-5)
+    before = grown(**old_kw).logits  # from here on, the same computation: training the new parts is invisible
     assert len(experts) == 4 * len(grown.mta_layers) * new_adapters and len(biases) == len(grown.mta_layers)
     optimizer = torch.optim.AdamW([{"params": experts, "weight_decay": 0.1}, {"params": biases, "weight_decay": 0.0}],
                                   lr=0.05)

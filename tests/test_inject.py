@@ -6,6 +6,7 @@ import torch
 import transformers as tf
 
 from backbones import BACKBONES, make_backbone, make_inputs
+from tolerances import assert_close_to_scale
 from mta_moe import ConfigError, MTAConfig, MTAModel, parameter_counts
 
 TASKS = torch.tensor([0, 1, 2, 1])
@@ -221,7 +222,8 @@ def test_gradient_checkpointing_recomputes_with_the_calls_task_ids(name):
     ckpt_loss, ckpt_grads, ckpt_counts = run(True)
     assert torch.allclose(plain_loss, ckpt_loss, rtol=1e-6, atol=0)
     assert plain_grads.keys() == ckpt_grads.keys() and len(plain_grads) > 20
-    assert all(torch.allclose(plain_grads[n], ckpt_grads[n], rtol=1e-5, atol=1e-7) for n in plain_grads)
+    for n in plain_grads:  # recomputation may take other kernels: equal to fp32 rounding of each tensor's scale
+        assert_close_to_scale(ckpt_grads[n], plain_grads[n])
     assert ckpt_counts == plain_counts == 4 * len(MTAModel(make_backbone(name), MTAConfig(
         inject_layers="all")).mta_layers)
 
