@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import sys
 from typing import Callable, Sequence
+from .config import finite_float, positive_int
 
 _COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], str]] = {}
 
@@ -36,6 +37,11 @@ def _train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--deepspeed", "--deepspeed_config", dest="config", required=True,
                    help="DeepSpeed JSON with an \"mta\" section")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run already in mta.train.output_dir (without it, a new run there is refused)")
+    p.add_argument("--resume-with-changes", metavar="KEY,...",
+                   help="with --resume: accept these changed settings (dotted keys, e.g. train.steps; data_files for "
+                        "changed data files); any other change since the run started is refused")
     p.add_argument("--trust-checkpoint", action="store_true",
                    help="with --resume: load a checkpoint this output directory's run did not write (DeepSpeed "
                         "unpickles it: only for checkpoints you trust)")
@@ -50,9 +56,9 @@ def _evaluate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--chance", help="suite.json of the bundled suite: adds chance levels to the table")
     p.add_argument("--out", help="write the scores as JSON here")
     p.add_argument("--predictions", help="write each example's generated text here (JSONL)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--max-input-length", type=int, help="default: the training run's, else 128")
-    p.add_argument("--max-new-tokens", type=int, help="default: the training run's, else 32")
+    p.add_argument("--batch-size", type=positive_int, default=64)
+    p.add_argument("--max-input-length", type=positive_int, help="default: the training run's, else 128")
+    p.add_argument("--max-new-tokens", type=positive_int, help="default: the training run's, else 32")
     p.add_argument("--device", default="auto",
                    help="where to generate and score: auto (a GPU when one is visible, else the CPU), cpu, cuda[:N]")
 
@@ -65,14 +71,14 @@ def _report(p: argparse.ArgumentParser) -> None:
     p.add_argument("--test", required=True, help="canonical-format data scored for the table")
     p.add_argument("--validation", help="canonical-format data that fits the calibration temperatures")
     p.add_argument("--baseline", help="the system the deltas are taken against (default: none)")
-    p.add_argument("--threshold", type=float, default=0.01,
+    p.add_argument("--threshold", type=finite_float, default=0.01,
                    help="flag negative transfer when a delta is below -threshold")
     p.add_argument("--chance", help="suite.json of the bundled suite: adds chance levels")
     p.add_argument("--affinity", help="affinity.json from `mta-moe affinity`: adds its heatmap and grouping")
     p.add_argument("--out", required=True, help="directory for report.md, report.json and the figures")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--max-input-length", type=int, help="default: the first system's training run's, else 128")
-    p.add_argument("--max-new-tokens", type=int, help="default: the first system's training run's, else 32")
+    p.add_argument("--batch-size", type=positive_int, default=64)
+    p.add_argument("--max-input-length", type=positive_int, help="default: the first system's training run's, else 128")
+    p.add_argument("--max-new-tokens", type=positive_int, help="default: the first system's training run's, else 32")
     p.add_argument("--device", default="auto",
                    help="where to generate and score: auto (a GPU when one is visible, else the CPU), cpu, cuda[:N]")
 
@@ -88,14 +94,24 @@ def _compare(p: argparse.ArgumentParser) -> None:
                         "(default), or train as many steps as the multi-task run")
     p.add_argument("--no-single-task", action="store_true", help="skip the single-task baselines")
     p.add_argument("--seeds", default="", metavar="S1,S2",
-                   help="extra seeds (train.seed and data.seed) for every multi-task system: run-to-run spread")
+                   help="extra seeds (train.seed and data.seed) for every multi-task system and variant: run-to-run spread")
+    p.add_argument("--steps", type=positive_int, default=None,
+                   help="steps of every multi-task stage-1 run (default: twice the config's mta.train.steps, so "
+                        "each system can plateau; the report also scores each run at the config's budget)")
+    p.add_argument("--patience", type=int, default=4,
+                   help="stop a multi-task stage-1 run after this many validations without a better validation "
+                        "macro (0: train all --steps); runs are scored at their best validation checkpoint")
+    p.add_argument("--overwrite", action="store_true",
+                   help="retrain a finished run under --out whose configuration differs (refused without it)")
+    p.add_argument("--eval-every", type=positive_int, default=None,
+                   help="validate every this many steps (default: the config's mta.train.eval_every)")
     p.add_argument("--ablate-temperature", default="", metavar="T1,T2",
                    help="extra stage-1 runs with these Softmax-T temperatures")
     p.add_argument("--ablate-freeze", action="store_true", help="an extra stage-2 run with nothing frozen")
     p.add_argument("--variant", nargs=2, action="append", default=[], metavar=("NAME[:2]", "OVERRIDES"),
                    help="an extra MTA run: stage 1 (or stage 2 with NAME:2) with these overrides, e.g. "
                         "--variant pcgrad '--train.gradient_projection pcgrad'")
-    p.add_argument("--threshold", type=float, default=0.01,
+    p.add_argument("--threshold", type=finite_float, default=0.01,
                    help="flag negative transfer when a delta is below -threshold")
     p.add_argument("--launcher", default=None,
                    help="how each run is started, e.g. 'deepspeed --num_gpus 4' (default: this python); the "
@@ -111,14 +127,14 @@ def _affinity(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, help="a stage-1 DeepSpeed JSON: the model, data and batch size")
     p.add_argument("--out", required=True, help="directory for affinity.json, the heatmap and the config")
     p.add_argument("--model", help="measure at this trained export instead of training a probe")
-    p.add_argument("--probe-steps", type=int, default=None, help="steps of the fully shared probe run")
-    p.add_argument("--every", type=int, default=None, help="measure every this many probe steps")
-    p.add_argument("--rows", type=int, default=64, help="held-out probe rows per task")
-    p.add_argument("--horizon", type=int, default=10,
+    p.add_argument("--probe-steps", type=positive_int, default=None, help="steps of the fully shared probe run")
+    p.add_argument("--every", type=positive_int, default=None, help="measure every this many probe steps")
+    p.add_argument("--rows", type=positive_int, default=64, help="held-out probe rows per task")
+    p.add_argument("--horizon", type=positive_int, default=10,
                    help="lookahead: optimizer steps on one task before every task's probe loss is read")
-    p.add_argument("--threshold", type=float, default=0.0,
+    p.add_argument("--threshold", type=finite_float, default=0.0,
                    help="tasks whose affinity is below this never share an adapter")
-    p.add_argument("--max-groups", type=int, default=None, help="at most this many groups (adapters)")
+    p.add_argument("--max-groups", type=positive_int, default=None, help="at most this many groups (adapters)")
     p.epilog = "Further --key value pairs override the config (e.g. --train.lr 1e-3)."
 
 
@@ -142,6 +158,7 @@ def _save_adapters(p: argparse.ArgumentParser) -> None:
                    help="hub id or directory of the backbone the adapters go on (checked: it must hold the "
                         "export's backbone weights)")
     p.add_argument("--out", required=True, help="directory for mta_adapters.json and adapters.safetensors")
+    p.add_argument("--overwrite", action="store_true", help="replace what --out already holds (refused without it)")
 
 
 @command("check-data", "check data files in the canonical format before training",

@@ -1,11 +1,15 @@
 """MTA settings: one validated object for the layer, read from the ``"mta"`` section of a DeepSpeed JSON."""
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
+
+from .names import name_problem
 
 EXPERT_KINDS = ("bottleneck", "ffn")
 GATE_MODES = ("task", "learned", "both")
@@ -58,6 +62,10 @@ class MTAConfig:
     sequence_repr: str = "first"
     load_balance_coef: float = 0.0
     z_loss_coef: float = 0.0
+    # adapters every sequence uses beside its routed task adapters, from stage 1 on (0: none), mixed with the task
+    # mixture per routing key by learned weights that all start at 1 (modeling.always_on)
+    always_on_adapters: int = 0
+    always_on_dim: int | None = None  # None: adapter_dim
     num_shared_adapters: int = 1
     shared_adapter_dim: int = 64
     gate_network_hidden: int | None = None  # None: the model's hidden size
@@ -142,6 +150,10 @@ class MTAConfig:
             raise ConfigError(f"mta.task_types: must be a non-empty list of non-empty names, got {self.task_types!r}")
         if len(set(self.task_types)) != len(self.task_types):
             raise ConfigError(f"mta.task_types: names must be unique, got {self.task_types!r}")
+        for key, names in (("task_types", self.task_types), ("tasks", self.tasks or [])):
+            problem = next((name_problem(n) for n in names if name_problem(n)), None)
+            if problem is not None:
+                raise ConfigError(f"mta.{key}: {problem}")
         _choice(self.route_by, "route_by", ROUTE_BY)
         if self.tasks is not None and (not isinstance(self.tasks, list) or not self.tasks
                                        or not all(isinstance(t, str) and t for t in self.tasks)
@@ -162,6 +174,12 @@ class MTAConfig:
             _number(getattr(self, key), key)
             if getattr(self, key) < 0:
                 raise ConfigError(f"mta.{key}: must be >= 0, got {getattr(self, key)}")
+        _int(self.always_on_adapters, "always_on_adapters", minimum=0)
+        if self.always_on_dim is not None:
+            _int(self.always_on_dim, "always_on_dim", minimum=1)
+        if self.always_on_adapters and self.expert_kind != "bottleneck":
+            raise ConfigError("mta.always_on_adapters: always-on adapters sit beside bottleneck task adapters; "
+                              f"expert_kind {self.expert_kind!r} replaces the FFN (use 0, or expert_kind 'bottleneck')")
         _int(self.num_shared_adapters, "num_shared_adapters", minimum=0)
         _int(self.shared_adapter_dim, "shared_adapter_dim", minimum=1)
         if self.gate_network_hidden is not None:
@@ -243,6 +261,20 @@ class MTAConfig:
         return MTAConfig.from_dict({**self.to_dict(), **changes})
 
 
+def sharing_adapters(config: MTAConfig) -> dict[int, list[str]]:
+    """Adapters that more than one routing key starts out favouring, when there are more keys than adapters and no
+    explicit assignment: ``{adapter: [keys]}`` (empty otherwise)."""
+    if config.task_adapter_assignment is not None or config.route_by == "task" and config.tasks is None:
+        return {}
+    if config.num_routes <= config.num_experts:
+        return {}
+    owners: dict[int, list[str]] = {}
+    for key, adapters in zip(config.routing_keys, config.assignment()):
+        for adapter in adapters:
+            owners.setdefault(adapter, []).append(key)
+    return {a: keys for a, keys in sorted(owners.items()) if len(keys) > 1}
+
+
 def load_ds_config(path: str | Path) -> tuple[dict[str, Any], MTAConfig]:
     """Read a DeepSpeed JSON; return (the DeepSpeed keys, the validated layer keys of the ``"mta"`` section).
 
@@ -294,6 +326,43 @@ def _int(value: Any, key: str, minimum: int) -> None:
 def _number(value: Any, key: str) -> None:
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         raise ConfigError(f"mta.{key}: must be a number, got {value!r}")
+    if not math.isfinite(value):
+        raise ConfigError(f"mta.{key}: must be a finite number, got {value!r}")
+
+
+def reject_nonfinite(node: Any, prefix: str = "") -> None:
+    """Refuse NaN and ±Infinity anywhere in a config (JSON files and overrides may spell them), naming the key:
+    every range check after this one compares finite numbers."""
+    if isinstance(node, Mapping):
+        for key, value in node.items():
+            reject_nonfinite(value, f"{prefix}{key}.")
+    elif isinstance(node, (list, tuple)):
+        for index, value in enumerate(node):
+            reject_nonfinite(value, f"{prefix[:-1]}[{index}].")
+    elif isinstance(node, float) and not math.isfinite(node):
+        raise ConfigError(f"{prefix[:-1]}: {node!r} is not a finite number; every number in a config must be finite")
+
+
+def positive_int(text: str) -> int:
+    """argparse ``type`` for a count option: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
+def finite_float(text: str) -> float:
+    """argparse ``type`` for a float option: NaN and ±Infinity are refused."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
 
 
 def _choice(value: Any, key: str, allowed: tuple[str, ...]) -> None:

@@ -154,6 +154,17 @@ def score_task(kind: str, predictions: Sequence[str], targets: Sequence[str],
     return out
 
 
+def row_scores(kind: str, predictions: Sequence[str], targets: Sequence[str]) -> list[float]:
+    """Each row's primary score (their mean is the kind's primary metric): what paired tests resample."""
+    if kind == "classification":
+        return [float(normalise(p) == normalise(t)) for p, t in zip(predictions, targets, strict=True)]
+    if kind == "extraction":
+        return [squad_exact_match(p, t) for p, t in zip(predictions, targets, strict=True)]
+    if kind == "generation":
+        return [rouge_l(p, t) for p, t in zip(predictions, targets, strict=True)]
+    raise ValueError(f"task kind must be one of {list(KINDS)}, got {kind!r}")
+
+
 def score_predictions(tasks: Sequence[str], targets: Sequence[str], predictions: Sequence[str],
                       kinds: Mapping[str, str], task_types: Mapping[str, str] | None = None,
                       labels: Mapping[str, Sequence[str] | None] | None = None) -> dict[str, object]:

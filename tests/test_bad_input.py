@@ -5,6 +5,8 @@ or the key and what was expected, and writes nothing (the run's output directory
 The cases run in one worker process (tests/workers/bad_input_worker.py) through `mta_moe.cli.main`, the code
 behind `mta-moe`; tests/test_training.py checks the same exit codes from separate processes."""
 import json
+import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -63,6 +65,14 @@ def _build(root: Path) -> list[tuple[str, list[str], str, list[str]]]:
                                   "i.csv:line 2: expected 3 fields"),
         "unknown_suffix": (_rows(d / "j.txt", [GOOD]), "j.txt: unknown file format '.txt'"),
         "not_a_row_object": (_rows(d / "k.jsonl", ['["a", "b"]']), "k.jsonl:line 1: expected an object with fields"),
+        "task_name_is_a_path": (_rows(d / "l.jsonl", [GOOD, {**GOOD, "task": "../../../victim"}]),
+                                "l.jsonl:line 2: field 'task': '../../../victim' is not a valid name"),
+        "task_name_with_slash": (_rows(d / "m.jsonl", [{**GOOD, "task": "a/b"}]),
+                                 "m.jsonl:line 1: field 'task': 'a/b' is not a valid name"),
+        "task_name_hidden": (_rows(d / "n.jsonl", [{**GOOD, "task": ".hidden"}]),
+                             "n.jsonl:line 1: field 'task': '.hidden' is not a valid name"),
+        "csv_duplicate_column": (_rows(d / "o.csv", ["input,target,type,target", "x,y,classify,z"]),
+                                 "o.csv:line 1: CSV header names column 'target' twice"),
     }
     cases = []
     for name, (file, message) in data.items():
@@ -98,6 +108,31 @@ def _build(root: Path) -> list[tuple[str, list[str], str, list[str]]]:
                                    "mta.train.skip_nonfinite_batches: needs gradient_accumulation_steps 1"),
         "contiguous_gradients_off": (_set("zero_optimization.contiguous_gradients", False),
                                      "zero_optimization.contiguous_gradients: must be true"),
+        "task_type_is_a_path": (_set("mta.task_types", ["classify", "nli", "../generate"]),
+                                "mta.task_types: '../generate' is not a valid name"),
+        "routing_task_is_a_path": (_set("mta.tasks", ["sentiment", "../x"]), "mta.tasks: '../x' is not a valid name"),
+        "suite_name_unknown": (_set("mta.data.suite", {"name": "glue"}), "mta.data.suite.name: must be one of"),
+        "early_stopping_patience_zero": (_set("mta.train.early_stopping", {"patience": 0}),
+                                         "mta.train.early_stopping.patience: must be an integer >= 1"),
+        "early_stopping_unknown_key": (_set("mta.train.early_stopping", {"patience": 2, "wait": 1}),
+                                       "mta.train.early_stopping: must be"),
+        "export_steps_not_steps": (_set("mta.train.export_steps", [0]), "mta.train.export_steps[0]: must be an integer"),
+        "always_on_negative": (_set("mta.always_on_adapters", -1), "mta.always_on_adapters: must be an integer >= 0"),
+        "misspelt_deepspeed_key": (_set("gradient_clipingg", 0.3), "gradient_clipingg: unknown DeepSpeed key"),
+        "lr_nan": (_set("mta.train.lr", float("nan")), "mta.train.lr: nan is not a finite number"),
+        "temperature_infinity": (_set("mta.temperature", float("inf")), "mta.temperature: inf is not a finite number"),
+        "warn_margin_nan": (_set("mta.train.warn_margin", float("nan")), "mta.train.warn_margin: nan is not a finite"),
+        "task_weight_infinity": (_set("mta.train.task_weights", {"sentiment": float("-inf")}),
+                                 "mta.train.task_weights.sentiment: -inf is not a finite number"),
+        "clipping_nan": (_set("gradient_clipping", float("nan")), "gradient_clipping: nan is not a finite number"),
+        "always_on_with_ffn_experts": (lambda c: c["mta"].update(expert_kind="ffn", always_on_adapters=1),
+                                       "mta.always_on_adapters: always-on adapters sit beside bottleneck"),
+        "suite_task_of_the_other_suite": (_set("mta.data.suite", {"name": "confirm", "tasks": ["sentiment"]}),
+                                          "the confirm suite has"),
+        "misspelt_nested_deepspeed_key": (_set("zero_optimization.stagee", 1),
+                                          "zero_optimization.stagee: Extra inputs are not permitted"),
+        "trainable_optional_not_bool": (_set("mta.train.trainable", [{"pattern": "*", "optional": "yes"}]),
+                                        "mta.train.trainable[0]: must be"),
     }
     for name, (change, message) in config.items():
         cases.append((name, _config_case(root, name, change), message))
@@ -122,7 +157,28 @@ def _build(root: Path) -> list[tuple[str, list[str], str, list[str]]]:
         ("train_without_config", ["train"], "the following arguments are required: --deepspeed", [run]),
         ("evaluate_missing_export", ["evaluate", "--model", str(root / "nothing"), "--data", "x.jsonl",
                                      "--out", str(root / "scores.json")], "tasks.json: missing", [str(root / "scores.json")]),
+        ("override_nan", ["train", "--deepspeed", str(good), "--train.weight_decay", "NaN"],
+         "mta.train.weight_decay: nan is not a finite number", [run]),
+        ("compare_threshold_nan", ["compare", "--config", str(good), "--out", str(root / "cmp2"), "--threshold", "nan"],
+         "--threshold: expected a finite number", [str(root / "cmp2")]),
+        ("evaluate_batch_size_zero", ["evaluate", "--model", str(root / "nothing"), "--data", "x.jsonl", "--batch-size",
+                                      "0"], "--batch-size: expected an integer >= 1, got 0", []),
+        ("evaluate_batch_size_negative", ["evaluate", "--model", str(root / "nothing"), "--data", "x.jsonl",
+                                          "--batch-size", "-3"], "--batch-size: expected an integer >= 1, got -3", []),
+        ("compare_patience_negative", ["compare", "--config", str(good), "--out", str(root / "cmp3"), "--patience", "-1"],
+         "compare: --patience must be an integer >= 0", [str(root / "cmp3")]),
+        ("resume_and_overwrite", ["train", "--deepspeed", str(good), "--resume", "--overwrite"],
+         "--resume continues the run in mta.train.output_dir and --overwrite replaces it", [run]),
+        ("compare_steps_below_budget", ["compare", "--config", str(good), "--out", str(root / "cmp"), "--steps", "3",
+                                        "--no-single-task"], "compare: --steps (3) is below", [str(root / "cmp" / "shared")]),
     ]
+    locked = root / "locked" / "run"  # a directory another live run holds
+    locked.mkdir(parents=True)
+    (locked / ".lock").write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": 0}))
+    cfg = tiny_config(locked)
+    (root / "locked.json").write_text(json.dumps(cfg))
+    out.append(("run_dir_in_use", ["train", "--deepspeed", str(root / "locked.json")],
+                f"is in use by a run of pid {os.getpid()}", [str(locked / "run_config.json")]))
     return out
 
 
@@ -157,7 +213,34 @@ def _export_cases(root: Path) -> list:
     weights = tampered / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-100])
     scores = str(root / "export_scores.json")
+    crafted = root / "crafted_tasks"  # export metadata whose task list holds a path
+    subprocess.run(["cp", "-r", str(export), str(crafted)], check=True)
+    meta = json.loads((crafted / "mta_config.json").read_text())
+    meta["mta"].update(route_by="task", tasks=["../../escaped", "b", "c"])
+    (crafted / "mta_config.json").write_text(json.dumps(meta))
+    foreign = root / "foreign_tokenizer"  # the export with another tokenizer's files of the same size
+    subprocess.run(["cp", "-r", str(export), str(foreign)], check=True)
+    from mta_moe.data.tokenizer import load_tokenizer, train_sentencepiece_tokenizer
+    size = len(load_tokenizer(export))
+    texts = [f"{w} {v} number {i}" for i, (w, v) in enumerate(zip(["alpha", "beta", "gamma", "delta"] * 200,
+                                                                   ["omega", "psi", "chi", "phi"] * 200))]
+    train_sentencepiece_tokenizer(texts, root / "other_tokenizer", vocab_size=size).save_pretrained(foreign)
+    filled = root / "filled"
+    filled.mkdir()
+    (filled / "keep.txt").write_text("mine")
     return [
+        ("export_all_crafted_task_names", ["export", "--model", str(crafted), "--all", "--out", str(root / "a" / "b")],
+         "mta.tasks: '../../escaped' is not a valid name", [str(root / "escaped"), str(root / "a")]),
+        ("export_with_a_foreign_tokenizer", ["evaluate", "--model", str(foreign), "--data", str(data), "--out", scores],
+         "not the tokenizer the model", [scores]),
+        ("per_task_export_with_a_foreign_tokenizer", ["export", "--model", str(export), "--all", "--tokenizer",
+                                                      str(root / "other_tokenizer"), "--out", str(root / "pt2")],
+         "--tokenizer", [str(root / "pt2")]),
+        ("save_adapters_into_a_used_folder", ["save-adapters", "--model", str(export), "--backbone", str(export),
+                                              "--out", str(filled)], "exists and is not an empty directory; pass --overwrite",
+         [str(filled / "adapters.safetensors")]),
+        ("export_all_into_a_used_folder", ["export", "--model", str(export), "--all", "--out", str(filled)],
+         "exists and is not an empty directory", [str(filled / "classify")]),
         ("export_missing_weights", ["evaluate", "--model", str(missing), "--data", str(data), "--out", scores],
          "model.safetensors", [scores]),
         ("export_tampered_weights", ["evaluate", "--model", str(tampered), "--data", str(data), "--out", scores],
@@ -176,7 +259,15 @@ CASE_IDS = ["missing_field", "empty_target", "not_utf8", "wrong_type", "unknown_
             "skip_with_accumulation", "contiguous_gradients_off", "config_file_missing", "config_not_json",
             "override_unknown_key", "override_without_value", "override_bad_value", "resume_without_checkpoint",
             "train_without_config", "evaluate_missing_export", "export_missing_weights", "export_tampered_weights",
-            "export_unknown_task"]
+            "export_unknown_task", "task_name_is_a_path", "task_name_with_slash", "task_name_hidden",
+            "csv_duplicate_column", "task_type_is_a_path", "routing_task_is_a_path", "suite_name_unknown",
+            "early_stopping_patience_zero", "early_stopping_unknown_key", "export_steps_not_steps", "always_on_negative",
+            "trainable_optional_not_bool", "lr_nan", "temperature_infinity", "warn_margin_nan",
+            "task_weight_infinity", "clipping_nan", "always_on_with_ffn_experts", "suite_task_of_the_other_suite", "misspelt_deepspeed_key", "misspelt_nested_deepspeed_key",
+            "override_nan", "compare_threshold_nan", "evaluate_batch_size_zero", "evaluate_batch_size_negative",
+            "compare_patience_negative", "resume_and_overwrite", "compare_steps_below_budget", "run_dir_in_use",
+            "export_all_crafted_task_names", "export_with_a_foreign_tokenizer",
+            "per_task_export_with_a_foreign_tokenizer", "save_adapters_into_a_used_folder", "export_all_into_a_used_folder"]
 
 
 @pytest.mark.slow

@@ -2,6 +2,7 @@
 reuse of finished runs, and the report's deltas against the single-task models."""
 import json
 import os
+import socket
 import subprocess
 import sys
 from collections import Counter
@@ -28,8 +29,9 @@ def test_plan_derives_each_system_from_the_stage_configs(tmp_path):
     runs = {r.name: r for r in plan_runs(stage1, stage2, tmp_path, temperatures=[1.0], no_freeze=True,
                                          single_steps={"sentiment": 7, "answer": 3}, seeds=[5])}
     assert list(runs) == ["single_sentiment", "single_answer", "shared", "shared_matched", "mta_stage1",
-                          "mta_stage2", "shared_stage2", "shared_s5", "shared_matched_s5", "mta_stage1_s5",
-                          "mta_stage2_s5", "shared_stage2_s5", "mta_stage1_T1", "mta_stage2_nofreeze"]
+                          "mta_stage2", "shared_stage2", "mta_stage1_more", "shared_s5", "shared_matched_s5",
+                          "mta_stage1_s5", "mta_stage2_s5", "shared_stage2_s5", "mta_stage1_more_s5", "mta_stage1_T1",
+                          "mta_stage2_nofreeze"]
     single = runs["single_answer"].raw["mta"]
     assert single["data"]["tasks"] == ["answer"] and single["data"]["curriculum"] is None
     assert single["train"]["steps"] == 3 and single["num_experts"] == 1
@@ -38,11 +40,15 @@ def test_plan_derives_each_system_from_the_stage_configs(tmp_path):
     shared = runs["shared"].raw["mta"]
     assert (shared["num_experts"], shared["k"], shared["adapter_dim"]) == (1, 1, 8)
     matched = runs["shared_matched"].raw["mta"]  # k = 2 adapters of width 8 per sequence: one of width 16
-    assert (matched["num_experts"], matched["adapter_dim"]) == (1, 16)
+    assert (matched["num_experts"], matched["adapter_dim"], matched["always_on_adapters"]) == (1, 16, 0)
     assert "shared_wide" not in runs
     assert runs["mta_stage2"].raw["mta"]["train"]["init_from"] == str(tmp_path / "mta_stage1" / "export")
     assert runs["shared_stage2"].raw["mta"]["train"]["init_from"] == str(tmp_path / "shared" / "export")
     assert runs["mta_stage2_s5"].raw["mta"]["train"]["init_from"] == str(tmp_path / "mta_stage1_s5" / "export")
+    more = runs["mta_stage1_more"].raw["mta"]  # stage 2's steps and data, stage 1's parts, everything trainable
+    assert (more["train"]["stage"], more["train"]["trainable"], more["train"]["init_from"]) == \
+        (1, None, str(tmp_path / "mta_stage1" / "export"))
+    assert more["train"]["steps"] == stage2["mta"]["train"]["steps"]
     seeded = runs["mta_stage1_s5"]
     assert (seeded.raw["mta"]["train"]["seed"], seeded.raw["mta"]["data"]["seed"], seeded.system) == (5, 5, "mta_stage1")
     assert runs["mta_stage1_T1"].raw["mta"]["temperature"] == 1.0
@@ -52,10 +58,13 @@ def test_plan_derives_each_system_from_the_stage_configs(tmp_path):
 
 def test_shared_wide_matches_all_adapters_and_every_planned_run_is_a_valid_config(tmp_path):
     stage1 = tiny_config(tmp_path / "a")
-    stage1["mta"].update(num_experts=6, k=1)
+    stage1["mta"].update(num_experts=6, k=1, always_on_adapters=0)
     runs = {r.name: r for r in plan_runs(stage1, tiny_config(tmp_path / "b", stage=2, init_from="x"), tmp_path,
                                          single_steps={"answer": 2})}
     assert "shared_matched" not in runs and runs["shared_wide"].raw["mta"]["adapter_dim"] == 6 * 8
+    stage1["mta"].update(always_on_adapters=1, always_on_dim=4)  # counted in both matched models
+    more = {r.name: r.raw["mta"]["adapter_dim"] for r in plan_runs(stage1, None, tmp_path)}
+    assert (more["shared_matched"], more["shared_wide"]) == (8 + 4, 6 * 8 + 4)
     for spec in runs.values():
         build_run_config(spec.raw, spec.name)
 
@@ -111,10 +120,11 @@ def _compare(tmp_path, *extra, files=None):
 def test_compare_on_file_data_trains_reuses_and_reports_against_single_task_models(tmp_path):
     first = _compare(tmp_path, files=_file_data(tmp_path))
     assert first.returncode == 0, first.stderr[-3000:] + first.stdout[-3000:]
-    # 3 single-task, shared, shared_matched, mta stage 1 and 2, shared through stage 2
-    assert first.stdout.count(": trained") == 8
+    # 3 single-task, shared, shared_matched, mta stage 1 and 2, shared through stage 2, mta stage 1 trained on
+    assert first.stdout.count(": trained") == 9
     report = json.loads((tmp_path / "cmp" / "report" / "report.json").read_text())
-    assert list(report["systems"]) == ["shared", "shared_matched", "mta_stage1", "mta_stage2", "shared_stage2"]
+    assert list(report["systems"]) == ["shared", "shared_matched", "mta_stage1", "mta_stage2", "shared_stage2",
+                                       "mta_stage1_more"]
     assert set(report["baseline_scores"]) == set(TASKS)
     protocol = report["protocol"]
     assert protocol["single_task_budget"] == "examples" and sum(protocol["examples_per_task"].values()) == 12 * 4
@@ -129,12 +139,20 @@ def test_compare_on_file_data_trains_reuses_and_reports_against_single_task_mode
                                                                  report["baseline_scores"][task])
     assert set(report["chance"]) == set(TASKS)
     text = (tmp_path / "cmp" / "report" / "report.md").read_text()
-    assert "| task | kind | single-task |" in text and "## Budget" in text
+    assert "| task | kind | single-task | shared | shared_matched | mta_stage1 |" in text and "## Budget" in text
+    # the protocol: stage-1 runs train twice the budget, scored at their best checkpoint and at the budget
+    assert protocol["multi_task_steps"] == 24 and protocol["fixed_budget"] == 12 and report["checkpoint"] == "best"
+    assert (tmp_path / "cmp" / "mta_stage1" / "export_step12" / "tasks.json").is_file()
+    assert report["fixed_budget"]["exports"]["mta_stage1"].endswith("export_step12")
+    assert set(report["summary"]["tests"]) == {"shared_matched", "mta_stage1", "mta_stage2", "shared_stage2",
+                                               "mta_stage1_more"}
+    assert "Paired tests against `shared`" in text and "At the fixed budget (step 12)" in text
+    assert "Δ shared" not in text  # no per-run delta columns in the grouped table
     # a rerun trains nothing: every run is reused
     stamp = (tmp_path / "cmp" / "mta_stage1" / "export" / "model.safetensors").stat().st_mtime_ns
     second = _compare(tmp_path, files=_file_data(tmp_path))
     assert second.returncode == 0, second.stderr[-3000:]
-    assert second.stdout.count(": reused") == 8 and ": trained" not in second.stdout
+    assert second.stdout.count(": reused") == 9 and ": trained" not in second.stdout
     assert (tmp_path / "cmp" / "mta_stage1" / "export" / "model.safetensors").stat().st_mtime_ns == stamp
 
 
@@ -147,8 +165,15 @@ def test_a_run_is_reused_only_when_finished_with_the_same_resolved_config(tmp_pa
     (run_dir / "run_config.json").write_text(json.dumps(resolved))
     assert ensure_run(spec, launcher=["false"]) is True  # finished, same config: nothing is started
     spec.raw["mta"]["train"]["steps"] += 1
-    with pytest.raises(RuntimeError, match=f"run {spec.name} failed"):  # "false" stands in for the trainer
+    with pytest.raises(ConfigError, match=f"holds a finished run {spec.name} trained with another configuration"):
         ensure_run(spec, launcher=["false"])
+    assert (run_dir / "export" / "tasks.json").is_file()  # refused: nothing removed
+    (run_dir / ".lock").write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": 0}))
+    with pytest.raises(ConfigError, match=f"run {spec.name}: .* is in use by a run of pid {os.getpid()}"):
+        ensure_run(spec, launcher=["false"], overwrite=True)
+    (run_dir / ".lock").unlink()
+    with pytest.raises(RuntimeError, match=f"run {spec.name} failed"):  # "false" stands in for the trainer
+        ensure_run(spec, launcher=["false"], overwrite=True)
     assert not (run_dir / "export").exists()  # the stale run was cleared before retraining
 
 

@@ -112,6 +112,7 @@ LAYER_PROBES = {  # key: (the changed value, other keys the probe needs, stage o
     "stage2_form": ("official", {}, 2), "init_seed": (1, {}, 1), "track_routing": (False, {}, 1),
     "inject_layers": ("all", {}, 1), "inject_stacks": ("encoder", {}, 1),
     "dispatch": ("deepspeed", {}, 1), "ep_size": (2, {}, 1),
+    "always_on_adapters": (1, {}, 1), "always_on_dim": (4, {"always_on_adapters": 1}, 1),
 }
 
 
@@ -340,6 +341,8 @@ TRAIN_EVIDENCE = {  # key -> the test that shows it acting on a run (or refused)
     "mta.train.init_from": "test_training.py::test_stage2_trains_only_mta_parameters",
     "mta.train.trainable": "test_training.py::test_stage2_trains_only_mta_parameters",
     "mta.train.stop_at_step": "test_training.py::test_kill_and_resume_reproduces_the_losses",
+    "mta.train.early_stopping": "test_protocol.py::test_early_stopping_snapshot_and_stage1_continuation",
+    "mta.train.export_steps": "test_protocol.py::test_early_stopping_snapshot_and_stage1_continuation",
     "mta.train.log_every": "test_training.py::test_seed_lr_warmup_and_run_length_keys_shape_the_run",
     "mta.train.eval_every": "test_training.py::test_seed_lr_warmup_and_run_length_keys_shape_the_run",
     "mta.train.save_every": "test_training.py::test_seed_lr_warmup_and_run_length_keys_shape_the_run",

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from mta_moe.data import load_examples
-from mta_moe.data.suite import SPLITS, SUITE_TASKS, SuiteSizes, build_suite, render_card, write_suite
+from mta_moe.data.suite import SPLITS, SUITE_TASKS, SuiteSizes, build_suite, data_card, write_suite
 from mta_moe.data.suite import vocab
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -115,7 +115,7 @@ def test_written_suite_reads_back_and_card_is_current(tmp_path):
     assert 0 <= manifest["tasks"]["answer"]["chance"] < 0.1
     assert not list(tmp_path.glob(".*"))  # no temporary files left behind
     # the checked-in data card is the one the generator writes for the defaults
-    assert (ROOT / "DATA.md").read_text() == render_card(build_suite(), 0, SuiteSizes())
+    assert (ROOT / "DATA.md").read_text() == data_card()
 
 
 def test_command_line(tmp_path):

@@ -226,3 +226,61 @@ def test_an_output_directory_that_cannot_hold_the_run_is_refused_at_start(tmp_pa
     result = launch(["--deepspeed", str(write_config(tmp_path / "c.json", tiny_config(blocker / "run")))])
     assert result.returncode == 2 and result.stderr.strip().splitlines()[-1].startswith(
         "error: mta.train.output_dir: ") and blocker.read_text() == "x"
+
+
+@pytest.mark.slow
+def test_sigterm_saves_at_the_step_boundary_and_the_resume_is_bit_identical(tmp_path):
+    """A scheduler's SIGTERM mid-run: the run saves the step it is on (not the last save_every step), exits with
+    128 + 15, and a resume logs the uninterrupted run's losses bit for bit."""
+    whole = tmp_path / "whole"
+    assert launch(["--deepspeed", str(write_config(tmp_path / "whole.json", tiny_config(
+        whole, steps=30, save_every=30, eval_every=30)))]).returncode == 0
+    cut = tmp_path / "cut"
+    cfg = write_config(tmp_path / "cut.json", tiny_config(cut, steps=30, save_every=30, eval_every=30))
+    proc = subprocess.Popen([sys.executable, "launchers/train.py", "--deepspeed", str(cfg)], cwd=REPO, env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while _logged_step(cut) < 5 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    tag = (cut / "checkpoints" / "latest").read_text().strip()
+    stopped = int(tag.removeprefix("step"))
+    assert 5 <= stopped < 30 and f"stopped by SIGTERM at step {stopped}" in err
+    assert not (cut / ".lock").exists()  # the directory is free again
+    resumed = launch(["--deepspeed", str(cfg), "--resume"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert train_losses(cut) == train_losses(whole)
+
+
+class _Marker:
+    """Unpickling this object touches a marker file: what a crafted checkpoint could do instead."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.path),))
+
+
+@pytest.mark.slow
+def test_a_crafted_pickle_in_a_copied_run_directory_never_executes(stopped_run, tmp_path):
+    """Someone with write access to a copied run directory swaps in a crafted checkpoint file and rewrites the
+    manifest's hashes to match: without this user's signing key the manifest's signature no longer checks, so the
+    plain --resume stops before DeepSpeed unpickles anything."""
+    import torch
+    from mta_moe.training.checkpoints import _digest
+    run, cfg = _copy(stopped_run, tmp_path)
+    marker = tmp_path / "executed"
+    states = run / "checkpoints" / "step3" / "mp_rank_00_model_states.pt"
+    torch.save({"module": _Marker(marker)}, states)
+    manifest_path = run / "checkpoints" / "step3" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["files"]["mp_rank_00_model_states.pt"] = {"bytes": states.stat().st_size, "sha256": _digest(states)}
+    manifest_path.write_text(json.dumps(manifest))
+    result = launch(["--deepspeed", str(cfg), "--resume"])
+    assert result.returncode == 2 and "is not signed with this user's key" in result.stderr
+    assert not marker.exists()
+    with pytest.raises(CheckpointError, match="not signed"):
+        verify(run, run / "checkpoints")

@@ -140,3 +140,18 @@ def test_evaluate_runs_where_device_says_and_refuses_a_missing_gpu(two_stages, t
         assert run.stderr.startswith(message)
     report = _report(two_stages, "--device", "cuda:1")
     assert report.returncode == 2 and "error: --device cuda:1: no such CUDA device" in report.stderr
+
+
+def test_loss_curves_of_a_resumed_run_keep_one_value_per_step(tmp_path, monkeypatch):
+    from mta_moe.evaluation import report as report_module
+    records = [{"kind": "run", "step": 0}] + [{"kind": "train", "step": s, "task_loss": {"a": 1.0 / s}}
+                                              for s in (1, 2, 3)]
+    records += [{"kind": "run", "step": 0, "resume": True}] + [{"kind": "train", "step": s, "task_loss": {"a": 2.0 / s}}
+                                                               for s in (2, 3, 4)]
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text("".join(json.dumps(r) + "\n" for r in records))
+    drawn = {}
+    monkeypatch.setattr(report_module.figures, "loss_curves",
+                        lambda path, title, curves: drawn.update(curves) or path)
+    report_module._loss_curves("run", metrics, tmp_path)
+    assert drawn == {"a": [(1, 1.0), (2, 1.0), (3, 2.0 / 3), (4, 0.5)]}  # steps 2-3 from the resumed segment

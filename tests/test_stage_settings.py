@@ -41,7 +41,7 @@ def test_every_layer_key_is_classified():
     """A key added to MTAConfig must say whether a restarted run applies it (or it is fixed by the export)."""
     fixed = {"num_experts", "k", "expert_kind", "adapter_dim", "adapter_activation", "adapter_bias", "task_types",
              "route_by", "tasks", "task_adapter_assignment", "bias_init", "bias_margin", "selector_init_std",
-             "inject_layers", "inject_stacks"}
+             "inject_layers", "inject_stacks", "always_on_adapters", "always_on_dim"}
     assert set(MTAConfig().to_dict()) == fixed | set(APPLY_AT_RESTART) | set(STAGE2_PARTS)
 
 

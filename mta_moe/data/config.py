@@ -10,21 +10,21 @@ from ..metrics import KINDS as TASK_KINDS
 from .formats import ON_ERROR
 from .recipes import RECIPES
 from .sampling import SamplingConfig
-from .suite import SUITE_TASKS
+from .suite import DEFAULT_SUITE, SUITES
 
 SPLIT_KEYS = ("train", "validation", "test")
 
-SUITE_KEYS = ("seed", "train", "validation", "test", "tasks")
+SUITE_KEYS = ("name", "seed", "train", "validation", "test", "tasks")
 RECIPE_KEYS = ("name", "splits", "data_files", "type", "limit")
 
 
 @dataclass
 class DataConfig:
-    """``suite``: the bundled suite (null: none); ``files``: {split: [paths]} in the canonical format;
+    """``suite``: a bundled suite (``name``: ``bundled`` or ``confirm``; null: none); ``files``: {split: [paths]} in the canonical format;
     ``recipes``: hub datasets by name (``data_files`` {split: path} for local copies)."""
 
-    suite: dict[str, Any] | None = field(default_factory=lambda: {"seed": 0, "train": 1000, "validation": 100,
-                                                                   "test": 200, "tasks": None})
+    suite: dict[str, Any] | None = field(default_factory=lambda: {"name": DEFAULT_SUITE, "seed": 0, "train": 1000,
+                                                                   "validation": 100, "test": 200, "tasks": None})
     files: dict[str, list[str]] = field(default_factory=dict)
     recipes: list[dict[str, Any]] = field(default_factory=list)
     on_bad_rows: str = "raise"
@@ -87,15 +87,19 @@ class DataConfig:
         unknown = sorted(set(self.suite) - set(SUITE_KEYS))
         if unknown:
             raise ConfigError(f"{key}.suite.{unknown[0]}: unknown key; allowed keys are {list(SUITE_KEYS)}")
-        for name in ("seed", "train", "validation", "test"):
-            minimum = 0 if name == "seed" else 1
-            check_int(self.suite.get(name, minimum), f"{key}.suite.{name}", minimum)
+        name = self.suite.get("name", DEFAULT_SUITE)
+        if name not in SUITES:
+            raise ConfigError(f"{key}.suite.name: must be one of {list(SUITES)}, got {name!r}")
+        for size in ("seed", "train", "validation", "test"):
+            minimum = 0 if size == "seed" else 1
+            check_int(self.suite.get(size, minimum), f"{key}.suite.{size}", minimum)
         tasks = self.suite.get("tasks")
+        known = SUITES[name].tasks
         if tasks is not None:
-            bad = [t for t in tasks if t not in SUITE_TASKS] if isinstance(tasks, list) else [tasks]
+            bad = [t for t in tasks if t not in known] if isinstance(tasks, list) else [tasks]
             if bad or not tasks:
                 raise ConfigError(f"{key}.suite.tasks: unknown task {bad[0] if bad else None!r}; "
-                                  f"the suite has {list(SUITE_TASKS)}")
+                                  f"the {name} suite has {list(known)}")
 
     def _validate_files(self, key: str) -> None:
         if not isinstance(self.files, Mapping):
@@ -126,6 +130,10 @@ class DataConfig:
                 raise ConfigError(f"{where}.data_files: must map {list(SPLIT_KEYS)} to local files, got {files!r}")
             if recipe.get("limit") is not None:
                 check_int(recipe["limit"], f"{where}.limit", 1)
+
+    def suite_tasks(self) -> dict:
+        """The tasks of the configured bundled suite (``{}`` without one): name -> SuiteTask."""
+        return {} if self.suite is None else SUITES[self.suite.get("name", DEFAULT_SUITE)].tasks
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

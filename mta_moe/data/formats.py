@@ -16,6 +16,8 @@ from typing import Any, Iterator, Sequence
 
 import datasets
 
+from ..names import name_problem
+
 FIELDS = ("input", "target", "task", "type")
 REQUIRED = ("input", "target", "type")
 FORMATS = {".jsonl": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
@@ -112,6 +114,10 @@ def validate_row(row: Any, task_types: Sequence[str]) -> dict[str, str]:
             raise DataError(f"field {name!r} must be a string, got {type(value).__name__} {value!r}")
         if not value.strip():
             raise DataError(f"field {name!r} is empty")
+    for name in ("task", "type"):
+        problem = name_problem(out[name])
+        if problem is not None:
+            raise DataError(f"field {name!r}: {problem}")
     if out["type"] not in task_types:
         raise DataError(f"type {out['type']!r} is not configured; configured task types: {list(task_types)}")
     return out
@@ -179,6 +185,9 @@ def _read_csv(path: Path) -> Iterator[tuple[str, Any]]:
     if header is None:
         raise DataError(f"{path}: empty CSV file; expected a header with {list(REQUIRED)}")
     header = [name.strip() for name in header]
+    repeated = sorted({name for name in header if header.count(name) > 1})
+    if repeated:
+        raise DataError(f"{path}:line 1: CSV header names column {repeated[0]!r} twice; every column once")
     missing = [name for name in REQUIRED if name not in header]
     if missing:
         raise DataError(f"{path}:line 1: CSV header must contain {list(REQUIRED)} (and optionally 'task'); "

@@ -16,8 +16,7 @@ from .recipes import load_recipe
 from .curriculum import Curriculum
 from .registry import TaskRegistry
 from .sampling import MixtureSampler
-from .suite import SUITE_TASKS, SuiteSizes, write_suite
-from .suite.build import SUITE_VERSION
+from .suite import DEFAULT_SUITE, SuiteSizes, suite_spec, write_suite
 
 DEFAULT_RECIPE_SPLITS = {"train": "train", "validation": "validation", "test": "test"}
 
@@ -100,7 +99,7 @@ def _task_names(config: DataConfig, loaded: Sequence[str]) -> list[str]:
     files and recipes, kept to ``mta.data.tasks``."""
     names = set(loaded)
     if config.suite is not None:
-        names |= set(config.suite.get("tasks") or SUITE_TASKS)
+        names |= set(config.suite.get("tasks") or config.suite_tasks())
     if config.tasks is None:
         return sorted(names)
     unknown = sorted(set(config.tasks) - names)
@@ -149,15 +148,17 @@ def _refuse_pooled_tasks(sources: dict[str, dict[str, set[str]]], config: DataCo
 
 
 def _ensure_suite(config: DataConfig, work_dir: Path) -> Path:
-    suite = {"seed": 0, "train": 1000, "validation": 100, "test": 200, "tasks": None, **(config.suite or {})}
+    suite = {"name": DEFAULT_SUITE, "seed": 0, "train": 1000, "validation": 100, "test": 200, "tasks": None,
+             **(config.suite or {})}
+    spec = suite_spec(suite["name"])
     sizes = SuiteSizes(suite["train"], suite["validation"], suite["test"])
     out = work_dir / "suite"
     manifest = out / "suite.json"
-    wanted = {"version": SUITE_VERSION, "seed": suite["seed"], "sizes": {s: getattr(sizes, s) for s in SPLIT_KEYS}}
+    wanted = {"version": spec.version, "seed": suite["seed"], "sizes": {s: getattr(sizes, s) for s in SPLIT_KEYS}}
     if manifest.is_file():
         have = json.loads(manifest.read_text())
-        if ({k: have.get(k) for k in wanted} == wanted
-                and list(have.get("tasks", {})) == list(suite["tasks"] or SUITE_TASKS)):
+        if ({k: have.get(k) for k in wanted} == wanted and have.get("name", DEFAULT_SUITE) == spec.name
+                and list(have.get("tasks", {})) == list(suite["tasks"] or spec.tasks)):
             return out
-    write_suite(out, suite["seed"], sizes, suite["tasks"])
+    write_suite(out, suite["seed"], sizes, suite["tasks"], spec.name)
     return out

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Iterable, Mapping, Sequence
 
+from ..names import name_problem
 from .formats import DataError
 
 
@@ -14,6 +15,10 @@ class TaskRegistry:
     def __init__(self, task_types: Sequence[str], task_to_type: Mapping[str, str],
                  order: Sequence[str] | None = None) -> None:
         self.task_types = list(task_types)
+        for name in (*task_to_type, *self.task_types):
+            problem = name_problem(name)
+            if problem is not None:
+                raise DataError(f"task or task type name: {problem}")
         bad = {t: ty for t, ty in task_to_type.items() if ty not in self.task_types}
         if bad:
             name, kind = next(iter(bad.items()))

@@ -7,6 +7,7 @@ position 0 is the ``[START]`` token whose hidden state the gate reads (``sequenc
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Iterable
@@ -113,3 +114,22 @@ def load_tokenizer(name_or_path: str | Path) -> PreTrainedTokenizerBase:
     elif path.exists() and path.is_dir():
         raise FileNotFoundError(f"{path}: no tokenizer_config.json; not a saved tokenizer directory")
     return AutoTokenizer.from_pretrained(str(name_or_path))
+
+
+FINGERPRINT_KEY = "tokenizer_sha256"
+
+
+def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
+    """SHA-256 of the tokenizer's vocabulary (token → id): two tokenizers with one fingerprint encode text alike."""
+    vocab = sorted(tokenizer.get_vocab().items(), key=lambda item: (item[1], item[0]))
+    return hashlib.sha256(json.dumps(vocab, ensure_ascii=False).encode("utf-8")).hexdigest()
+
+
+def check_tokenizer(tokenizer: PreTrainedTokenizerBase, export_dir: str | Path, what: str) -> None:
+    """Refuse (ValueError) ``tokenizer`` when the export at ``export_dir`` recorded another one (exports written
+    before fingerprints were recorded are not checked)."""
+    tasks = Path(export_dir) / "tasks.json"
+    recorded = json.loads(tasks.read_text()).get(FINGERPRINT_KEY) if tasks.is_file() else None
+    if recorded is not None and recorded != tokenizer_fingerprint(tokenizer):
+        raise ValueError(f"{what}: not the tokenizer the model at {export_dir} was trained with (its vocabulary "
+                         f"differs from the one recorded in {tasks}); use the export's own tokenizer files")

@@ -19,6 +19,8 @@ from .label_scores import label_logits
 from ..metrics import normalise
 from .routing import collapse_warnings, routing_by_task
 from .scoring import evaluate_rows, load_export
+from .report_markdown import render_markdown
+from .systems import system_summary
 
 DEFAULT_THRESHOLD = 0.01  # a delta below -threshold is flagged as negative transfer
 
@@ -39,16 +41,23 @@ class ReportConfig:
     seed_groups: dict[str, str] = field(default_factory=dict)  # run name -> the system it is a seed of
     affinity: dict[str, Any] | None = None  # affinity.json of `mta-moe affinity`: heatmap and groups
     device: str = "cpu"  # where the systems generate and score ("auto": a GPU when one is visible)
+    checkpoint: str = "export"  # which export of a run directory is scored: export, best, export_step<N>
+    reference: str | None = None  # the system every other is tested against (paired bootstrap; None: no tests)
+    # a second, scores-only table: run name -> the export to score (e.g. each run at a fixed step budget)
+    fixed_budget: dict[str, str] | None = None
+    fixed_budget_title: str = "Fixed budget"
 
 
-def export_dir(path: str | Path) -> Path:
-    """A run directory's export/, or the path itself when it is an export."""
+def export_dir(path: str | Path, checkpoint: str = "export") -> Path:
+    """A run directory's ``checkpoint`` export (export/, best/, export_step<N>/), or the path itself when it is an
+    export."""
     path = Path(path)
     if (path / "tasks.json").is_file():
         return path
-    if (path / "export" / "tasks.json").is_file():
-        return path / "export"
-    raise FileNotFoundError(f"{path}: neither an export (tasks.json) nor a run directory with export/tasks.json")
+    if (path / checkpoint / "tasks.json").is_file():
+        return path / checkpoint
+    raise FileNotFoundError(f"{path}: neither an export (tasks.json) nor a run directory with "
+                            f"{checkpoint}/tasks.json")
 
 
 def build_report(cfg: ReportConfig, out_dir: str | Path) -> dict[str, Any]:
@@ -57,13 +66,11 @@ def build_report(cfg: ReportConfig, out_dir: str | Path) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     systems: dict[str, Any] = {}
     warnings: list[str] = []
+    rows: dict[str, Any] = {}
     for name, run in cfg.systems.items():
-        export = load_export(export_dir(run), cfg.device)
-        test, untrained = _known_rows(cfg.test, export)
-        result = evaluate_rows(export, test, cfg.batch_size, cfg.max_input_length, cfg.max_new_tokens)
-        entry = {"scores": {t: m["primary"] for t, m in result["tasks"].items()}, "metrics": result["tasks"],
-                 "kinds": result["kinds"], "macro": result["macro"], "by_type": result.get("by_type", {}),
-                 "untrained_tasks": untrained}
+        export = load_export(export_dir(run, cfg.checkpoint), cfg.device)
+        entry, test = _scored(export, cfg)
+        rows[name] = {"tasks": entry.pop("row_tasks"), "scores": entry.pop("row_scores")}
         entry["routing"] = _routing(name, export, test, cfg, out, warnings)
         if cfg.validation:
             validation, _ = load_examples(cfg.validation, export.registry.task_types)
@@ -81,41 +88,40 @@ def build_report(cfg: ReportConfig, out_dir: str | Path) -> dict[str, Any]:
                                    for name, deltas in report["deltas"].items()}
     if cfg.protocol is not None:
         report["protocol"] = cfg.protocol
-    report["seeds"] = seed_summary(systems, cfg.seed_groups, baseline)
+    entries = {n: {**e, "row_scores": rows[n]["scores"], "row_tasks": rows[n]["tasks"]} for n, e in systems.items()}
+    report["summary"] = system_summary(entries, cfg.seed_groups, cfg.reference)
+    report["checkpoint"], report["grouped"] = cfg.checkpoint, bool(cfg.seed_groups)
+    if cfg.fixed_budget:
+        report["fixed_budget"] = _fixed_budget(cfg, rows)
     if cfg.affinity is not None:
         report["affinity"] = _affinity(cfg.affinity, out)
+    (out / "row_scores.json").write_text(json.dumps(rows) + "\n")
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     (out / "report.md").write_text(render_markdown(report))
     return report
 
 
-def seed_summary(systems: Mapping[str, Any], groups: Mapping[str, str], baseline: Mapping[str, float]
-                 ) -> dict[str, dict[str, Any]]:
-    """Per system with more than one run (seeds): the runs, mean and spread (sample standard deviation, min,
-    max) of the macro score and of the mean Δ against the baseline, and each task's mean score."""
-    members: dict[str, list[str]] = {}
-    for name in systems:
-        members.setdefault(groups.get(name, name), []).append(name)
-    out = {}
-    for system, names in members.items():
-        if len(names) < 2:
-            continue
-        macros = [systems[n]["macro"] for n in names]
-        tasks = sorted({t for n in names for t in systems[n]["scores"]})
-        entry = {"runs": names, "macro": _spread(macros),
-                 "tasks": {t: _mean([systems[n]["scores"][t] for n in names if t in systems[n]["scores"]])
-                           for t in tasks}}
-        if baseline:
-            entry["mean_delta"] = _spread([_mean([s - baseline[t] for t, s in systems[n]["scores"].items()
-                                                  if t in baseline]) for n in names])
-        out[system] = entry
-    return out
+def _scored(export, cfg: ReportConfig) -> tuple[dict[str, Any], datasets.Dataset]:
+    """One export's scores on the test file (its trained tasks), with each row's primary score and task."""
+    test, untrained = _known_rows(cfg.test, export)
+    result = evaluate_rows(export, test, cfg.batch_size, cfg.max_input_length, cfg.max_new_tokens)
+    entry = {"scores": {t: m["primary"] for t, m in result["tasks"].items()}, "metrics": result["tasks"],
+             "kinds": result["kinds"], "macro": result["macro"], "by_type": result.get("by_type", {}),
+             "untrained_tasks": untrained, "row_scores": result["row_scores"], "row_tasks": list(test["task"])}
+    return entry, test
 
 
-def _spread(values: list[float]) -> dict[str, float]:
-    mean = _mean(values)
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
-    return {"mean": mean, "std": std, "min": min(values), "max": max(values), "n": len(values)}
+def _fixed_budget(cfg: ReportConfig, rows: dict[str, Any]) -> dict[str, Any]:
+    """The second table's runs scored (scores only) and summarised like the first."""
+    entries = {}
+    for name, directory in (cfg.fixed_budget or {}).items():
+        entry, _ = _scored(load_export(directory, cfg.device), cfg)
+        entries[name] = entry
+        rows[f"{name}@fixed_budget"] = {"tasks": entry["row_tasks"], "scores": entry["row_scores"]}
+    summary = system_summary(entries, cfg.seed_groups, cfg.reference)
+    return {"title": cfg.fixed_budget_title, "exports": dict(cfg.fixed_budget or {}),
+            "runs": {n: {"scores": e["scores"], "macro": e["macro"]} for n, e in entries.items()},
+            "summary": summary}
 
 
 def _affinity(record: Mapping[str, Any], out: Path) -> dict[str, Any]:
@@ -195,114 +201,17 @@ def _label_index(labels: list[str], target: str, task: str) -> int:
 
 
 def _loss_curves(name: str, metrics_file: Path, out: Path) -> str:
-    curves: dict[str, list[tuple[int, float]]] = {}
+    """Each task's training-loss curve; a step logged by several segments of a resumed run (the steps after its
+    checkpoint, run again) keeps the last segment's value, so the curve is drawn once."""
+    points: dict[str, dict[int, float]] = {}
     for line in metrics_file.read_text().splitlines():
         record = json.loads(line)
         if record.get("kind") == "train":
             for task, value in record.get("task_loss", {}).items():
                 if value is not None and math.isfinite(value) and value > 0:
-                    curves.setdefault(task, []).append((record["step"], value))
+                    points.setdefault(task, {})[record["step"]] = value
+    curves = {task: sorted(by_step.items()) for task, by_step in points.items()}
     return figures.loss_curves(out / f"loss_{name}.png", f"{name}: training loss per task", curves).name
-
-
-def render_markdown(report: Mapping[str, Any]) -> str:
-    systems = report["systems"]
-    names = list(systems)
-    tasks = sorted({t for entry in systems.values() for t in entry["scores"]})
-    baseline = report["baseline_scores"]
-    lines = ["# Multi-task report", "",
-             f"Primary metric per task (accuracy for classification, exact match for extraction, ROUGE-L F "
-             f"for generation); Δ is the score minus the baseline ({report['baseline']}); "
-             f"⚠ marks negative transfer (Δ < −{report['threshold']}).", ""]
-    given = report.get("baseline_given", False)
-    header = ("| task | kind |" + (f" {report['baseline']} |" if given else "")
-              + "".join(f" {n} | Δ {n} |" for n in names) + (" chance |" if report["chance"] else ""))
-    lines += [header, "|" + "---|" * (header.count("|") - 1)]
-    for task in tasks:
-        kind = next(e["kinds"][task] for e in systems.values() if task in e["kinds"])
-        row = f"| `{task}` | {kind} |" + (f" {_num(baseline.get(task))} |" if given else "")
-        for name in names:
-            score = systems[name]["scores"].get(task)
-            delta = report["deltas"][name].get(task)
-            flag = " ⚠" if delta is not None and delta < -report["threshold"] else ""
-            row += f" {_num(score)} | {_num(delta, signed=True)}{flag} |"
-        if report["chance"]:
-            row += f" {_num(report['chance'].get(task))} |"
-        lines.append(row)
-    macro = "| **macro** | |" + (f" {_num(_mean(baseline.values()))} |" if given else "") + "".join(
-        f" {_num(systems[n]['macro'])} | {_num(_mean(report['deltas'][n].values()), signed=True) if baseline else ''} |"
-        for n in names)
-    lines += [macro, ""]
-    lines += _protocol_lines(report.get("protocol")) + _seed_lines(report.get("seeds", {}), bool(baseline))
-    if "affinity" in report:
-        aff = report["affinity"]
-        lines += ["## Task affinity", "",
-                  "Lookahead affinity of a fully shared probe (normalised; negative: a step on one task raises the "
-                  "other's loss). Tasks in one box share an adapter.", "", f"![affinity]({aff['png']})", ""]
-        lines += [f"- adapter {g}: {', '.join(members)}" for g, members in enumerate(aff["groups"])] + [""]
-    for name in names:
-        entry = systems[name]
-        lines += [f"## {name}", "", f"![loss]({entry['loss_curve_png']})" if "loss_curve_png" in entry else "", ""]
-        if entry.get("untrained_tasks"):
-            lines.append(f"- not trained on {', '.join(entry['untrained_tasks'])}: left out of its scores and macro")
-        for layer, table in entry["routing"].items():
-            lines.append(f"- routing `{layer}`: ![routing]({table['png']})" +
-                         ("".join(f" — ⚠ {w}" for w in table["warnings"])))
-        for task, cal in entry.get("calibration", {}).items():
-            lines.append(f"- calibration `{task}`: T = {cal['temperature']:.2f}, NLL {cal['nll_before']:.3f} → "
-                         f"{cal['nll_after']:.3f}, ECE {cal['ece_before']:.3f} → {cal['ece_after']:.3f} "
-                         f"([reliability]({cal['png']}))")
-        lines.append("")
-    if report["warnings"]:
-        lines += ["## Warnings", ""] + [f"- {w}" for w in report["warnings"]] + [""]
-    return "\n".join(lines)
-
-
-def _protocol_lines(protocol: Mapping[str, Any] | None) -> list[str]:
-    if not protocol:
-        return []
-    lines = ["## Budget", ""]
-    if protocol.get("single_task_steps"):
-        how = ("as many examples of its task as the multi-task mixture drew (its sampler replayed)"
-               if protocol["single_task_budget"] == "examples" else "as many steps as the multi-task run")
-        lines.append(f"Every multi-task system trains {protocol['multi_task_steps']} steps; each single-task model "
-                     f"sees {how}:")
-        lines += ["", "| task | examples in the mixture | single-task steps |", "|---|---|---|"]
-        for task, steps in protocol["single_task_steps"].items():
-            lines.append(f"| `{task}` | {protocol['examples_per_task'].get(task, '')} | {steps} |")
-        lines.append("")
-    for name, what in protocol.get("matched", {}).items():
-        lines.append(f"- `{name}`: {what}")
-    if protocol.get("stage2"):
-        lines.append("- `shared_stage2`: the shared model through the same stage 2 as MTA (same steps, same "
-                     "trainable parts), so stage 2's gain can be told apart from its extra steps")
-    return lines + [""]
-
-
-def _seed_lines(seeds: Mapping[str, Any], with_delta: bool) -> list[str]:
-    if not seeds:
-        return []
-    lines = ["## Run-to-run spread", "", "| system | runs | macro mean | std | min | max |"
-             + (" mean Δ | std Δ |" if with_delta else ""), "|---|---|---|---|---|---|" + ("---|---|" if with_delta else "")]
-    for system, entry in seeds.items():
-        m = entry["macro"]
-        row = f"| {system} | {m['n']} | {m['mean']:.3f} | {m['std']:.3f} | {m['min']:.3f} | {m['max']:.3f} |"
-        if with_delta and "mean_delta" in entry:
-            d = entry["mean_delta"]
-            row += f" {d['mean']:+.3f} | {d['std']:.3f} |"
-        lines.append(row)
-    return lines + [""]
-
-
-def _num(value: float | None, signed: bool = False) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return ""
-    return f"{value:+.3f}" if signed else f"{value:.3f}"
-
-
-def _mean(values) -> float:
-    values = list(values)
-    return sum(values) / len(values) if values else float("nan")
 
 
 def _slug(text: str) -> str:

@@ -10,9 +10,10 @@ import datasets
 import torch
 
 from ..data import Collator, TaskRegistry, load_examples, load_tokenizer, tokenize_examples
+from ..data.tokenizer import check_tokenizer
 from ..modeling import MTAModel
 from .generation import causal_prompt, generate_predictions
-from ..metrics import PRIMARY, profile_tasks, score_predictions
+from ..metrics import PRIMARY, profile_tasks, row_scores, score_predictions
 
 
 @dataclass
@@ -63,12 +64,15 @@ def load_export(directory: str | Path, device: str | torch.device = "cpu") -> Lo
     # task ids as the model was trained with them (a model that routes by task keys on them)
     order = model.mta_config.tasks if model.mta_config.route_by == "task" else list(tasks["tasks"])
     registry = TaskRegistry(tasks["task_types"], tasks["tasks"], order=order)
-    return LoadedExport(model, load_tokenizer(directory), registry, tasks.get("profiles", {}))
+    tokenizer = load_tokenizer(directory)
+    check_tokenizer(tokenizer, directory, f"{directory}: the tokenizer files")
+    return LoadedExport(model, tokenizer, registry, tasks.get("profiles", {}))
 
 
 def evaluate_rows(export: LoadedExport, rows: datasets.Dataset, batch_size: int, max_input_length: int,
                   max_new_tokens: int) -> dict[str, Any]:
-    """Generate for ``rows`` (canonical columns) and score them; adds ``kinds`` and ``predictions``."""
+    """Generate for ``rows`` (canonical columns) and score them; adds ``kinds``, ``predictions`` and ``row_scores``
+    (each row's primary score, in row order)."""
     profiles = dict(export.profiles)
     missing = sorted(set(rows["task"]) - set(profiles))
     if missing:  # an export from before task profiles were recorded: infer them from these rows
@@ -85,6 +89,8 @@ def evaluate_rows(export: LoadedExport, rows: datasets.Dataset, batch_size: int,
                                {t: profiles[t]["labels"] for t in tasks})
     result["kinds"] = {t: profiles[t]["kind"] for t in tasks}
     result["predictions"] = predictions
+    result["row_scores"] = [row_scores(result["kinds"][task], [p], [g])[0]
+                            for task, g, p in zip(rows["task"], rows["target"], predictions)]
     return result
 
 

@@ -31,11 +31,16 @@ def compare_command(args: argparse.Namespace, overrides: Sequence[str]) -> int:
         launcher = shlex.split(args.launcher) if args.launcher else [sys.executable]
         report = compare(stage1, stage2, args.out, temperatures, args.ablate_freeze, args.threshold, launcher,
                          variants=variants, single_task_budget=args.single_task_budget,
-                         single_task=not args.no_single_task, seeds=seeds, device=args.device)
+                         single_task=not args.no_single_task, seeds=seeds, device=args.device, steps=args.steps,
+                         patience=args.patience, eval_every=args.eval_every, overwrite=args.overwrite)
     except (ConfigError, DataError, FileNotFoundError, ValueError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"wrote {args.out}/report/report.md")
+    from ..evaluation.systems import recommendation
+    verdict = recommendation(report["summary"])
+    if verdict:
+        print(f"on this data: {verdict}")
     for name, tasks in report["negative_transfer"].items():
         if tasks:
             print(f"negative transfer in {name}: {', '.join(tasks)}")

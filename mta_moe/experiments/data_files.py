@@ -7,7 +7,6 @@ from pathlib import Path
 
 import datasets
 
-from ..data.suite import SUITE_TASKS
 from ..metrics import profile_tasks, score_task
 from ..evaluation.scoring import load_chance
 
@@ -48,6 +47,7 @@ def chance_for(run_cfg, data, work_dir: Path) -> dict[str, float]:
     manifest = work_dir / "suite" / "suite.json"
     if run_cfg.data.suite is not None and manifest.is_file():
         suite = load_chance(manifest)
-    declared = {name: SUITE_TASKS[name].kind for name in data.registry.names if name in suite}
+    tasks = run_cfg.data.suite_tasks()
+    declared = {name: tasks[name].kind for name in data.registry.names if name in suite and name in tasks}
     levels = chance_levels(data.splits["train"], data.splits["test"], {**declared, **run_cfg.data.task_kinds})
     return {task: suite.get(task, level) for task, level in levels.items()}

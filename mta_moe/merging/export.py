@@ -7,12 +7,16 @@ routing key, each layer's adapters and weights, and the largest logit difference
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..modeling.inject import MTAModel
+from ..data.tokenizer import check_tokenizer, load_tokenizer
+from ..names import child_path
 from ..modeling.persistence import write_files_together
 from .fold import FoldResult, MergeError, fold_task
 from .tokenizer import stock_tokenizer
@@ -109,20 +113,49 @@ def export_command(args, _=()) -> int:
         tokenizer_dir = Path(args.tokenizer) if args.tokenizer else find_tokenizer(model_dir)
         if tokenizer_dir is None:
             raise MergeError(f"{model_dir}: no tokenizer found in the export or beside it; pass --tokenizer DIR")
+        check_tokenizer(load_tokenizer(tokenizer_dir), model_dir, f"--tokenizer {tokenizer_dir}")
         targets = _targets(model, args)
         out = Path(args.out)
-        for task, task_type in targets:
-            name = task or task_type
-            dest = out / name if len(targets) > 1 else out
-            record = export_task(model, dest, task=task, task_type=task_type, tokenizer_dir=tokenizer_dir,
-                                 source=str(model_dir))
-            print(f"{name}: {dest} ({record['architecture']}, "
-                  f"{record['parameters']:,} parameters, FFN widths {record['ffn_widths']}, "
-                  f"max |Δ output| {record['max_abs_output_difference']:.2g})")
+        if len(targets) == 1:
+            task, task_type = targets[0]
+            _report(task or task_type, out, export_task(model, out, task=task, task_type=task_type,
+                                                        tokenizer_dir=tokenizer_dir, source=str(model_dir)))
+        else:
+            _export_all(model, targets, out, tokenizer_dir, str(model_dir))
     except (MergeError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def _export_all(model: MTAModel, targets: list[tuple[str | None, str | None]], out: Path,
+                tokenizer_dir: Path, source: str) -> None:
+    """Every routing key into ``out/<key>``, all or nothing: the folders are written into a temporary folder beside
+    ``out`` that becomes ``out`` once every one is checked and written."""
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise MergeError(f"{out}: exists and is not an empty directory; choose a new directory")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
+    try:
+        records = []
+        for task, task_type in targets:
+            name = task or task_type
+            dest = child_path(staging, name)
+            records.append((name, export_task(model, dest, task=task, task_type=task_type,
+                                              tokenizer_dir=tokenizer_dir, source=source)))
+        if out.exists():
+            out.rmdir()
+        staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    for name, record in records:
+        _report(name, out / name, record)
+
+
+def _report(name: str, dest: Path, record: dict[str, Any]) -> None:
+    print(f"{name}: {dest} ({record['architecture']}, {record['parameters']:,} parameters, FFN widths "
+          f"{record['ffn_widths']}, max |Δ output| {record['max_abs_output_difference']:.2g})")
 
 
 def _targets(model: MTAModel, args) -> list[tuple[str | None, str | None]]:

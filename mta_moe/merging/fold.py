@@ -31,7 +31,7 @@ class FoldedLayer:
     """What one MTA layer contributed for the exported routing key."""
 
     adapters: list[int]
-    weights: list[float]
+    weights: list[float]  # per adapter, then per always-on adapter (mta.always_on_adapters)
     width: int  # hidden units of the folded FFN before padding
 
 
@@ -104,9 +104,15 @@ def route_of(layer: MTALayer, route_id: int) -> tuple[list[int], list[float]]:
 
 
 def fold_layer(layer: MTALayer, route_id: int) -> tuple[FFNWeights, FoldedLayer]:
-    """The FFN weights equal to ``layer`` for routing key ``route_id``, for a model :func:`check_foldable` passed."""
+    """The FFN weights equal to ``layer`` for routing key ``route_id``, for a model :func:`check_foldable` passed.
+    Always-on adapters fold like task adapters, with the key's mixing weights (the task mixture's scales its
+    adapters')."""
     adapters, weights = route_of(layer, route_id)
     experts = [layer.local_experts[i] for i in adapters]
+    if layer.always_on is not None:
+        mix = layer.always_on.key_weights()[route_id].tolist()
+        weights = [mix[0] * w for w in weights] + mix[1:]
+        experts += list(layer.always_on.adapters)
     if layer.config.expert_kind == "ffn":
         folded = _fold_ffn_experts([read_ffn(e) for e in experts], weights)
     else:

@@ -112,6 +112,9 @@ def save_adapters_command(args, _=()) -> int:
     import sys
 
     try:
+        out = Path(args.out)
+        if out.exists() and (not out.is_dir() or any(out.iterdir())) and not getattr(args, "overwrite", False):
+            raise ValueError(f"--out {out}: exists and is not an empty directory; pass --overwrite to replace it")
         saved = read_saved_model(args.model)  # read once: the model is built from it
         model = build_saved_model(saved, saved.mta.replace(ep_size=1), saved.state)
         base = saved.model_cls.from_pretrained(args.backbone)

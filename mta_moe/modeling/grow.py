@@ -25,6 +25,7 @@ from .persistence import _EXPERT_KEY, build_saved_model, read_saved_model
 BLOCKED = -1.0e4  # bias of an old task type for a new adapter: exp(BLOCKED / T) is exactly 0 in fp32/bf16
 _BIAS = "deepspeed_moe.gate.task_bias"
 _WG = "deepspeed_moe.gate.wg.weight"
+_MIX = "always_on.mix_logits"
 
 
 @dataclass
@@ -89,6 +90,10 @@ def grow_state(state: Mapping[str, Tensor], old: MTAConfig, new: MTAConfig,
             out[key] = bias
         elif key.endswith(_WG):
             out[key] = torch.cat([value, value.new_zeros(new.num_experts - e_old, value.size(1))])
+        elif key.endswith(_MIX):  # always-on mixing rows: the warm-start key's, else all weights 1 (zeros)
+            rows = [value[old_keys.index(warm_start[name])] if warm_start.get(name) else value.new_zeros(value.size(1))
+                    for name in new_keys[t_old:]]
+            out[key] = torch.cat([value, torch.stack(rows)])
     return out
 
 
@@ -126,8 +131,9 @@ def _is_new_expert(model: MTAModel, key: str, old_experts: int) -> bool:
 
 
 def new_parameters(model: MTAModel, growth: Growth) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
-    """Freeze everything but what the growth added: returns (new adapters' parameters, selector bias tables).
-    The bias tables train only in the new rows: a gradient hook zeroes the old rows' gradient."""
+    """Freeze everything but what the growth added: returns (new adapters' parameters, selector bias tables and
+    always-on mixing tables). The tables train only in the new rows: a gradient hook zeroes the old rows'
+    gradient."""
     for param in model.parameters():
         param.requires_grad_(False)
     experts, biases = [], []
@@ -137,6 +143,8 @@ def new_parameters(model: MTAModel, growth: Growth) -> tuple[list[nn.Parameter],
             if global_id >= growth.old_experts:
                 experts += list(expert.parameters())
         biases.append(layer.selector.task_bias)
+        if layer.always_on is not None:
+            biases.append(layer.always_on.mix_logits)
     for param in experts + biases:
         param.requires_grad_(True)
     for bias in biases:

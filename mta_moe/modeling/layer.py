@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from ..config import MTAConfig
 from .adapters import BottleneckAdapter, expert_generator, make_expert_template
+from .always_on import AlwaysOnAdapters
 from .dispatch import grouped_dispatch
 from .gate import SequenceRouting, TaskWeightSelector, sequence_representation
 from .routing_stats import RoutingSnapshot, RoutingStatistics
@@ -21,12 +22,14 @@ from .shared import GateNetwork, build_shared_adapters, mix_with_shared
 COMPONENT_PATTERNS = {
     "adapters": ".deepspeed_moe.experts.",
     "selector": ".deepspeed_moe.gate.",
+    "always_on": ".always_on.",
     "shared_adapters": ".shared_adapters.",
     "gate_network": ".gate_network.",
     "base_ffn": ".base_ffn.",
 }
-# ids reserved for the shared adapters / gate network in the per-layer init seeds
+# ids reserved for the shared adapters / gate network and the always-on adapters in the per-layer init seeds
 _SHARED_SEED_OFFSET = 1_000
+_ALWAYS_ON_SEED_OFFSET = 2_000
 
 
 @dataclass
@@ -42,6 +45,8 @@ class MTALayer(MoE):
 
     ``bottleneck`` experts: ``y = FFN(x) + Σ_e w_e · A_e(x)`` (FFN kept as ``base_ffn``).
     ``ffn`` experts: ``y = Σ_e w_e · FFN_e(x)``, each ``FFN_e`` a copy of the given FFN.
+    Always-on adapters (``mta.always_on_adapters``) add ``Σ_j w_j A_j(x)`` beside the task mixture, mixed per
+    routing key (:mod:`.always_on`).
     Both compute exactly ``FFN(x)`` at initialisation. Stage 2 (:meth:`enable_stage2`) adds shared
     adapters and a gate network. ``forward`` returns ``(output, l_aux, exp_counts)`` like ``MoE``.
     """
@@ -63,6 +68,12 @@ class MTALayer(MoE):
         self.base_ffn = ffn if config.expert_kind == "bottleneck" else None
         self._ep_rank = _expected_ep_rank(config.ep_size)
         self._init_local_experts()
+        self.always_on: AlwaysOnAdapters | None = None
+        if config.always_on_adapters:
+            self.always_on = AlwaysOnAdapters(
+                hidden_size, config.always_on_adapters, config.always_on_dim or config.adapter_dim,
+                config.adapter_activation, config.adapter_bias, 1 if config.gate_mode == "learned" else config.num_routes,
+                expert_generator(config.init_seed, layer_id, _ALWAYS_ON_SEED_OFFSET))
         self.shared_adapters: nn.ModuleList | None = None
         self.gate_network: GateNetwork | None = None
         self.routing_stats = RoutingStatistics(config.routing_keys, config.num_experts)
@@ -141,6 +152,8 @@ class MTALayer(MoE):
         selection = routing.selection if routing is not None else self.route(hidden_states, route_ids,
                                                                               attention_mask, ids_checked)
         out = self._dispatch(hidden_states, selection)
+        if self.always_on is not None:
+            out = self.always_on(hidden_states, out, selection.route_ids)
         base = None
         if self.base_ffn is not None:
             base = self.base_ffn(hidden_states)

@@ -4,14 +4,18 @@ after the manifest is written, and the id of the run that wrote it.
 A save is: DeepSpeed writes the tag's files; rank 0 writes ``manifest.json`` (size and SHA-256 of every file,
 the step, the run id); then ``latest`` is replaced atomically. A process killed anywhere in between leaves
 ``latest`` on the previous complete checkpoint. ``--resume`` checks, before any data is prepared or any file
-is unpickled, that ``latest`` names a tag with a manifest, that every listed file is there unchanged, and that
-the manifest's run id is this output directory's (``run_id``, written when the run started); DeepSpeed then
-loads the files with ``torch.load(weights_only=False)``, which can run code from a file someone else wrote,
-so a checkpoint from elsewhere is refused unless ``--trust-checkpoint`` is given.
+is unpickled, that ``latest`` names a tag with a manifest, that every listed file is there unchanged, that
+the manifest's run id is this output directory's (``run_id``, written when the run started), and that the
+manifest carries a valid HMAC-SHA256 signature made with this user's key (``checkpoint_key_path``: created on
+first use outside any run directory, readable by the user only). DeepSpeed then loads the files with
+``torch.load(weights_only=False)``, which can run code from a file someone else wrote: a file replaced in a
+copied run directory needs a new manifest, and a new manifest needs the key, so a checkpoint from elsewhere (or
+edited) is refused unless ``--trust-checkpoint`` is given.
 """
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import os
 import shutil
@@ -80,14 +84,48 @@ def latest_tag(checkpoints: Path) -> str | None:
     return latest.read_text().strip() if latest.is_file() else None
 
 
+def checkpoint_key_path() -> Path:
+    """Where this user's checkpoint-signing key lives: ``$MTA_MOE_CHECKPOINT_KEY``, else
+    ``$XDG_CONFIG_HOME/mta_moe/checkpoint.key`` (``~/.config`` by default)."""
+    if os.environ.get("MTA_MOE_CHECKPOINT_KEY"):
+        return Path(os.environ["MTA_MOE_CHECKPOINT_KEY"])
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return Path(base) / "mta_moe" / "checkpoint.key"
+
+
+def _key(create: bool) -> bytes | None:
+    path = checkpoint_key_path()
+    if path.is_file():
+        return path.read_bytes()
+    if not create:
+        return None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_bytes()
+    except OSError as exc:
+        raise CheckpointError(f"cannot create the checkpoint-signing key {path} ({exc.strerror}); set "
+                              "MTA_MOE_CHECKPOINT_KEY to a writable path") from None
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(os.urandom(32))
+    return path.read_bytes()
+
+
+def _signature(manifest: dict, key: bytes) -> str:
+    body = json.dumps({k: v for k, v in manifest.items() if k != "signature"}, sort_keys=True).encode("utf-8")
+    return hmac.new(key, body, hashlib.sha256).hexdigest()
+
+
 def commit(checkpoints: Path, tag: str, step: int, run_id: str) -> None:
-    """After DeepSpeed wrote ``checkpoints/tag``: its manifest, then ``latest`` (rank 0, every rank's files
+    """After DeepSpeed wrote ``checkpoints/tag``: its signed manifest, then ``latest`` (rank 0, every rank's files
     on a shared file system)."""
     folder = checkpoints / tag
     files = {str(p.relative_to(folder)): {"bytes": p.stat().st_size, "sha256": _digest(p)}
              for p in sorted(folder.rglob("*")) if p.is_file() and p.name != MANIFEST}
-    write_text_atomically(folder / MANIFEST, json.dumps({"tag": tag, "step": step, "run_id": run_id,
-                                                    "files": files}, indent=1) + "\n")
+    manifest = {"tag": tag, "step": step, "run_id": run_id, "files": files}
+    manifest["signature"] = _signature(manifest, _key(create=True))
+    write_text_atomically(folder / MANIFEST, json.dumps(manifest, indent=1) + "\n")
     write_text_atomically(checkpoints / LATEST, tag)
 
 
@@ -122,6 +160,12 @@ def verify(out: Path, checkpoints: Path, trust: bool = False) -> str:
             raise CheckpointError(f"--resume: {path} changed since it was saved ({size} bytes, {expected['bytes']} "
                                   "written; SHA-256 differs): truncated or replaced — restore it or point latest "
                                   "at an earlier tag")
+    key = _key(create=False)
+    signed = key is not None and hmac.compare_digest(str(manifest.get("signature", "")), _signature(manifest, key))
+    if not signed and not trust:
+        raise CheckpointError(f"--resume: {manifest_path} is not signed with this user's key "
+                              f"({checkpoint_key_path()}): written elsewhere, or edited since; DeepSpeed unpickles "
+                              "checkpoint files, so pass --trust-checkpoint only if you trust where it came from")
     own = read_run_id(out)
     if manifest.get("run_id") != own and not trust:
         raise CheckpointError(f"--resume: {folder} was written by run {manifest.get('run_id')}, not by this output "

@@ -15,7 +15,9 @@ def train_command(args: argparse.Namespace, overrides: Sequence[str]) -> int:
     from ..data import DataError
     from .run_config import load_run_config
     from .checkpoints import CheckpointError
+    from .run_dir import RunDirError
     from .distributed import leave_process_group
+    from .stop_signals import StopRequested
     from .trainer import DivergedError, Trainer
 
     try:
@@ -23,22 +25,41 @@ def train_command(args: argparse.Namespace, overrides: Sequence[str]) -> int:
         out = Path(cfg.train.output_dir)
         fresh = not out.exists()
         try:
-            trainer = Trainer(cfg, resume=args.resume, trust_checkpoint=args.trust_checkpoint)
+            trainer = Trainer(cfg, resume=args.resume, trust_checkpoint=args.trust_checkpoint,
+                              overwrite=args.overwrite, resume_with_changes=_keys(args.resume_with_changes))
         except BaseException:
             if fresh and _rank() == 0:  # nothing of a run that never started stays behind
                 shutil.rmtree(out, ignore_errors=True)
             raise
-        scores = trainer.run()
-    except (ConfigError, DataError, FileNotFoundError, CheckpointError, OSError) as exc:
+        try:
+            scores = trainer.run()
+        finally:
+            trainer.release_output_dir()
+    except (ConfigError, DataError, FileNotFoundError, CheckpointError, RunDirError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except DivergedError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3
+    except StopRequested as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 128 + exc.signum
     leave_process_group()
     if scores and trainer.rank == 0:
         print("final validation: " + ", ".join(f"{k} {v:.3f}" for k, v in scores.items()))
     return 0
+
+
+def _keys(text: str | None) -> tuple[str, ...]:
+    """``--resume-with-changes mta.train.lr,train.seed``: full dotted keys (``train.`` is short for
+    ``mta.train.``, as in overrides)."""
+    from ..config import RUN_SECTIONS
+    keys = []
+    for key in (text or "").split(","):
+        key = key.strip()
+        if key:
+            keys.append(f"mta.{key}" if key.split(".")[0] in RUN_SECTIONS else key)
+    return tuple(keys)
 
 
 def _rank() -> int:

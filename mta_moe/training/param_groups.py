@@ -28,7 +28,8 @@ def pattern_param_groups(model: nn.Module, patterns: Sequence[Mapping[str, Any]]
                          weight_decay: float, key: str = "mta.train.trainable",
                          keep_frozen: Sequence[nn.Parameter] = ()) -> list[dict[str, Any]]:
     """Freeze every parameter no pattern matches; one group per pattern (first match wins) with its lr,
-    each split into MoE / non-MoE groups. A pattern that matches no parameter is an error.
+    each split into MoE / non-MoE groups. A pattern that matches no parameter is an error unless it is marked
+    ``"optional": true`` (e.g. parts that only some models have).
     ``keep_frozen`` stay frozen even when matched (e.g. selector terms the gate mode does not use)."""
     frozen = {id(p) for p in keep_frozen}
     groups: list[dict[str, Any]] = [
@@ -41,7 +42,7 @@ def pattern_param_groups(model: nn.Module, patterns: Sequence[Mapping[str, Any]]
         param.requires_grad_(index is not None and id(param) not in frozen)
     for i, group in enumerate(groups):
         matched = any(fnmatchcase(n, patterns[i]["pattern"]) for n, _ in model.named_parameters())
-        if not matched:
+        if not matched and not patterns[i].get("optional", False):
             example = next(n for n, _ in model.named_parameters())
             raise ConfigError(f"{key}[{i}].pattern: {patterns[i]['pattern']!r} matches no parameter "
                               f"(names look like {example!r})")

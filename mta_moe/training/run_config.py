@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ..config import RUN_SECTIONS as SUBSECTIONS
-from ..config import ConfigError, MTAConfig, check_int, read_config_file, reject_unknown_keys
+from ..config import ConfigError, MTAConfig, check_int, read_config_file, reject_nonfinite, reject_unknown_keys
 from ..data.config import DataConfig
+from ..deepspeed_keys import KNOWN_TOP_LEVEL, unknown_key_message
 from .gradient_projection import check_projection
 from .losses import REDUCTIONS
 from .task_balance import check_weighting
@@ -61,9 +62,15 @@ class TrainConfig:
     warmup_steps: int = 30
     seed: int = 0
     output_dir: str = "runs/demo"
-    init_from: str | None = None  # stage 2: the stage-1 export directory
+    # stage 2: the stage-1 export directory; stage 1: a stage-1 export to train on (the same parts, a new optimizer)
+    init_from: str | None = None
     trainable: list[dict[str, Any]] | None = None
     stop_at_step: int | None = None  # end this run early (as a time-limited job would); resume later
+    # stop once the validation macro has not improved for ``patience`` validations in a row (by more than
+    # ``min_delta``): {"patience": int >= 1, "min_delta": number >= 0 (default 0)}; null: train all steps
+    early_stopping: dict[str, Any] | None = None
+    # steps at which the model is also exported (to export_step<N>/), e.g. a fixed budget inside a longer run
+    export_steps: list[int] = field(default_factory=list)
     log_every: int = 10
     eval_every: int = 200
     save_every: int = 200
@@ -125,6 +132,11 @@ class TrainConfig:
         if not isinstance(self.activation_checkpointing, bool):
             raise ConfigError(f"{key}.activation_checkpointing: must be true or false, got "
                               f"{self.activation_checkpointing!r}")
+        self._validate_early_stopping(key)
+        if not isinstance(self.export_steps, list):
+            raise ConfigError(f"{key}.export_steps: must be a list of step numbers, got {self.export_steps!r}")
+        for i, step in enumerate(self.export_steps):
+            check_int(step, f"{key}.export_steps[{i}]", 1)
         check_weighting(self.weighting, self.loss_reduction, f"{key}.weighting")
         check_unfreeze(self.unfreeze, self.stage, self.trainable, f"{key}.unfreeze")
         if self.stage == 2 and not self.init_from:
@@ -135,21 +147,33 @@ class TrainConfig:
                 raise ConfigError(f"{key}.trainable: must be a non-empty list of {{pattern, lr}} or null")
             for i, group in enumerate(self.trainable):
                 where = f"{key}.trainable[{i}]"
-                if not isinstance(group, Mapping) or set(group) - {"pattern", "lr", "weight_decay"} \
-                        or not isinstance(group.get("pattern"), str):
+                if not isinstance(group, Mapping) or set(group) - {"pattern", "lr", "weight_decay", "optional"} \
+                        or not isinstance(group.get("pattern"), str) \
+                        or not isinstance(group.get("optional", False), bool):
                     raise ConfigError(f"{where}: must be {{\"pattern\": glob, \"lr\": number, "
-                                      f"\"weight_decay\": number (optional)}}, got {group!r}")
+                                      f"\"weight_decay\": number (optional), \"optional\": true | false (a pattern "
+                                      f"that may match nothing)}}, got {group!r}")
                 lr = group.get("lr", self.lr)
                 if not isinstance(lr, (int, float)) or isinstance(lr, bool) or lr <= 0:
                     raise ConfigError(f"{where}.lr: must be a number > 0, got {lr!r}")
 
 
+    def _validate_early_stopping(self, key: str) -> None:
+        spec = self.early_stopping
+        if spec is None:
+            return
+        where = f"{key}.early_stopping"
+        if not isinstance(spec, Mapping) or set(spec) - {"patience", "min_delta"} or "patience" not in spec:
+            raise ConfigError(f"{where}: must be {{\"patience\": int >= 1, \"min_delta\": number >= 0}} or null, "
+                              f"got {spec!r}")
+        check_int(spec["patience"], f"{where}.patience", 1)
+        delta = spec.get("min_delta", 0.0)
+        if not isinstance(delta, (int, float)) or isinstance(delta, bool) or not 0 <= delta < 1:
+            raise ConfigError(f"{where}.min_delta: must be a number in [0, 1), got {delta!r}")
+
     def _validate_add_task_types(self, key: str) -> None:
         spec = self.add_task_types
-        if spec is None:
-            if self.stage == 1 and self.init_from:
-                raise ConfigError(f"{key}.init_from: a stage-1 run builds its model from mta.model; init_from is "
-                                  f"for stage 2 or mta.train.add_task_types")
+        if spec is None:  # (a stage-1 run with init_from continues that stage-1 export: every part trains on)
             return
         where = f"{key}.add_task_types"
         if not isinstance(spec, Mapping) or set(spec) - {"new_adapters", "warm_start"}:
@@ -197,6 +221,7 @@ class RunConfig:
 def build_run_config(raw: Mapping[str, Any], source: str = "<dict>") -> RunConfig:
     """Validate a whole config dict (DeepSpeed keys + ``mta``); errors start with ``source``."""
     try:
+        reject_nonfinite(raw)
         ds = {k: v for k, v in raw.items() if k != "mta"}
         section = dict(raw.get("mta", {}))
         sub = {name: section.pop(name, {}) for name in SUBSECTIONS}
@@ -277,6 +302,9 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> None:
 
 
 def _check_deepspeed(ds: Mapping[str, Any], mta: MTAConfig) -> None:
+    unknown = sorted(k for k in ds if k not in KNOWN_TOP_LEVEL)
+    if unknown:
+        raise ConfigError(unknown_key_message(unknown[0]))
     zero = ds.get("zero_optimization", {})
     stage = zero.get("stage", 0) if isinstance(zero, Mapping) else None
     if stage not in (0, 1, 2):

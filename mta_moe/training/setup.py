@@ -8,12 +8,15 @@ from pathlib import Path
 from typing import Any
 
 import deepspeed
+import pydantic
 import torch
+import torch.distributed as dist
 
 from .step_health import StepHealth
-from ..config import ConfigError
+from ..config import ConfigError, sharing_adapters
 from ..data import IGNORE_INDEX, Collator, load_task_data, load_tokenizer, make_sampler, tokenize_examples
-from ..data.suite import SUITE_TASKS
+from ..data.tokenizer import check_tokenizer
+from ..collectives import all_reduce
 from ..logs import get_logger
 from ..metrics import profile_tasks
 from ..modeling import MTAModel, format_parameter_counts
@@ -26,16 +29,46 @@ from .model_factory import build_backbone, build_tokenizer, model_mode
 from .monitor import TrainingMonitor
 from .objective import Objective, TrainingModule
 from .param_groups import optimizer_param_groups, pattern_param_groups
+from .checkpoints import CheckpointError
+from .run_dir import RunDirError, RunDirLock, claim
 from .stages import restart_config
 from .task_balance import TaskBalance
 from .unfreezing import UnfreezeSchedule
 
 EXPORT = "export"
+
 log = get_logger(__name__)
 
 
 class RunSetup:
     """The setup half of :class:`~.trainer.Trainer`: everything built before the first step."""
+
+    def _claim_output_dir(self, resume: bool, overwrite: bool) -> RunDirLock | None:
+        """Rank 0 claims the directory (:func:`.run_dir.claim`); every rank learns whether it could."""
+        return self._agreed(lambda: claim(self.out, resume, overwrite), ranks=(0,))
+
+    def _agreed(self, check, ranks: tuple[int, ...] | None = None):
+        """``check()`` on ``ranks`` (None: every rank); when it raises on any rank, every rank raises (the failing
+        ranks their own error, the others one that names it), so no rank waits in a collective for one that left."""
+        result, error = None, None
+        if ranks is None or self.rank in ranks:
+            try:
+                result = check()
+            except (RunDirError, CheckpointError) as exc:
+                error = exc
+        failed = torch.tensor([0.0 if error is None else 1.0])
+        if self.world > 1:
+            all_reduce(failed, op=dist.ReduceOp.MAX)
+        if error is not None:
+            raise error
+        if failed.item():
+            raise CheckpointError(f"another rank refused to start in {self.out} (its error names why)")
+        return result
+
+    def release_output_dir(self) -> None:
+        """Remove this run's lock on its output directory (rank 0; once)."""
+        if self.lock is not None:
+            self.lock.release()
 
     def _setup_data_and_model(self) -> None:
         cfg = self.cfg
@@ -96,8 +129,8 @@ class RunSetup:
         static = task_weight_vector(self.cfg.train.task_weights, self.data.registry.names)
         self.balance = TaskBalance(self.cfg.train.weighting, self.data.registry.names, static)
         train = self.data.splits["train"]
-        declared = {name: SUITE_TASKS[name].kind for name in self.data.registry.names
-                    if d.suite is not None and name in SUITE_TASKS}
+        suite = d.suite_tasks()
+        declared = {name: suite[name].kind for name in self.data.registry.names if name in suite}
         self.profiles = profile_tasks(list(train["task"]), list(train["input"]), list(train["target"]),
                                       {**declared, **d.task_kinds})
 
@@ -114,6 +147,11 @@ class RunSetup:
             if mta.tasks is None:
                 mta = mta.replace(tasks=list(registry.names))
             self.data.registry = registry.in_order(mta.tasks)
+        shared = sharing_adapters(mta)
+        if shared:
+            log.warning(f"{mta.num_routes} routing keys (mta.route_by {mta.route_by!r}) on {mta.num_experts} adapters: "
+                        + "; ".join(f"adapter {a} starts shared by {', '.join(keys)}" for a, keys in shared.items())
+                        + " (set mta.num_experts to the number of keys, or mta.task_adapter_assignment, to change it)")
         return mta
 
     def _restart_config(self, source: Path):
@@ -141,8 +179,12 @@ class RunSetup:
             raise ConfigError(f"mta.data: task {task!r} has type {now!r} in this run's data but the export at {source} "
                               f"was trained with it as {was!r}; use the same mta.data.type_overrides as that run")
         self.tokenizer = load_tokenizer(source)
+        check_tokenizer(self.tokenizer, source, f"mta.train.init_from {source}: the tokenizer files")
         self.model = MTAModel.from_pretrained(source, ep_size=self.cfg.mta.ep_size, config=self.layer)
-        if self.model.stage == 1 and not growing:
+        if self.cfg.train.stage == 1 and not growing and self.model.stage != 1:
+            raise ConfigError(f"mta.train.init_from: {source} is a stage-{self.model.stage} export; a stage-1 run "
+                              "continues stage-1 exports only")
+        if self.model.stage == 1 and not growing and self.cfg.train.stage == 2:
             self.model.enable_stage2()
         if self.layer.route_by == "task":
             trained = list(self.layer.tasks)
@@ -209,9 +251,16 @@ class RunSetup:
         ds = monitor_config(self.cfg.ds, self.out)
         ds.setdefault("zero_allow_untested_optimizer", True)
         ds.setdefault("steps_per_print", 10**9)
-        self.engine, _, _, self.scheduler = deepspeed.initialize(model=TrainingModule(self.model, self.balance),
-                                                                 optimizer=optimizer, lr_scheduler=scheduler,
-                                                                 config=ds)
+        try:
+            self.engine, _, _, self.scheduler = deepspeed.initialize(model=TrainingModule(self.model, self.balance),
+                                                                     optimizer=optimizer, lr_scheduler=scheduler,
+                                                                     config=ds)
+        except pydantic.ValidationError as exc:  # DeepSpeed's own config models: one line naming the key
+            first = exc.errors()[0]
+            loc = [str(part) for part in first.get("loc", ())]
+            sections = [k for k, v in ds.items() if isinstance(v, dict) and loc and loc[0] in v]
+            where = ".".join(sections[:1] + loc) if len(sections) == 1 else ".".join(loc) or exc.title
+            raise ConfigError(f"{where}: {first.get('msg')} (DeepSpeed's {exc.title})") from None
         if self.engine.monitor.enabled and self.rank == 0:  # the training records through DeepSpeed's monitors too
             self.logger.monitor = self.engine.monitor.write_events
         dtypes = sorted({str(p.dtype).replace("torch.", "") for p in self.engine.module.parameters()})
@@ -231,7 +280,7 @@ class RunSetup:
         if self.world == 1 and self.engine.zero_optimization_stage() > 0:
             self._info("one process: ZeRO partitions nothing here but adds a gradient hook per parameter; "
                        "--zero_optimization.stage 0 starts faster (the shipped configs keep 2 for multi-rank runs)")
-        self.step, self.skipped = 0, 0
+        self.step, self.skipped, self.evals_since_best = 0, 0, 0
         self.best = -math.inf
         self.health = StepHealth(self.engine.device)
         self.monitor = TrainingMonitor(t.warn_margin, t.baseline_scores)

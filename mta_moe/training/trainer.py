@@ -17,6 +17,7 @@ from tqdm import tqdm
 from ..collectives import all_reduce
 from ..config import ConfigError
 from ..data import rank_slice
+from ..data.tokenizer import FINGERPRINT_KEY, tokenizer_fingerprint
 from ..logs import get_logger
 from ..evaluation.generation import causal_prompt, generate_predictions
 from ..metrics import score_predictions
@@ -26,7 +27,9 @@ from .checkpoints import (CheckpointError, check_free_space, check_output_dir, c
                           read_run_id, verify)
 from .distributed import barrier, init_process_group
 from .logger import RunLogger
+from .resume_check import check_resume, record_data
 from .run_config import RunConfig
+from .stop_signals import StopRequested, StopSignals
 from .setup import EXPORT, RunSetup
 from .validation_loss import task_losses
 
@@ -63,23 +66,40 @@ BEST = "best"
 class Trainer(RunSetup):
     """``Trainer(cfg).run()`` trains one stage as configured and returns the final validation scores."""
 
-    def __init__(self, cfg: RunConfig, resume: bool = False, trust_checkpoint: bool = False) -> None:
+    def __init__(self, cfg: RunConfig, resume: bool = False, trust_checkpoint: bool = False,
+                 overwrite: bool = False, resume_with_changes: tuple[str, ...] = ()) -> None:
         """Everything before the first step; a failure here leaves no run record (run_config.json, metrics,
-        run_id) behind. ``resume``: the checkpoint is checked first (see :mod:`.checkpoints`)."""
+        run_id) behind. ``resume``: the checkpoint is checked first (see :mod:`.checkpoints`); the output
+        directory is locked for the run's life and another run in it is refused unless ``overwrite``
+        (:mod:`.run_dir`); :meth:`release_output_dir` unlocks it. A resumed run must have the settings and data
+        it started with, except ``resume_with_changes`` (:mod:`.resume_check`)."""
         self.cfg, self.resume = cfg, resume
         self.rank, self.world = init_process_group(cfg.train.distributed_timeout_s)
         self.out = Path(cfg.train.output_dir)
         check_output_dir(self.out)
-        self.resume_tag = verify(self.out, self.out / CHECKPOINTS, trust_checkpoint) if resume else None
+        self.lock = self._claim_output_dir(resume, overwrite)
+        try:
+            self._start(cfg, resume, trust_checkpoint, resume_with_changes)
+        except BaseException:
+            self.release_output_dir()
+            raise
+
+    def _start(self, cfg: RunConfig, resume: bool, trust_checkpoint: bool, resume_with_changes: tuple[str, ...]
+               ) -> None:
+        self.resume_tag = self._agreed(lambda: verify(self.out, self.out / CHECKPOINTS, trust_checkpoint)) \
+            if resume else None
+        changes = check_resume(self.out, cfg, resume_with_changes) if resume else []
         self.logger = RunLogger(self.out, enabled=self.rank == 0)
         self.logger.log("run", 0, {"stage": cfg.train.stage, "world_size": self.world, "ep_size": cfg.mta.ep_size,
-                                   "resume": resume, "config": cfg.source})
+                                   "resume": resume, "config": cfg.source, "changed_on_resume": changes})
         self._setup_data_and_model()
         check_free_space(self.out, sum(p.numel() for p in self.model.parameters()))
         self._setup_engine()
         if self.rank == 0:  # started: the run's record
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "run_config.json").write_text(json.dumps(cfg.to_json(), indent=2) + "\n")
+            if not resume:
+                record_data(self.out, cfg)
             self.run_id = read_run_id(self.out) if resume and read_run_id(self.out) else new_run_id(self.out)
         self.logger.start()
         barrier()
@@ -90,11 +110,13 @@ class Trainer(RunSetup):
         bar = tqdm(total=t.steps, initial=self.step, disable=self.rank != 0, desc=f"stage {t.stage}")
         scores: dict[str, float] = {}
         end = t.steps if t.stop_at_step is None else min(t.steps, t.stop_at_step)
+        self.signals = StopSignals().install()
         try:
             self._loop(bar, end, micro, accum, scores)
         finally:  # also on an error: the bar's last line comes before the error's
             bar.close()
-        if self.step < t.steps:  # stopped early: the checkpoint is the state to resume from
+            self.signals.restore()
+        if self.step < t.steps and not self.patience_spent():  # stopped early: resume from the checkpoint
             if self.step % t.save_every:
                 self.save_checkpoint()
             self._info(f"stopped at step {self.step} of {t.steps}; continue with --resume")
@@ -140,8 +162,25 @@ class Trainer(RunSetup):
             if eval_now:
                 scores.clear()
                 scores.update(self.validate())
+            if self.step in t.export_steps:
+                self.export(self.out / f"{EXPORT}_step{self.step}", scores)
+            if eval_now and self.patience_spent():
+                self._info(f"step {self.step}: no better validation macro in {self.evals_since_best} validations "
+                           f"(best {self.best:.3f}); stopping early (mta.train.early_stopping)")
+                self.logger.log("early_stop", self.step, {"best": self.best,
+                                                          "evals_since_best": self.evals_since_best})
+                save_now = True
             if save_now:
                 self.save_checkpoint()
+            if eval_now and self.patience_spent():
+                break
+            signum = self.signals.agreed(self.world)
+            if signum is not None:  # SIGTERM / SIGINT: this step's checkpoint, then stop
+                if not save_now:
+                    self.save_checkpoint()
+                self.logger.log("stopped", self.step, {"signal": signum})
+                self.logger.close()
+                raise StopRequested(signum, self.step, f"step{self.step}")
         self._check_finite()  # a run stopped early (stop_at_step) keeps nothing non-finite either
 
     def _train_step(self, picks: list[tuple[str, int]], micro: int, accum: int) -> StepTensors | None:
@@ -277,11 +316,18 @@ class Trainer(RunSetup):
         self._warn(self.monitor.check_validation(scores) + self.monitor.check_routing())
         self.balance.after_validation(scores, t.baseline_scores)
         self._update_sampling(scores)
+        min_delta = (t.early_stopping or {}).get("min_delta", 0.0)
+        self.evals_since_best = 0 if scores["macro"] > self.best + min_delta else self.evals_since_best + 1
         if scores["macro"] > self.best:
             self.best = scores["macro"]
             self.export(self.out / BEST, scores)
             self.logger.log("best", self.step, {"macro": self.best})
         return scores
+
+    def patience_spent(self) -> bool:
+        """``mta.train.early_stopping``: this many validations in a row without a better macro."""
+        spec = self.cfg.train.early_stopping
+        return spec is not None and self.evals_since_best >= spec["patience"]
 
     def _update_sampling(self, scores: dict[str, float]) -> None:
         """``sampling.strategy: dynamic``: re-weight the mixture from this validation (task losses, or the
@@ -301,6 +347,7 @@ class Trainer(RunSetup):
     def save_checkpoint(self) -> None:
         """A DeepSpeed checkpoint tagged by step; its manifest, then ``latest``, once every file is written."""
         state = {"step": self.step, "best": self.best, "skipped": self.skipped, "monitor": self.monitor.state_dict(),
+                 "evals_since_best": self.evals_since_best,
                  "sampler": self.sampler.state_dict(),
                  "torch_rng": torch.get_rng_state(), "stage": self.cfg.train.stage}
         tag = f"step{self.step}"
@@ -328,6 +375,7 @@ class Trainer(RunSetup):
             raise ConfigError(f"--resume: {path} is a stage-{state.get('stage')} checkpoint; this run is stage "
                               f"{self.cfg.train.stage}")
         self.step, self.best, self.skipped = int(state["step"]), float(state["best"]), int(state.get("skipped", 0))
+        self.evals_since_best = int(state.get("evals_since_best", 0))
         self.monitor.load_state_dict(state.get("monitor", {}))
         self.sampler.load_state_dict(state["sampler"])
         torch.set_rng_state(state["torch_rng"])
@@ -341,7 +389,8 @@ class Trainer(RunSetup):
             def write(folder: Path) -> None:
                 write_model_files(self.model, folder, state)
                 self.tokenizer.save_pretrained(folder)
-                tasks = {**self.data.registry.to_dict(), "profiles": self.profiles}
+                tasks = {**self.data.registry.to_dict(), "profiles": self.profiles,
+                         FINGERPRINT_KEY: tokenizer_fingerprint(self.tokenizer)}
                 (folder / "tasks.json").write_text(json.dumps(tasks, indent=2) + "\n")
                 card = model_card(self.model, self.data.registry.to_dict()["tasks"], self.profiles, scores, self.step)
                 (folder / "README.md").write_text(card, encoding="utf-8")

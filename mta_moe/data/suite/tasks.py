@@ -2,28 +2,10 @@
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
-from typing import Callable
 
 from . import sentences as s
 from . import vocab
-
-Generator = Callable[[random.Random], tuple[str, str]]
-
-
-@dataclass(frozen=True)
-class SuiteTask:
-    name: str
-    type: str
-    metric: str  # the primary metric: "accuracy", "exact_match" or "rouge_l"
-    labels: tuple[str, ...] | None  # closed label set (classification / NLI); None for generation
-    description: str
-    generate: Generator
-
-    @property
-    def kind(self) -> str:
-        """How the task is scored (``mta_moe.metrics``)."""
-        return {"accuracy": "classification", "exact_match": "extraction", "rouge_l": "generation"}[self.metric]
+from .spec import SuiteSpec, SuiteTask
 
 
 def _pick(rng: random.Random, options: list[str]) -> str:
@@ -170,3 +152,17 @@ HELPS = [
     ("fact_entail", "same_meaning", "both compare the slots (who, what, where, when) of two event descriptions"),
     ("fact_entail", "answer", "both locate a slot of an event sentence, with a distractor sentence"),
 ]
+
+BUNDLED = SuiteSpec(
+    name="bundled", tasks=SUITE_TASKS, conflicts=CONFLICTS, helps=HELPS, version=3,
+    card_title="The bundled task suite",
+    card_conflict_note=("A single shared model must tell each conflicting pair apart from the instruction alone. "
+                        "Under `gate_mode: task` the routing key is the task type, so the cross-type pair "
+                        "(`irony` / `review_claim`) starts on different adapters while the within-type pairs "
+                        "(`sentiment` / `irony`, `past_tense` / `negate`) share theirs; giving a task its own entry in "
+                        "`mta.task_types` (and its rows that `type`) separates those too."),
+    card_vocabulary=("Names, cities, weekdays and months, 40 verbs with their inflections, 58 objects, 32 object "
+                     "adjectives, 5 review domains with their aspects, 16 positive and 16 negative adjectives, "
+                     "10 intensifiers and 5 headline topics: about 550 distinct words "
+                     "(`mta_moe/data/suite/vocab.py`)."),
+    module="mta_moe/data/suite/tasks.py")
