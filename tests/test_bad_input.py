@@ -225,6 +225,11 @@ def _export_cases(root: Path) -> list:
     texts = [f"{w} {v} number {i}" for i, (w, v) in enumerate(zip(["alpha", "beta", "gamma", "delta"] * 200,
                                                                    ["omega", "psi", "chi", "phi"] * 200))]
     train_sentencepiece_tokenizer(texts, root / "other_tokenizer", vocab_size=size).save_pretrained(foreign)
+    edited = root / "edited_num_experts"  # mta_config.json edited by hand: the weights no longer fit
+    subprocess.run(["cp", "-r", str(export), str(edited)], check=True)
+    meta = json.loads((edited / "mta_config.json").read_text())
+    meta["mta"]["num_experts"] += 2
+    (edited / "mta_config.json").write_text(json.dumps(meta))
     filled = root / "filled"
     filled.mkdir()
     (filled / "keep.txt").write_text("mine")
@@ -236,6 +241,10 @@ def _export_cases(root: Path) -> list:
         ("per_task_export_with_a_foreign_tokenizer", ["export", "--model", str(export), "--all", "--tokenizer",
                                                       str(root / "other_tokenizer"), "--out", str(root / "pt2")],
          "--tokenizer", [str(root / "pt2")]),
+        ("export_with_an_edited_num_experts", ["evaluate", "--model", str(edited), "--data", str(data), "--out",
+                                               scores], "weights do not fit the model that", [scores]),
+        ("evaluate_out_is_a_directory", ["evaluate", "--model", str(export), "--data", str(data), "--out", str(filled)],
+         "is a directory; name the JSON file", [str(filled / "scores.json")]),
         ("save_adapters_into_a_used_folder", ["save-adapters", "--model", str(export), "--backbone", str(export),
                                               "--out", str(filled)], "exists and is not an empty directory; pass --overwrite",
          [str(filled / "adapters.safetensors")]),
@@ -267,7 +276,8 @@ CASE_IDS = ["missing_field", "empty_target", "not_utf8", "wrong_type", "unknown_
             "override_nan", "compare_threshold_nan", "evaluate_batch_size_zero", "evaluate_batch_size_negative",
             "compare_patience_negative", "resume_and_overwrite", "compare_steps_below_budget", "run_dir_in_use",
             "export_all_crafted_task_names", "export_with_a_foreign_tokenizer",
-            "per_task_export_with_a_foreign_tokenizer", "save_adapters_into_a_used_folder", "export_all_into_a_used_folder"]
+            "per_task_export_with_a_foreign_tokenizer", "export_with_an_edited_num_experts",
+            "evaluate_out_is_a_directory", "save_adapters_into_a_used_folder", "export_all_into_a_used_folder"]
 
 
 @pytest.mark.slow

@@ -82,3 +82,13 @@ def test_shipped_ds_configs_are_valid():
         assert "zero_optimization" in ds and ds["zero_optimization"]["stage"] in (0, 1, 2), path
         run = load_run_config(path)
         assert run.mta == cfg and run.train.stage == int(path.stem[-1])
+
+
+def test_routing_keys_that_outnumber_the_adapters_are_named():
+    from mta_moe.config import sharing_adapters
+    twelve = [f"t{i}" for i in range(12)]
+    cfg = MTAConfig(num_experts=9, k=1, route_by="task", tasks=twelve)
+    assert sharing_adapters(cfg) == {0: ["t0", "t9"], 1: ["t1", "t10"], 2: ["t2", "t11"]}
+    assert sharing_adapters(cfg.replace(num_experts=12)) == {}
+    assignment = {t: [i % 9] for i, t in enumerate(twelve)}
+    assert sharing_adapters(cfg.replace(task_adapter_assignment=assignment)) == {}  # chosen on purpose: no warning

@@ -189,3 +189,16 @@ def test_settings_keyed_by_task_are_checked_before_the_suite_is_generated(tmp_pa
     run = build_run_config(cfg)
     data = load_task_data(run.data, run.mta.task_types, tmp_path / "work", run.check_task_names)
     assert "mine" in data.registry.names and (tmp_path / "work" / "suite").is_dir()
+
+
+def test_evaluation_rows_that_repeat_training_inputs_are_reported(tmp_path):
+    from mta_moe.data import DataConfig, load_task_data
+    rows = [{"input": f"text {i}", "target": "yes", "type": "classify", "task": "t"} for i in range(4)]
+    train, validation = tmp_path / "train.jsonl", tmp_path / "validation.jsonl"
+    train.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    validation.write_text("".join(json.dumps(r) + "\n" for r in [rows[2], {**rows[0], "input": "new"}]))
+    cfg = DataConfig.from_dict({"suite": None, "files": {"train": [str(train)], "validation": [str(validation)]}})
+    data = load_task_data(cfg, ["classify"], tmp_path / "work")
+    leak = [r for r in data.reports if r.path.startswith("validation data")]
+    assert len(leak) == 1 and leak[0].duplicates == ["t row 1 repeats a training input"]
+    assert "1 duplicate rows (kept)" in leak[0].summary()

@@ -123,6 +123,8 @@ def _copy(stopped_run, tmp_path) -> tuple[Path, Path]:
     (lambda ck: (ck / "latest").write_text("step9"), "names 'step9', but"),
     (lambda ck: (ck / "latest").unlink(), "no checkpoint to resume from"),
     (lambda ck: (ck / "step3" / "manifest.json").unlink(), "manifest.json is missing, so"),
+    (lambda ck: (ck / "step3" / "manifest.json").write_text('{"files": {}}'), "lists no files"),
+    (lambda ck: (ck / "step3" / "manifest.json").write_text(''), "is not a checkpoint manifest"),
     (lambda ck: (ck.parent / "run_id").write_text("someone-else\n"), "was written by run"),
 ])
 def test_a_damaged_or_foreign_checkpoint_is_refused_before_anything_loads(stopped_run, tmp_path, damage, message):

@@ -91,7 +91,23 @@ def load_task_data(config: DataConfig, task_types: Sequence[str], work_dir: str 
     # every task of every split is a training task now; this also checks that each task has one type
     registry = TaskRegistry.from_rows(task_types, [
         (f"{split} data", ds["task"], ds["type"]) for split, ds in splits.items()])
+    reports += leak_reports(splits)
     return TaskData(splits, registry, reports)
+
+
+def leak_reports(splits: dict[str, datasets.Dataset]) -> list[LoadReport]:
+    """A report for each evaluation split whose rows repeat a training row's (task, input): their scores measure
+    recall of the training data, not generalisation (kept: the data decides; the load summary says so)."""
+    seen = set(zip(splits["train"]["task"], splits["train"]["input"]))
+    out = []
+    for split in ("validation", "test"):
+        if split not in splits:
+            continue
+        repeats = [f"{task} row {i + 1} repeats a training input" for i, (task, text)
+                   in enumerate(zip(splits[split]["task"], splits[split]["input"])) if (task, text) in seen]
+        if repeats:
+            out.append(LoadReport(f"{split} data (leak check)", len(splits[split]), duplicates=repeats))
+    return out
 
 
 def _task_names(config: DataConfig, loaded: Sequence[str]) -> list[str]:

@@ -14,6 +14,8 @@ def evaluate_command(args: argparse.Namespace, _: Sequence[str] = ()) -> int:
     from .scoring import evaluate_export, format_table, load_chance
 
     try:
+        if args.out and Path(args.out).is_dir():
+            raise ValueError(f"--out {args.out}: is a directory; name the JSON file to write")
         generation_settings(args)
         chance = load_chance(args.chance) if args.chance else {}
         result = evaluate_export(args.model, args.data, args.batch_size, args.max_input_length, args.max_new_tokens,

@@ -10,7 +10,7 @@ from deepspeed.moe.layer import MoE
 from deepspeed.utils import groups
 from torch import Tensor, nn
 
-from ..config import MTAConfig
+from ..config import ConfigError, MTAConfig
 from .adapters import BottleneckAdapter, expert_generator, make_expert_template
 from .always_on import AlwaysOnAdapters
 from .dispatch import grouped_dispatch
@@ -221,9 +221,9 @@ def _expected_ep_rank(ep_size: int) -> int:
     if ep_size == 1:
         return 0
     if not (dist.is_available() and dist.is_initialized()):
-        raise ValueError(f"mta.ep_size={ep_size} needs an initialised process group (launch with deepspeed or "
+        raise ConfigError(f"mta.ep_size={ep_size} needs an initialised process group (launch with deepspeed or "
                          "torchrun and call deepspeed.init_distributed() first); use ep_size=1 in a single process")
     world = dist.get_world_size()
     if world % ep_size != 0:
-        raise ValueError(f"mta.ep_size={ep_size}: the world size ({world}) must be divisible by ep_size")
+        raise ConfigError(f"mta.ep_size={ep_size}: the world size ({world}) must be divisible by ep_size")
     return dist.get_rank() % ep_size

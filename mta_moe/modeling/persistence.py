@@ -181,7 +181,12 @@ def build_saved_model(saved: SavedModel, mta: MTAConfig, state: dict,
     if saved.stage == 2:
         model.enable_stage2()
     state = _local_experts_only(model, state)
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shapes that do not fit (e.g. an edited num_experts or adapter_dim)
+        first = next((line.strip() for line in str(exc).splitlines() if "size mismatch" in line), str(exc)[:200])
+        raise ValueError(f"{saved.directory / WEIGHTS_FILE}: weights do not fit the model that "
+                         f"{saved.directory / MTA_CONFIG_FILE} describes ({first})") from None
     missing = [k for k in _untied(model, missing, state) if allow_missing is None or not allow_missing(model, k)]
     if missing or unexpected:
         raise ValueError(f"{saved.directory / WEIGHTS_FILE}: weights do not match the model "

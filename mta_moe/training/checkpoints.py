@@ -150,6 +150,9 @@ def verify(out: Path, checkpoints: Path, trust: bool = False) -> str:
         files = dict(manifest["files"])
     except (ValueError, KeyError, TypeError) as exc:
         raise CheckpointError(f"--resume: {manifest_path} is not a checkpoint manifest ({exc})") from None
+    if not files:
+        raise CheckpointError(f"--resume: {manifest_path} lists no files; a checkpoint holds at least the model "
+                              "states — restore the manifest or point latest at an earlier tag")
     for name, expected in files.items():
         path = folder / name
         if not path.is_file():
