@@ -11,21 +11,19 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from safetensors import SafetensorError
 from tqdm import tqdm
 
 from ..collectives import all_reduce
 from ..config import ConfigError
 from ..data import rank_slice
-from ..data.tokenizer import FINGERPRINT_KEY, tokenizer_fingerprint
 from ..logs import get_logger
 from ..evaluation.generation import causal_prompt, generate_predictions
 from ..metrics import score_predictions
-from ..merging.model_card import model_card
-from ..modeling.persistence import gathered_state, write_files_together, write_model_files
+from ..modeling.persistence import gathered_state
 from .checkpoints import (CheckpointError, check_free_space, check_output_dir, commit, latest_tag, new_run_id,
                           read_run_id, verify)
 from .distributed import barrier, init_process_group
+from .exports import write_export
 from .logger import RunLogger
 from .resume_check import check_resume, record_data
 from .run_config import RunConfig
@@ -386,17 +384,6 @@ class Trainer(RunSetup):
         ``MTAModel.from_pretrained`` at any ep size; ``scores``: the validation scores the card lists."""
         state = gathered_state(self.model)  # every rank takes part; rank 0 gets all adapters
         if self.rank == 0:
-            def write(folder: Path) -> None:
-                write_model_files(self.model, folder, state)
-                self.tokenizer.save_pretrained(folder)
-                tasks = {**self.data.registry.to_dict(), "profiles": self.profiles,
-                         FINGERPRINT_KEY: tokenizer_fingerprint(self.tokenizer)}
-                (folder / "tasks.json").write_text(json.dumps(tasks, indent=2) + "\n")
-                card = model_card(self.model, self.data.registry.to_dict()["tasks"], self.profiles, scores, self.step)
-                (folder / "README.md").write_text(card, encoding="utf-8")
-            try:  # all files together: a failed write leaves the previous export as it was
-                write_files_together(directory, write)
-            except (OSError, RuntimeError, SafetensorError) as exc:
-                raise CheckpointError(f"could not write {directory} ({str(exc).splitlines()[0]}); the previous "
-                                      "export there is intact") from None
+            write_export(directory, self.model, state, self.tokenizer, self.data.registry, self.profiles, scores,
+                         self.step)
         barrier()
