@@ -105,4 +105,4 @@ def test_affinity_command_writes_a_config_that_trains(tmp_path):
                           str(tmp_path / "x"), "--probe-steps", "0"], cwd=REPO, capture_output=True, text=True,
                          timeout=120)
     assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1] == \
-        "error: --probe-steps: must be an integer >= 1, got 0"
+        "mta-moe affinity: error: argument --probe-steps: expected an integer >= 1, got 0"

@@ -28,8 +28,8 @@ def test_custom_gradient_path_reproduces_plain_training_on_one_task(tmp_path, ze
     """With one task PCGrad projects nothing and GradNorm's weight stays 1: the gradient handed to the engine
     through Σ<p, g> must give the same trajectory as back-propagating the loss itself."""
     plain = train_losses(_run(tmp_path, "plain", zero=zero, tasks=["sentiment"]))
-    for lever in ({"gradient_projection": "pcgrad"}, {"weighting": {"method": "gradnorm"}}):
-        losses = train_losses(_run(tmp_path, "lever", zero=zero, tasks=["sentiment"], **lever))
+    for name, lever in (("pcgrad", {"gradient_projection": "pcgrad"}), ("gradnorm", {"weighting": {"method": "gradnorm"}})):
+        losses = train_losses(_run(tmp_path, name, zero=zero, tasks=["sentiment"], **lever))
         assert list(losses) == list(plain)
         assert list(losses.values()) == pytest.approx(list(plain.values()), rel=1e-5, abs=1e-6), lever
 

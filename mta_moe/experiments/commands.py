@@ -78,11 +78,7 @@ def affinity_command(args: argparse.Namespace, overrides: Sequence[str]) -> int:
         raw = read_config_file(Path(args.config))
         apply_overrides(raw, overrides)
         cfg = build_run_config(raw, args.config)
-        settings = ProbeSettings()
-        for key in ("probe_steps", "every", "horizon", "rows"):
-            value = getattr(args, key)
-            if value is not None and value < 1:
-                raise ConfigError(f"--{key.replace('_', '-')}: must be an integer >= 1, got {value}")
+        settings = ProbeSettings()  # (the counts are integers >= 1: the parser checks them)
         if args.probe_steps is not None:
             settings.steps = args.probe_steps
         if args.every is not None:
