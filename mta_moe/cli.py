@@ -161,6 +161,14 @@ def _save_adapters(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace what --out already holds (refused without it)")
 
 
+@command("config", "check a config (validate) or print it resolved, every default filled in (show)",
+         "mta_moe.training.config_command:config_command")
+def _config(p: argparse.ArgumentParser) -> None:
+    p.add_argument("action", choices=("validate", "show"), help="validate: check it; show: print it resolved")
+    p.add_argument("file", help="a DeepSpeed JSON with an mta section")
+    p.epilog = "Further --key value pairs override the file, as with train (--train.steps 500)."
+
+
 @command("check-data", "check data files in the canonical format before training",
          "mta_moe.data.__main__:check_command")
 def _check(p: argparse.ArgumentParser) -> None:
@@ -173,6 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mta-moe", description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="\n".join(__doc__.splitlines()[2:11]))
+    from . import __version__
+    parser.add_argument("--version", action="version", version=f"mta-moe {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (help_text, configure, _) in _COMMANDS.items():
         configure(sub.add_parser(name, help=help_text, description=help_text))
@@ -201,7 +211,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     _, _, handler = _COMMANDS[args.command]
-    if extra and args.command not in ("train", "compare", "affinity"):
+    if extra and args.command not in ("train", "compare", "affinity", "config"):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     module_name, function = handler.split(":")
     import importlib

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import json
 import math
 from dataclasses import dataclass, field
@@ -310,7 +311,9 @@ def reject_unknown_keys(values: Any, allowed: list[str], section: str) -> None:
         raise ConfigError(f"{section}: must be a JSON object, got {values!r}")
     unknown = sorted(set(values) - set(allowed))
     if unknown:
-        raise ConfigError(f"{section}.{unknown[0]}: unknown key; allowed keys are {sorted(allowed)}")
+        close = difflib.get_close_matches(unknown[0], list(allowed), n=1, cutoff=0.7)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise ConfigError(f"{section}.{unknown[0]}: unknown key{hint}; allowed keys are {sorted(allowed)}")
 
 
 def check_int(value: Any, key: str, minimum: int) -> None:

@@ -1,0 +1,28 @@
+"""``mta-moe config validate FILE`` / ``mta-moe config show FILE``: the checks ``train`` runs on a config before it
+starts (keys, values, the data settings that name tasks), or the resolved config with every default, without
+training anything."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Sequence
+
+
+def config_command(args: argparse.Namespace, overrides: Sequence[str]) -> int:
+    """Exit 0 with ``ok``/the resolved JSON, or 2 with one ``error:`` line naming the key."""
+    from ..config import ConfigError
+    from .run_config import load_run_config
+
+    try:
+        cfg = load_run_config(args.file, overrides)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.action == "show":
+        print(json.dumps(cfg.to_json(), indent=2))
+    else:
+        print(f"{args.file}: ok (stage {cfg.train.stage}, {cfg.train.steps} steps, {cfg.mta.num_experts} adapters"
+              f"{', ' + str(cfg.mta.always_on_adapters) + ' always-on' if cfg.mta.always_on_adapters else ''}, "
+              f"output {cfg.train.output_dir})")
+    return 0

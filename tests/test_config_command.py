@@ -1,0 +1,31 @@
+"""``mta-moe config validate|show`` and ``--version``: the checks train runs, without training; the resolved config
+with every default; unknown keys with the closest known one."""
+import json
+import subprocess
+import sys
+
+from mta_moe import __version__
+from mta_moe.cli import main
+from test_training import REPO, tiny_config, write_config
+
+
+def test_validate_and_show(tmp_path, capsys):
+    cfg = write_config(tmp_path / "c.json", tiny_config(tmp_path / "run"))
+    assert main(["config", "validate", str(cfg)]) == 0
+    assert "c.json: ok (stage 1, 30 steps, 4 adapters" in capsys.readouterr().out
+    assert main(["config", "show", str(cfg), "--train.steps", "7"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["mta"]["train"]["steps"] == 7 and shown["mta"]["always_on_adapters"] == 0  # defaults filled in
+    assert not (tmp_path / "run").exists()  # nothing trained, nothing written
+    assert main(["config", "validate", str(cfg), "--mta.temprature", "0.5"]) == 2
+    assert "error: " in capsys.readouterr().err
+    broken = tiny_config(tmp_path / "run")
+    broken["mta"]["train"]["stpes"] = 3
+    assert main(["config", "validate", str(write_config(tmp_path / "b.json", broken))]) == 2
+    assert "mta.train.stpes: unknown key (did you mean steps?)" in capsys.readouterr().err
+
+
+def test_version():
+    run = subprocess.run([sys.executable, "-m", "mta_moe.cli", "--version"], capture_output=True, text=True,
+                         cwd=REPO, timeout=60)
+    assert run.returncode == 0 and run.stdout.strip() == f"mta-moe {__version__}"
