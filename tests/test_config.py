@@ -35,7 +35,10 @@ def test_invalid_values_name_the_key(changes, key, allowed):
 
 
 def test_unknown_key_is_rejected_by_name():
-    with pytest.raises(ConfigError, match=r"^mta\.num_expert: unknown key; allowed keys are \["):
+    with pytest.raises(
+        ConfigError,
+        match=r"^mta\.num_expert: unknown key \(did you mean num_experts\?\); allowed keys are \[",
+    ):
         MTAConfig.from_dict({"num_expert": 4})
 
 
