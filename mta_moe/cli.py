@@ -8,6 +8,7 @@
     mta-moe export --model EXPORT --task NAME --out DIR
     mta-moe save-adapters --model EXPORT --backbone NAME_OR_DIR --out DIR
     mta-moe check-data FILE ...
+    mta-moe init --train FILE [--validation FILE] [--test FILE] --out DIR
 
 Also ``python -m mta_moe.cli ...``, ``deepspeed --module mta_moe.cli train ...`` and
 ``torchrun -m mta_moe.cli train ...``. Every subcommand imports what it needs when it runs, so ``--help``
@@ -159,6 +160,19 @@ def _save_adapters(p: argparse.ArgumentParser) -> None:
                         "export's backbone weights)")
     p.add_argument("--out", required=True, help="directory for mta_adapters.json and adapters.safetensors")
     p.add_argument("--overwrite", action="store_true", help="replace what --out already holds (refused without it)")
+
+
+@command("init", "write a stage-1 and a stage-2 config for your own data files (tasks, adapters, budget from the rows)",
+         "mta_moe.training.init_command:init_command")
+def _init(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--train", nargs="+", required=True, metavar="FILE", help="training data (canonical format)")
+    p.add_argument("--validation", nargs="+", metavar="FILE", help="validation data: scores while training")
+    p.add_argument("--test", nargs="+", metavar="FILE", help="test data")
+    p.add_argument("--out", required=True, help="directory for stage1.json, stage2.json and, later, the runs")
+    p.add_argument("--from", dest="from_stage1", metavar="STAGE1.json",
+                   help="the stage-1 config to start from (default: the shipped ds_configs/stage1.json)")
+    p.add_argument("--from-stage2", metavar="STAGE2.json", help="with --from: the stage-2 config to start from")
+    p.add_argument("--overwrite", action="store_true", help="replace stage1.json / stage2.json already in --out")
 
 
 @command("config", "check a config (validate) or print it resolved, every default filled in (show)",

@@ -55,11 +55,12 @@ def detect_format(path: Path) -> str:
     return fmt
 
 
-def load_examples(path: str | Path, task_types: Sequence[str], on_error: str = "raise",
+def load_examples(path: str | Path, task_types: Sequence[str] | None, on_error: str = "raise",
                   fmt: str | None = None) -> tuple[datasets.Dataset, LoadReport]:
     """Read one file into a ``datasets.Dataset`` with columns input, target, task, type.
 
-    ``task_types`` are the configured types: a row of any other type is an error, never a new type.
+    ``task_types`` are the configured types: a row of any other type is an error, never a new type
+    (``None``: any type name, for reading data before a config exists).
     """
     if on_error not in ON_ERROR:
         raise ValueError(f"on_error: must be one of {list(ON_ERROR)}, got {on_error!r}")
@@ -99,8 +100,8 @@ def load_examples(path: str | Path, task_types: Sequence[str], on_error: str = "
     return datasets.Dataset.from_dict(columns), report
 
 
-def validate_row(row: Any, task_types: Sequence[str]) -> dict[str, str]:
-    """Check one row and return it in canonical form (``task`` defaults to ``type``)."""
+def validate_row(row: Any, task_types: Sequence[str] | None) -> dict[str, str]:
+    """Check one row and return it in canonical form (``task`` defaults to ``type``; ``task_types`` None: any)."""
     if not isinstance(row, dict):
         raise DataError(f"expected an object with fields {list(REQUIRED)}, got {type(row).__name__}")
     for name in REQUIRED:
@@ -118,7 +119,7 @@ def validate_row(row: Any, task_types: Sequence[str]) -> dict[str, str]:
         problem = name_problem(out[name])
         if problem is not None:
             raise DataError(f"field {name!r}: {problem}")
-    if out["type"] not in task_types:
+    if task_types is not None and out["type"] not in task_types:
         raise DataError(f"type {out['type']!r} is not configured; configured task types: {list(task_types)}")
     return out
 
