@@ -23,6 +23,10 @@ def test_validate_and_show(tmp_path, capsys):
     broken["mta"]["train"]["stpes"] = 3
     assert main(["config", "validate", str(write_config(tmp_path / "b.json", broken))]) == 2
     assert "mta.train.stpes: unknown key (did you mean steps?)" in capsys.readouterr().err
+    stage2 = tiny_config(tmp_path / "run2")
+    stage2["mta"]["train"].update(stage=2, init_from=str(tmp_path / "run" / "export"))
+    assert main(["config", "validate", str(write_config(tmp_path / "s2.json", stage2))]) == 0
+    assert f"(stage 2, 30 steps, the layer of {tmp_path / 'run' / 'export'}, " in capsys.readouterr().out
 
 
 def test_version():

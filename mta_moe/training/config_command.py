@@ -22,7 +22,11 @@ def config_command(args: argparse.Namespace, overrides: Sequence[str]) -> int:
     if args.action == "show":
         print(json.dumps(cfg.to_json(), indent=2))
     else:
-        print(f"{args.file}: ok (stage {cfg.train.stage}, {cfg.train.steps} steps, {cfg.mta.num_experts} adapters"
-              f"{', ' + str(cfg.mta.always_on_adapters) + ' always-on' if cfg.mta.always_on_adapters else ''}, "
+        if cfg.train.init_from:  # a run from an export (stage 2, continuation) takes the layer from it
+            layer = f"the layer of {cfg.train.init_from}"
+        else:
+            layer = f"{cfg.mta.num_experts} adapters" + (f", {cfg.mta.always_on_adapters} always-on"
+                                                          if cfg.mta.always_on_adapters else "")
+        print(f"{args.file}: ok (stage {cfg.train.stage}, {cfg.train.steps} steps, {layer}, "
               f"output {cfg.train.output_dir})")
     return 0
