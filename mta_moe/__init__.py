@@ -19,6 +19,11 @@ _LAZY = {
 __all__ = [*_LAZY, "__version__"]
 
 
+from .auto_registration import install as _install_auto_registration
+
+_install_auto_registration()  # transformers' Auto classes load exports (mta_moe/auto_registration.py)
+
+
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
         value = getattr(importlib.import_module(_LAZY[name]), name)

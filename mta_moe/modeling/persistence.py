@@ -73,7 +73,9 @@ def export_marker(architecture: str) -> dict[str, Any]:
     """``config.json`` of an export: a model type no transformers release knows, and how to load the folder."""
     return {"model_type": "mta_moe", "architectures": ["MTAModel"], "backbone_architecture": architecture,
             "mta_moe_format_version": FORMAT_VERSION,
-            "how_to_load": "mta_moe.MTAModel.from_pretrained(this_directory) (pip install mta_moe); the backbone's "
+            "how_to_load": "pip install mta_moe; import mta_moe, then the Auto class of the backbone (e.g. "
+                           "AutoModelForSeq2SeqLM.from_pretrained(this_directory)) or "
+                           "mta_moe.MTAModel.from_pretrained(this_directory); the backbone's "
                            f"own config is {BACKBONE_CONFIG_FILE}"}
 
 
