@@ -50,6 +50,24 @@ def test_save_load_gives_the_same_tokenizer(trained, tmp_path):
             assert loaded(row["input"])["input_ids"] == tok(row["input"])["input_ids"]
 
 
+def test_saved_folders_load_with_auto_tokenizer_alone(trained, tmp_path):
+    """Every save writes tokenizer.json beside the SentencePiece files: AutoTokenizer (no mta_moe class) encodes
+    and decodes exactly as the library's tokenizer, special ids and padding included."""
+    from transformers import AutoTokenizer
+
+    tok, out = trained
+    tok.save_pretrained(tmp_path / "copy")
+    for directory in (out, tmp_path / "copy"):
+        assert (directory / "tokenizer.json").is_file()
+        auto = AutoTokenizer.from_pretrained(directory)
+        assert type(auto).__module__.startswith("transformers.")
+        assert (auto.pad_token_id, auto.eos_token_id) == (tok.pad_token_id, tok.eos_token_id)
+        texts = [row["input"] for row in SUITE["test"][:20]] + ["ünïcödé 12,5% x", ""]
+        assert auto(texts, padding=True)["input_ids"] == tok(texts, padding=True)["input_ids"]
+        ids = tok(texts[0])["input_ids"]
+        assert auto.decode(ids, skip_special_tokens=True) == tok.decode(ids, skip_special_tokens=True)
+
+
 def test_vocab_size_is_lowered_to_what_the_text_supports(tmp_path):
     tok = train_sentencepiece_tokenizer(["a tiny corpus of few words", "few words again"], tmp_path, vocab_size=5000)
     record = json.loads((tmp_path / "sentencepiece_training.json").read_text())

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Iterable
 
 import sentencepiece as spm
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 from transformers.tokenization_utils_sentencepiece import SentencePieceBackend
 
 START_TOKEN = "[START]"
@@ -52,6 +52,38 @@ class MTASentencePieceTokenizer(SentencePieceBackend):
 
     def num_special_tokens_to_add(self, pair: bool = False) -> int:
         return 3 if pair else 2
+
+    def to_fast(self) -> PreTrainedTokenizerFast:
+        """The same SentencePiece model as a stock ``tokenizers`` fast tokenizer, with the ``[START] text </s>``
+        framing as its post-processor; checked to encode a few awkward texts exactly as this one does."""
+        from tokenizers import processors
+        from transformers.convert_slow_tokenizer import SpmConverter
+
+        backend = SpmConverter(self).converted()
+        backend.post_processor = processors.TemplateProcessing(
+            single=f"{START_TOKEN} $A </s>", pair=f"{START_TOKEN} $A </s> $B </s>",
+            special_tokens=[(START_TOKEN, self.bos_token_id), ("</s>", self.eos_token_id)])
+        fast = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token=START_TOKEN, eos_token="</s>",
+                                       unk_token="<unk>", pad_token="<pad>", model_max_length=self.model_max_length)
+        for text in _CHECK_TEXTS:
+            if self(text).input_ids != fast(text).input_ids:
+                raise ValueError(f"{self.name_or_path}: the stock conversion of the tokenizer encodes {text[:60]!r} "
+                                 "differently")
+        return fast
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """The usual files, plus ``tokenizer.json`` (the :meth:`to_fast` serialisation), so ``AutoTokenizer`` loads
+        the folder without mta_moe and without converting."""
+        files = super().save_pretrained(save_directory, *args, **kwargs)
+        path = Path(save_directory) / TOKENIZER_JSON
+        self.to_fast().backend_tokenizer.save(str(path))
+        return (*files, str(path))
+
+
+TOKENIZER_JSON = "tokenizer.json"
+# encoded by both tokenizers at conversion: words, digits, punctuation, accents, unknown characters
+_CHECK_TEXTS = ("Review: the pacing was not flimsy at all.", "12,5% of 3 dogs -- 'quoted' (text)?",
+                "ünïcödé ÅÇ ﬁ ① 漢字 \u00a0 spaces   here", "")
 
 
 def train_sentencepiece_tokenizer(texts: Iterable[str], out_dir: str | Path, vocab_size: int = 2000,
