@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from mta_moe.config import ConfigError
-from mta_moe.training.gradient_projection import check_projection, pcgrad_gradient, project_conflicts
+from mta_moe.training.gradient_projection import pcgrad_gradient, project_conflicts
+from mta_moe.training.train_checks import check_projection
 
 
 def test_conflicting_gradients_are_projected_to_non_negative_dot_products():

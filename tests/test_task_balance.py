@@ -6,7 +6,8 @@ import torch
 
 from mta_moe.config import ConfigError
 from mta_moe.training.losses import reduce_loss
-from mta_moe.training.task_balance import TaskBalance, check_weighting
+from mta_moe.training.task_balance import TaskBalance
+from mta_moe.training.train_checks import check_weighting
 
 NAMES = ["noisy", "clean"]
 

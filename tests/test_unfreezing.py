@@ -7,7 +7,8 @@ from backbones import _t5
 from mta_moe import MTAConfig, MTAModel
 from mta_moe.config import ConfigError
 from mta_moe.modeling.layer import component_of
-from mta_moe.training.unfreezing import GROUP_PREFIX, UnfreezeSchedule, check_unfreeze
+from mta_moe.training.train_checks import check_unfreeze
+from mta_moe.training.unfreezing import GROUP_PREFIX, UnfreezeSchedule
 from test_training import launch, tiny_config, write_config
 
 

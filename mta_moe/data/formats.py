@@ -14,14 +14,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-import datasets
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # datasets (and pandas) load when data is read, not when a config is checked
+    import datasets
 
 from ..names import name_problem
 
 FIELDS = ("input", "target", "task", "type")
 REQUIRED = ("input", "target", "type")
-FORMATS = {".jsonl": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 ON_ERROR = ("raise", "skip")
+FORMATS = {".jsonl": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 
 
 class DataError(ValueError):
@@ -97,6 +100,8 @@ def load_examples(path: str | Path, task_types: Sequence[str] | None, on_error: 
     report.rows = len(columns["input"])
     if report.rows == 0:
         raise DataError(f"{path}: no valid rows" + (f" ({len(report.skipped)} skipped)" if report.skipped else ""))
+    import datasets
+
     return datasets.Dataset.from_dict(columns), report
 
 
@@ -205,6 +210,8 @@ def _read_csv(path: Path) -> Iterator[tuple[str, Any]]:
 
 def _read_parquet(path: Path) -> Iterator[tuple[str, Any]]:
     try:
+        import datasets
+
         table = datasets.Dataset.from_parquet(str(path), keep_in_memory=True)
     except Exception as exc:  # pyarrow raises several types for a corrupt file
         raise DataError(f"{path}: not a readable Parquet file ({type(exc).__name__}: {exc})") from None

@@ -10,7 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import datasets
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # datasets (and pandas) load when data is read, not when a config is checked
+    import datasets
 
 from .formats import DataError, LoadReport, validate_row
 
@@ -99,6 +102,8 @@ def load_recipe(name: str, split: str, task_types: Sequence[str], data_files: st
         for key in columns:
             columns[key].append(row[key])
     report = LoadReport(f"recipe {name} ({_where(recipe, split, data_files)})", rows=len(columns["input"]))
+    import datasets
+
     return datasets.Dataset.from_dict(columns), report
 
 
@@ -109,6 +114,8 @@ def _where(recipe: Recipe, split: str, data_files: Any) -> str:
 
 
 def _load_raw(recipe: Recipe, split: str, data_files: Any, cache_dir: str | None) -> datasets.Dataset:
+    import datasets
+
     if data_files is not None:
         files = [str(data_files)] if isinstance(data_files, (str, Path)) else [str(f) for f in data_files]
         for file in files:

@@ -14,17 +14,19 @@ from ..config import ConfigError, read_config_file
 
 def compare_command(args: argparse.Namespace, overrides: Sequence[str]) -> int:
     """Train (or reuse) every system and write the report; one ``error:`` line and exit 2 on bad input."""
-    from ..data import DataError
-    from ..training.run_config import apply_overrides
-    from .compare import Variant, compare
+    from ..data.formats import DataError
+    from ..training.run_config import apply_overrides, build_run_config
 
     try:
         stage1 = read_config_file(Path(args.config))
         apply_overrides(stage1, overrides)
+        build_run_config(stage1, "compare --config")  # checked before the heavy imports: a typo is reported at once
         stage2 = None
         if args.stage2:
             stage2 = read_config_file(Path(args.stage2))
             apply_overrides(stage2, overrides)
+            build_run_config(_with_init_from(stage2), "compare --stage2")
+        from .compare import Variant, compare
         temperatures = [float(t) for t in args.ablate_temperature.split(",") if t.strip()]
         seeds = [_seed(s) for s in args.seeds.split(",") if s.strip()]
         variants = [_variant(name, words, Variant) for name, words in args.variant]
@@ -45,6 +47,15 @@ def compare_command(args: argparse.Namespace, overrides: Sequence[str]) -> int:
         if tasks:
             print(f"negative transfer in {name}: {', '.join(tasks)}")
     return 0
+
+
+def _with_init_from(stage2: dict) -> dict:
+    """``stage2`` as compare runs it: starting from the comparison's stage 1 (any path will do for the checks)."""
+    checked = json.loads(json.dumps(stage2))
+    train = checked.setdefault("mta", {}).setdefault("train", {})
+    if isinstance(train, dict):
+        train["init_from"] = train.get("init_from") or "<the comparison's stage 1>"
+    return checked
 
 
 def _seed(text: str) -> int:
@@ -69,15 +80,16 @@ def _variant(name: str, words: str, variant_cls):
 def affinity_command(args: argparse.Namespace, overrides: Sequence[str]) -> int:
     """Measure affinity, group the tasks, write affinity.json, its heatmap and a stage-1 config that routes by
     task with one adapter per group (``out/stage1_affinity.json``)."""
-    from ..data import DataError
+    from ..data.formats import DataError
     from ..training.run_config import apply_overrides, build_run_config
-    from .affinity import assignment_config, group_tasks
-    from .probe import ProbeSettings, run_probe, write_affinity
 
     try:
         raw = read_config_file(Path(args.config))
         apply_overrides(raw, overrides)
-        cfg = build_run_config(raw, args.config)
+        cfg = build_run_config(raw, args.config)  # checked before the heavy imports: a typo is reported at once
+        from .affinity import assignment_config, group_tasks
+        from .probe import ProbeSettings, run_probe, write_affinity
+
         settings = ProbeSettings()  # (the counts are integers >= 1: the parser checks them)
         if args.probe_steps is not None:
             settings.steps = args.probe_steps

@@ -8,29 +8,12 @@ Per-task gradients come from ``torch.autograd.grad``; the engine receives the re
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Sequence
 
 import torch
 from torch import Tensor, nn
 
-from ..config import ConfigError
 
-PROJECTIONS = ("pcgrad",)
-
-
-def check_projection(value: Any, ds: Mapping[str, Any], ep_size: int,
-                     key: str = "mta.train.gradient_projection") -> None:
-    """Refuse settings under which the projection cannot be exact."""
-    if value is None:
-        return
-    if value not in PROJECTIONS:
-        raise ConfigError(f"{key}: must be null or one of {list(PROJECTIONS)}, got {value!r}")
-    if isinstance(ds.get("fp16"), Mapping) and ds["fp16"].get("enabled"):
-        raise ConfigError(f"{key}: per-task gradients are taken outside DeepSpeed's fp16 loss scaler and would "
-                          f"underflow; use bf16 or fp32 (fp16.enabled is true)")
-    if ep_size > 1:
-        raise ConfigError(f"{key}: with mta.ep_size {ep_size} each rank holds only some adapters, so a rank "
-                          f"cannot take dot products over the whole gradient; PCGrad needs ep_size 1")
 
 
 def project_conflicts(grads: Sequence[Tensor], generator: torch.Generator) -> tuple[Tensor, int]:

@@ -12,8 +12,14 @@ from typing import Sequence
 def train_command(args: argparse.Namespace, overrides: Sequence[str]) -> int:
     """Train as configured; one ``error:`` line and exit 2 on a bad config, bad data or a missing file."""
     from ..config import ConfigError
-    from ..data import DataError
+    from ..data.formats import DataError
     from .run_config import load_run_config
+
+    try:  # the config is checked before DeepSpeed and the trainer are imported: a typo is reported at once
+        cfg = load_run_config(args.config, overrides)
+    except (ConfigError, FileNotFoundError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     from .checkpoints import CheckpointError
     from .run_dir import RunDirError
     from .distributed import leave_process_group
@@ -21,7 +27,6 @@ def train_command(args: argparse.Namespace, overrides: Sequence[str]) -> int:
     from .trainer import DivergedError, Trainer
 
     try:
-        cfg = load_run_config(args.config, overrides)
         out = Path(cfg.train.output_dir)
         fresh = not out.exists()
         try:

@@ -9,7 +9,10 @@ import math
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from torch.utils.tensorboard import SummaryWriter
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch loads when a run logs, not when a config is checked
+    from torch.utils.tensorboard import SummaryWriter
 
 
 class RunLogger:
@@ -30,6 +33,8 @@ class RunLogger:
         pending, self._pending = self._pending or [], None
         if self.enabled:
             self.out_dir.mkdir(parents=True, exist_ok=True)
+            from torch.utils.tensorboard import SummaryWriter
+
             self._tb = SummaryWriter(str(self.out_dir / "tensorboard"))
         for record in pending:
             self.log(*record)

@@ -18,7 +18,7 @@ import torch
 
 from ..config import ConfigError
 
-REDUCTIONS = ("token", "sequence", "task")
+from .train_checks import REDUCTIONS
 
 
 def task_weight_vector(weights: Mapping[str, float], task_names: Sequence[str],

@@ -12,10 +12,7 @@ from ..config import RUN_SECTIONS as SUBSECTIONS
 from ..config import ConfigError, MTAConfig, check_int, read_config_file, reject_nonfinite, reject_unknown_keys
 from ..data.config import DataConfig
 from ..deepspeed_keys import KNOWN_TOP_LEVEL, unknown_key_message
-from .gradient_projection import check_projection
-from .losses import REDUCTIONS
-from .task_balance import check_weighting
-from .unfreezing import check_unfreeze
+from .train_checks import REDUCTIONS, check_projection, check_unfreeze, check_weighting
 
 TOKENIZERS = ("backbone", "sentencepiece")
 

@@ -25,34 +25,7 @@ from torch import Tensor, nn
 
 from ..collectives import all_reduce
 from ..config import ConfigError
-
-METHODS = ("uncertainty", "validation", "gradnorm")
-OPTIONS = {"uncertainty": {"lr": None}, "validation": {"rate": 10.0, "max_weight": 4.0},
-           "gradnorm": {"alpha": 1.5, "lr": 0.025, "parameter": None}}
-
-
-def check_weighting(value: Any, reduction: str, key: str = "mta.train.weighting") -> None:
-    """Validate ``mta.train.weighting`` (null or ``{"method": ..., options}``)."""
-    if value is None:
-        return
-    if not isinstance(value, Mapping) or value.get("method") not in METHODS:
-        raise ConfigError(f"{key}: must be null or {{\"method\": one of {list(METHODS)}, ...}}, got {value!r}")
-    method = value["method"]
-    unknown = sorted(set(value) - {"method", *OPTIONS[method]})
-    if unknown:
-        raise ConfigError(f"{key}.{unknown[0]}: not an option of {method!r}; options: {sorted(OPTIONS[method])}")
-    for name, option in value.items():
-        if name in ("method", "parameter"):
-            continue
-        if not isinstance(option, (int, float)) or isinstance(option, bool) or option <= 0:
-            raise ConfigError(f"{key}.{name}: must be a number > 0, got {option!r}")
-    if method == "validation" and value.get("max_weight", 4.0) < 1:
-        raise ConfigError(f"{key}.max_weight: must be >= 1, got {value['max_weight']!r}")
-    if "parameter" in value and value["parameter"] is not None and not isinstance(value["parameter"], str):
-        raise ConfigError(f"{key}.parameter: must be a parameter-name glob, got {value['parameter']!r}")
-    if method == "uncertainty" and reduction != "task":
-        raise ConfigError(f"{key}: uncertainty weighting is defined on per-task losses; set "
-                          f"mta.train.loss_reduction to 'task' (it is {reduction!r})")
+from .train_checks import WEIGHTING_OPTIONS as OPTIONS
 
 
 class TaskBalance(nn.Module):

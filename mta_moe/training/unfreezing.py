@@ -13,30 +13,16 @@ state restarts then.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from deepspeed.moe.utils import split_params_into_different_moe_groups_for_optimizer
 import torch
 from torch import nn
 
-from ..config import ConfigError, check_int
 from ..modeling.backbones import find_stack
 from ..modeling.layer import component_of
 
 GROUP_PREFIX = "unfreeze:"
-
-
-def check_unfreeze(value: Any, stage: int, trainable: Any, key: str = "mta.train.unfreeze") -> None:
-    if value is None:
-        return
-    if not isinstance(value, Mapping) or set(value) - {"start_step", "every"} or "every" not in value:
-        raise ConfigError(f"{key}: must be null or {{\"start_step\": int, \"every\": int}}, got {value!r}")
-    check_int(value["every"], f"{key}.every", 1)
-    check_int(value.get("start_step", 0), f"{key}.start_step", 0)
-    if stage != 1:
-        raise ConfigError(f"{key}: stage 2 keeps the backbone frozen; gradual unfreezing is a stage-1 schedule")
-    if trainable is not None:
-        raise ConfigError(f"{key}: cannot be combined with mta.train.trainable (which fixes what trains)")
 
 
 @dataclass
