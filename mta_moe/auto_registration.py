@@ -54,6 +54,16 @@ def _loader_class(auto_name: str):
     return _classes[auto_name]
 
 
+def auto_class_for(backbone_config: Any) -> str:
+    """The name of the Auto class that loads an export of a backbone with this config (first of AUTO_CLASSES)."""
+    import transformers
+
+    for name in AUTO_CLASSES:
+        if type(backbone_config) in getattr(transformers, name)._model_mapping:
+            return name
+    return "AutoModel"
+
+
 def _load(auto_name: str, path: Any, args: tuple, kwargs: dict[str, Any]):
     import transformers
 

@@ -240,6 +240,37 @@ def test_model_card_lists_tasks_routing_and_how_to_serve():
     assert "`mta-moe export --model this_directory --type NAME --out DIR`" in card
     learned = model_card(_trained_like("t5", gate_mode="both"), tasks, profiles)
     assert "The gate reads each input" in learned and "No exact per-task stock export: mta.gate_mode is 'both'" in learned
+    assert "model = AutoModelForSeq2SeqLM.from_pretrained(this_directory)" in card
+
+
+def test_cards_carry_hub_metadata_and_per_task_folders_have_one(tmp_path):
+    """The MTA card's front matter parses with huggingface_hub (library, tags, base model, datasets, a model-index
+    entry per scored task with the kind's metric); each per-task folder gets a card with its task's entry."""
+    from huggingface_hub import ModelCard
+    from mta_moe.merging.model_card import CardSource, model_card
+
+    model, _ = _saved_t5(tmp_path, adapter_bias=False)
+    export = tmp_path / "run" / "export"
+    profiles = {"classify": {"kind": "classification"}, "nli": {"kind": "classification"},
+                "generate": {"kind": "generation"}}
+    (export / "tasks.json").write_text(json.dumps({"tasks": {t: t for t in TYPES}, "profiles": profiles}))
+    source = CardSource("t5-small", ["nyu-mll/glue"], "own data files, validation split")
+    card = model_card(model, {t: t for t in TYPES}, profiles, {"classify": 0.9, "generate": 0.41, "macro": 0.6},
+                      step=30, source=source)
+    (export / "README.md").write_text(card)
+    data = ModelCard.load(export / "README.md").data
+    assert data.library_name == "mta_moe" and "mixture-of-task-adapters" in data.tags and "t5" in data.tags
+    assert data.base_model == "t5-small" and data.datasets == ["nyu-mll/glue"]
+    scored = {r.task_name: (r.metric_type, r.metric_value, r.dataset_split) for r in data.eval_results}
+    assert scored == {"classify": ("accuracy", 0.9, "validation"), "generate": ("rougeL", 0.41, "validation")}
+    assert cli_main(["export", "--model", str(export), "--all", "--out", str(tmp_path / "all")]) == 0
+    for name, expected in (("classify", ("accuracy", 0.9)), ("nli", None)):
+        task = ModelCard.load(tmp_path / "all" / name / "README.md")
+        assert task.data.library_name == "transformers" and task.data.base_model == "t5-small"
+        assert task.data.pipeline_tag == "text2text-generation" and name in task.data.tags
+        results = [(r.metric_type, r.metric_value) for r in task.data.eval_results or []]
+        assert results == ([] if expected is None else [expected])
+        assert "AutoModelForSeq2SeqLM.from_pretrained(this_directory)" in task.text
 
 
 def test_a_fold_that_does_not_match_is_refused_and_nothing_written(tmp_path, monkeypatch):

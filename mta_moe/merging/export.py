@@ -2,7 +2,8 @@
 
 The folder loads with ``AutoModelForSeq2SeqLM`` / ``AutoModelForCausalLM`` / ``AutoModel`` and
 ``AutoTokenizer`` alone (no mta_moe, no custom code). ``mta_merge.json`` beside them records the source, the
-routing key, each layer's adapters and weights, and the largest logit difference measured at export.
+routing key, each layer's adapters and weights, and the largest logit difference measured at export; ``README.md``
+is its model card (Hub metadata: base model, datasets, the task's validation score from the source card).
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from ..data.tokenizer import check_tokenizer, load_tokenizer
 from ..names import child_path
 from ..modeling.persistence import write_files_together
 from .fold import FoldResult, MergeError, fold_task
+from .model_card import task_card
 from .tokenizer import stock_tokenizer
 
 MERGE_FILE = "mta_merge.json"
@@ -68,7 +70,7 @@ def export_task(model: MTAModel, out: str | Path, task: str | None = None, task_
         raise MergeError(f"the folded model differs from the MTA model by {diff:.3g} (tolerance {tolerance:.3g}); "
                          "nothing was written")
     record = _record(result, diff, source)
-    _write_folder(result, Path(out), record, tokenizer_dir)
+    _write_folder(result, Path(out), record, tokenizer_dir, task_card(result.model, record, source))
     return record
 
 
@@ -81,7 +83,8 @@ def _record(result: FoldResult, diff: float, source: str | None) -> dict[str, An
             "max_abs_output_difference": diff}
 
 
-def _write_folder(result: FoldResult, out: Path, record: dict[str, Any], tokenizer_dir: str | Path | None) -> None:
+def _write_folder(result: FoldResult, out: Path, record: dict[str, Any], tokenizer_dir: str | Path | None,
+                  card: str) -> None:
     if out.exists() and any(out.iterdir()):
         raise MergeError(f"{out}: exists and is not empty; choose a new directory")
 
@@ -90,6 +93,7 @@ def _write_folder(result: FoldResult, out: Path, record: dict[str, Any], tokeniz
         if tokenizer_dir is not None:
             stock_tokenizer(tokenizer_dir).save_pretrained(tmp)
         (tmp / MERGE_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        (tmp / "README.md").write_text(card, encoding="utf-8")
 
     write_files_together(out, write)
 

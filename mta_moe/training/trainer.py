@@ -23,7 +23,7 @@ from ..modeling.persistence import gathered_state
 from .checkpoints import (CheckpointError, check_free_space, check_output_dir, commit, latest_tag, new_run_id,
                           read_run_id, verify)
 from .distributed import barrier, init_process_group
-from .exports import write_export
+from .exports import card_source, write_export
 from .logger import RunLogger
 from .resume_check import check_resume, record_data
 from .run_config import RunConfig
@@ -385,5 +385,5 @@ class Trainer(RunSetup):
         state = gathered_state(self.model)  # every rank takes part; rank 0 gets all adapters
         if self.rank == 0:
             write_export(directory, self.model, state, self.tokenizer, self.data.registry, self.profiles, scores,
-                         self.step)
+                         self.step, card_source(self.cfg))
         barrier()
