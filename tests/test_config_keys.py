@@ -1,4 +1,4 @@
-"""Every key of ds_configs/*.json and of the README's tables takes effect or is refused by name.
+"""Every key of ds_configs/*.json and of the docs' tables takes effect or is refused by name.
 
 The walk: the keys the config classes accept are exactly the keys the README documents, every key of the
 shipped configs is one of them, and each key has a probe here. A layer key changes the built model (its
@@ -25,7 +25,8 @@ from mta_moe.metrics import profile_tasks
 from mta_moe.training.run_config import ModelConfig, TrainConfig, build_run_config
 from test_training import REPO, launch, tiny_config, write_config
 
-README = (REPO / "README.md").read_text()
+# the README and docs/, where the key tables and lists live
+README = "\n".join(p.read_text() for p in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))])
 TESTS = REPO / "tests"
 
 

@@ -268,6 +268,7 @@ def test_cards_carry_hub_metadata_and_per_task_folders_have_one(tmp_path):
         task = ModelCard.load(tmp_path / "all" / name / "README.md")
         assert task.data.library_name == "transformers" and task.data.base_model == "t5-small"
         assert task.data.pipeline_tag == "text2text-generation" and name in task.data.tags
+        assert all(r.dataset_name == "own data files, validation split" for r in task.data.eval_results or [])
         results = [(r.metric_type, r.metric_value) for r in task.data.eval_results or []]
         assert results == ([] if expected is None else [expected])
         assert "AutoModelForSeq2SeqLM.from_pretrained(this_directory)" in task.text

@@ -126,7 +126,7 @@ def task_card(model: Any, record: Mapping[str, Any], source: str | Path | None) 
     indexed = {t: {"kind": meta["profiles"].get(t, {}).get("kind"), "score": meta["scores"].get(t)}
                for t, task_type in tasks.items() if route_by == "task" or task_type == key}
     auto = auto_class_for(model.config)
-    card_source = CardSource(meta["base_model"], meta["datasets"])
+    card_source = CardSource(meta["base_model"], meta["datasets"], meta["data"])
     header = card_header(f"{key}", "transformers", ["mta_moe", "folded-task-adapters", key], card_source, indexed,
                          PIPELINE_TAGS.get(auto))
     lines = [header, f"# {key}: a stock {record['architecture']} folded from an MTA model", "",
@@ -148,7 +148,8 @@ def _source_metadata(source: str | Path | None) -> dict[str, Any]:
 
     from huggingface_hub import ModelCard
 
-    meta: dict[str, Any] = {"tasks": {}, "profiles": {}, "scores": {}, "base_model": None, "datasets": []}
+    meta: dict[str, Any] = {"tasks": {}, "profiles": {}, "scores": {}, "base_model": None, "datasets": [],
+                            "data": CardSource().data}
     if source is None:
         return meta
     tasks = Path(source) / "tasks.json"
@@ -160,4 +161,5 @@ def _source_metadata(source: str | Path | None) -> dict[str, Any]:
         data = ModelCard.load(card).data
         meta["scores"] = card_scores(source)
         meta["base_model"], meta["datasets"] = data.base_model, list(data.datasets or [])
+        meta["data"] = next((r.dataset_name for r in data.eval_results or []), meta["data"])
     return meta
