@@ -5,17 +5,22 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: setup test test-fast demo clean
+.PHONY: setup test test-fast demo clean constraints
 
-$(VENV)/.installed: pyproject.toml
+# constraints.txt pins every other dependency to the versions the README's figures were measured with
+# (`make constraints` rewrites it from .venv); pyproject.toml keeps the floors for library users.
+$(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade pip
 	# torch first and pinned: an unpinned torch would pull a multi-GB CUDA build.
-	$(PIP) install torch==$(TORCH_VERSION)
+	$(PIP) install -c constraints.txt torch==$(TORCH_VERSION)
 	# deepspeed builds no ops when torch is already present and isolation is off.
-	$(PIP) install --no-build-isolation deepspeed==0.19.8
-	$(PIP) install -e '.[dev]'
+	$(PIP) install -c constraints.txt --no-build-isolation deepspeed==0.19.8
+	$(PIP) install -c constraints.txt -e '.[dev]'
 	touch $@
+
+constraints: setup
+	$(PIP) freeze --exclude-editable | grep -v -E '^(torch|pyflakes|ruff)==' > constraints.txt
 
 setup: $(VENV)/.installed
 
