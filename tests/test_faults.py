@@ -284,5 +284,11 @@ def test_a_crafted_pickle_in_a_copied_run_directory_never_executes(stopped_run, 
     result = launch(["--deepspeed", str(cfg), "--resume"])
     assert result.returncode == 2 and "is not signed with this user's key" in result.stderr
     assert not marker.exists()
-    with pytest.raises(CheckpointError, match="not signed"):
+    with pytest.raises(CheckpointError, match="not signed .*: written elsewhere, or edited since"):
         verify(run, run / "checkpoints")
+    del manifest["signature"]  # a manifest of a release from before signing: named as such, still refused
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError, match="it has no signature: written by an mta_moe from before checkpoints"):
+        verify(run, run / "checkpoints")
+    assert verify(run, run / "checkpoints", trust=True) == "step3"
+    assert not marker.exists()

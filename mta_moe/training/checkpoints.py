@@ -166,9 +166,11 @@ def verify(out: Path, checkpoints: Path, trust: bool = False) -> str:
     key = _key(create=False)
     signed = key is not None and hmac.compare_digest(str(manifest.get("signature", "")), _signature(manifest, key))
     if not signed and not trust:
+        where = ("it has no signature: written by an mta_moe from before checkpoints were signed, or not by "
+                 "mta_moe" if "signature" not in manifest else "written elsewhere, or edited since")
         raise CheckpointError(f"--resume: {manifest_path} is not signed with this user's key "
-                              f"({checkpoint_key_path()}): written elsewhere, or edited since; DeepSpeed unpickles "
-                              "checkpoint files, so pass --trust-checkpoint only if you trust where it came from")
+                              f"({checkpoint_key_path()}): {where}; DeepSpeed unpickles checkpoint files, so pass "
+                              "--trust-checkpoint only if you trust where it came from")
     own = read_run_id(out)
     if manifest.get("run_id") != own and not trust:
         raise CheckpointError(f"--resume: {folder} was written by run {manifest.get('run_id')}, not by this output "
