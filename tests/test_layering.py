@@ -4,7 +4,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "mta_moe"
 # floors, lowest first: a module may import its own floor and those below at import time
-FLOORS = [{"config", "metrics", "logs", "collectives", "files", "names", "deepspeed_keys"}, {"modeling", "data"}, {"evaluation", "merging"}, {"training"}, {"experiments"},
+FLOORS = [{"config", "metrics", "logs", "collectives", "files", "names", "deepspeed_keys", "auto_registration"}, {"modeling", "data"}, {"evaluation", "merging"}, {"training"}, {"experiments"},
           {"cli", "__main__"}]
 FLOOR = {unit: level for level, units in enumerate(FLOORS) for unit in units}
 
