@@ -290,3 +290,38 @@ def test_a_fold_that_does_not_match_is_refused_and_nothing_written(tmp_path, mon
     with pytest.raises(MergeError, match=r"the folded model differs from the MTA model by .* nothing was written"):
         export_task(model, tmp_path / "bad", task_type="nli")
     assert not (tmp_path / "bad").exists()
+
+
+def test_evaluate_scores_a_per_task_folder_as_the_mta_export_scores_its_task(tmp_path, capsys):
+    """`mta-moe evaluate` on a per-task stock folder: only the rows of its task type, and the same predictions and
+    scores as the MTA export gives those rows."""
+    import shutil
+
+    from mta_moe.evaluation.scoring import evaluate_export
+
+    model, tokenizer = _saved_t5(tmp_path, adapter_bias=False)
+    export = tmp_path / "run" / "export"
+    for f in (tmp_path / "run" / "tokenizer").iterdir():
+        shutil.copy(f, export / f.name)
+    profiles = {t: {"kind": "classification", "labels": ["great", "awful"]} for t in TYPES}
+    (export / "tasks.json").write_text(json.dumps({"task_types": TYPES, "tasks": {t: t for t in TYPES},
+                                                   "profiles": profiles}))
+    rows = [{"input": f"Review: the pacing was {w}.", "target": w, "task": t, "type": t}
+            for t in TYPES for w in ("great", "awful", "fine", "slow")]
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    nli_only = tmp_path / "nli.jsonl"
+    nli_only.write_text("".join(json.dumps(r) + "\n" for r in rows if r["type"] == "nli"))
+    assert cli_main(["export", "--model", str(export), "--type", "nli", "--out", str(tmp_path / "nli")]) == 0
+    folded = evaluate_export(tmp_path / "nli", data, max_input_length=32, max_new_tokens=4)
+    routed = evaluate_export(export, nli_only, max_input_length=32, max_new_tokens=4)
+    assert list(folded["tasks"]) == ["nli"] and folded["predictions"] == routed["predictions"]
+    assert folded["tasks"]["nli"]["primary"] == routed["tasks"]["nli"]["primary"]
+    capsys.readouterr()
+    assert cli_main(["evaluate", "--model", str(tmp_path / "nli"), "--data", str(tmp_path / "nli.jsonl"),
+                     "--max-input-length", "32", "--max-new-tokens", "4"]) == 0
+    assert capsys.readouterr().out.splitlines()[1].startswith("nli")
+    none = tmp_path / "none.jsonl"
+    none.write_text(json.dumps(rows[0]) + "\n")  # a classify row only
+    assert cli_main(["evaluate", "--model", str(tmp_path / "nli"), "--data", str(none)]) == 2
+    assert "no rows of type 'nli', the one" in capsys.readouterr().err

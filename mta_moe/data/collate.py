@@ -8,7 +8,7 @@ targets are cut at the end (the special tokens are kept) and counted, never sile
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import datasets
 import torch
@@ -42,6 +42,22 @@ class TruncationReport:
         return "truncated: " + ("; ".join(cut) if cut else "none")
 
 
+def special_token_frame(tokenizer: PreTrainedTokenizerBase) -> Callable[[list[int]], list[int]]:
+    """``ids -> ids with the tokenizer's special tokens around them`` (its ``build_inputs_with_special_tokens``;
+    for a stock fast tokenizer without that method, the prefix and suffix its post-processor puts around a probe
+    text)."""
+    build = getattr(type(tokenizer), "build_inputs_with_special_tokens", None)
+    if build is not None:
+        return tokenizer.build_inputs_with_special_tokens
+    plain = tokenizer("probe", add_special_tokens=False)["input_ids"]
+    full = tokenizer("probe", add_special_tokens=True)["input_ids"]
+    at = next((i for i in range(len(full) - len(plain) + 1) if full[i:i + len(plain)] == plain), None)
+    if not plain or at is None:
+        raise ValueError(f"{type(tokenizer).__name__}: cannot tell where its special tokens go around a text")
+    prefix, suffix = full[:at], full[at + len(plain):]
+    return lambda ids: prefix + list(ids) + suffix
+
+
 def tokenize_examples(dataset: datasets.Dataset, tokenizer: PreTrainedTokenizerBase, registry: TaskRegistry,
                       max_input_length: int, max_target_length: int, mode: str = "seq2seq"
                       ) -> tuple[datasets.Dataset, TruncationReport]:
@@ -52,6 +68,7 @@ def tokenize_examples(dataset: datasets.Dataset, tokenizer: PreTrainedTokenizerB
     if max_input_length <= frame or max_target_length < 2:
         raise ValueError(f"max_input_length must exceed the {frame} special tokens and max_target_length be >= 2")
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    framed = special_token_frame(tokenizer)
 
     def encode(batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
         inputs = tokenizer(batch["input"], add_special_tokens=False)["input_ids"]
@@ -61,7 +78,7 @@ def tokenize_examples(dataset: datasets.Dataset, tokenizer: PreTrainedTokenizerB
         for task, text, target in zip(batch["task"], inputs, targets):
             keep_in = max_input_length - frame
             keep_out = max_target_length - len(eos)
-            prompt = tokenizer.build_inputs_with_special_tokens(text[:keep_in])
+            prompt = framed(text[:keep_in])
             answer = target[:keep_out] + eos
             if mode == "seq2seq":
                 out["input_ids"].append(prompt)

@@ -97,9 +97,18 @@ def evaluate_rows(export: LoadedExport, rows: datasets.Dataset, batch_size: int,
 def evaluate_export(model_dir: str | Path, data_path: str | Path, batch_size: int = 64, max_input_length: int = 128,
                     max_new_tokens: int = 32, predictions_path: str | Path | None = None,
                     device: str | torch.device = "cpu") -> dict[str, Any]:
-    export = load_export(model_dir, device)
-    rows, _ = load_examples(data_path, export.registry.task_types)
-    export.registry.check_known(str(data_path), rows["task"])
+    """Score an MTA export on every row of ``data_path``, or a per-task stock folder (``mta-moe export``) on the
+    rows of its task."""
+    from .stock import is_stock_folder, load_stock_folder
+
+    if is_stock_folder(model_dir):  # a per-task folder of `mta-moe export`: its task's rows only
+        rows, _ = load_examples(data_path, None)
+        export, rows = load_stock_folder(model_dir, rows, str(data_path),
+                                         resolve_device(device) if isinstance(device, str) else device)
+    else:
+        export = load_export(model_dir, device)
+        rows, _ = load_examples(data_path, export.registry.task_types)
+        export.registry.check_known(str(data_path), rows["task"])
     result = evaluate_rows(export, rows, batch_size, max_input_length, max_new_tokens)
     if predictions_path:
         Path(predictions_path).write_text("".join(

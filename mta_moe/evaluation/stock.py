@@ -1,0 +1,55 @@
+"""Scoring a per-task stock folder written by ``mta-moe export``: the rows of its task (or task type) through the
+stock Hugging Face model, exactly as an MTA export's rows go through the MTA model."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import datasets
+import torch
+
+from ..data import TaskRegistry
+from ..data.formats import DataError
+
+MERGE_FILE = "mta_merge.json"  # what `mta-moe export` writes beside the stock files (mta_moe.merging.export)
+
+
+class StockModel(torch.nn.Module):
+    """A stock model behind the MTA model's ``generate`` signature: the task ids are accepted and not needed (the
+    task's adapters are folded into its weights)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model, self.config = model, model.config
+
+    def generate(self, *args: Any, task_type_ids: Any = None, task_ids: Any = None, **kwargs: Any):
+        return self.model.generate(*args, **kwargs)
+
+
+def is_stock_folder(directory: str | Path) -> bool:
+    """A folder written by ``mta-moe export`` (it records its routing key in mta_merge.json)."""
+    return (Path(directory) / MERGE_FILE).is_file()
+
+
+def load_stock_folder(directory: str | Path, rows: datasets.Dataset, data: str, device: torch.device):
+    """The folder as a ``LoadedExport`` and the rows of its task (or task type); raises DataError when the data
+    holds none."""
+    import transformers
+
+    from ..auto_registration import auto_class_for
+    from .scoring import LoadedExport
+
+    directory = Path(directory)
+    record = json.loads((directory / MERGE_FILE).read_text())
+    key, route_by = record["routing_key"], record["route_by"]
+    column = "task" if route_by == "task" else "type"
+    kept = rows.filter(lambda r: r[column] == key)
+    if len(kept) == 0:
+        raise DataError(f"{data}: no rows of {route_by} {key!r}, the one {directory} was exported for")
+    config = transformers.AutoConfig.from_pretrained(directory)
+    model = getattr(transformers, auto_class_for(config)).from_pretrained(directory).to(device).eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(directory)
+    task_to_type = dict(zip(kept["task"], kept["type"]))
+    registry = TaskRegistry(list(dict.fromkeys(task_to_type.values())), task_to_type)
+    return LoadedExport(StockModel(model), tokenizer, registry, {}), kept
