@@ -103,8 +103,7 @@ def evaluate_export(model_dir: str | Path, data_path: str | Path, batch_size: in
 
     if is_stock_folder(model_dir):  # a per-task folder of `mta-moe export`: its task's rows only
         rows, _ = load_examples(data_path, None)
-        export, rows = load_stock_folder(model_dir, rows, str(data_path),
-                                         resolve_device(device) if isinstance(device, str) else device)
+        export, rows = load_stock_folder(model_dir, rows, str(data_path), device)
     else:
         export = load_export(model_dir, device)
         rows, _ = load_examples(data_path, export.registry.task_types)

@@ -12,8 +12,6 @@ import torch
 from ..data import TaskRegistry
 from ..data.formats import DataError
 
-MERGE_FILE = "mta_merge.json"  # what `mta-moe export` writes beside the stock files (mta_moe.merging.export)
-
 
 class StockModel(torch.nn.Module):
     """A stock model behind the MTA model's ``generate`` signature: the task ids are accepted and not needed (the
@@ -29,16 +27,19 @@ class StockModel(torch.nn.Module):
 
 def is_stock_folder(directory: str | Path) -> bool:
     """A folder written by ``mta-moe export`` (it records its routing key in mta_merge.json)."""
+    from ..merging.export import MERGE_FILE
+
     return (Path(directory) / MERGE_FILE).is_file()
 
 
-def load_stock_folder(directory: str | Path, rows: datasets.Dataset, data: str, device: torch.device):
-    """The folder as a ``LoadedExport`` and the rows of its task (or task type); raises DataError when the data
-    holds none."""
+def load_stock_folder(directory: str | Path, rows: datasets.Dataset, data: str, device: str | torch.device):
+    """The folder as a ``LoadedExport`` on ``device`` and the rows of its task (or task type); raises DataError
+    when the data holds none."""
     import transformers
 
     from ..auto_registration import auto_class_for
-    from .scoring import LoadedExport
+    from ..merging.export import MERGE_FILE
+    from .scoring import LoadedExport, resolve_device
 
     directory = Path(directory)
     record = json.loads((directory / MERGE_FILE).read_text())
@@ -48,6 +49,7 @@ def load_stock_folder(directory: str | Path, rows: datasets.Dataset, data: str, 
     if len(kept) == 0:
         raise DataError(f"{data}: no rows of {route_by} {key!r}, the one {directory} was exported for")
     config = transformers.AutoConfig.from_pretrained(directory)
+    device = resolve_device(device) if isinstance(device, str) else device
     model = getattr(transformers, auto_class_for(config)).from_pretrained(directory).to(device).eval()
     tokenizer = transformers.AutoTokenizer.from_pretrained(directory)
     task_to_type = dict(zip(kept["task"], kept["type"]))

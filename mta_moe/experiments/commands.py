@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import re
 import shlex
@@ -51,7 +52,7 @@ def compare_command(args: argparse.Namespace, overrides: Sequence[str]) -> int:
 
 def _with_init_from(stage2: dict) -> dict:
     """``stage2`` as compare runs it: starting from the comparison's stage 1 (any path will do for the checks)."""
-    checked = json.loads(json.dumps(stage2))
+    checked = copy.deepcopy(stage2)
     train = checked.setdefault("mta", {}).setdefault("train", {})
     if isinstance(train, dict):
         train["init_from"] = train.get("init_from") or "<the comparison's stage 1>"

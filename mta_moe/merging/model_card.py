@@ -44,16 +44,6 @@ def card_header(model_name: str, library: str, tags: list[str], source: CardSour
     return f"---\n{data.to_yaml()}\n---"
 
 
-def card_scores(directory: str | Path) -> dict[str, float]:
-    """Each task's validation score from the model-index of the card in ``directory`` (empty when it has none)."""
-    from huggingface_hub import ModelCard
-
-    path = Path(directory) / "README.md"
-    if not path.is_file():
-        return {}
-    results = ModelCard.load(path).data.eval_results or []
-    return {r.task_name: r.metric_value for r in results if r.task_name}
-
 
 def routing_table(model: MTAModel) -> list[str] | None:
     """Markdown rows: each routing key's adapters (and weights when k > 1) in each MTA layer; None when the
@@ -114,7 +104,6 @@ def model_card(model: MTAModel, tasks: Mapping[str, str], profiles: Mapping[str,
     return "\n".join(lines) + "\n"
 
 
-
 def task_card(model: Any, record: Mapping[str, Any], source: str | Path | None) -> str:
     """The card of a per-task stock folder: what was folded from which export, its tasks' validation scores (from
     the source export's card), base model and datasets as the source card names them, and how to load it."""
@@ -159,7 +148,7 @@ def _source_metadata(source: str | Path | None) -> dict[str, Any]:
     card = Path(source) / "README.md"
     if card.is_file():
         data = ModelCard.load(card).data
-        meta["scores"] = card_scores(source)
+        meta["scores"] = {r.task_name: r.metric_value for r in data.eval_results or [] if r.task_name}
         meta["base_model"], meta["datasets"] = data.base_model, list(data.datasets or [])
         meta["data"] = next((r.dataset_name for r in data.eval_results or []), meta["data"])
     return meta

@@ -8,6 +8,7 @@ them before anything is written."""
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import sys
@@ -70,7 +71,7 @@ def _round(value: float, to: int) -> int:
 def derive(stage1: dict[str, Any], stage2: dict[str, Any], files: dict[str, list[str]], profile: dict[str, Any],
            out: Path) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
     """The two configs for this data, and one line per setting the data decided (what and why)."""
-    s1, s2 = json.loads(json.dumps(stage1)), json.loads(json.dumps(stage2))
+    s1, s2 = copy.deepcopy(stage1), copy.deepcopy(stage2)
     batch = s1.get("train_micro_batch_size_per_gpu", 32) * s1.get("gradient_accumulation_steps", 1)
     n_tasks, n_train = len(profile["tasks"]), profile["rows"]["train"]
     steps = min(MAX_STEPS, max(MIN_STEPS, _round(EPOCHS * n_train / batch, 100)))
@@ -92,7 +93,7 @@ def derive(stage1: dict[str, Any], stage2: dict[str, Any], files: dict[str, list
     why = [f"tasks: {n_tasks} ({', '.join(profile['tasks'])}), one adapter each (mta.route_by task, "
            f"mta.num_experts {n_tasks})",
            f"task types: {profile['types']}",
-           f"rows: " + ", ".join(f"{s} {n}" for s, n in profile["rows"].items()),
+           "rows: " + ", ".join(f"{s} {n}" for s, n in profile["rows"].items()),
            f"stage 1: {steps} steps of {batch} (about {EPOCHS} passes over the training rows, within "
            f"{MIN_STEPS}-{MAX_STEPS}), validation and checkpoints every {every}",
            f"stage 2: {stage2_steps} steps from stage 1's export",
