@@ -48,10 +48,46 @@ def _loader_class(auto_name: str):
         def from_pretrained(cls, path, *args, config=None, **kwargs):
             return _load(auto_name, path, args, kwargs)
 
+        def register_for_auto_class(cls, auto_class=None):  # called by transformers on remote-code classes
+            return None
+
         _classes[auto_name] = type(f"MTAModelFor{auto_name[len('AutoModelFor'):]}", (),
                                    {"config_class": config_class, "from_pretrained": classmethod(from_pretrained),
+                                    "register_for_auto_class": classmethod(register_for_auto_class),
                                     "__doc__": f"{auto_name}.from_pretrained(export) -> mta_moe.MTAModel"})
     return _classes[auto_name]
+
+
+def export_config_class():
+    """The config class of an export's ``config.json`` (for the export's remote-code module)."""
+    return _config_class()
+
+
+def loader_class(auto_name: str):
+    """The class ``auto_name`` loads an export through (for the export's remote-code module)."""
+    return _loader_class(auto_name)
+
+
+REMOTE_CODE_FILE = "mta_moe_auto.py"
+_REMOTE_MODULE = REMOTE_CODE_FILE[:-3]
+
+
+def auto_map() -> dict[str, str]:
+    """``auto_map`` of an export's config.json: with ``trust_remote_code=True`` the Auto classes load the export
+    through :data:`REMOTE_CODE_FILE` without ``import mta_moe``, and without the package transformers names it."""
+    return {"AutoConfig": f"{_REMOTE_MODULE}.MTAExportConfig",
+            **{name: f"{_REMOTE_MODULE}.MTAModelFor{name[len('AutoModelFor'):]}" for name in AUTO_CLASSES}}
+
+
+def remote_code_source() -> str:
+    """The text of :data:`REMOTE_CODE_FILE`: it only imports the installed package's classes."""
+    lines = ['"""Loads this mta_moe export through transformers\' Auto classes with trust_remote_code=True; the classes',
+             'come from the installed mta_moe package (pip install mta_moe). With `import mta_moe` first, no',
+             'trust_remote_code is needed."""',
+             "import mta_moe.auto_registration as registration", "",
+             "MTAExportConfig = registration.export_config_class()"]
+    lines += [f"MTAModelFor{name[len('AutoModelFor'):]} = registration.loader_class({name!r})" for name in AUTO_CLASSES]
+    return "\n".join(lines) + "\n"
 
 
 def auto_class_for(backbone_config: Any) -> str:

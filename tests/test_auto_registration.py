@@ -1,6 +1,7 @@
 """``import mta_moe`` registers the export's model type with transformers' Auto classes: the Auto loaders give the
 model ``MTAModel.from_pretrained`` gives (same logits), the wrong Auto class is named, and ``import mta_moe`` itself
 imports nothing of transformers (the registration runs when transformers imports its Auto modules)."""
+import os
 import subprocess
 import sys
 import textwrap
@@ -56,3 +57,45 @@ def test_import_stays_light_and_registers_when_transformers_loads(tmp_path):
     """)
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=300)
     assert run.returncode == 0 and run.stdout.strip().endswith("MTAModel"), run.stderr[-2000:]
+
+
+def test_without_the_import_the_export_loads_as_remote_code_or_names_the_package(tmp_path):
+    """config.json's auto_map: without ``import mta_moe`` transformers asks for trust_remote_code; with it the export
+    loads (same logits as MTAModel.from_pretrained); and where the package is missing, transformers names it."""
+    path = _saved(tmp_path, "t5")
+    expected = tmp_path / "logits.pt"
+    with torch.no_grad():
+        torch.save(MTAModel.from_pretrained(path).eval()(**make_inputs("t5"), task_type_ids=TASKS).logits, expected)
+    block = textwrap.dedent("""
+        import importlib.abc, sys
+        class Missing(importlib.abc.MetaPathFinder):  # as on a machine without the package
+            def find_spec(self, name, path, target=None):
+                if name.split(".")[0] == "mta_moe":
+                    raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        sys.meta_path.insert(0, Missing())
+    """)
+    script = textwrap.dedent(f"""
+        import sys, torch
+        from transformers import AutoModelForSeq2SeqLM
+        try:
+            AutoModelForSeq2SeqLM.from_pretrained({str(path)!r})
+        except ValueError as exc:
+            print("refused:", "trust_remote_code=True" in str(exc))
+        assert "mta_moe" not in sys.modules
+        model = AutoModelForSeq2SeqLM.from_pretrained({str(path)!r}, trust_remote_code=True).eval()
+        sys.path.insert(0, {str(REPO / "tests")!r})
+        from backbones import make_inputs
+        from test_inject import TASKS
+        with torch.no_grad():
+            logits = model(**make_inputs("t5"), task_type_ids=TASKS).logits
+        print(type(model).__name__, torch.equal(logits, torch.load({str(expected)!r})))
+    """)
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf")}
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, env=env,
+                         timeout=300)
+    assert run.returncode == 0 and run.stdout.split()[-4:] == ["refused:", "True", "MTAModel", "True"], run.stderr[-2000:]
+    missing = block + f"from transformers import AutoModelForSeq2SeqLM\n" \
+                      f"AutoModelForSeq2SeqLM.from_pretrained({str(path)!r}, trust_remote_code=True)\n"
+    run = subprocess.run([sys.executable, "-c", missing], capture_output=True, text=True, cwd=tmp_path, env=env,
+                         timeout=300)
+    assert run.returncode != 0 and "Run `pip install mta_moe`" in run.stderr.strip().splitlines()[-1], run.stderr[-2000:]

@@ -116,7 +116,8 @@ def test_save_load_round_trip_gives_identical_outputs(tmp_path, name, stage):
     inputs = make_inputs(name)
     model.save_pretrained(tmp_path / "saved")
     assert sorted(p.name for p in (tmp_path / "saved").iterdir()) == ["backbone_config.json", "config.json",
-                                                                    "model.safetensors", "mta_config.json"]
+                                                                    "model.safetensors", "mta_config.json",
+                                                                    "mta_moe_auto.py"]
     loaded = MTAModel.from_pretrained(tmp_path / "saved").eval()
     assert loaded.stage == stage
     with torch.no_grad():

@@ -111,7 +111,7 @@ def evaluate_export(model_dir: str | Path, data_path: str | Path, batch_size: in
     result = evaluate_rows(export, rows, batch_size, max_input_length, max_new_tokens)
     if predictions_path:
         Path(predictions_path).write_text("".join(
-            json.dumps({"task": row["task"], "target": row["target"], "prediction": text}) + "\n"
+            json.dumps({"task": row["task"], "input": row["input"], "target": row["target"], "prediction": text}) + "\n"
             for row, text in zip(rows, result["predictions"])))
     return result
 

@@ -13,6 +13,7 @@ import transformers
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from ..auto_registration import REMOTE_CODE_FILE, auto_map, remote_code_source
 from ..config import MTAConfig
 from .inject import MTAModel
 from .layer import MTALayer
@@ -47,6 +48,7 @@ def write_model_files(model: MTAModel, folder: Path, state: dict | None = None) 
     model.base_model.config.save_pretrained(folder)
     (folder / "config.json").replace(folder / BACKBONE_CONFIG_FILE)
     (folder / "config.json").write_text(json.dumps(export_marker(type(model.base_model).__name__), indent=2) + "\n")
+    (folder / REMOTE_CODE_FILE).write_text(remote_code_source())
     meta = {"format_version": FORMAT_VERSION, "architecture": type(model.base_model).__name__,
             "stage": model.stage, "mta": model.mta_config.replace(ep_size=1).to_dict()}
     (folder / MTA_CONFIG_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
@@ -72,9 +74,10 @@ def write_files_together(directory: str | Path, write: Callable[[Path], None]) -
 def export_marker(architecture: str) -> dict[str, Any]:
     """``config.json`` of an export: a model type no transformers release knows, and how to load the folder."""
     return {"model_type": "mta_moe", "architectures": ["MTAModel"], "backbone_architecture": architecture,
-            "mta_moe_format_version": FORMAT_VERSION,
+            "mta_moe_format_version": FORMAT_VERSION, "auto_map": auto_map(),
             "how_to_load": "pip install mta_moe; import mta_moe, then the Auto class of the backbone (e.g. "
-                           "AutoModelForSeq2SeqLM.from_pretrained(this_directory)) or "
+                           "AutoModelForSeq2SeqLM.from_pretrained(this_directory); without the import, pass "
+                           "trust_remote_code=True) or "
                            "mta_moe.MTAModel.from_pretrained(this_directory); the backbone's "
                            f"own config is {BACKBONE_CONFIG_FILE}"}
 
