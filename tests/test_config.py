@@ -4,6 +4,7 @@ import json
 import pytest
 
 from mta_moe import ConfigError, MTAConfig, load_ds_config
+from mta_moe.config import read_config_file
 
 
 @pytest.mark.parametrize("changes, key, allowed", [
@@ -95,3 +96,16 @@ def test_routing_keys_that_outnumber_the_adapters_are_named():
     assert sharing_adapters(cfg.replace(num_experts=12)) == {}
     assignment = {t: [i % 9] for i, t in enumerate(twelve)}
     assert sharing_adapters(cfg.replace(task_adapter_assignment=assignment)) == {}  # chosen on purpose: no warning
+
+
+def test_config_files_take_comments_and_refuse_duplicate_keys(tmp_path):
+    """Hjson as DeepSpeed reads its own configs: comments are allowed; a key given twice is refused by name (plain
+    JSON keeps the last silently)."""
+    commented = tmp_path / "commented.json"
+    commented.write_text('{\n  // the engine\n  "train_batch_size": 8,\n  # ours\n  "mta": {"k": 1}\n}\n')
+    assert read_config_file(commented) == {"train_batch_size": 8, "mta": {"k": 1}}
+    for text in ('{"train_batch_size": 8, "mta": {"k": 1, "k": 2}}', '{\n  // c\n  "mta": {"k": 1, "k": 2}\n}'):
+        twice = tmp_path / "twice.json"
+        twice.write_text(text)
+        with pytest.raises(ConfigError, match=r"twice\.json: key 'k' appears twice in one object; keep one"):
+            read_config_file(twice)

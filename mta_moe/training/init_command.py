@@ -127,7 +127,7 @@ def write_pair(configs: dict[Path, dict[str, Any]], overwrite: bool) -> None:
 
 def init_command(args: argparse.Namespace, _: Sequence[str] = ()) -> int:
     """Exit 0 after writing OUT/stage1.json and OUT/stage2.json, or 2 with one ``error:`` line."""
-    from ..config import ConfigError
+    from ..config import ConfigError, read_config_file
     from ..data.formats import DataError
     from .run_config import build_run_config
 
@@ -138,7 +138,7 @@ def init_command(args: argparse.Namespace, _: Sequence[str] = ()) -> int:
         if templates is None:
             raise ConfigError("init: no shipped configs next to this installation; pass --from STAGE1.json "
                               "--from-stage2 STAGE2.json")
-        stage1, stage2 = (_read_json(p) for p in templates)
+        stage1, stage2 = (read_config_file(p) for p in templates)
         files = {split: [str(Path(p).resolve()) for p in getattr(args, split)] for split in SPLITS
                  if getattr(args, split)}
         out = Path(args.out).resolve()
@@ -156,14 +156,3 @@ def init_command(args: argparse.Namespace, _: Sequence[str] = ()) -> int:
           f"  mta-moe train --deepspeed {out / 'stage2.json'}   # optional: see README, Stage 2\n"
           f"  mta-moe export --model {out / 'stage1' / 'export'} --all --out {out / 'per_task'}")
     return 0
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    from ..config import ConfigError
-
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path}:line {exc.lineno}: not valid JSON ({exc.msg})") from None
