@@ -35,7 +35,9 @@ test-fast: setup
 # report (stage 2 against stage 1: deltas, routing heatmaps, calibration, loss curves) in $(DEMO)/report, and one
 # stock Hugging Face model per task folded from stage 1 in $(DEMO)/per_task (stage 2's gate network does not fold).
 DEMO ?= runs/demo
-DS_LAUNCH ?= DS_ACCELERATOR=$${DS_ACCELERATOR:-cpu} $(VENV)/bin/deepspeed --num_gpus 1 --master_port 29560
+# a free port per run, so two demos (or a demo beside a training job) on one machine do not collide
+MASTER_PORT ?= $(shell python3 -c "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
+DS_LAUNCH ?= DS_ACCELERATOR=$${DS_ACCELERATOR:-cpu} $(VENV)/bin/deepspeed --num_gpus 1 --master_port $(MASTER_PORT)
 demo: setup
 	rm -rf $(DEMO)
 	$(DS_LAUNCH) launchers/train.py --deepspeed ds_configs/stage1.json --train.output_dir $(DEMO)/stage1

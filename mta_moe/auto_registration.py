@@ -14,10 +14,10 @@ import warnings
 from types import ModuleType
 from typing import Any, Callable
 
-MODEL_TYPE = "mta_moe"
+from .hub_format import AUTO_CLASSES, MODEL_TYPE
+
 CONFIG_MODULE = "transformers.models.auto.configuration_auto"
 MODELING_MODULE = "transformers.models.auto.modeling_auto"
-AUTO_CLASSES = ("AutoModelForSeq2SeqLM", "AutoModelForCausalLM", "AutoModelForSequenceClassification")
 # keyword arguments the Auto classes pass on for hub downloads; an export is a local folder, so they do not apply
 _HUB_KWARGS = {"cache_dir", "force_download", "local_files_only", "proxies", "revision", "subfolder", "token",
                "trust_remote_code", "adapter_kwargs", "code_revision", "_commit_hash", "_from_auto"}
@@ -66,28 +66,6 @@ def export_config_class():
 def loader_class(auto_name: str):
     """The class ``auto_name`` loads an export through (for the export's remote-code module)."""
     return _loader_class(auto_name)
-
-
-REMOTE_CODE_FILE = "mta_moe_auto.py"
-_REMOTE_MODULE = REMOTE_CODE_FILE[:-3]
-
-
-def auto_map() -> dict[str, str]:
-    """``auto_map`` of an export's config.json: with ``trust_remote_code=True`` the Auto classes load the export
-    through :data:`REMOTE_CODE_FILE` without ``import mta_moe``, and without the package transformers names it."""
-    return {"AutoConfig": f"{_REMOTE_MODULE}.MTAExportConfig",
-            **{name: f"{_REMOTE_MODULE}.MTAModelFor{name[len('AutoModelFor'):]}" for name in AUTO_CLASSES}}
-
-
-def remote_code_source() -> str:
-    """The text of :data:`REMOTE_CODE_FILE`: it only imports the installed package's classes."""
-    lines = ['"""Loads this mta_moe export through transformers\' Auto classes with trust_remote_code=True; the classes',
-             'come from the installed mta_moe package (pip install mta_moe). With `import mta_moe` first, no',
-             'trust_remote_code is needed."""',
-             "import mta_moe.auto_registration as registration", "",
-             "MTAExportConfig = registration.export_config_class()"]
-    lines += [f"MTAModelFor{name[len('AutoModelFor'):]} = registration.loader_class({name!r})" for name in AUTO_CLASSES]
-    return "\n".join(lines) + "\n"
 
 
 def auto_class_for(backbone_config: Any) -> str:

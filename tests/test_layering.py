@@ -1,10 +1,12 @@
-"""The package's import graph: every module-level import goes to the same or a lower floor, and there is no cycle."""
+"""The package's import graph: every module-level import goes to the same or a lower floor, and there is no cycle,
+counting the imports inside functions too (a function-local import back is a circle all the same)."""
 import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "mta_moe"
 # floors, lowest first: a module may import its own floor and those below at import time
-FLOORS = [{"config", "metrics", "logs", "collectives", "files", "names", "deepspeed_keys", "auto_registration"}, {"modeling", "data"}, {"evaluation", "merging"}, {"training"}, {"experiments"},
+FLOORS = [{"config", "metrics", "logs", "collectives", "files", "names", "deepspeed_keys", "hub_format"},
+          {"modeling", "data"}, {"evaluation", "merging", "auto_registration"}, {"training"}, {"experiments"},
           {"cli", "__main__"}]
 FLOOR = {unit: level for level, units in enumerate(FLOORS) for unit in units}
 
@@ -14,12 +16,12 @@ def _module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def _top_level_imports(path: Path) -> set[str]:
-    """mta_moe modules imported by ``path`` when it is imported (not those imported inside functions)."""
+def _imports(path: Path, inside_functions: bool = False) -> set[str]:
+    """mta_moe modules imported by ``path`` when it is imported, or (``inside_functions``) anywhere in it."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
     package = _module_name(path) if path.name == "__init__.py" else _module_name(path).rsplit(".", 1)[0]
     found = set()
-    for node in tree.body:
+    for node in (_runtime_nodes(tree) if inside_functions else tree.body):
         if isinstance(node, ast.ImportFrom):
             if node.level:
                 base = package.split(".")[:len(package.split(".")) - (node.level - 1)]
@@ -28,9 +30,23 @@ def _top_level_imports(path: Path) -> set[str]:
                 target = node.module or ""
             if target.startswith("mta_moe"):
                 found.add(target)
+                if not node.module:  # "from . import x": the module x
+                    found.update(f"{target}.{a.name}" for a in node.names)
         elif isinstance(node, ast.Import):
             found.update(a.name for a in node.names if a.name.startswith("mta_moe"))
     return found
+
+
+def _runtime_nodes(tree: ast.AST):
+    """Every node but those under ``if TYPE_CHECKING:`` (imports for annotations only, never run)."""
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        yield node
+        if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING":
+            stack.extend(node.orelse)
+            continue
+        stack.extend(ast.iter_child_nodes(node))
 
 
 def _unit(module: str) -> str | None:
@@ -38,8 +54,8 @@ def _unit(module: str) -> str | None:
     return parts[1] if len(parts) > 1 else None
 
 
-def _graph() -> dict[str, set[str]]:
-    return {_module_name(p): _top_level_imports(p) for p in PACKAGE.rglob("*.py")}
+def _graph(inside_functions: bool = False) -> dict[str, set[str]]:
+    return {_module_name(p): _imports(p, inside_functions) for p in PACKAGE.rglob("*.py")}
 
 
 def test_no_module_imports_a_higher_floor():
@@ -51,7 +67,7 @@ def test_no_module_imports_a_higher_floor():
 
 
 def test_no_import_cycle_between_modules():
-    graph = _graph()
+    graph = _graph(inside_functions=True)
     modules = set(graph)
 
     def resolve(target: str) -> str | None:  # "mta_moe.modeling.layer" or a name imported from a package
@@ -83,3 +99,6 @@ def test_the_check_sees_imports():
     graph = _graph()
     assert "mta_moe.config" in graph["mta_moe.modeling.layer"]
     assert any(t.startswith("mta_moe.modeling") for t in graph["mta_moe.training.trainer"])
+    local = _graph(inside_functions=True)  # an import inside a function only
+    assert "mta_moe.modeling" not in graph["mta_moe.auto_registration"]
+    assert "mta_moe.modeling" in local["mta_moe.auto_registration"]

@@ -11,6 +11,7 @@ import torch
 
 from ..data import TaskRegistry
 from ..data.formats import DataError
+from .loading import LoadedExport, resolve_device
 
 
 class StockModel(torch.nn.Module):
@@ -39,7 +40,6 @@ def load_stock_folder(directory: str | Path, rows: datasets.Dataset, data: str, 
 
     from ..auto_registration import auto_class_for
     from ..merging.export import MERGE_FILE
-    from .scoring import LoadedExport, resolve_device
 
     directory = Path(directory)
     record = json.loads((directory / MERGE_FILE).read_text())

@@ -109,10 +109,9 @@ def export_command(args, _=()) -> int:
     """``mta-moe export``: one stock folder per named task / type (or per routing key with ``--all``)."""
     import sys
 
-    from ..modeling.persistence import load_mta_model
     try:
         model_dir = Path(args.model)
-        model = load_mta_model(model_dir, ep_size=1).eval()
+        model = MTAModel.from_pretrained(model_dir, ep_size=1).eval()
         tokenizer_dir = Path(args.tokenizer) if args.tokenizer else find_tokenizer(model_dir)
         if tokenizer_dir is None:
             raise MergeError(f"{model_dir}: no tokenizer found in the export or beside it; pass --tokenizer DIR")

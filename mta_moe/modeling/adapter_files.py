@@ -19,7 +19,7 @@ from safetensors.torch import save_file
 from ..config import MTAConfig
 from .inject import MTAModel
 from .layer import component_of
-from .persistence import build_saved_model, read_saved_model, read_weights, unique_state, write_files_together
+from .persistence import read_saved_model, read_weights, unique_state, write_files_together
 
 ADAPTER_CONFIG_FILE = "mta_adapters.json"
 ADAPTER_WEIGHTS_FILE = "adapters.safetensors"
@@ -116,7 +116,7 @@ def save_adapters_command(args, _=()) -> int:
         if out.exists() and (not out.is_dir() or any(out.iterdir())) and not getattr(args, "overwrite", False):
             raise ValueError(f"--out {out}: exists and is not an empty directory; pass --overwrite to replace it")
         saved = read_saved_model(args.model)  # read once: the model is built from it
-        model = build_saved_model(saved, saved.mta.replace(ep_size=1), saved.state)
+        model = MTAModel.from_saved(saved, saved.mta.replace(ep_size=1))
         base = saved.model_cls.from_pretrained(args.backbone)
         if backbone_fingerprint(MTAModel(base, model.mta_config)) != backbone_fingerprint(model):
             raise ValueError(f"{args.model}: its backbone weights are not {args.backbone}'s (a stage 1 that trains the "

@@ -20,7 +20,7 @@ from torch.nn import functional as F
 
 from ..config import ConfigError, MTAConfig
 from .inject import MTAModel
-from .persistence import _EXPERT_KEY, build_saved_model, read_saved_model
+from .persistence import _EXPERT_KEY, read_saved_model
 
 BLOCKED = -1.0e4  # bias of an old task type for a new adapter: exp(BLOCKED / T) is exactly 0 in fp32/bf16
 _BIAS = "deepspeed_moe.gate.task_bias"
@@ -114,7 +114,7 @@ def grow_saved_model(directory: str | Path, new_types: Sequence[str], new_adapte
         new = new.replace(ep_size=ep_size)
     state = grow_state(saved.state, saved.mta, new, warm_start)
 
-    model = build_saved_model(saved, new, state,
+    model = MTAModel.from_saved(saved, new, state,
                               allow_missing=lambda m, key: _is_new_expert(m, key, saved.mta.num_experts))
     growth = Growth(list(keys), list(new_types), saved.mta.num_experts,
                     list(range(saved.mta.num_experts, new.num_experts)), {t: warm_start.get(t) for t in new_types})

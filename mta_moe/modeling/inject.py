@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field, replace
+from typing import Callable
 
 import torch
 from torch import Tensor, nn
@@ -11,6 +12,7 @@ from ..config import ConfigError, MTAConfig
 from .backbones import BackboneFamily, family_for, find_stack
 from .gate import check_route_id_range
 from .layer import LayerRouting, MTALayer, component_of
+from .persistence import SavedModel, load_saved_state, read_saved_model, save_mta_model
 
 
 @dataclass
@@ -232,14 +234,25 @@ class MTAModel(nn.Module):
     # ------------------------------------------------------------- persistence
     def save_pretrained(self, directory) -> None:
         """Backbone config + MTA settings + safetensors weights (see :mod:`.persistence`)."""
-        from .persistence import save_mta_model
         save_mta_model(self, directory)
 
     @classmethod
     def from_pretrained(cls, directory, ep_size: int | None = None, config: MTAConfig | None = None) -> "MTAModel":
-        """A model saved with :meth:`save_pretrained`; ``config`` replaces the saved layer config (same weights)."""
-        from .persistence import load_mta_model
-        return load_mta_model(directory, ep_size=ep_size, config=config)
+        """A model saved with :meth:`save_pretrained`; ``ep_size`` > 1 keeps only this rank's adapters (needs a
+        process group); ``config`` replaces the saved layer config (its weights must still fit)."""
+        saved = read_saved_model(directory)
+        mta = config if config is not None else saved.mta
+        return cls.from_saved(saved, mta if ep_size is None else mta.replace(ep_size=ep_size))
+
+    @classmethod
+    def from_saved(cls, saved: SavedModel, mta: MTAConfig, state: dict | None = None,
+                   allow_missing: Callable[["MTAModel", str], bool] | None = None) -> "MTAModel":
+        """The model for ``mta`` on ``saved``'s backbone and stage, with ``state`` (default: the saved weights)
+        loaded; ``allow_missing`` names keys that may be absent (left at their initial values)."""
+        model = cls(saved.model_cls(saved.base_config), mta)
+        if saved.stage == 2:
+            model.enable_stage2()
+        return load_saved_state(model, saved, saved.state if state is None else state, allow_missing)
 
     @torch.no_grad()
     def generate(self, *args, task_type_ids: Tensor | None = None, task_ids: Tensor | None = None, **kwargs):

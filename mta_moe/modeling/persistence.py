@@ -7,16 +7,18 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import transformers
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ..auto_registration import REMOTE_CODE_FILE, auto_map, remote_code_source
 from ..config import MTAConfig
-from .inject import MTAModel
+from ..hub_format import MODEL_TYPE, REMOTE_CODE_FILE, auto_map, remote_code_source
 from .layer import MTALayer
+
+if TYPE_CHECKING:  # the model builds itself from these files (MTAModel.from_pretrained); no import back
+    from .inject import MTAModel
 
 MTA_CONFIG_FILE = "mta_config.json"
 BACKBONE_CONFIG_FILE = "backbone_config.json"  # the transformers config of the backbone (format 2)
@@ -73,7 +75,7 @@ def write_files_together(directory: str | Path, write: Callable[[Path], None]) -
 
 def export_marker(architecture: str) -> dict[str, Any]:
     """``config.json`` of an export: a model type no transformers release knows, and how to load the folder."""
-    return {"model_type": "mta_moe", "architectures": ["MTAModel"], "backbone_architecture": architecture,
+    return {"model_type": MODEL_TYPE, "architectures": ["MTAModel"], "backbone_architecture": architecture,
             "mta_moe_format_version": FORMAT_VERSION, "auto_map": auto_map(),
             "how_to_load": "pip install mta_moe; import mta_moe, then the Auto class of the backbone (e.g. "
                            "AutoModelForSeq2SeqLM.from_pretrained(this_directory); without the import, pass "
@@ -178,13 +180,11 @@ def read_weights(path: Path) -> dict:
                          "the model again") from None
 
 
-def build_saved_model(saved: SavedModel, mta: MTAConfig, state: dict,
-                      allow_missing: Callable[[MTAModel, str], bool] | None = None) -> MTAModel:
-    """Build the model for ``mta`` (its ep_size decides which adapters this rank keeps) and load ``state``;
-    ``allow_missing`` names keys that may be absent (left at their initial values)."""
-    model = MTAModel(saved.model_cls(saved.base_config), mta)
-    if saved.stage == 2:
-        model.enable_stage2()
+def load_saved_state(model: MTAModel, saved: SavedModel, state: dict,
+                     allow_missing: Callable[[MTAModel, str], bool] | None = None) -> MTAModel:
+    """Load ``state`` (a full, all-adapters state dict) into ``model``, built for ``saved``'s backbone and stage
+    (its ep_size decides which adapters this rank keeps); ``allow_missing`` names keys that may be absent (left at
+    their initial values). Shapes or keys that do not fit are a ValueError naming the files."""
     state = _local_experts_only(model, state)
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
@@ -197,15 +197,6 @@ def build_saved_model(saved: SavedModel, mta: MTAConfig, state: dict,
         raise ValueError(f"{saved.directory / WEIGHTS_FILE}: weights do not match the model "
                          f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
     return model
-
-
-def load_mta_model(directory: str | Path, ep_size: int | None = None, config: MTAConfig | None = None) -> MTAModel:
-    """Rebuild a saved MTA model; ``ep_size`` > 1 keeps only this rank's adapters (needs a process group).
-    ``config``: the layer config to build with instead of the saved one (its weights must still fit)."""
-    saved = read_saved_model(directory)
-    mta = config if config is not None else saved.mta
-    mta = mta if ep_size is None else mta.replace(ep_size=ep_size)
-    return build_saved_model(saved, mta, saved.state)
 
 
 def _untied(model: MTAModel, missing: list[str], state: dict) -> list[str]:
