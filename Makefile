@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: setup test test-fast demo clean constraints
+.PHONY: setup test test-fast lint demo clean constraints
 
 # constraints.txt pins every other dependency to the versions the README's figures were measured with
 # (`make constraints` rewrites it from .venv); pyproject.toml keeps the floors for library users.
@@ -20,15 +20,19 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	touch $@
 
 constraints: setup
-	$(PIP) freeze --exclude-editable | grep -v -E '^(torch|pyflakes|ruff)==' > constraints.txt
+	$(PIP) freeze --exclude-editable | grep -v -E '^(torch|pyflakes)==' > constraints.txt
 
 setup: $(VENV)/.installed
 
-test: setup
+test: setup lint
 	DS_ACCELERATOR=cpu $(PY) -m pytest -q tests
 
+# pycodestyle, pyflakes and import order ([tool.ruff] in pyproject.toml)
+lint: setup
+	$(VENV)/bin/ruff check
+
 # the quick loop while developing: everything but the tests marked slow (whole runs, launchers, 2-rank runs)
-test-fast: setup
+test-fast: setup lint
 	DS_ACCELERATOR=cpu $(PY) -m pytest -q -m "not slow" tests
 
 # The main job: both stages on the bundled suite (CPU by default), the per-task table on the test split, and the

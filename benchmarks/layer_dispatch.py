@@ -27,9 +27,9 @@ import itertools
 from pathlib import Path
 
 import torch
+from measure import environment, interleaved_medians, peak_memory_mb, write_json
 from torch import nn
 
-from measure import environment, interleaved_medians, peak_memory_mb, write_json
 from mta_moe import MTAConfig, MTALayer
 from mta_moe.modeling import grouped_gemm
 from mta_moe.modeling.dispatch import choose_form

@@ -14,9 +14,9 @@ import argparse
 from pathlib import Path
 
 import torch
+from measure import environment, interleaved_medians, peak_memory_mb, write_json
 from transformers import T5Config, T5ForConditionalGeneration
 
-from measure import environment, interleaved_medians, peak_memory_mb, write_json
 from mta_moe import MTAConfig, MTAModel
 
 T5_SMALL = dict(d_model=512, d_ff=2048, d_kv=64, num_layers=6, num_decoder_layers=6, num_heads=8,

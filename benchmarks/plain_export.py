@@ -15,15 +15,15 @@ import tempfile
 from pathlib import Path
 
 import torch
+from measure import environment, interleaved_medians, write_json
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
-from measure import environment, interleaved_medians, write_json
 from mta_moe.data import load_examples, tokenize_examples
 from mta_moe.evaluation.commands import generation_settings
 from mta_moe.evaluation.generation import causal_prompt, generate_predictions
-from mta_moe.metrics import score_predictions
 from mta_moe.evaluation.scoring import evaluate_rows, load_export
 from mta_moe.merging import export_task
+from mta_moe.metrics import score_predictions
 
 
 def run_lengths(model_dir: Path) -> tuple[int, int]:

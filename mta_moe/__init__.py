@@ -7,6 +7,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from .auto_registration import install as _install_auto_registration
+
 __version__ = "0.1.0"
 _LAZY = {
     "ConfigError": "mta_moe.config", "MTAConfig": "mta_moe.config", "load_ds_config": "mta_moe.config",
@@ -17,9 +19,6 @@ _LAZY = {
     "MergeError": "mta_moe.merging", "export_task": "mta_moe.merging", "fold_task": "mta_moe.merging",
 }
 __all__ = [*_LAZY, "__version__"]
-
-
-from .auto_registration import install as _install_auto_registration
 
 _install_auto_registration()  # transformers' Auto classes load exports (mta_moe/auto_registration.py)
 

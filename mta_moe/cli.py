@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import sys
 from typing import Callable, Sequence
+
 from .config import finite_float, positive_int
 
 _COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], str]] = {}
@@ -50,7 +51,8 @@ def _train(p: argparse.ArgumentParser) -> None:
                 "--train_micro_batch_size_per_gpu 4 (model., data., train. are short for mta.model. etc.)")
 
 
-@command("evaluate", "score an export on canonical-format data, per task", "mta_moe.evaluation.commands:evaluate_command")
+@command("evaluate", "score an export on canonical-format data, per task",
+         "mta_moe.evaluation.commands:evaluate_command")
 def _evaluate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="an export directory (stage 1 or 2)")
     p.add_argument("--data", required=True, help="JSONL / JSON / CSV / Parquet in the canonical format")
@@ -95,7 +97,8 @@ def _compare(p: argparse.ArgumentParser) -> None:
                         "(default), or train as many steps as the multi-task run")
     p.add_argument("--no-single-task", action="store_true", help="skip the single-task baselines")
     p.add_argument("--seeds", default="", metavar="S1,S2",
-                   help="extra seeds (train.seed and data.seed) for every multi-task system and variant: run-to-run spread")
+                   help="extra seeds (train.seed and data.seed) for every multi-task system and variant: "
+                        "run-to-run spread")
     p.add_argument("--steps", type=positive_int, default=None,
                    help="steps of every multi-task stage-1 run (default: twice the config's mta.train.steps, so "
                         "each system can plateau; the report also scores each run at the config's budget)")
@@ -118,7 +121,8 @@ def _compare(p: argparse.ArgumentParser) -> None:
                    help="how each run is started, e.g. 'deepspeed --num_gpus 4' (default: this python); the "
                         "runs are `<launcher> -m mta_moe.cli train ...`")
     p.add_argument("--device", default="auto",
-                   help="where the baselines and the report generate and score: auto (a GPU when one is visible, else the CPU), cpu, cuda[:N]")
+                   help="where the baselines and the report generate and score: auto (a GPU when one is visible, "
+                        "else the CPU), cpu, cuda[:N]")
     p.epilog = "Further --key value pairs override both configs (e.g. --train.steps 300)."
 
 

@@ -17,9 +17,9 @@ def auto_map() -> dict[str, str]:
 
 def remote_code_source() -> str:
     """The text of :data:`REMOTE_CODE_FILE`: it only imports the installed package's classes."""
-    lines = ['"""Loads this mta_moe export through transformers\' Auto classes with trust_remote_code=True; the classes',
-             'come from the installed mta_moe package (pip install mta_moe). With `import mta_moe` first, no',
-             'trust_remote_code is needed."""',
+    lines = ['"""Loads this mta_moe export through transformers\' Auto classes with trust_remote_code=True;',
+             'the classes come from the installed mta_moe package (pip install mta_moe). With `import mta_moe`',
+             'first, no trust_remote_code is needed."""',
              "import mta_moe.auto_registration as registration", "",
              "MTAExportConfig = registration.export_config_class()"]
     lines += [f"MTAModelFor{name[len('AutoModelFor'):]} = registration.loader_class({name!r})" for name in AUTO_CLASSES]

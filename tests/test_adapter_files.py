@@ -1,9 +1,9 @@
 """Adapter-only files: the MTA weights alone, loaded on top of the backbone they were trained with, and only that."""
 import pytest
 import torch
+from backbones import make_backbone, make_inputs
 from safetensors.torch import load_file
 
-from backbones import make_backbone, make_inputs
 from mta_moe import MTAConfig, MTAModel, load_adapters, save_adapters
 from mta_moe.cli import main as cli_main
 from mta_moe.modeling.adapter_files import ADAPTER_WEIGHTS_FILE

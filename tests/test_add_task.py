@@ -5,14 +5,14 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import load_file
-
 from backbones import _gpt2, _t5
+from safetensors.torch import load_file
+from test_training import launch, tiny_config, write_config
+from tolerances import assert_close_to_scale
+
 from mta_moe import MTAConfig, MTAModel
 from mta_moe.config import ConfigError
 from mta_moe.modeling.grow import BLOCKED, closest_task_types, grow_saved_model, new_parameters
-from tolerances import assert_close_to_scale
-from test_training import launch, tiny_config, write_config
 
 
 def _trained(make, tmp_path, **mta):

@@ -7,12 +7,12 @@ import sys
 
 import pytest
 import torch
-
 from backbones import make_backbone
+from test_training import REPO, tiny_config, write_config
+
 from mta_moe import MTAConfig, MTAModel
 from mta_moe.experiments.affinity import Affinity, assignment_config, group_tasks, measure
 from mta_moe.training.run_config import build_run_config
-from test_training import REPO, tiny_config, write_config
 
 
 def _copy_tasks(gen: torch.Generator, rows: int = 64) -> dict[str, dict[str, torch.Tensor]]:

@@ -2,12 +2,12 @@
 contains the shared model, per-task weights that move, exact per-task folds, save/load, growth and stage 2."""
 import pytest
 import torch
-
 from backbones import BACKBONES, make_backbone, make_inputs
+from tolerances import assert_close_to_scale
+
 from mta_moe import ConfigError, MTAConfig, MTAModel
 from mta_moe.merging.fold import fold_task
 from mta_moe.modeling.grow import grow_saved_model, new_parameters
-from tolerances import assert_close_to_scale
 
 TYPES = torch.tensor([0, 2, 1, 0])
 

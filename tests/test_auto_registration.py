@@ -9,12 +9,12 @@ import textwrap
 import pytest
 import torch
 import transformers as tf
-
 from backbones import make_backbone, make_inputs
-from mta_moe import MTAConfig, MTAModel
-from mta_moe.auto_registration import install
 from test_inject import TASKS
 from test_training import REPO
+
+from mta_moe import MTAConfig, MTAModel
+from mta_moe.auto_registration import install
 
 
 def _saved(tmp_path, name):

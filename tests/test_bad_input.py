@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from test_config_keys import _set as set_key
 from test_training import REPO, tiny_config
 

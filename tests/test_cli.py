@@ -8,7 +8,6 @@ import sysconfig
 from pathlib import Path
 
 import pytest
-
 from test_training import REPO, tiny_config, write_config
 
 HEAVY = ("deepspeed", "torch", "nltk", "matplotlib", "datasets", "transformers")

@@ -8,6 +8,7 @@ import sys
 from collections import Counter
 
 import pytest
+from test_training import REPO, tiny_config, write_config
 
 from mta_moe.config import ConfigError
 from mta_moe.data import Curriculum, MixtureSampler
@@ -16,7 +17,6 @@ from mta_moe.experiments.budget import examples_per_task, single_task_steps
 from mta_moe.experiments.compare import Variant, ensure_run, plan_runs, same_config
 from mta_moe.experiments.data_files import chance_levels
 from mta_moe.training.run_config import build_run_config
-from test_training import REPO, tiny_config, write_config
 
 TASKS = ["sentiment", "fact_entail", "answer"]
 

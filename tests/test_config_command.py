@@ -4,9 +4,10 @@ import json
 import subprocess
 import sys
 
+from test_training import REPO, tiny_config, write_config
+
 from mta_moe import __version__
 from mta_moe.cli import main
-from test_training import REPO, tiny_config, write_config
 
 
 def test_validate_and_show(tmp_path, capsys):

@@ -15,15 +15,15 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from backbones import make_backbone, make_inputs, perturb_mta
+from test_training import REPO, launch, tiny_config, write_config
+
 from mta_moe import ConfigError, MTAConfig, MTAModel
 from mta_moe.data import DataConfig, DataError, load_task_data, make_sampler, tokenize_examples
 from mta_moe.data.sampling import SamplingConfig
 from mta_moe.data.tokenizer import train_sentencepiece_tokenizer
 from mta_moe.metrics import profile_tasks
 from mta_moe.training.run_config import ModelConfig, TrainConfig, build_run_config
-from test_training import REPO, launch, tiny_config, write_config
 
 # the README and docs/, where the key tables and lists live
 README = "\n".join(p.read_text() for p in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))])

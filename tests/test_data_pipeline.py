@@ -6,8 +6,17 @@ import pytest
 import torch
 
 from mta_moe.config import ConfigError
-from mta_moe.data import (IGNORE_INDEX, Collator, DataConfig, DataError, MixtureSampler, TaskRegistry,
-                          load_task_data, tokenize_examples, train_sentencepiece_tokenizer)
+from mta_moe.data import (
+    IGNORE_INDEX,
+    Collator,
+    DataConfig,
+    DataError,
+    MixtureSampler,
+    TaskRegistry,
+    load_task_data,
+    tokenize_examples,
+    train_sentencepiece_tokenizer,
+)
 
 TYPES = ["classify", "nli", "generate"]
 SMALL_SUITE = {"seed": 2, "train": 40, "validation": 10, "test": 10}
@@ -170,8 +179,9 @@ def test_recipes_through_the_config(tmp_path):
 def test_settings_keyed_by_task_are_checked_before_the_suite_is_generated(tmp_path):
     """The curriculum, task weights, caps, ... name tasks: checked against the names the config and the user files
     give, before anything is generated or tokenised (the bundled suite's full size takes minutes to build)."""
-    from mta_moe.training.run_config import build_run_config
     from test_training import tiny_config
+
+    from mta_moe.training.run_config import build_run_config
     extra = tmp_path / "extra.jsonl"
     extra.write_text(json.dumps({"input": "x", "target": "yes", "type": "classify", "task": "mine"}) + "\n")
     for key, value, message in [

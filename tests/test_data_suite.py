@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 
 from mta_moe.data import load_examples
-from mta_moe.data.suite import SPLITS, SUITE_TASKS, SuiteSizes, build_suite, data_card, write_suite
-from mta_moe.data.suite import vocab
+from mta_moe.data.suite import SPLITS, SUITE_TASKS, SuiteSizes, build_suite, data_card, vocab, write_suite
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = SuiteSizes(train=200, validation=40, test=60)

@@ -2,7 +2,6 @@
 import json
 
 import pytest
-
 from distributed import run_workers
 from test_training import REPO
 
@@ -46,7 +45,7 @@ def test_ep1_and_ep2_give_equal_losses_at_zero1_and_zero2(tmp_path):
 def test_adapter_without_sequences_does_not_hang(tmp_path, scenario):
     # rank 0 routes everything to adapter 0, rank 1 to adapter 1; adapters 2 and 3 get nothing
     r0, r1 = run_workers("engine_worker.py", [scenario], nproc=2, out_dir=tmp_path, timeout=180)
-    assert len(r0["losses"]) == 3 and all(l == l for l in r0["losses"])  # completed, finite (not NaN)
+    assert len(r0["losses"]) == 3 and all(loss == loss for loss in r0["losses"])  # completed, finite (not NaN)
     for r in (r0, r1):
         counts = r["stats_all_reduced"]["adapter_counts"]
         assert counts[0] == [24.0, 0.0, 0.0, 0.0] and counts[1] == [0.0, 24.0, 0.0, 0.0]

@@ -4,11 +4,11 @@ import importlib
 import os
 
 import pytest
+from test_training import tiny_config
 
 from mta_moe.config import ConfigError
 from mta_moe.deepspeed_keys import KNOWN_TOP_LEVEL
 from mta_moe.training.run_config import build_run_config
-from test_training import tiny_config
 
 CONSTANT_MODULES = ["deepspeed.runtime.constants", "deepspeed.profiling.constants",
                     "deepspeed.runtime.activation_checkpointing.config", "deepspeed.autotuning.constants",

@@ -1,11 +1,11 @@
 """Sequence-grouped dispatch equals DeepSpeed's stock dispatch: outputs and gradients."""
 import pytest
 import torch
+from workers.toy_model import make_ffn
 
 from mta_moe import MTAConfig, MTALayer
-from mta_moe.modeling import dispatch as dispatch_module
 from mta_moe.modeling import batched_adapters, grouped_gemm
-from workers.toy_model import make_ffn
+from mta_moe.modeling import dispatch as dispatch_module
 
 D = 16
 

@@ -5,10 +5,10 @@ import re
 from pathlib import Path
 
 import pytest
+from test_training import REPO
 
 from mta_moe.cli import build_parser
 from mta_moe.deepspeed_keys import KNOWN_TOP_LEVEL
-from test_training import REPO
 
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")), REPO / "DATA.md"]
 OVERRIDES = {"train", "compare", "affinity", "config"}  # subcommands that take --key value config overrides

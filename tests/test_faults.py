@@ -16,10 +16,10 @@ import time
 from pathlib import Path
 
 import pytest
-
 from distributed import free_port, kill_tree
-from mta_moe.training.checkpoints import CheckpointError, verify
 from test_training import REPO, launch, tiny_config, train_losses, write_config
+
+from mta_moe.training.checkpoints import CheckpointError, verify
 
 FAULTY = REPO / "tests" / "workers" / "faulty_train.py"
 ENV = {**os.environ, "DS_ACCELERATOR": "cpu", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
@@ -272,6 +272,7 @@ def test_a_crafted_pickle_in_a_copied_run_directory_never_executes(stopped_run, 
     manifest's hashes to match: without this user's signing key the manifest's signature no longer checks, so the
     plain --resume stops before DeepSpeed unpickles anything."""
     import torch
+
     from mta_moe.training.checkpoints import _digest
     run, cfg = _copy(stopped_run, tmp_path)
     marker = tmp_path / "executed"

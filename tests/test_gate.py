@@ -1,10 +1,10 @@
 """Task Weight Selector: per-sequence routing, Softmax-T initialisation, top-k renormalisation."""
 import pytest
 import torch
+from workers.toy_model import make_ffn
 
 from mta_moe import ConfigError, MTAConfig, MTALayer
 from mta_moe.modeling import sequence_representation
-from workers.toy_model import make_ffn
 
 D = 16
 

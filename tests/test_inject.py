@@ -4,9 +4,9 @@ import json
 import pytest
 import torch
 import transformers as tf
-
 from backbones import BACKBONES, make_backbone, make_inputs
 from tolerances import assert_close_to_scale
+
 from mta_moe import ConfigError, MTAConfig, MTAModel, parameter_counts
 
 TASKS = torch.tensor([0, 1, 2, 1])

@@ -7,10 +7,10 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from distributed import free_port
-from mta_moe.training.distributed import slurm_to_torch_env
 from test_training import REPO, tiny_config, train_losses, write_config
+
+from mta_moe.training.distributed import slurm_to_torch_env
 
 
 def test_slurm_variables_map_to_torch_ones():

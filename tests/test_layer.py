@@ -3,9 +3,9 @@ import pytest
 import torch
 from transformers import T5Config
 from transformers.models.t5.modeling_t5 import T5DenseGatedActDense
+from workers.toy_model import make_ffn
 
 from mta_moe import MTAConfig, MTALayer
-from workers.toy_model import make_ffn
 
 D = 16
 

@@ -9,11 +9,11 @@ import subprocess
 import sys
 
 import pytest
+from test_training import REPO, tiny_config, train_losses, write_config
 
 from mta_moe.config import ConfigError
 from mta_moe.logs import configure_logging, get_logger
 from mta_moe.training.run_config import build_run_config
-from test_training import REPO, tiny_config, train_losses, write_config
 
 
 @pytest.fixture

@@ -72,6 +72,7 @@ def test_objective_computes_the_loss_once_and_equal_to_the_backbones(name, mode)
     from types import SimpleNamespace
 
     from backbones import make_backbone, make_inputs
+
     from mta_moe import MTAConfig, MTAModel
     from mta_moe.training.objective import Objective
     from mta_moe.training.task_balance import TaskBalance

@@ -6,8 +6,8 @@ import sys
 import pytest
 import torch
 import transformers as tf
-
 from backbones import SEQ2SEQ, make_backbone, make_inputs, perturb_mta
+
 from mta_moe import ConfigError, MTAConfig, MTAModel
 from mta_moe.cli import main as cli_main
 from mta_moe.data.tokenizer import train_sentencepiece_tokenizer
@@ -247,6 +247,7 @@ def test_cards_carry_hub_metadata_and_per_task_folders_have_one(tmp_path):
     """The MTA card's front matter parses with huggingface_hub (library, tags, base model, datasets, a model-index
     entry per scored task with the kind's metric); each per-task folder gets a card with its task's entry."""
     from huggingface_hub import ModelCard
+
     from mta_moe.merging.model_card import CardSource, model_card
 
     model, _ = _saved_t5(tmp_path, adapter_bias=False)

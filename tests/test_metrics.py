@@ -5,10 +5,21 @@ import pytest
 import torch
 
 from mta_moe.evaluation.calibration import calibrate, fit_temperature, nll, reliability
-from mta_moe.metrics import (accuracy, infer_kind, macro_f1, normalise, profile_tasks, rouge_l,
-                                        score_predictions, score_task, squad_exact_match, squad_f1,
-                                        squad_normalise, token_f1)
 from mta_moe.evaluation.routing import collapse_warnings
+from mta_moe.metrics import (
+    accuracy,
+    infer_kind,
+    macro_f1,
+    normalise,
+    profile_tasks,
+    rouge_l,
+    score_predictions,
+    score_task,
+    squad_exact_match,
+    squad_f1,
+    squad_normalise,
+    token_f1,
+)
 
 
 def test_normalisation_is_case_space_and_unicode_insensitive():

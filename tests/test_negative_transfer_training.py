@@ -4,7 +4,6 @@ weights are logged every step and survive kill-and-resume."""
 import json
 
 import pytest
-
 from test_training import launch, tiny_config, train_losses, write_config
 
 

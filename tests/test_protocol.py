@@ -6,7 +6,6 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
-
 from test_training import launch, tiny_config, write_config
 
 

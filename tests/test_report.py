@@ -7,11 +7,11 @@ import sys
 
 import pytest
 import torch
+from test_training import REPO, launch, tiny_config, write_config
 
 from mta_moe.data import load_examples, tokenize_examples
 from mta_moe.evaluation.routing import routing_by_task
 from mta_moe.evaluation.scoring import load_export
-from test_training import REPO, launch, tiny_config, write_config
 
 
 @pytest.fixture(scope="module")

@@ -9,10 +9,10 @@ import subprocess
 import sys
 
 import pytest
+from test_training import launch, tiny_config, write_config
 
 from mta_moe.names import child_path, name_problem
 from mta_moe.training.run_dir import LOCK, RunDirError, claim, held_run, in_use
-from test_training import launch, tiny_config, write_config
 
 
 def _lock(folder, pid):

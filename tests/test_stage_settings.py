@@ -4,10 +4,10 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
+from test_training import launch, tiny_config, write_config
 
 from mta_moe import ConfigError, MTAConfig, MTAModel
 from mta_moe.training.stages import APPLY_AT_RESTART, STAGE2_PARTS, restart_config
-from test_training import launch, tiny_config, write_config
 
 SAVED = MTAConfig(num_experts=4, k=2, adapter_dim=8, shared_adapter_dim=8, temperature=0.1)
 

@@ -2,8 +2,8 @@
 import math
 
 import torch
-
 from distributed import run_workers
+
 from mta_moe.training.step_health import StepHealth
 
 

@@ -2,8 +2,8 @@
 works (forward, generate with and without cache, save/load, growth, routing statistics)."""
 import pytest
 import torch
-
 from backbones import make_backbone, make_inputs, perturb_mta
+
 from mta_moe import ConfigError, MTAConfig, MTAModel
 from mta_moe.data import DataError, TaskRegistry
 from mta_moe.modeling.grow import grow_saved_model

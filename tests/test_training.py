@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from distributed import free_port
 from safetensors.torch import load_file
 
-from distributed import free_port
 from mta_moe import MTAModel
 from mta_moe.config import ConfigError
 from mta_moe.data import DataConfig, load_task_data, load_tokenizer
-from mta_moe.modeling.layer import component_of
 from mta_moe.evaluation.scoring import evaluate_rows, load_export
+from mta_moe.modeling.layer import component_of
 from mta_moe.training.run_config import build_run_config, load_run_config
 
 REPO = Path(__file__).resolve().parents[1]

@@ -2,14 +2,14 @@
 ZeRO until their declared step (weight decay on) while unfrozen ones train."""
 import pytest
 import torch
-
 from backbones import _t5
+from test_training import launch, tiny_config, write_config
+
 from mta_moe import MTAConfig, MTAModel
 from mta_moe.config import ConfigError
 from mta_moe.modeling.layer import component_of
 from mta_moe.training.train_checks import check_unfreeze
 from mta_moe.training.unfreezing import GROUP_PREFIX, UnfreezeSchedule
-from test_training import launch, tiny_config, write_config
 
 
 def _schedule():

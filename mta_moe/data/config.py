@@ -20,8 +20,8 @@ RECIPE_KEYS = ("name", "splits", "data_files", "type", "limit")
 
 @dataclass
 class DataConfig:
-    """``suite``: a bundled suite (``name``: ``bundled`` or ``confirm``; null: none); ``files``: {split: [paths]} in the canonical format;
-    ``recipes``: hub datasets by name (``data_files`` {split: path} for local copies)."""
+    """``suite``: a bundled suite (``name``: ``bundled`` or ``confirm``; null: none); ``files``: {split: [paths]}
+    in the canonical format; ``recipes``: hub datasets by name (``data_files`` {split: path} for local copies)."""
 
     suite: dict[str, Any] | None = field(default_factory=lambda: {"name": DEFAULT_SUITE, "seed": 0, "train": 1000,
                                                                    "validation": 100, "test": 200, "tasks": None})
@@ -69,7 +69,8 @@ class DataConfig:
             raise ConfigError(f"{key}.task_kinds: must be an object {{task: kind}}, got {self.task_kinds!r}")
         if not isinstance(self.type_overrides, Mapping) or \
                 not all(isinstance(v, str) and v for v in self.type_overrides.values()):
-            raise ConfigError(f"{key}.type_overrides: must be an object {{task: task type}}, got {self.type_overrides!r}")
+            raise ConfigError(f"{key}.type_overrides: must be an object {{task: task type}}, "
+                              f"got {self.type_overrides!r}")
         if self.tasks is not None and (not isinstance(self.tasks, list) or not self.tasks
                                        or not all(isinstance(t, str) and t for t in self.tasks)):
             raise ConfigError(f"{key}.tasks: must be a non-empty list of task names or null, got {self.tasks!r}")

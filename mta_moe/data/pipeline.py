@@ -10,10 +10,10 @@ import datasets
 
 from ..config import ConfigError
 from .config import SPLIT_KEYS, DataConfig
+from .curriculum import Curriculum
 from .formats import DataError, LoadReport, load_examples
 from .length_grouping import LengthGroupedSampler
 from .recipes import load_recipe
-from .curriculum import Curriculum
 from .registry import TaskRegistry
 from .sampling import MixtureSampler
 from .suite import DEFAULT_SUITE, SuiteSizes, suite_spec, write_suite

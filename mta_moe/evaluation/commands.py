@@ -36,7 +36,9 @@ def generation_settings(args: argparse.Namespace, model: str | None = None) -> N
     """Fill unset lengths from the run_config.json of the run the export came from (its parent directory, or the
     directory itself when it is a run directory)."""
     model = Path(model or args.model).resolve()
-    run_config = model / "run_config.json" if (model / "run_config.json").is_file() else model.parent / "run_config.json"
+    run_config = model / "run_config.json"
+    if not run_config.is_file():
+        run_config = model.parent / "run_config.json"
     mta = json.loads(run_config.read_text()).get("mta", {}) if run_config.is_file() else {}
     if args.max_input_length is None:
         args.max_input_length = mta.get("data", {}).get("max_input_length", 128)

@@ -13,13 +13,13 @@ import datasets
 import torch
 
 from ..data import load_examples, tokenize_examples
+from ..metrics import normalise
 from . import figures
 from .calibration import calibrate
 from .label_scores import label_logits
-from ..metrics import normalise
+from .report_markdown import render_markdown
 from .routing import collapse_warnings, routing_by_task
 from .scoring import evaluate_rows, load_export
-from .report_markdown import render_markdown
 from .systems import system_summary
 
 DEFAULT_THRESHOLD = 0.01  # a delta below -threshold is flagged as negative transfer

@@ -67,8 +67,8 @@ def recommendation(summary: Mapping[str, Any]) -> str:
         return (f"pick `{best}`: {gain:+.3f} macro over `{reference}` (paired bootstrap p = {test['macro']['p']:.3f}, "
                 f"{test['seeds']} seeds)")
     p = "" if test is None else f", p = {test['macro']['p']:.3f}"
-    return (f"pick `{reference}`: the best system, `{best}`, is {gain:+.3f} macro above it, but the paired test does not "
-            f"separate them (p ≥ {summary['alpha']}{p}); more seeds or more test rows could")
+    return (f"pick `{reference}`: the best system, `{best}`, is {gain:+.3f} macro above it, but the paired test "
+            f"does not separate them (p ≥ {summary['alpha']}{p}); more seeds or more test rows could")
 
 
 def render_system_table(summary: Mapping[str, Any], kinds: Mapping[str, str], chance: Mapping[str, float],

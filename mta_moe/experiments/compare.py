@@ -251,8 +251,8 @@ def ensure_run(spec: RunSpec, launcher: Sequence[str] = (sys.executable,), overw
     config.write_text(json.dumps(spec.raw, indent=2) + "\n")
     log = run_dir.parent / f"{spec.name}.log"
     with log.open("a" if resume else "w") as handle:
-        code = subprocess.call([*launcher, *TRAIN_MODULE, "--deepspeed", str(config), *(["--resume"] if resume else [])],
-                               stdout=handle, stderr=subprocess.STDOUT)
+        command = [*launcher, *TRAIN_MODULE, "--deepspeed", str(config), *(["--resume"] if resume else [])]
+        code = subprocess.call(command, stdout=handle, stderr=subprocess.STDOUT)
     if code != 0:
         raise RuntimeError(f"compare: run {spec.name} failed (exit {code}); see {log}")
     return False

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import datasets
 
-from ..metrics import profile_tasks, score_task
 from ..evaluation.scoring import load_chance
+from ..metrics import profile_tasks, score_task
 
 CANONICAL = ("input", "target", "task", "type")
 

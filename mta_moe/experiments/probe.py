@@ -11,13 +11,12 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from ..logs import get_logger
 from ..data import Collator, MixtureSampler, SamplingConfig, load_task_data, tokenize_examples
+from ..logs import get_logger
 from ..modeling import MTAModel
 from ..training.model_factory import build_backbone, build_tokenizer, model_mode
 from ..training.run_config import RunConfig
 from .affinity import Affinity, average, measure
-
 
 WARM_STEPS = 20  # mixed batches at lr 0 that warm Adam's moments before measuring a trained export
 

@@ -15,13 +15,14 @@ from typing import Any
 
 import torch
 
-from ..modeling.inject import MTAModel
 from ..data.tokenizer import check_tokenizer, load_tokenizer
-from ..names import child_path
+from ..modeling.inject import MTAModel
 from ..modeling.persistence import write_files_together
+from ..names import child_path
 from .fold import FoldResult, MergeError, fold_task
 from .model_card import task_card
 from .tokenizer import stock_tokenizer
+
 MERGE_FILE = "mta_merge.json"
 # largest |output difference| an export may show against the MTA model on the check inputs, relative to the
 # largest |output| (at least 1): summation order differs between the folded and the routed computation
@@ -41,7 +42,8 @@ def output_difference(model: MTAModel, plain: torch.nn.Module, route_id: int, ba
     mask[1, length // 2:] = 0  # one padded row: the gate reads the first position, the fold must not care
     kwargs: dict[str, Any] = {"input_ids": ids, "attention_mask": mask}
     if getattr(config, "is_encoder_decoder", False):
-        kwargs["decoder_input_ids"] = torch.randint(4, config.vocab_size, (batch, length // 2), generator=gen).to(ref.device)
+        decoder_ids = torch.randint(4, config.vocab_size, (batch, length // 2), generator=gen)
+        kwargs["decoder_input_ids"] = decoder_ids.to(ref.device)
     routes = torch.full((batch,), route_id, dtype=torch.long, device=ref.device)
     by_task = model.mta_config.route_by == "task"
     was_training = model.training

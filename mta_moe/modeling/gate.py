@@ -150,7 +150,8 @@ class TaskWeightSelector(TopKGate):
             raise TypeError("TaskWeightSelector routes whole sequences: call MTALayer, which passes the "
                             "per-sequence routing, rather than the gate or MOELayer directly")
         if not sparse_routes or use_tutel:
-            raise ValueError("TaskWeightSelector returns sparse routes only (DeepSpeed 0.19.8 index dispatch, no Tutel)")
+            raise ValueError("TaskWeightSelector returns sparse routes only "
+                             "(DeepSpeed 0.19.8 index dispatch, no Tutel)")
         return expand_to_tokens(used_token, input.size(0), self.num_experts, self.ep_group)
 
 

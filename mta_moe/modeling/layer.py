@@ -72,7 +72,8 @@ class MTALayer(MoE):
         if config.always_on_adapters:
             self.always_on = AlwaysOnAdapters(
                 hidden_size, config.always_on_adapters, config.always_on_dim or config.adapter_dim,
-                config.adapter_activation, config.adapter_bias, 1 if config.gate_mode == "learned" else config.num_routes,
+                config.adapter_activation, config.adapter_bias,
+                1 if config.gate_mode == "learned" else config.num_routes,
                 expert_generator(config.init_seed, layer_id, _ALWAYS_ON_SEED_OFFSET))
         self.shared_adapters: nn.ModuleList | None = None
         self.gate_network: GateNetwork | None = None

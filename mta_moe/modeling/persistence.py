@@ -164,8 +164,9 @@ def read_saved_model(directory: str | Path) -> SavedModel:
     model_cls = getattr(transformers, arch, None)
     if model_cls is None:
         raise ValueError(f"{directory / MTA_CONFIG_FILE}: architecture {arch!r} is not a transformers class")
-    return SavedModel(directory, meta["stage"], MTAConfig.from_dict(meta["mta"]), model_cls,
-                      transformers.AutoConfig.from_pretrained(str(_backbone_config_path(directory, meta["format_version"]))),
+    backbone_config = transformers.AutoConfig.from_pretrained(
+        str(_backbone_config_path(directory, meta["format_version"])))
+    return SavedModel(directory, meta["stage"], MTAConfig.from_dict(meta["mta"]), model_cls, backbone_config,
                       read_weights(directory / WEIGHTS_FILE))
 
 

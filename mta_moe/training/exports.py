@@ -8,8 +8,8 @@ from typing import Any
 
 from safetensors import SafetensorError
 
-from ..data.tokenizer import FINGERPRINT_KEY, tokenizer_fingerprint
 from ..data.recipes import RECIPES
+from ..data.tokenizer import FINGERPRINT_KEY, tokenizer_fingerprint
 from ..merging.model_card import CardSource, model_card
 from ..modeling.persistence import write_files_together, write_model_files
 from .checkpoints import CheckpointError

@@ -14,8 +14,6 @@ import torch
 from torch import Tensor, nn
 
 
-
-
 def project_conflicts(grads: Sequence[Tensor], generator: torch.Generator) -> tuple[Tensor, int]:
     """PCGrad on flat per-task gradients ``[T][N]``: each task's gradient with the components that conflict
     (negative dot product) with the other tasks' original gradients removed, the others taken in a random

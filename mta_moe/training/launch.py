@@ -21,8 +21,8 @@ def train_command(args: argparse.Namespace, overrides: Sequence[str]) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     from .checkpoints import CheckpointError
-    from .run_dir import RunDirError
     from .distributed import leave_process_group
+    from .run_dir import RunDirError
     from .stop_signals import StopRequested
     from .trainer import DivergedError, Trainer
 

@@ -7,9 +7,7 @@ import copy
 import json
 import math
 from pathlib import Path
-from typing import Any, Callable, Mapping
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 if TYPE_CHECKING:  # torch loads when a run logs, not when a config is checked
     from torch.utils.tensorboard import SummaryWriter

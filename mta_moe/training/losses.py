@@ -17,7 +17,6 @@ from typing import Mapping, Sequence
 import torch
 
 from ..config import ConfigError
-
 from .train_checks import REDUCTIONS
 
 

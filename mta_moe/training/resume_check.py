@@ -3,8 +3,8 @@ files' contents are compared with what the run started with, before anything in 
 
 A change that alters the trajectory (learning rate, schedule length, seeds, the data, the suite, any layer or
 DeepSpeed key that acts in training) is refused with the keys named; ``--resume-with-changes KEY,...`` accepts the
-named ones on purpose (they are logged; ``data_files`` accepts changed data files). Keys that only change what is observed or when the run stops may change
-freely: ``RESUME_FREE``.
+named ones on purpose (they are logged; ``data_files`` accepts changed data files). Keys that only change what is
+observed or when the run stops may change freely: ``RESUME_FREE``.
 """
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ from ..files import write_text_atomically
 
 DATA_HASHES = "data_sha256.json"
 RESUME_FREE = frozenset({
-    "mta.train.output_dir", "mta.train.stop_at_step", "mta.train.log_every", "mta.train.save_every", "mta.train.eval_every",
+    "mta.train.output_dir", "mta.train.stop_at_step", "mta.train.log_every", "mta.train.save_every",
+    "mta.train.eval_every",
     "mta.train.eval_batch_size", "mta.train.max_new_tokens", "mta.train.distributed_timeout_s",
     "mta.train.export_steps", "mta.train.early_stopping", "mta.train.warn_margin", "mta.train.skip_nonfinite_batches",
     "mta.train.activation_checkpointing", "mta.track_routing", "steps_per_print", "wall_clock_breakdown",

@@ -334,6 +334,7 @@ def _check_skipping(ds: Mapping[str, Any], train: "TrainConfig") -> None:
 def _check_monitors(ds: Mapping[str, Any]) -> None:
     """DeepSpeed's monitor sections: objects with a boolean ``enabled``; wandb and comet need their package."""
     import importlib.util
+
     from .logger import MONITOR_PACKAGES, MONITORS
 
     for name in MONITORS:

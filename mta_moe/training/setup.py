@@ -12,16 +12,16 @@ import pydantic
 import torch
 import torch.distributed as dist
 
-from .step_health import StepHealth
+from ..collectives import all_reduce
 from ..config import ConfigError, sharing_adapters
 from ..data import IGNORE_INDEX, Collator, load_task_data, load_tokenizer, make_sampler, tokenize_examples
 from ..data.tokenizer import check_tokenizer
-from ..collectives import all_reduce
 from ..logs import get_logger
 from ..metrics import profile_tasks
 from ..modeling import MTAModel, format_parameter_counts
 from ..modeling.persistence import read_saved_config
 from .add_task import grow_for_training, growth_param_groups
+from .checkpoints import CheckpointError
 from .distributed import barrier
 from .logger import monitor_config
 from .losses import task_weight_vector
@@ -29,9 +29,9 @@ from .model_factory import build_backbone, build_tokenizer, model_mode
 from .monitor import TrainingMonitor
 from .objective import Objective, TrainingModule
 from .param_groups import optimizer_param_groups, pattern_param_groups
-from .checkpoints import CheckpointError
 from .run_dir import RunDirError, RunDirLock, claim
 from .stages import restart_config
+from .step_health import StepHealth
 from .task_balance import TaskBalance
 from .unfreezing import UnfreezeSchedule
 
@@ -124,8 +124,8 @@ class RunSetup:
             validated = set(self.val_set["task"]) if self.val_set is not None else set()
             missing = [t for t in sampled if t not in validated]
             if missing:
-                raise ConfigError(f"mta.data.sampling.strategy: 'dynamic' re-weights the mixture after each validation, "
-                                  f"but tasks {missing} have no validation rows")
+                raise ConfigError("mta.data.sampling.strategy: 'dynamic' re-weights the mixture after each "
+                                  f"validation, but tasks {missing} have no validation rows")
         static = task_weight_vector(self.cfg.train.task_weights, self.data.registry.names)
         self.balance = TaskBalance(self.cfg.train.weighting, self.data.registry.names, static)
         train = self.data.splits["train"]

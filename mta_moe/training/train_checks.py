@@ -46,11 +46,13 @@ def check_weighting(value: Any, reduction: str, key: str = "mta.train.weighting"
     if value is None:
         return
     if not isinstance(value, Mapping) or value.get("method") not in WEIGHTING_METHODS:
-        raise ConfigError(f"{key}: must be null or {{\"method\": one of {list(WEIGHTING_METHODS)}, ...}}, got {value!r}")
+        raise ConfigError(f"{key}: must be null or {{\"method\": one of {list(WEIGHTING_METHODS)}, ...}}, "
+                          f"got {value!r}")
     method = value["method"]
     unknown = sorted(set(value) - {"method", *WEIGHTING_OPTIONS[method]})
     if unknown:
-        raise ConfigError(f"{key}.{unknown[0]}: not an option of {method!r}; options: {sorted(WEIGHTING_OPTIONS[method])}")
+        raise ConfigError(f"{key}.{unknown[0]}: not an option of {method!r}; "
+                          f"options: {sorted(WEIGHTING_OPTIONS[method])}")
     for name, option in value.items():
         if name in ("method", "parameter"):
             continue

@@ -16,19 +16,27 @@ from tqdm import tqdm
 from ..collectives import all_reduce
 from ..config import ConfigError
 from ..data import rank_slice
-from ..logs import get_logger
 from ..evaluation.generation import causal_prompt, generate_predictions
+from ..logs import get_logger
 from ..metrics import score_predictions
 from ..modeling.persistence import gathered_state
-from .checkpoints import (CheckpointError, check_free_space, check_output_dir, commit, latest_tag, new_run_id,
-                          read_run_id, verify)
+from .checkpoints import (
+    CheckpointError,
+    check_free_space,
+    check_output_dir,
+    commit,
+    latest_tag,
+    new_run_id,
+    read_run_id,
+    verify,
+)
 from .distributed import barrier, init_process_group
 from .exports import card_source, write_export
 from .logger import RunLogger
 from .resume_check import check_resume, record_data
 from .run_config import RunConfig
-from .stop_signals import StopRequested, StopSignals
 from .setup import EXPORT, RunSetup
+from .stop_signals import StopRequested, StopSignals
 from .validation_loss import task_losses
 
 CHECKPOINTS = "checkpoints"

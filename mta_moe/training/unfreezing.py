@@ -15,8 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from deepspeed.moe.utils import split_params_into_different_moe_groups_for_optimizer
 import torch
+from deepspeed.moe.utils import split_params_into_different_moe_groups_for_optimizer
 from torch import nn
 
 from ..modeling.backbones import find_stack

@@ -11,11 +11,9 @@ import torch
 import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from workers.toy_model import ToyMTAModel, make_batch  # noqa: E402
-
 from mta_moe import MTAConfig, load_ds_config  # noqa: E402
 from mta_moe.training import optimizer_param_groups  # noqa: E402
-
+from workers.toy_model import ToyMTAModel, make_batch  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -18,6 +18,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from distributed import kill_tree  # noqa: E402  (tests/distributed.py)
+
 from mta_moe import cli
 from mta_moe.training import objective as objective_module
 from mta_moe.training import trainer as trainer_module

@@ -32,7 +32,8 @@ VERBS = [
     ("photograph", "photographs", "photographed", "photographed"), ("steal", "steals", "stole", "stolen"),
     ("weigh", "weighs", "weighed", "weighed"), ("sew", "sews", "sewed", "sewn"),
     ("test", "tests", "tested", "tested"), ("lift", "lifts", "lifted", "lifted"),
-    ("paint over", "paints over", "painted over", "painted over"), ("give away", "gives away", "gave away", "given away"),
+    ("paint over", "paints over", "painted over", "painted over"),
+    ("give away", "gives away", "gave away", "given away"),
 ]
 
 OBJECTS = """lamp bicycle kettle chair umbrella guitar suitcase mirror clock table blanket camera teapot
@@ -70,17 +71,23 @@ TOPICS = {
     "sports": ("the striker|the coach|the home team|the referee|the captain|the goalkeeper|the league|the cyclists",
                "the final|a penalty|the championship|the season|a medal|the title|the tournament|the match",
                "won|lost|secured|missed|celebrated|dominated|reached|defended"),
-    "science": ("researchers|the laboratory|astronomers|the biologists|a chemist|the physicists|engineers|the team of geologists",
-                "a new fossil|the molecule|a distant galaxy|the vaccine trial|a gene|the experiment|an ancient comet|the climate model",
+    "science": ("researchers|the laboratory|astronomers|the biologists|a chemist|the physicists|engineers"
+                "|the team of geologists",
+                "a new fossil|the molecule|a distant galaxy|the vaccine trial|a gene|the experiment|an ancient comet"
+                "|the climate model",
                 "discovered|measured|published|observed|analysed|sequenced|confirmed|simulated"),
     "business": ("investors|the bank|the startup|shareholders|the retailer|the board|analysts|the airline group",
-                 "record profits|the merger|quarterly earnings|new shares|the takeover|its market share|a loan|the budget",
+                 "record profits|the merger|quarterly earnings|new shares|the takeover|its market share|a loan"
+                 "|the budget",
                  "announced|reported|approved|cut|raised|doubled|rejected|forecast"),
-    "travel": ("tourists|backpackers|the ferry company|the new hostel|pilgrims|the tour guide|cruise passengers|the museum",
-               "cheap flights|the coastal trail|a night train|the old harbour|visa rules|the ski resort|a walking tour|the beaches",
+    "travel": ("tourists|backpackers|the ferry company|the new hostel|pilgrims|the tour guide|cruise passengers"
+               "|the museum",
+               "cheap flights|the coastal trail|a night train|the old harbour|visa rules|the ski resort|a walking tour"
+               "|the beaches",
                "explored|booked|reopened|recommended|crowded|visited|mapped|promoted"),
     "food": ("the chef|bakers|the vineyard|a street vendor|the cheesemaker|farmers|the cafe|food critics",
-             "a new recipe|the harvest|sourdough bread|the tasting menu|spicy noodles|aged cheese|fresh oysters|a vegan dessert",
+             "a new recipe|the harvest|sourdough bread|the tasting menu|spicy noodles|aged cheese|fresh oysters"
+             "|a vegan dessert",
              "cooked|praised|served|baked|tasted|grew|invented|sold"),
 }
 TOPIC_TIMES = ["this week", "on Sunday", "last night", "after months of work", "for the first time", "again",
