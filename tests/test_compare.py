@@ -16,7 +16,7 @@ from mta_moe.data.suite import SuiteSizes, write_suite
 from mta_moe.experiments.budget import examples_per_task, single_task_steps
 from mta_moe.experiments.compare import Variant, ensure_run, plan_runs, same_config
 from mta_moe.experiments.data_files import chance_levels
-from mta_moe.training.run_config import build_run_config
+from mta_moe.training.run_config import apply_overrides, build_run_config
 
 TASKS = ["sentiment", "fact_entail", "answer"]
 
@@ -187,6 +187,15 @@ def test_variants_are_derived_from_either_stage_with_launcher_style_overrides(tm
     pc2 = runs["pc2"].raw["mta"]["train"]
     assert (pc2["stage"], pc2["steps"], pc2["gradient_projection"]) == (2, 7, "pcgrad")
     assert pc2["init_from"] == str(tmp_path / "mta_stage1" / "export")
+    # one dialect with `train`: a bare key is a DeepSpeed key, mta.* a layer key, train.* short for mta.train.*
+    key = next(k for k in stage1 if k != "mta")
+    same = Variant("same", 1, [f"--{key}", json.dumps(stage1[key]), "--mta.temperature", "0.5"])
+    derived = next(r for r in plan_runs(stage1, stage2, tmp_path, variants=[same]) if r.name == "same").raw
+    trained = json.loads(json.dumps(stage1))
+    apply_overrides(trained, [f"--{key}", json.dumps(stage1[key]), "--mta.temperature", "0.5"])
+    assert derived[key] == trained[key] and derived["mta"]["temperature"] == trained["mta"]["temperature"] == 0.5
+    with pytest.raises(ConfigError, match=r"override --temperature: unknown DeepSpeed key"):
+        plan_runs(stage1, stage2, tmp_path, variants=[Variant("bare", 1, ["--temperature", "0.5"])])
     with pytest.raises(ConfigError, match=r"two runs are named 'shared'"):
         plan_runs(stage1, stage2, tmp_path, variants=[Variant("shared", 1, [])])
     with pytest.raises(ConfigError, match=r"variant v is a stage-2 run; pass --stage2"):

@@ -18,7 +18,7 @@ from typing import Any, Callable, Mapping, Sequence
 from ..config import ConfigError
 from ..logs import get_logger
 from ..names import child_path
-from ..training.run_config import apply_overrides, build_run_config
+from ..training.run_config import apply_overrides, build_run_config, set_config_key
 from ..training.run_dir import in_use
 from .budget import examples_per_task, single_task_steps
 
@@ -89,10 +89,10 @@ class Protocol:
 
 def shared_changes(stage1: Mapping[str, Any], adapter_dim: int | None = None) -> dict[str, Any]:
     """The fully shared model: one adapter that every sequence uses (``adapter_dim``: its width)."""
-    changes: dict[str, Any] = {"num_experts": 1, "k": 1, "ep_size": 1, "route_by": "type", "tasks": None,
-                               "task_adapter_assignment": None, "always_on_adapters": 0}
+    changes: dict[str, Any] = {"mta.num_experts": 1, "mta.k": 1, "mta.ep_size": 1, "mta.route_by": "type",
+                               "mta.tasks": None, "mta.task_adapter_assignment": None, "mta.always_on_adapters": 0}
     if adapter_dim is not None:
-        changes["adapter_dim"] = adapter_dim
+        changes["mta.adapter_dim"] = adapter_dim
     return changes
 
 
@@ -116,7 +116,7 @@ def plan_runs(stage1: dict[str, Any], stage2: dict[str, Any] | None, out: Path,
     for seed in seeds:
         runs += _systems(stage1, stage2, out, mta, seed, protocol)
     start = str(out / "mta_stage1" / protocol.start_from)
-    runs += [_derive(stage1, f"mta_stage1_T{t:g}", out, {**protocol.stage1_changes(), "temperature": float(t)})
+    runs += [_derive(stage1, f"mta_stage1_T{t:g}", out, {**protocol.stage1_changes(), "mta.temperature": float(t)})
              for t in temperatures]
     if stage2 is not None and no_freeze:
         lr = stage2.get("mta", {}).get("train", {}).get("lr", 1e-3)
@@ -185,8 +185,8 @@ def _systems(stage1: dict[str, Any], stage2: dict[str, Any] | None, out: Path, m
                               (f"mta_stage1{suffix}", "mta_stage1_more")):
             init = {"train.init_from": str(out / first / protocol.start_from), **seeded}
             if second == "shared_stage2":  # the shared model's layer keys come from its own export
-                init.update({"num_experts": 1, "k": 1, "route_by": "type", "tasks": None,
-                             "task_adapter_assignment": None, "always_on_adapters": 0})
+                init.update({"mta.num_experts": 1, "mta.k": 1, "mta.route_by": "type", "mta.tasks": None,
+                             "mta.task_adapter_assignment": None, "mta.always_on_adapters": 0})
             if second == "mta_stage1_more":  # stage 2's data, steps and schedule; stage 1's parts, all trainable
                 init.update({"train.stage": 1, "train.trainable": None})
             runs.append(_derive(stage2, f"{second}{suffix}", out, init, system=second, after=first))
@@ -216,14 +216,10 @@ def _single(stage1: dict[str, Any], task: str, steps: int, out: Path) -> RunSpec
 
 def _derive(base: dict[str, Any], name: str, out: Path, changes: dict[str, Any], single_task: str | None = None,
             system: str | None = None, after: str | None = None) -> RunSpec:
+    """Run ``name``: ``base`` with ``changes`` (keys in the overrides' dialect, see ``set_config_key``)."""
     raw = copy.deepcopy(base)
-    mta = raw.setdefault("mta", {})
-    for dotted, value in {**changes, "train.output_dir": str(child_path(out, name))}.items():
-        *parents, leaf = dotted.split(".")
-        node = mta
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
+    for key, value in {**changes, "train.output_dir": str(child_path(out, name))}.items():
+        set_config_key(raw, key, value, f"compare run {name}: {key}")
     return RunSpec(name, raw, single_task, system, after)
 
 

@@ -279,23 +279,32 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> None:
             i += 2
         else:
             raise ConfigError(f"override --{key}: missing a value")
-        parts = key.split(".")
-        if parts[0] in SUBSECTIONS:
-            parts = ["mta", *parts]
         try:
             value = json.loads(text)
         except json.JSONDecodeError:
             value = text
-        node = raw
-        for depth, part in enumerate(parts[:-1]):
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise ConfigError(f"override --{key}: {'.'.join(parts[:depth + 1])} is not a section")
-            node = child
-        if len(parts) == 1 and parts[0] not in raw:
-            raise ConfigError(f"override --{key}: unknown DeepSpeed key (not in the config); "
-                              f"our keys are under mta., model., data., train.")
-        node[parts[-1]] = value
+        set_config_key(raw, key, value, f"override --{key}")
+
+
+def set_config_key(raw: dict[str, Any], key: str, value: Any, shown: str | None = None) -> None:
+    """Set one dotted ``key`` of a raw config, in the dialect of the ``--key value`` overrides (the one dialect of
+    ``train``, ``compare`` and its derived runs): ``mta.k``; ``model.`` / ``data.`` / ``train.`` short for
+    ``mta.model.`` etc.; a bare key is a DeepSpeed key and must already be in the config. ``shown``: how errors
+    name the key."""
+    shown = shown or key
+    parts = key.split(".")
+    if parts[0] in SUBSECTIONS:
+        parts = ["mta", *parts]
+    node = raw
+    for depth, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{shown}: {'.'.join(parts[:depth + 1])} is not a section")
+        node = child
+    if len(parts) == 1 and parts[0] not in raw:
+        raise ConfigError(f"{shown}: unknown DeepSpeed key (not in the config); "
+                          f"our keys are under mta., model., data., train.")
+    node[parts[-1]] = value
 
 
 def _check_deepspeed(ds: Mapping[str, Any], mta: MTAConfig) -> None:
