@@ -225,6 +225,14 @@ def _without_local_rank(argv: Sequence[str]) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The ``mta-moe`` command.
+
+    Args:
+        argv: the arguments after the program name; default: ``sys.argv[1:]``.
+
+    Returns:
+        The exit status: 0 on success, non-zero otherwise (2 for bad input, reported as one ``error:`` line).
+    """
     argv = _without_local_rank(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)

@@ -37,6 +37,15 @@ class MTAConfig:
 
     Defaults reproduce the official ALTER setup: 5 adapters, 3 task types, dense mixture,
     Softmax-T with T = 0.1 and task biases 0.22 (assigned) vs 0.20 (others).
+
+    Args:
+        num_experts: task adapters (MoE experts) per layer.
+        k: adapters per sequence; None: all (the dense mixture).
+        expert_kind: ``bottleneck`` (adapter beside the FFN) or ``ffn`` (a copy of the FFN per expert).
+        adapter_dim: bottleneck width. Every other field is described in docs/configuration.md.
+
+    Build one from a config file's ``mta`` section with :meth:`from_dict` (unknown keys and bad values raise
+    :class:`ConfigError` naming the key); :meth:`replace` returns a checked copy with some fields changed.
     """
 
     num_experts: int = 5

@@ -61,8 +61,20 @@ def export_task(model: MTAModel, out: str | Path, task: str | None = None, task_
                 tokenizer_dir: str | Path | None = None, source: str | None = None) -> dict[str, Any]:
     """Fold ``model`` for one task (or task type) and write the stock folder ``out`` (all files appear together).
 
-    Raises :class:`MergeError` when no exact fold exists or the folded model does not match (outputs further apart
-    than :data:`TOLERANCE` of the parameters' dtype, relative to the largest output)."""
+    Args:
+        model: the MTA model (ep_size 1).
+        out: a new or empty directory.
+        task, task_type: the routing key to fold (a task with ``route_by: task``, else a task type).
+        tokenizer_dir: a tokenizer to copy in; source: where the model came from (for the card).
+
+    Returns:
+        The record written to ``mta_merge.json`` (routing key, adapters and weights per layer, FFN widths,
+        parameters, the largest output difference).
+
+    Raises:
+        MergeError: no exact fold exists, or the folded model's outputs differ from the MTA model's by more than
+            :data:`TOLERANCE` of the parameters' dtype (relative to the largest output); nothing is written.
+    """
     result = fold_task(model, task=task, task_type=task_type)
     route_id = model.mta_config.routing_keys.index(result.key)
     diff, scale = output_difference(model, result.model, route_id)

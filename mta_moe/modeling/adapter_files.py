@@ -49,8 +49,16 @@ def adapter_state(model: MTAModel) -> dict[str, torch.Tensor]:
 
 
 def save_adapters(model: MTAModel, directory: str | Path, backbone: str) -> Path:
-    """Write the adapter-only files of ``model`` into ``directory``; ``backbone`` names what they load on top of
-    (a hub id or a path the user will have). All files appear together."""
+    """Write the adapter-only files of ``model`` into ``directory``; all files appear together.
+
+    Args:
+        model: the MTA model (its backbone's fingerprint is saved, so a wrong backbone is refused at load).
+        directory: where the files go.
+        backbone: what they load on top of (a hub id or a path the user will have).
+
+    Returns:
+        ``directory``.
+    """
     directory = Path(directory)
     meta = {"format_version": ADAPTER_FORMAT_VERSION, "backbone": backbone,
             "architecture": type(model.base_model).__name__, "stage": model.stage,
@@ -77,7 +85,16 @@ def read_adapter_meta(directory: str | Path) -> dict:
 
 
 def load_adapters(directory: str | Path, backbone: str | None = None) -> MTAModel:
-    """The MTA model: ``backbone`` (default: the name saved with the adapters) with the saved adapters on top."""
+    """The MTA model: a backbone with the saved adapters on top.
+
+    Args:
+        directory: written by :func:`save_adapters`.
+        backbone: a hub id or directory; default: the name saved with the adapters.
+
+    Returns:
+        The :class:`MTAModel`; a backbone whose weights differ from the one saved with the adapters is a
+        ValueError.
+    """
     directory = Path(directory)
     meta = read_adapter_meta(directory)
     name = backbone or meta["backbone"]

@@ -88,6 +88,10 @@ class MTAModel(nn.Module):
     ``model(**batch, task_type_ids=..., task_ids=...)`` and ``model.generate(..., task_type_ids=...)`` route each
     sequence by its own task type (or, with ``mta.route_by: task``, by its task id: a position in
     ``mta.tasks``); the summed aux loss is added to ``outputs.loss``.
+
+    Args:
+        base_model: a transformers model of a supported family (T5, BART, GPT-2, Llama, Qwen2, BERT/RoBERTa).
+        config: the MTA layer settings; the layers replace the FFNs that ``config.inject_layers`` names.
     """
 
     def __init__(self, base_model: nn.Module, config: MTAConfig) -> None:

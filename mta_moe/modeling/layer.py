@@ -49,6 +49,12 @@ class MTALayer(MoE):
     routing key (:mod:`.always_on`).
     Both compute exactly ``FFN(x)`` at initialisation. Stage 2 (:meth:`enable_stage2`) adds shared
     adapters and a gate network. ``forward`` returns ``(output, l_aux, exp_counts)`` like ``MoE``.
+
+    Args:
+        config: the layer's settings.
+        hidden_size: the model width d.
+        ffn: the FFN sub-layer it extends (``bottleneck``) or copies (``ffn``).
+        layer_id: the layer's position (seeds its adapters' initialisation).
     """
 
     def __init__(self, config: MTAConfig, hidden_size: int, ffn: nn.Module, layer_id: int = 0) -> None:
@@ -147,7 +153,11 @@ class MTALayer(MoE):
         """``hidden_states`` [B, L, d] → ``(output, l_aux, exp_counts)``; ``route_ids`` are one routing-key id per
         sequence (task-type ids, or task ids with ``route_by: task``); ``routing`` reuses an earlier decision;
         ``track=False`` leaves the routing statistics alone (a recomputation of a forward already counted);
-        ``ids_checked``: the ids' range was checked once for the whole model, not again here."""
+        ``ids_checked``: the ids' range was checked once for the whole model, not again here.
+
+        Returns:
+            ``(output [B, L, d], l_aux (scalar aux loss), exp_counts [num_experts] sequences per adapter)``.
+        """
         if hidden_states.dim() != 3:
             raise ValueError(f"MTALayer expects [batch, seq_len, hidden], got shape {tuple(hidden_states.shape)}")
         selection = routing.selection if routing is not None else self.route(hidden_states, route_ids,
