@@ -102,3 +102,16 @@ def test_the_check_sees_imports():
     local = _graph(inside_functions=True)  # an import inside a function only
     assert "mta_moe.modeling" not in graph["mta_moe.auto_registration"]
     assert "mta_moe.modeling" in local["mta_moe.auto_registration"]
+
+
+def test_the_run_setup_calls_no_method_of_the_trainer():
+    """The base class (training/setup.py) builds the run; it calls none of the methods only its subclass, the
+    trainer, defines (a reader of setup.py needs nothing from trainer.py)."""
+    import re
+
+    setup = (PACKAGE / "training" / "setup.py").read_text(encoding="utf-8")
+    trainer = (PACKAGE / "training" / "trainer.py").read_text(encoding="utf-8")
+    defined = set(re.findall(r"def (\w+)\(", setup))
+    only_trainer = set(re.findall(r"def (\w+)\(", trainer)) - defined
+    assert "run" in only_trainer and "_load_checkpoint" in only_trainer  # the check sees the trainer's methods
+    assert set(re.findall(r"self\.(\w+)\(", setup)) & only_trainer == set()

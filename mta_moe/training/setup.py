@@ -290,9 +290,6 @@ class RunSetup:
             named = self.balance.gradnorm_parameters(self.model, exclude=waiting)
             self.objective.gradnorm_params = [p for _, p in named]
             self._info(f"GradNorm: gradient norms w.r.t. {[n for n, _ in named]}")
-        if self.resume:
-            self._load_checkpoint()
-        self._apply_unfreeze()
 
     def _apply_unfreeze(self) -> None:
         """Gradual unfreezing: switch the blocks whose turn has come (logged as ``unfreeze`` records)."""

@@ -101,6 +101,9 @@ class Trainer(RunSetup):
         self._setup_data_and_model()
         check_free_space(self.out, sum(p.numel() for p in self.model.parameters()))
         self._setup_engine()
+        if resume:  # the engine, sampler and monitor are built: their state comes from the checkpoint
+            self._load_checkpoint()
+        self._apply_unfreeze()
         if self.rank == 0:  # started: the run's record
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "run_config.json").write_text(json.dumps(cfg.to_json(), indent=2) + "\n")
