@@ -102,10 +102,27 @@ def test_curriculum_errors_name_the_key(raw, message):
     ({"caps": {"big": 0}}, r"mta.data.sampling.caps.big: must be an integer >= 1"),
     ({"tau": 2}, r"mta.data.sampling.tau: unknown key"),
     ({"dynamic_signal": "accuracy"}, r"mta.data.sampling.dynamic_signal: must be one of"),
+    # typed and strict: no coercion of booleans or strings into numbers
+    ({"temperature": True}, r"mta.data.sampling.temperature: must be a number > 0, got True"),
+    ({"default_cap": "4"}, r"mta.data.sampling.default_cap: must be an integer >= 1, got '4'"),
+    ({"caps": {"big": 2.5}}, r"mta.data.sampling.caps.big: must be an integer >= 1, got 2.5"),
+    ({"caps": ["big"]}, r"mta.data.sampling.caps: must be an object \{task: cap\}, got \['big'\]"),
+    ({"min_rate": 1.5}, r"mta.data.sampling.min_rate: must be a number in \[0, 1\], got 1.5"),
 ])
 def test_sampling_config_errors_name_the_key(raw, message):
     with pytest.raises(ConfigError, match=message):
         SamplingConfig.from_dict(raw)
+
+
+def test_sampling_fields_carry_their_description_and_what_they_expect():
+    """The typed section: every field has a description and an expectation (what the docs and errors say)."""
+    fields = SamplingConfig.__pydantic_fields__
+    assert set(fields) == {"strategy", "temperature", "caps", "default_cap", "dynamic_signal", "dynamic_alpha",
+                           "min_rate"}
+    for name, info in fields.items():
+        assert info.description and info.json_schema_extra["must"], name
+    assert SamplingConfig.from_dict({"strategy": "uniform", "caps": {"a": 3}}) == \
+        SamplingConfig(strategy="uniform", caps={"a": 3})
 
 
 def test_caps_must_name_known_tasks_and_rank_slices():

@@ -9,60 +9,51 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Annotated, Any, Literal, Mapping, Sequence
 
 import numpy as np
+from pydantic import Field
+from pydantic.dataclasses import dataclass
 
-from ..config import ConfigError, reject_unknown_keys
+from ..config import ConfigError
+from ..typed_config import SECTION, build_section, check_section, expects
 from .curriculum import Curriculum
 
 STRATEGIES = ("proportional", "temperature", "uniform", "dynamic")
 DYNAMIC_SIGNALS = ("loss", "metric")
 
 
-@dataclass
+@dataclass(config=SECTION)
 class SamplingConfig:
     """``strategy``: proportional (rate ∝ min(n, cap)), temperature (∝ min(n, cap)^(1/temperature)),
     uniform, or dynamic (the temperature rates re-weighted from validation: tasks whose loss has fallen
     least, or whose metric is lowest, get more: rate ∝ base · s^alpha with s = loss / first loss or
     1 − metric, and at least ``min_rate`` of the uniform rate)."""
 
-    strategy: str = "temperature"
-    temperature: float = 2.0
-    caps: dict[str, int] = field(default_factory=dict)  # task -> cap on its size for the rate (T5's K)
-    default_cap: int | None = None
-    dynamic_signal: str = "loss"
-    dynamic_alpha: float = 1.0
-    min_rate: float = 0.1
+    strategy: Literal[STRATEGIES] = Field(  # type: ignore[valid-type]
+        "temperature", description="how the mixing rates follow the task sizes",
+        json_schema_extra=expects(f"one of {list(STRATEGIES)}"))
+    temperature: float = Field(2.0, gt=0, description="the temperature strategy's T (rate ∝ size^(1/T))",
+                               json_schema_extra=expects("a number > 0"))
+    caps: dict[str, Annotated[int, Field(ge=1)]] = Field(
+        default_factory=dict, description="task -> cap on its size for the rate (T5's K)",
+        json_schema_extra=expects("an object {task: cap}", "an integer >= 1"))
+    default_cap: int | None = Field(None, ge=1, description="the cap of tasks without one in caps",
+                                    json_schema_extra=expects("an integer >= 1"))
+    dynamic_signal: Literal[DYNAMIC_SIGNALS] = Field(  # type: ignore[valid-type]
+        "loss", description="what the dynamic strategy re-weights by: validation loss or metric",
+        json_schema_extra=expects(f"one of {list(DYNAMIC_SIGNALS)}"))
+    dynamic_alpha: float = Field(1.0, gt=0, description="the exponent of the dynamic re-weighting",
+                                 json_schema_extra=expects("a number > 0"))
+    min_rate: float = Field(0.1, ge=0, le=1, description="the dynamic rates' floor, a fraction of the uniform rate",
+                            json_schema_extra=expects("a number in [0, 1]"))
 
     @classmethod
     def from_dict(cls, raw: Any, key: str = "mta.data.sampling") -> "SamplingConfig":
-        reject_unknown_keys(raw, list(cls.__dataclass_fields__), key)
-        cfg = cls(**raw)
-        cfg.validate(key)
-        return cfg
+        return build_section(cls, raw, key)
 
     def validate(self, key: str = "mta.data.sampling") -> None:
-        if self.strategy not in STRATEGIES:
-            raise ConfigError(f"{key}.strategy: must be one of {list(STRATEGIES)}, got {self.strategy!r}")
-        if self.dynamic_signal not in DYNAMIC_SIGNALS:
-            raise ConfigError(f"{key}.dynamic_signal: must be one of {list(DYNAMIC_SIGNALS)}, "
-                              f"got {self.dynamic_signal!r}")
-        for name in ("temperature", "dynamic_alpha"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
-                raise ConfigError(f"{key}.{name}: must be a number > 0, got {value!r}")
-        if not isinstance(self.min_rate, (int, float)) or not 0 <= self.min_rate <= 1:
-            raise ConfigError(f"{key}.min_rate: must be a number in [0, 1], got {self.min_rate!r}")
-        if not isinstance(self.caps, Mapping):
-            raise ConfigError(f"{key}.caps: must be an object {{task: cap}}, got {self.caps!r}")
-        for name, cap in [*self.caps.items(), ("default_cap", self.default_cap)]:
-            if name == "default_cap" and cap is None:
-                continue
-            if not isinstance(cap, int) or isinstance(cap, bool) or cap < 1:
-                where = f"{key}.default_cap" if name == "default_cap" else f"{key}.caps.{name}"
-                raise ConfigError(f"{where}: must be an integer >= 1, got {cap!r}")
+        check_section(self, key)
 
 
 class MixtureSampler:
