@@ -11,7 +11,7 @@ from .auto_registration import install as _install_auto_registration
 
 __version__ = "0.1.0"
 _LAZY = {
-    "ConfigError": "mta_moe.config", "MTAConfig": "mta_moe.config", "load_ds_config": "mta_moe.config",
+    "ConfigError": "mta_moe.config", "MTAConfig": "mta_moe.config", "load_ds_config": "mta_moe.config_files",
     "LayerRouting": "mta_moe.modeling", "MTALayer": "mta_moe.modeling", "MTAModel": "mta_moe.modeling",
     "SequenceRouting": "mta_moe.modeling", "TaskWeightSelector": "mta_moe.modeling",
     "format_parameter_counts": "mta_moe.modeling", "parameter_counts": "mta_moe.modeling",

@@ -24,8 +24,9 @@ _HUB_KWARGS = {"cache_dir", "force_download", "local_files_only", "proxies", "re
 _classes: dict[str, Any] = {}
 
 
-def _config_class():
-    """The PreTrainedConfig subclass for an export's config.json (built on first use: it needs transformers)."""
+def export_config_class():
+    """The PreTrainedConfig subclass for an export's config.json (built on first use: it needs transformers; the
+    export's remote-code module imports it)."""
     if "config" not in _classes:
         from transformers import PreTrainedConfig
 
@@ -39,11 +40,12 @@ def _config_class():
     return _classes["config"]
 
 
-def _loader_class(auto_name: str):
-    """What ``auto_name`` calls ``from_pretrained`` on: loads the export with ``MTAModel.from_pretrained`` and checks
-    that its backbone is a model of that Auto class (a T5 export through AutoModelForCausalLM is an error)."""
+def loader_class(auto_name: str):
+    """What ``auto_name`` calls ``from_pretrained`` on (the export's remote-code module imports it): loads the
+    export with ``MTAModel.from_pretrained`` and checks that its backbone is a model of that Auto class (a T5 export
+    through AutoModelForCausalLM is an error)."""
     if auto_name not in _classes:
-        config_class = _config_class()
+        config_class = export_config_class()
 
         def from_pretrained(cls, path, *args, config=None, **kwargs):
             return _load(auto_name, path, args, kwargs)
@@ -56,16 +58,6 @@ def _loader_class(auto_name: str):
                                     "register_for_auto_class": classmethod(register_for_auto_class),
                                     "__doc__": f"{auto_name}.from_pretrained(export) -> mta_moe.MTAModel"})
     return _classes[auto_name]
-
-
-def export_config_class():
-    """The config class of an export's ``config.json`` (for the export's remote-code module)."""
-    return _config_class()
-
-
-def loader_class(auto_name: str):
-    """The class ``auto_name`` loads an export through (for the export's remote-code module)."""
-    return _loader_class(auto_name)
 
 
 def auto_class_for(backbone_config: Any) -> str:
@@ -103,12 +95,12 @@ def _load(auto_name: str, path: Any, args: tuple, kwargs: dict[str, Any]):
 
 
 def _register_config(module: ModuleType) -> None:
-    module.AutoConfig.register(MODEL_TYPE, _config_class(), exist_ok=True)
+    module.AutoConfig.register(MODEL_TYPE, export_config_class(), exist_ok=True)
 
 
 def _register_models(module: ModuleType) -> None:
     for name in AUTO_CLASSES:
-        getattr(module, name).register(_config_class(), _loader_class(name), exist_ok=True)
+        getattr(module, name).register(export_config_class(), loader_class(name), exist_ok=True)
 
 
 _HOOKS: dict[str, Callable[[ModuleType], None]] = {CONFIG_MODULE: _register_config, MODELING_MODULE: _register_models}

@@ -12,7 +12,7 @@ from pydantic import ConfigDict, ValidationError
 from .config import ConfigError, reject_unknown_keys
 
 # strict: no coercion ("2" is not 2, true is not 1); unknown keys are refused by check_section with a suggestion
-SECTION = ConfigDict(strict=True, extra="forbid", validate_assignment=False)
+SECTION = ConfigDict(strict=True, extra="forbid")
 T = TypeVar("T")
 
 

@@ -4,7 +4,7 @@ import json
 import pytest
 
 from mta_moe import ConfigError, MTAConfig, load_ds_config
-from mta_moe.config import read_config_file
+from mta_moe.config_files import read_config_file
 
 
 @pytest.mark.parametrize("changes, key, allowed", [

@@ -5,7 +5,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "mta_moe"
 # floors, lowest first: a module may import its own floor and those below at import time
-FLOORS = [{"config", "metrics", "logs", "collectives", "files", "names", "deepspeed_keys", "hub_format",
+FLOORS = [{"config", "metrics", "logs", "collectives", "files", "names", "deepspeed_keys", "hub_format", "config_files",
            "typed_config"},
           {"modeling", "data"}, {"evaluation", "merging", "auto_registration"}, {"training"}, {"experiments"},
           {"cli", "__main__"}]

@@ -11,7 +11,7 @@ import torch
 from ..data import load_examples, tokenize_examples
 from ..metrics import PRIMARY, profile_tasks, row_scores, score_predictions
 from .generation import causal_prompt, generate_predictions
-from .loading import LoadedExport, load_export, resolve_device  # noqa: F401  (re-exported: the scoring API)
+from .loading import LoadedExport, load_export
 from .stock import is_stock_folder, load_stock_folder
 
 

@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from ..config import ConfigError, read_config_file
+from ..config import ConfigError
+from ..config_files import read_config_file
 
 
 def compare_command(args: argparse.Namespace, overrides: Sequence[str]) -> int:

@@ -287,8 +287,9 @@ def compare(stage1: dict[str, Any], stage2: dict[str, Any] | None, out_dir: str 
     at the config's step budget."""
     log = log or get_logger(__name__).info
     from ..data import load_task_data
+    from ..evaluation.loading import load_export, resolve_device
     from ..evaluation.report import ReportConfig, build_report
-    from ..evaluation.scoring import evaluate_rows, load_export, resolve_device
+    from ..evaluation.scoring import evaluate_rows
     from .data_files import chance_for, write_split
 
     if single_task_budget not in BUDGETS:

@@ -127,7 +127,8 @@ def write_pair(configs: dict[Path, dict[str, Any]], overwrite: bool) -> None:
 
 def init_command(args: argparse.Namespace, _: Sequence[str] = ()) -> int:
     """Exit 0 after writing OUT/stage1.json and OUT/stage2.json, or 2 with one ``error:`` line."""
-    from ..config import ConfigError, read_config_file
+    from ..config import ConfigError
+    from ..config_files import read_config_file
     from ..data.formats import DataError
     from .run_config import build_run_config
 

@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ..config import RUN_SECTIONS as SUBSECTIONS
-from ..config import ConfigError, MTAConfig, check_int, read_config_file, reject_nonfinite, reject_unknown_keys
+from ..config import ConfigError, MTAConfig, check_int, reject_nonfinite, reject_unknown_keys
+from ..config_files import read_config_file
 from ..data.config import DataConfig
 from ..deepspeed_keys import KNOWN_TOP_LEVEL, unknown_key_message
 from .train_checks import REDUCTIONS, check_projection, check_unfreeze, check_weighting
