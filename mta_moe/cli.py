@@ -179,11 +179,15 @@ def _init(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace stage1.json / stage2.json already in --out")
 
 
-@command("config", "check a config (validate) or print it resolved, every default filled in (show)",
+@command("config", "check a config (validate), print it resolved (show), or print the reference of every key: "
+                   "the JSON schema (schema) or the docs' key tables (docs)",
          "mta_moe.training.config_command:config_command")
 def _config(p: argparse.ArgumentParser) -> None:
-    p.add_argument("action", choices=("validate", "show"), help="validate: check it; show: print it resolved")
-    p.add_argument("file", help="a DeepSpeed JSON with an mta section")
+    p.add_argument("action", choices=("validate", "show", "schema", "docs"),
+                   help="validate: check FILE; show: print FILE resolved; schema: the JSON schema of the mta section; "
+                        "docs: the markdown key tables")
+    p.add_argument("file", nargs="?", help="a DeepSpeed JSON with an mta section (validate, show)")
+    p.add_argument("--write", metavar="DOCS_DIR", help="docs: rewrite the generated tables in DOCS_DIR/*.md")
     p.epilog = "Further --key value pairs override the file, as with train (--train.steps 500)."
 
 

@@ -3,12 +3,22 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import difflib
 import math
-from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Annotated, Any, Literal, Mapping
+
+from pydantic import Field, field_validator
 
 from .names import name_problem
+from .typed_config import (
+    ConfigError,
+    build_section,
+    check_int,
+    check_section,
+    reject_nonfinite,
+    reject_unknown_keys,
+    typed_section,
+)
+from .typed_config import setting as _field
 
 EXPERT_KINDS = ("bottleneck", "ffn")
 GATE_MODES = ("task", "learned", "both")
@@ -23,76 +33,123 @@ STAGE2_FORMS = ("residual", "official")
 # the official ALTER Softmax-T rows for 5 adapters and (classify, nli, generate): overlapping pairs
 OFFICIAL_ASSIGNMENT = {"classify": [0, 1], "nli": [1, 2], "generate": [3, 4]}
 RUN_SECTIONS = ("model", "data", "train")
+_Name = Annotated[str, Field(min_length=1)]
+__all__ = ["ConfigError", "MTAConfig", "check_int", "reject_nonfinite", "reject_unknown_keys", "sharing_adapters"]
 
 
-class ConfigError(ValueError):
-    """A configuration value is invalid; the message names the key and what is allowed."""
-
-
-@dataclass
+@typed_section("mta")
 class MTAConfig:
     """Settings of the Mixture-of-Task-Adapters layer.
 
     Defaults reproduce the official ALTER setup: 5 adapters, 3 task types, dense mixture,
-    Softmax-T with T = 0.1 and task biases 0.22 (assigned) vs 0.20 (others).
+    Softmax-T with T = 0.1 and task biases 0.22 (assigned) vs 0.20 (others). Each field's type, bounds and
+    description live on it (``docs/configuration.md`` is generated from them).
 
     Args:
         num_experts: task adapters (MoE experts) per layer.
         k: adapters per sequence; None: all (the dense mixture).
         expert_kind: ``bottleneck`` (adapter beside the FFN) or ``ffn`` (a copy of the FFN per expert).
-        adapter_dim: bottleneck width. Every other field is described in docs/configuration.md.
+        adapter_dim: bottleneck width. Every other field is described on the field.
 
-    Build one from a config file's ``mta`` section with :meth:`from_dict` (unknown keys and bad values raise
-    :class:`ConfigError` naming the key); :meth:`replace` returns a checked copy with some fields changed.
+    Build one from a config file's ``mta`` section with :meth:`from_dict`; construction checks every field and
+    raises :class:`ConfigError` naming the first bad key (unknown keys with a suggestion); :meth:`replace` returns
+    a checked copy with some fields changed.
     """
 
-    num_experts: int = 5
-    k: int | None = None  # None: all experts (the dense mixture)
-    expert_kind: str = "bottleneck"
-    adapter_dim: int = 64
-    adapter_activation: str = "relu"
-    # bias vectors in the adapters' projections; false makes a task's mixture fold exactly into a bias-free FFN (T5)
-    adapter_bias: bool = True
-    ep_size: int = 1
-    task_types: list[str] = field(default_factory=lambda: list(DEFAULT_TASK_TYPES))
-    # what the selector keys its bias rows on: the task type (the paper) or the task name
-    route_by: str = "type"
-    # task names, in task-id order; the routing keys when route_by is "task" (the trainer fills them from the data)
-    tasks: list[str] | None = None
-    # routing key (task type, or task with route_by "task") -> adapters it starts out favouring;
-    # None: contiguous split of the adapters; "official": the official code's overlapping rows (5 adapters, 3 types)
-    task_adapter_assignment: dict[str, list[int]] | str | None = None
-    gate_mode: str = "task"
-    temperature: float = 0.1
-    bias_init: float = 0.20
-    bias_margin: float = 0.02
-    selector_init_std: float = 0.0
-    sequence_repr: str = "first"
-    load_balance_coef: float = 0.0
-    z_loss_coef: float = 0.0
-    # adapters every sequence uses beside its routed task adapters, from stage 1 on (0: none), mixed with the task
-    # mixture per routing key by learned weights that all start at 1 (modeling.always_on)
-    always_on_adapters: int = 0
-    always_on_dim: int | None = None  # None: adapter_dim
-    num_shared_adapters: int = 1
-    shared_adapter_dim: int = 64
-    gate_network_hidden: int | None = None  # None: the model's hidden size
-    # stage-2 output: "residual" M + Σ g_j·A_j(x) (exact at the switch) or "official" g_0·M + Σ g_j·Shared_j(x)
-    stage2_form: str = "residual"
-    init_seed: int = 0
-    track_routing: bool = True
-    # where to inject into a backbone: "all", "last:N" or block indices; which stacks ("both" = every stack)
-    inject_layers: str | list[int] = "last:1"
-    inject_stacks: str = "both"
-    # "grouped": whole sequences per adapter, exact split sizes, the form chosen per call (dispatch.choose_form);
-    # "gathered_weights" / "grouped_gemm" / "loop": that form always; "deepspeed": DeepSpeed's stock index dispatch
-    dispatch: str = "grouped"
+    num_experts: int = _field(5, "task adapters (MoE experts) per layer", ge=1)
+    k: int | None = _field(None, "adapters per sequence; `null` = all (dense mixture)", ge=1)
+    expert_kind: Literal[EXPERT_KINDS] = _field(  # type: ignore[valid-type]
+        "bottleneck", "`bottleneck` (an adapter beside the FFN) or `ffn` (a copy of the FFN per expert)")
+    adapter_dim: int = _field(64, "bottleneck width of a task adapter", ge=1)
+    adapter_activation: Literal[ACTIVATIONS] = _field(  # type: ignore[valid-type]
+        "relu", "activation inside the adapters")
+    adapter_bias: bool = _field(True, "bias vectors in the adapters (task and shared); `false` lets a T5 model fold "
+                                      "into a stock T5 per task (`mta-moe export`)")
+    ep_size: int = _field(1, "expert-parallel size; must divide `num_experts` and the world size", ge=1)
+    task_types: list[_Name] = _field(
+        list(DEFAULT_TASK_TYPES), "task type names, unique; ids are their positions", min_length=1,
+        must="a non-empty list of non-empty names", item_must="a non-empty name")
+    route_by: Literal[ROUTE_BY] = _field(  # type: ignore[valid-type]
+        "type", "what the selector keeps a bias row for: `type` (the paper) or `task`")
+    tasks: list[_Name] | None = _field(
+        None, "task names in task-id order (the routing keys with `route_by: task`); `null`: the training data's, "
+              "sorted", min_length=1, must="a non-empty list of unique task names or null",
+        item_must="a non-empty task name")
+    task_adapter_assignment: Any = _field(
+        None, "`{routing key: [adapter ids]}`; `null` = contiguous split; `\"official\"` = the official code's "
+              "overlapping rows (classify [0, 1], nli [1, 2], generate [3, 4]; 5 adapters, the three default types)",
+        must="an object {routing key: [adapter ids]}, 'official' or null")
+    gate_mode: Literal[GATE_MODES] = _field(  # type: ignore[valid-type]
+        "task", "`task` (the Task Weight Selector), `learned` (a gate on the hidden states) or `both`")
+    temperature: float = _field(0.1, "Softmax-T temperature", gt=0)
+    bias_init: float = _field(0.20, "Softmax-T initial task bias of the adapters a routing key does not favour")
+    bias_margin: float = _field(0.02, "how much higher the favoured adapters' initial biases are")
+    selector_init_std: float = _field(0.0, "std of the selector's W at init (0: zeros)", ge=0)
+    sequence_repr: Literal[SEQUENCE_REPRS] = _field(  # type: ignore[valid-type]
+        "first", "the sequence's representation a learned gate reads: `first` token or `mean`")
+    load_balance_coef: float = _field(0.0, "load-balancing aux-loss coefficient (returned as `l_aux`)", ge=0)
+    z_loss_coef: float = _field(0.0, "router z-loss coefficient (returned as `l_aux`)", ge=0)
+    always_on_adapters: int = _field(
+        0, "adapters every sequence uses beside its task adapters, from stage 1 on, mixed with the task mixture per "
+           "routing key by learned weights that start at 1 (bottleneck experts only)", ge=0)
+    always_on_dim: int | None = _field(None, "width of the always-on adapters; `null`: `adapter_dim`", ge=1)
+    num_shared_adapters: int = _field(1, "stage-2 shared adapters", ge=0)
+    shared_adapter_dim: int = _field(64, "stage-2 shared adapter width", ge=1)
+    gate_network_hidden: int | None = _field(None, "stage-2 gate network width; `null` = hidden size", ge=1)
+    stage2_form: Literal[STAGE2_FORMS] = _field(  # type: ignore[valid-type]
+        "residual", "stage-2 output: `residual` `M + Σ g_j A_j(x)` (exact at the switch) or `official` "
+                    "`g_0·M + Σ g_j (FFN(x) + A_j(x))`")
+    init_seed: int = _field(0, "seed of the adapter initialisation", ge=0)
+    track_routing: bool = _field(True, "accumulate routing statistics")
+    inject_layers: Any = _field(
+        "last:1", "blocks to inject into: `all`, `last:N` or a list of block indices",
+        must="'all', 'last:N' (N >= 1) or a non-empty list of block indices")
+    inject_stacks: Literal[INJECT_STACKS] = _field(  # type: ignore[valid-type]
+        "both", "`encoder`, `decoder` or `both` (every stack the model has)")
+    dispatch: Literal[DISPATCH_MODES] = _field(  # type: ignore[valid-type]
+        "grouped", "`grouped`: whole sequences per adapter, exact split sizes across ranks, the computation chosen "
+                   "per call (*Dispatch*); `gathered_weights` / `grouped_gemm` / `loop`: that computation always "
+                   "(the first two: bottleneck adapters, `ep_size` 1); `deepspeed`: DeepSpeed's stock index "
+                   "dispatch (padded to E × max load)")
+
+    @field_validator("task_types", "tasks", mode="before")
+    @classmethod
+    def _tuples_are_lists(cls, value: Any) -> Any:
+        return list(value) if isinstance(value, tuple) else value
+
+    @field_validator("inject_layers")
+    @classmethod
+    def _inject_layers_form(cls, spec: Any) -> Any:
+        if spec == "all" or isinstance(spec, str) and spec.startswith("last:") and spec[5:].isdigit() \
+                and int(spec[5:]) >= 1:
+            return spec
+        if isinstance(spec, list) and spec and all(isinstance(i, int) and not isinstance(i, bool) for i in spec):
+            return spec
+        raise ValueError(f"must be 'all', 'last:N' (N >= 1) or a non-empty list of block indices, got {spec!r}")
 
     def __post_init__(self) -> None:
-        self.task_types = list(self.task_types)
-        if self.tasks is not None and isinstance(self.tasks, (list, tuple)):
-            self.tasks = list(self.tasks)
-        self.validate()
+        """The checks between fields (each field's own type and bounds are checked before)."""
+        if self.k is not None and self.k > self.num_experts:
+            raise ConfigError(f"mta.k: must be between 1 and num_experts ({self.num_experts}), got {self.k}")
+        if self.num_experts % self.ep_size != 0:
+            raise ConfigError(f"mta.ep_size: num_experts ({self.num_experts}) must be divisible by ep_size, "
+                              f"got ep_size={self.ep_size}")
+        for key, names in (("task_types", self.task_types), ("tasks", self.tasks or [])):
+            if len(set(names)) != len(names):
+                raise ConfigError(f"mta.{key}: names must be unique, got {names!r}")
+            problem = next((name_problem(n) for n in names if name_problem(n)), None)
+            if problem is not None:
+                raise ConfigError(f"mta.{key}: {problem}")
+        self._validate_assignment()
+        if self.always_on_adapters and self.expert_kind != "bottleneck":
+            raise ConfigError("mta.always_on_adapters: always-on adapters sit beside bottleneck task adapters; "
+                              f"expert_kind {self.expert_kind!r} replaces the FFN (use 0, or expert_kind 'bottleneck')")
+        if self.dispatch in FIXED_SHAPE_DISPATCH and (self.expert_kind != "bottleneck" or self.ep_size != 1):
+            raise ConfigError(f"mta.dispatch: {self.dispatch!r} runs bottleneck adapters at ep_size 1 only "
+                              f"(got expert_kind {self.expert_kind!r}, ep_size {self.ep_size}); use 'grouped'")
+        if self.stage2_form == "official" and self.expert_kind != "bottleneck":
+            raise ConfigError("mta.stage2_form: 'official' mixes the task mixture with shared candidates "
+                              "FFN(x) + A_j(x), which needs expert_kind 'bottleneck' (the ffn kind keeps no base FFN)")
 
     # ----------------------------------------------------------------- derived
     @property
@@ -139,86 +196,9 @@ class MTAConfig:
 
     # -------------------------------------------------------------- validation
     def validate(self) -> None:
-        """Raise :class:`ConfigError` naming the first invalid key."""
-        _int(self.num_experts, "num_experts", minimum=1)
-        if self.k is not None:
-            _int(self.k, "k", minimum=1)
-            if self.k > self.num_experts:
-                raise ConfigError(f"mta.k: must be between 1 and num_experts ({self.num_experts}), got {self.k}")
-        _choice(self.expert_kind, "expert_kind", EXPERT_KINDS)
-        _int(self.adapter_dim, "adapter_dim", minimum=1)
-        _choice(self.adapter_activation, "adapter_activation", ACTIVATIONS)
-        if not isinstance(self.adapter_bias, bool):
-            raise ConfigError(f"mta.adapter_bias: must be true or false, got {self.adapter_bias!r}")
-        _int(self.ep_size, "ep_size", minimum=1)
-        if self.num_experts % self.ep_size != 0:
-            raise ConfigError(f"mta.ep_size: num_experts ({self.num_experts}) must be divisible by ep_size, "
-                              f"got ep_size={self.ep_size}")
-        if not self.task_types or not all(isinstance(t, str) and t for t in self.task_types):
-            raise ConfigError(f"mta.task_types: must be a non-empty list of non-empty names, got {self.task_types!r}")
-        if len(set(self.task_types)) != len(self.task_types):
-            raise ConfigError(f"mta.task_types: names must be unique, got {self.task_types!r}")
-        for key, names in (("task_types", self.task_types), ("tasks", self.tasks or [])):
-            problem = next((name_problem(n) for n in names if name_problem(n)), None)
-            if problem is not None:
-                raise ConfigError(f"mta.{key}: {problem}")
-        _choice(self.route_by, "route_by", ROUTE_BY)
-        if self.tasks is not None and (not isinstance(self.tasks, list) or not self.tasks
-                                       or not all(isinstance(t, str) and t for t in self.tasks)
-                                       or len(set(self.tasks)) != len(self.tasks)):
-            raise ConfigError(f"mta.tasks: must be a non-empty list of unique task names or null, got {self.tasks!r}")
-        self._validate_assignment()
-        _choice(self.gate_mode, "gate_mode", GATE_MODES)
-        _number(self.temperature, "temperature")
-        if self.temperature <= 0:
-            raise ConfigError(f"mta.temperature: must be > 0, got {self.temperature}")
-        _number(self.bias_init, "bias_init")
-        _number(self.bias_margin, "bias_margin")
-        _number(self.selector_init_std, "selector_init_std")
-        if self.selector_init_std < 0:
-            raise ConfigError(f"mta.selector_init_std: must be >= 0, got {self.selector_init_std}")
-        _choice(self.sequence_repr, "sequence_repr", SEQUENCE_REPRS)
-        for key in ("load_balance_coef", "z_loss_coef"):
-            _number(getattr(self, key), key)
-            if getattr(self, key) < 0:
-                raise ConfigError(f"mta.{key}: must be >= 0, got {getattr(self, key)}")
-        _int(self.always_on_adapters, "always_on_adapters", minimum=0)
-        if self.always_on_dim is not None:
-            _int(self.always_on_dim, "always_on_dim", minimum=1)
-        if self.always_on_adapters and self.expert_kind != "bottleneck":
-            raise ConfigError("mta.always_on_adapters: always-on adapters sit beside bottleneck task adapters; "
-                              f"expert_kind {self.expert_kind!r} replaces the FFN (use 0, or expert_kind 'bottleneck')")
-        _int(self.num_shared_adapters, "num_shared_adapters", minimum=0)
-        _int(self.shared_adapter_dim, "shared_adapter_dim", minimum=1)
-        if self.gate_network_hidden is not None:
-            _int(self.gate_network_hidden, "gate_network_hidden", minimum=1)
-        _int(self.init_seed, "init_seed", minimum=0)
-        if not isinstance(self.track_routing, bool):
-            raise ConfigError(f"mta.track_routing: must be true or false, got {self.track_routing!r}")
-        self._validate_inject_layers()
-        _choice(self.inject_stacks, "inject_stacks", INJECT_STACKS)
-        _choice(self.dispatch, "dispatch", DISPATCH_MODES)
-        if self.dispatch in FIXED_SHAPE_DISPATCH and (self.expert_kind != "bottleneck" or self.ep_size != 1):
-            raise ConfigError(f"mta.dispatch: {self.dispatch!r} runs bottleneck adapters at ep_size 1 only "
-                              f"(got expert_kind {self.expert_kind!r}, ep_size {self.ep_size}); use 'grouped'")
-        _choice(self.stage2_form, "stage2_form", STAGE2_FORMS)
-        if self.stage2_form == "official" and self.expert_kind != "bottleneck":
-            raise ConfigError("mta.stage2_form: 'official' mixes the task mixture with shared candidates "
-                              "FFN(x) + A_j(x), which needs expert_kind 'bottleneck' (the ffn kind keeps no base FFN)")
-
-    def _validate_inject_layers(self) -> None:
-        spec = self.inject_layers
-        if spec == "all":
-            return
-        if isinstance(spec, str) and spec.startswith("last:"):
-            n = spec.split(":", 1)[1]
-            if n.isdigit() and int(n) >= 1:
-                return
-        if (isinstance(spec, list) and spec
-                and all(isinstance(i, int) and not isinstance(i, bool) for i in spec)):
-            return
-        raise ConfigError(f"mta.inject_layers: must be 'all', 'last:N' (N >= 1) or a non-empty list of block "
-                          f"indices, got {spec!r}")
+        """Check the fields again (after some were set by hand); raise :class:`ConfigError` naming the first bad
+        key."""
+        check_section(self)
 
     def _validate_assignment(self) -> None:
         table = self.task_adapter_assignment
@@ -258,8 +238,7 @@ class MTAConfig:
     @classmethod
     def from_dict(cls, values: Mapping[str, Any], section: str = "mta") -> "MTAConfig":
         """Build from a mapping; unknown keys are rejected by name."""
-        reject_unknown_keys(values, [f.name for f in dataclasses.fields(cls)], section)
-        return cls(**dict(values))
+        return build_section(cls, values, section)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -283,47 +262,6 @@ def sharing_adapters(config: MTAConfig) -> dict[int, list[str]]:
     return {a: keys for a, keys in sorted(owners.items()) if len(keys) > 1}
 
 
-def reject_unknown_keys(values: Any, allowed: list[str], section: str) -> None:
-    """``values`` must be a mapping whose keys are all in ``allowed``; errors name ``section.key``."""
-    if not isinstance(values, Mapping):
-        raise ConfigError(f"{section}: must be a JSON object, got {values!r}")
-    unknown = sorted(set(values) - set(allowed))
-    if unknown:
-        close = difflib.get_close_matches(unknown[0], list(allowed), n=1, cutoff=0.7)
-        hint = f" (did you mean {close[0]}?)" if close else ""
-        raise ConfigError(f"{section}.{unknown[0]}: unknown key{hint}; allowed keys are {sorted(allowed)}")
-
-
-def check_int(value: Any, key: str, minimum: int) -> None:
-    """``value`` must be an integer (not a bool) >= ``minimum``; the error names the full ``key``."""
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ConfigError(f"{key}: must be an integer >= {minimum}, got {value!r}")
-
-
-def _int(value: Any, key: str, minimum: int) -> None:
-    check_int(value, f"mta.{key}", minimum)
-
-
-def _number(value: Any, key: str) -> None:
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        raise ConfigError(f"mta.{key}: must be a number, got {value!r}")
-    if not math.isfinite(value):
-        raise ConfigError(f"mta.{key}: must be a finite number, got {value!r}")
-
-
-def reject_nonfinite(node: Any, prefix: str = "") -> None:
-    """Refuse NaN and ±Infinity anywhere in a config (JSON files and overrides may spell them), naming the key:
-    every range check after this one compares finite numbers."""
-    if isinstance(node, Mapping):
-        for key, value in node.items():
-            reject_nonfinite(value, f"{prefix}{key}.")
-    elif isinstance(node, (list, tuple)):
-        for index, value in enumerate(node):
-            reject_nonfinite(value, f"{prefix[:-1]}[{index}].")
-    elif isinstance(node, float) and not math.isfinite(node):
-        raise ConfigError(f"{prefix[:-1]}: {node!r} is not a finite number; every number in a config must be finite")
-
-
 def positive_int(text: str) -> int:
     """argparse ``type`` for a count option: an integer >= 1."""
     try:
@@ -344,8 +282,3 @@ def finite_float(text: str) -> float:
     if not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
     return value
-
-
-def _choice(value: Any, key: str, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ConfigError(f"mta.{key}: must be one of {list(allowed)}, got {value!r}")

@@ -156,7 +156,7 @@ def test_add_task_config_errors(tmp_path):
     with pytest.raises(ConfigError, match=r"add_task_types: set mta.train.init_from"):
         build_run_config(cfg)
     cfg = tiny_config(tmp_path, add_task_types={"adapters": 1}, init_from="x")
-    with pytest.raises(ConfigError, match=r"add_task_types: must be"):
+    with pytest.raises(ConfigError, match=r"add_task_types.adapters: unknown key \(did you mean new_adapters\?\)"):
         build_run_config(cfg)
     cfg = tiny_config(tmp_path)
     cfg["mta"]["data"]["type_overrides"] = {"answer": "qa"}

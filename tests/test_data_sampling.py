@@ -7,6 +7,7 @@ import pytest
 
 from mta_moe.config import ConfigError
 from mta_moe.data import Curriculum, MixtureSampler, SamplingConfig, rank_slice
+from mta_moe.typed_config import expected
 
 SIZES = {"big": 1000, "mid": 100, "small": 10}
 
@@ -104,7 +105,7 @@ def test_curriculum_errors_name_the_key(raw, message):
     ({"dynamic_signal": "accuracy"}, r"mta.data.sampling.dynamic_signal: must be one of"),
     # typed and strict: no coercion of booleans or strings into numbers
     ({"temperature": True}, r"mta.data.sampling.temperature: must be a number > 0, got True"),
-    ({"default_cap": "4"}, r"mta.data.sampling.default_cap: must be an integer >= 1, got '4'"),
+    ({"default_cap": "4"}, r"mta.data.sampling.default_cap: must be an integer >= 1 or null, got '4'"),
     ({"caps": {"big": 2.5}}, r"mta.data.sampling.caps.big: must be an integer >= 1, got 2.5"),
     ({"caps": ["big"]}, r"mta.data.sampling.caps: must be an object \{task: cap\}, got \['big'\]"),
     ({"min_rate": 1.5}, r"mta.data.sampling.min_rate: must be a number in \[0, 1\], got 1.5"),
@@ -120,7 +121,7 @@ def test_sampling_fields_carry_their_description_and_what_they_expect():
     assert set(fields) == {"strategy", "temperature", "caps", "default_cap", "dynamic_signal", "dynamic_alpha",
                            "min_rate"}
     for name, info in fields.items():
-        assert info.description and info.json_schema_extra["must"], name
+        assert info.description and expected(info), name
     assert SamplingConfig.from_dict({"strategy": "uniform", "caps": {"a": 3}}) == \
         SamplingConfig(strategy="uniform", caps={"a": 3})
 

@@ -6,8 +6,8 @@ import torch
 
 from mta_moe.config import ConfigError
 from mta_moe.training.losses import reduce_loss
+from mta_moe.training.run_config import TrainConfig
 from mta_moe.training.task_balance import TaskBalance
-from mta_moe.training.train_checks import check_weighting
 
 NAMES = ["noisy", "clean"]
 
@@ -94,12 +94,13 @@ def test_static_weights_multiply_the_dynamic_ones_and_state_round_trips():
 
 
 @pytest.mark.parametrize("value,reduction,message", [
-    ({"method": "softmax"}, "token", r"mta.train.weighting: must be null or"),
+    ({"method": "softmax"}, "token", r"mta.train.weighting.method: must be one of \['uncertainty', 'validation'"),
+    ({"rate": 2}, "token", r"mta.train.weighting.method: required"),
     ({"method": "uncertainty"}, "token", r"set mta.train.loss_reduction to 'task'"),
     ({"method": "gradnorm", "rate": 1}, "token", r"mta.train.weighting.rate: not an option of 'gradnorm'"),
     ({"method": "validation", "rate": -1}, "token", r"mta.train.weighting.rate: must be a number > 0"),
-    ({"method": "validation", "max_weight": 0.5}, "token", r"mta.train.weighting.max_weight: must be >= 1"),
+    ({"method": "validation", "max_weight": 0.5}, "token", r"mta.train.weighting.max_weight: must be a number >= 1"),
 ])
 def test_bad_weighting_names_the_key(value, reduction, message):
     with pytest.raises(ConfigError, match=message):
-        check_weighting(value, reduction)
+        TrainConfig(weighting=value, loss_reduction=reduction)

@@ -8,7 +8,7 @@ from test_training import launch, tiny_config, write_config
 from mta_moe import MTAConfig, MTAModel
 from mta_moe.config import ConfigError
 from mta_moe.modeling.layer import component_of
-from mta_moe.training.train_checks import check_unfreeze
+from mta_moe.training.run_config import TrainConfig
 from mta_moe.training.unfreezing import GROUP_PREFIX, UnfreezeSchedule
 
 
@@ -67,13 +67,14 @@ def test_a_block_restarts_its_adam_state_when_its_turn_comes():
 
 @pytest.mark.parametrize("value,stage,trainable,message", [
     ({"every": 0}, 1, None, r"mta.train.unfreeze.every: must be an integer >= 1"),
-    ({"start_step": 2}, 1, None, r"mta.train.unfreeze: must be null or"),
+    ({"start_step": 2}, 1, None, r"mta.train.unfreeze.every: required, must be an integer >= 1"),
+    ([5], 1, None, r"mta.train.unfreeze: must be null or \{\"start_step\": int, \"every\": int\}, got \[5\]"),
     ({"every": 5}, 2, None, r"stage 2 keeps the backbone frozen"),
     ({"every": 5}, 1, [{"pattern": "*"}], r"cannot be combined with mta.train.trainable"),
 ])
 def test_bad_schedules_name_the_key(value, stage, trainable, message):
     with pytest.raises(ConfigError, match=message):
-        check_unfreeze(value, stage, trainable)
+        TrainConfig(unfreeze=value, stage=stage, trainable=trainable, init_from="export")
 
 
 def _module_state(run, step):

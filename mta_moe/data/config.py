@@ -2,135 +2,115 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Annotated, Any, Literal, Mapping
 
-from ..config import ConfigError, check_int, reject_unknown_keys
+from pydantic import Field, field_validator, with_config
+from typing_extensions import Required, TypedDict
+
+from ..config import ConfigError
 from ..metrics import KINDS as TASK_KINDS
+from ..typed_config import SECTION, build_section, check_section, setting, typed_section
+from .curriculum import PhaseSpec
 from .formats import ON_ERROR
 from .recipes import RECIPES
 from .sampling import SamplingConfig
 from .suite import DEFAULT_SUITE, SUITES
 
 SPLIT_KEYS = ("train", "validation", "test")
+RECIPE_NAMES = tuple(sorted(RECIPES))
+SUITE_NAMES = tuple(SUITES)
+_Name = Annotated[str, Field(min_length=1)]
+_Split = Literal[SPLIT_KEYS]  # type: ignore[valid-type]
 
-SUITE_KEYS = ("name", "seed", "train", "validation", "test", "tasks")
-RECIPE_KEYS = ("name", "splits", "data_files", "type", "limit")
+
+@with_config(SECTION)
+class SuiteChoice(TypedDict, total=False):
+    """``mta.data.suite``: which bundled suite, generated with which seed and sizes per task."""
+
+    name: Annotated[Literal[SUITE_NAMES], Field(description="the suite")]  # type: ignore[valid-type]
+    seed: Annotated[int, Field(ge=0, description="the generation seed")]
+    train: Annotated[int, Field(ge=1, description="training rows per task")]
+    validation: Annotated[int, Field(ge=1, description="validation rows per task")]
+    test: Annotated[int, Field(ge=1, description="test rows per task")]
+    tasks: Annotated[list[_Name] | None, Field(min_length=1, description="keep only these tasks of the suite")]
 
 
-@dataclass
+@with_config(SECTION)
+class RecipeChoice(TypedDict, total=False):
+    """One entry of ``mta.data.recipes``: a hub dataset by name (``data_files`` for local copies)."""
+
+    name: Required[Annotated[Literal[RECIPE_NAMES], Field(description="the recipe")]]  # type: ignore[valid-type]
+    splits: Annotated[dict[_Split, _Name], Field(description="our split -> the hub's split name")]
+    data_files: Annotated[dict[_Split, Any], Field(description="our split -> local file(s) with the hub's columns")]
+    type: Annotated[_Name, Field(description="the task type (replaces the recipe's own)")]
+    limit: Annotated[int | None, Field(ge=1, description="keep the first n rows of each split")]
+
+
+@typed_section("mta.data")
 class DataConfig:
-    """``suite``: a bundled suite (``name``: ``bundled`` or ``confirm``; null: none); ``files``: {split: [paths]}
-    in the canonical format; ``recipes``: hub datasets by name (``data_files`` {split: path} for local copies)."""
+    """Where the examples come from, how long they may be, how tasks are mixed (``docs/data.md`` is generated from
+    the fields)."""
 
-    suite: dict[str, Any] | None = field(default_factory=lambda: {"name": DEFAULT_SUITE, "seed": 0, "train": 1000,
-                                                                   "validation": 100, "test": 200, "tasks": None})
-    files: dict[str, list[str]] = field(default_factory=dict)
-    recipes: list[dict[str, Any]] = field(default_factory=list)
-    on_bad_rows: str = "raise"
-    max_input_length: int = 128
-    max_target_length: int = 32
-    seed: int = 0
-    sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    curriculum: list[dict[str, Any]] | None = None
-    task_kinds: dict[str, str] = field(default_factory=dict)  # {task: classification|extraction|generation}
-    type_overrides: dict[str, str] = field(default_factory=dict)  # {task: task type}, replaces the data's type
-    tasks: list[str] | None = None  # keep only these tasks of every source (null: all of them)
-    # tasks whose rows may come from more than one source (the suite, the files, each recipe); any other task
-    # name found in two sources of one split is refused, so same-named tasks are never pooled by accident
-    merge_tasks: list[str] = field(default_factory=list)
-    # 0: batches as drawn; n >= 1: the draws of n steps pooled and re-cut by length (data.length_grouping)
-    group_by_length: int = 0
+    suite: SuiteChoice | None = setting(
+        {"name": DEFAULT_SUITE, "seed": 0, "train": 1000, "validation": 100, "test": 200, "tasks": None},
+        "a bundled suite (`name`: `bundled`, where settings are chosen, or `confirm`, where they are confirmed; "
+        "sizes per task; DATA.md); `null`: none", must="an object or null")
+    files: dict[_Split, list[_Name]] = setting(
+        {}, "`{\"train\" | \"validation\" | \"test\": [paths]}` in the canonical format",
+        must="an object {split: [paths]}", item_must="a list of file paths", key_name="split")
+    recipes: list[RecipeChoice] = setting(
+        [], "hub datasets by name: `[{\"name\": \"mnli\", \"splits\": {\"validation\": \"validation_matched\"}, "
+            "\"data_files\": {...}, \"type\": \"nli\", \"limit\": 5000}]`", must="a list of recipe objects")
+    on_bad_rows: Literal[ON_ERROR] = setting("raise", "what a malformed row does: `raise` or `skip`")  # type: ignore
+    max_input_length: int = setting(128, "input length in tokens, special tokens included", ge=4)
+    max_target_length: int = setting(32, "target length in tokens, special tokens included", ge=4)
+    seed: int = setting(0, "sampler seed", ge=0)
+    sampling: SamplingConfig = setting(SamplingConfig(), "task mixing (*Task mixing*)")
+    curriculum: list[PhaseSpec] | None = setting(
+        None, "a list of phases `{\"start_step\", \"tasks\", \"weights\"}` (*Curriculum*)", min_length=1,
+        must="a non-empty list of phases or null")
+    task_kinds: dict[str, Literal[TASK_KINDS]] = setting(  # type: ignore[valid-type]
+        {}, "`{task: \"classification\" | \"extraction\" | \"generation\"}`: how a task is scored (default: "
+            "inferred, see *Evaluation*)", must="an object {task: kind}")
+    type_overrides: dict[str, _Name] = setting(
+        {}, "`{task: task type}`: replaces the type the data gives a task", must="an object {task: task type}")
+    tasks: list[_Name] | None = setting(
+        None, "keep only these tasks of every source (`null`: all)", min_length=1,
+        must="a non-empty list of task names or null")
+    merge_tasks: list[_Name] = setting(
+        [], "tasks whose rows may come from more than one source (the suite, the files, each recipe); any other "
+            "task name found in two sources of one split stops the run, so same-named tasks are never pooled by "
+            "accident", must="a list of task names")
+    group_by_length: int = setting(
+        0, "0: batches as the mixture draws them; n ≥ 1: the draws of n consecutive steps are pooled, ordered by "
+           "(input, target) token count and cut back into n batches, handed out in a seeded random order "
+           "(*Length-grouped batches*)", ge=0)
+
+    @field_validator("sampling", mode="before")
+    @classmethod
+    def _sampling_from_mapping(cls, value: Any) -> Any:
+        return build_section(SamplingConfig, value) if isinstance(value, Mapping) else value
+
+    def __post_init__(self) -> None:
+        """The checks between fields and against the bundled suites."""
+        if self.suite is not None:
+            name = self.suite.get("name", DEFAULT_SUITE)
+            known = SUITES[name].tasks
+            bad = [t for t in self.suite.get("tasks") or [] if t not in known]
+            if bad:
+                raise ConfigError(f"mta.data.suite.tasks: unknown task {bad[0]!r}; the {name} suite has "
+                                  f"{list(known)}")
+        if self.suite is None and not self.files.get("train") and not self.recipes:
+            raise ConfigError("mta.data: no training data; set suite, files.train or recipes")
 
     @classmethod
     def from_dict(cls, raw: Any, key: str = "mta.data") -> "DataConfig":
-        reject_unknown_keys(raw, [f.name for f in dataclasses.fields(cls)], key)
-        values = dict(raw)
-        if "sampling" in values:
-            values["sampling"] = SamplingConfig.from_dict(values["sampling"], f"{key}.sampling")
-        cfg = cls(**values)
-        cfg.validate(key)
-        return cfg
+        """Build from a config file's ``mta.data`` mapping; a ConfigError names the first bad key."""
+        return build_section(cls, raw, key)
 
-    def validate(self, key: str = "mta.data") -> None:
-        if self.on_bad_rows not in ON_ERROR:
-            raise ConfigError(f"{key}.on_bad_rows: must be one of {list(ON_ERROR)}, got {self.on_bad_rows!r}")
-        for name in ("max_input_length", "max_target_length", "seed", "group_by_length"):
-            check_int(getattr(self, name), f"{key}.{name}", 4 if name.startswith("max_") else 0)
-        self._validate_suite(key)
-        self._validate_files(key)
-        self._validate_recipes(key)
-        if self.suite is None and not self.files.get("train") and not self.recipes:
-            raise ConfigError(f"{key}: no training data; set suite, files.train or recipes")
-        if self.curriculum is not None and not isinstance(self.curriculum, list):
-            raise ConfigError(f"{key}.curriculum: must be a list of phases or null")
-        self.sampling.validate(f"{key}.sampling")
-        if not isinstance(self.task_kinds, Mapping):
-            raise ConfigError(f"{key}.task_kinds: must be an object {{task: kind}}, got {self.task_kinds!r}")
-        if not isinstance(self.type_overrides, Mapping) or \
-                not all(isinstance(v, str) and v for v in self.type_overrides.values()):
-            raise ConfigError(f"{key}.type_overrides: must be an object {{task: task type}}, "
-                              f"got {self.type_overrides!r}")
-        if self.tasks is not None and (not isinstance(self.tasks, list) or not self.tasks
-                                       or not all(isinstance(t, str) and t for t in self.tasks)):
-            raise ConfigError(f"{key}.tasks: must be a non-empty list of task names or null, got {self.tasks!r}")
-        if not isinstance(self.merge_tasks, list) or not all(isinstance(t, str) and t for t in self.merge_tasks):
-            raise ConfigError(f"{key}.merge_tasks: must be a list of task names, got {self.merge_tasks!r}")
-        for task, kind in self.task_kinds.items():
-            if kind not in TASK_KINDS:
-                raise ConfigError(f"{key}.task_kinds.{task}: must be one of {list(TASK_KINDS)}, got {kind!r}")
-
-    def _validate_suite(self, key: str) -> None:
-        if self.suite is None:
-            return
-        if not isinstance(self.suite, Mapping):
-            raise ConfigError(f"{key}.suite: must be an object or null, got {self.suite!r}")
-        unknown = sorted(set(self.suite) - set(SUITE_KEYS))
-        if unknown:
-            raise ConfigError(f"{key}.suite.{unknown[0]}: unknown key; allowed keys are {list(SUITE_KEYS)}")
-        name = self.suite.get("name", DEFAULT_SUITE)
-        if name not in SUITES:
-            raise ConfigError(f"{key}.suite.name: must be one of {list(SUITES)}, got {name!r}")
-        for size in ("seed", "train", "validation", "test"):
-            minimum = 0 if size == "seed" else 1
-            check_int(self.suite.get(size, minimum), f"{key}.suite.{size}", minimum)
-        tasks = self.suite.get("tasks")
-        known = SUITES[name].tasks
-        if tasks is not None:
-            bad = [t for t in tasks if t not in known] if isinstance(tasks, list) else [tasks]
-            if bad or not tasks:
-                raise ConfigError(f"{key}.suite.tasks: unknown task {bad[0] if bad else None!r}; "
-                                  f"the {name} suite has {list(known)}")
-
-    def _validate_files(self, key: str) -> None:
-        if not isinstance(self.files, Mapping):
-            raise ConfigError(f"{key}.files: must be an object {{split: [paths]}}, got {self.files!r}")
-        for split, paths in self.files.items():
-            if split not in SPLIT_KEYS:
-                raise ConfigError(f"{key}.files.{split}: unknown split; allowed: {list(SPLIT_KEYS)}")
-            if not isinstance(paths, list) or not all(isinstance(p, str) and p for p in paths):
-                raise ConfigError(f"{key}.files.{split}: must be a list of file paths, got {paths!r}")
-
-    def _validate_recipes(self, key: str) -> None:
-        if not isinstance(self.recipes, list):
-            raise ConfigError(f"{key}.recipes: must be a list, got {self.recipes!r}")
-        for index, recipe in enumerate(self.recipes):
-            where = f"{key}.recipes[{index}]"
-            if not isinstance(recipe, Mapping):
-                raise ConfigError(f"{where}: must be an object with keys {list(RECIPE_KEYS)}")
-            unknown = sorted(set(recipe) - set(RECIPE_KEYS))
-            if unknown:
-                raise ConfigError(f"{where}.{unknown[0]}: unknown key; allowed keys are {list(RECIPE_KEYS)}")
-            if recipe.get("name") not in RECIPES:
-                raise ConfigError(f"{where}.name: must be one of {sorted(RECIPES)}, got {recipe.get('name')!r}")
-            splits = recipe.get("splits", {})
-            if not isinstance(splits, Mapping) or any(s not in SPLIT_KEYS for s in splits):
-                raise ConfigError(f"{where}.splits: must map {list(SPLIT_KEYS)} to hub split names, got {splits!r}")
-            files = recipe.get("data_files", {})
-            if not isinstance(files, Mapping) or any(s not in SPLIT_KEYS for s in files):
-                raise ConfigError(f"{where}.data_files: must map {list(SPLIT_KEYS)} to local files, got {files!r}")
-            if recipe.get("limit") is not None:
-                check_int(recipe["limit"], f"{where}.limit", 1)
+    def validate(self) -> None:
+        """Check the fields again (after some were set by hand)."""
+        check_section(self)
 
     def suite_tasks(self) -> dict:
         """The tasks of the configured bundled suite (``{}`` without one): name -> SuiteTask."""

@@ -2,9 +2,26 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Annotated, Any, Mapping, Sequence
 
-from ..config import ConfigError
+from pydantic import Field, with_config
+from typing_extensions import Required, TypedDict
+
+from ..typed_config import SECTION, ConfigError, check_value
+
+
+@with_config(SECTION)
+class PhaseSpec(TypedDict, total=False):
+    """One phase of ``mta.data.curriculum`` as a config file writes it."""
+
+    start_step: Required[Annotated[int, Field(ge=0, description="the step the phase starts at (the first: 0)")]]
+    tasks: Annotated[list[Annotated[str, Field(min_length=1)]] | None,
+                     Field(min_length=1, description="the tasks that take part (null: every task)")]
+    weights: Annotated[dict[str, Annotated[float, Field(ge=0)]] | None,
+                       Field(description="{task: weight}: multiplies the sampler's mixing rate")]
+
+
+PHASES = Annotated[list[PhaseSpec], Field(min_length=1)]
 
 
 @dataclass(frozen=True)
@@ -22,36 +39,21 @@ class Curriculum:
 
     @classmethod
     def from_list(cls, raw: Any, known_tasks: Sequence[str], key: str = "mta.data.curriculum") -> "Curriculum":
-        if not isinstance(raw, list) or not raw:
-            raise ConfigError(f"{key}: must be a non-empty list of phases, got {raw!r}")
+        """The curriculum of a config's phase list; a ConfigError names the first bad key (a task not in
+        ``known_tasks``, a phase that does not start after the one before)."""
+        items = check_value(PHASES, raw, key, "a non-empty list of phases")
         phases, previous = [], -1
-        for index, item in enumerate(raw):
+        for index, item in enumerate(items):
             where = f"{key}[{index}]"
-            if not isinstance(item, Mapping):
-                raise ConfigError(f"{where}: must be an object with start_step, tasks, weights")
-            unknown = sorted(set(item) - {"start_step", "tasks", "weights"})
-            if unknown:
-                raise ConfigError(f"{where}.{unknown[0]}: unknown key; allowed: start_step, tasks, weights")
-            start = item.get("start_step")
-            if not isinstance(start, int) or isinstance(start, bool) or start < 0:
-                raise ConfigError(f"{where}.start_step: must be an integer >= 0, got {start!r}")
+            start = item["start_step"]
             if index == 0 and start != 0:
                 raise ConfigError(f"{where}.start_step: the first phase must start at step 0, got {start}")
             if start <= previous:
                 raise ConfigError(f"{where}.start_step: must be larger than the previous phase's ({previous})")
             previous = start
-            tasks = item.get("tasks")
-            if tasks is not None:
-                if not isinstance(tasks, list) or not tasks:
-                    raise ConfigError(f"{where}.tasks: must be a non-empty list of task names or null")
-                _known(tasks, known_tasks, f"{where}.tasks")
-            weights = item.get("weights") or {}
-            if not isinstance(weights, Mapping):
-                raise ConfigError(f"{where}.weights: must be an object {{task: weight}}")
+            tasks, weights = item.get("tasks"), item.get("weights") or {}
+            _known(tasks or [], known_tasks, f"{where}.tasks")
             _known(list(weights), known_tasks, f"{where}.weights")
-            for name, value in weights.items():
-                if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
-                    raise ConfigError(f"{where}.weights.{name}: must be a number >= 0, got {value!r}")
             phases.append(Phase(start, None if tasks is None else tuple(tasks), dict(weights)))
         return cls(phases)
 

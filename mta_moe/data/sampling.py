@@ -13,47 +13,41 @@ from typing import Annotated, Any, Literal, Mapping, Sequence
 
 import numpy as np
 from pydantic import Field
-from pydantic.dataclasses import dataclass
 
 from ..config import ConfigError
-from ..typed_config import SECTION, build_section, check_section, expects
+from ..typed_config import build_section, check_section, setting, typed_section
 from .curriculum import Curriculum
 
 STRATEGIES = ("proportional", "temperature", "uniform", "dynamic")
 DYNAMIC_SIGNALS = ("loss", "metric")
 
 
-@dataclass(config=SECTION)
+@typed_section("mta.data.sampling")
 class SamplingConfig:
     """``strategy``: proportional (rate ∝ min(n, cap)), temperature (∝ min(n, cap)^(1/temperature)),
     uniform, or dynamic (the temperature rates re-weighted from validation: tasks whose loss has fallen
     least, or whose metric is lowest, get more: rate ∝ base · s^alpha with s = loss / first loss or
     1 − metric, and at least ``min_rate`` of the uniform rate)."""
 
-    strategy: Literal[STRATEGIES] = Field(  # type: ignore[valid-type]
-        "temperature", description="how the mixing rates follow the task sizes",
-        json_schema_extra=expects(f"one of {list(STRATEGIES)}"))
-    temperature: float = Field(2.0, gt=0, description="the temperature strategy's T (rate ∝ size^(1/T))",
-                               json_schema_extra=expects("a number > 0"))
-    caps: dict[str, Annotated[int, Field(ge=1)]] = Field(
-        default_factory=dict, description="task -> cap on its size for the rate (T5's K)",
-        json_schema_extra=expects("an object {task: cap}", "an integer >= 1"))
-    default_cap: int | None = Field(None, ge=1, description="the cap of tasks without one in caps",
-                                    json_schema_extra=expects("an integer >= 1"))
-    dynamic_signal: Literal[DYNAMIC_SIGNALS] = Field(  # type: ignore[valid-type]
-        "loss", description="what the dynamic strategy re-weights by: validation loss or metric",
-        json_schema_extra=expects(f"one of {list(DYNAMIC_SIGNALS)}"))
-    dynamic_alpha: float = Field(1.0, gt=0, description="the exponent of the dynamic re-weighting",
-                                 json_schema_extra=expects("a number > 0"))
-    min_rate: float = Field(0.1, ge=0, le=1, description="the dynamic rates' floor, a fraction of the uniform rate",
-                            json_schema_extra=expects("a number in [0, 1]"))
+    strategy: Literal[STRATEGIES] = setting(  # type: ignore[valid-type]
+        "temperature", "how the mixing rates follow the task sizes: `proportional`, `temperature`, `uniform` or "
+                       "`dynamic` (*Task mixing*)")
+    temperature: float = setting(2.0, "the temperature strategy's T (rate ∝ size^(1/T))", gt=0)
+    caps: dict[str, Annotated[int, Field(ge=1)]] = setting(
+        {}, "`{task: cap}`: a cap on the task's size for its rate (T5's K)", must="an object {task: cap}")
+    default_cap: int | None = setting(None, "the cap of tasks without one in `caps`", ge=1)
+    dynamic_signal: Literal[DYNAMIC_SIGNALS] = setting(  # type: ignore[valid-type]
+        "loss", "what the dynamic strategy re-weights by: validation `loss` or `metric`")
+    dynamic_alpha: float = setting(1.0, "the exponent of the dynamic re-weighting", gt=0)
+    min_rate: float = setting(0.1, "the dynamic rates' floor, a fraction of the uniform rate", ge=0, le=1)
 
     @classmethod
     def from_dict(cls, raw: Any, key: str = "mta.data.sampling") -> "SamplingConfig":
         return build_section(cls, raw, key)
 
-    def validate(self, key: str = "mta.data.sampling") -> None:
-        check_section(self, key)
+    def validate(self) -> None:
+        """Check the fields again (after some were set by hand)."""
+        check_section(self)
 
 
 class MixtureSampler:

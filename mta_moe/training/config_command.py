@@ -1,6 +1,7 @@
 """``mta-moe config validate FILE`` / ``mta-moe config show FILE``: the checks ``train`` runs on a config before it
 starts (keys, values, the data settings that name tasks), or the resolved config with every default, without
-training anything."""
+training anything. ``mta-moe config schema`` / ``docs [--write DIR]``: the reference of every key, generated from
+the typed sections."""
 from __future__ import annotations
 
 import argparse
@@ -14,6 +15,11 @@ def config_command(args: argparse.Namespace, overrides: Sequence[str]) -> int:
     from ..config import ConfigError
     from .run_config import load_run_config
 
+    if args.action in ("schema", "docs"):
+        return _reference(args)
+    if not args.file:
+        print(f"error: config {args.action}: give the config FILE", file=sys.stderr)
+        return 2
     try:
         cfg = load_run_config(args.file, overrides)
     except ConfigError as exc:
@@ -29,4 +35,19 @@ def config_command(args: argparse.Namespace, overrides: Sequence[str]) -> int:
                                                           if cfg.mta.always_on_adapters else "")
         print(f"{args.file}: ok (stage {cfg.train.stage}, {cfg.train.steps} steps, {layer}, "
               f"output {cfg.train.output_dir})")
+    return 0
+
+
+def _reference(args: argparse.Namespace) -> int:
+    from . import config_reference
+
+    if args.action == "schema":
+        print(json.dumps(config_reference.json_schema(), indent=2, ensure_ascii=False))
+        return 0
+    if args.write:
+        changed = config_reference.write_docs(args.write)
+        print(f"{len(changed)} file(s) rewritten" + "".join(f"\n  {path}" for path in changed))
+        return 0
+    for section in config_reference.SECTIONS:
+        print(f"### {section}\n\n{config_reference.key_table(section)}\n")
     return 0
