@@ -14,7 +14,7 @@ import functools
 import math
 import types
 import typing
-from typing import Any, Callable, Mapping, TypeVar
+from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 import typing_extensions
 from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
@@ -266,6 +266,16 @@ def reject_unknown_keys(values: Any, allowed: list[str], section: str) -> None:
         close = difflib.get_close_matches(unknown[0], list(allowed), n=1, cutoff=0.7)
         hint = f" (did you mean {close[0]}?)" if close else ""
         raise ConfigError(f"{section}.{unknown[0]}: unknown key{hint}; allowed keys are {sorted(allowed)}")
+
+
+def check_known_tasks(used: Any, known: Sequence[str], key: str) -> None:
+    """Every task named by a setting is a task of the data: the keys of a mapping (``key.name: unknown task``) or
+    the names of a list (``key: unknown task 'name'``); the error lists the data's tasks."""
+    unknown = [name for name in used if name not in known]
+    if unknown:
+        where = f"{key}.{unknown[0]}: unknown task" if isinstance(used, Mapping) else \
+            f"{key}: unknown task {unknown[0]!r}"
+        raise ConfigError(f"{where}; tasks in the data: {list(known)}")
 
 
 def check_int(value: Any, key: str, minimum: int) -> None:

@@ -114,7 +114,8 @@ def _build(root: Path) -> list[tuple[str, list[str], str, list[str]]]:
         "early_stopping_patience_zero": (_set("mta.train.early_stopping", {"patience": 0}),
                                          "mta.train.early_stopping.patience: must be an integer >= 1"),
         "early_stopping_unknown_key": (_set("mta.train.early_stopping", {"patience": 2, "wait": 1}),
-                                       "mta.train.early_stopping: must be"),
+                                       "mta.train.early_stopping.wait: unknown key; allowed keys are ['min_delta', "
+                                       "'patience']"),
         "export_steps_not_steps": (_set("mta.train.export_steps", [0]), "mta.train.export_steps[0]: must be an integer"),
         "always_on_negative": (_set("mta.always_on_adapters", -1), "mta.always_on_adapters: must be an integer >= 0"),
         "misspelt_deepspeed_key": (_set("gradient_clipingg", 0.3), "gradient_clipingg: unknown DeepSpeed key"),
@@ -131,7 +132,7 @@ def _build(root: Path) -> list[tuple[str, list[str], str, list[str]]]:
         "misspelt_nested_deepspeed_key": (_set("zero_optimization.stagee", 1),
                                           "zero_optimization.stagee: Extra inputs are not permitted"),
         "trainable_optional_not_bool": (_set("mta.train.trainable", [{"pattern": "*", "optional": "yes"}]),
-                                        "mta.train.trainable[0]: must be"),
+                                        "mta.train.trainable[0].optional: must be true or false, got 'yes'"),
     }
     for name, (change, message) in config.items():
         cases.append((name, _config_case(root, name, change), message))

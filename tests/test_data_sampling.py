@@ -127,7 +127,7 @@ def test_sampling_fields_carry_their_description_and_what_they_expect():
 
 
 def test_caps_must_name_known_tasks_and_rank_slices():
-    with pytest.raises(ConfigError, match=r"mta.data.sampling.caps.poetry: not a task in the data"):
+    with pytest.raises(ConfigError, match=r"mta.data.sampling.caps.poetry: unknown task; tasks in the data"):
         MixtureSampler(SIZES, SamplingConfig(caps={"poetry": 3}))
     batch = list(range(8))
     assert rank_slice(batch, 0, 2) + rank_slice(batch, 1, 2) == batch

@@ -121,14 +121,14 @@ def test_the_data_key_is_validated_and_reaches_the_sampler():
 def test_the_trainer_divides_each_micro_batch_by_the_windows_share_with_the_token_reduction_only():
     from types import SimpleNamespace
 
-    from mta_moe.training.trainer import Trainer
+    from mta_moe.training.trainer import token_normalizer
     grouped = LengthGroupedSampler(mixture(), length, window=4)
     _draws(grouped, 1)
 
     def normalizer(sampler, reduction, world, accum):
         fake = SimpleNamespace(sampler=sampler, world=world, cfg=SimpleNamespace(train=SimpleNamespace(
             loss_reduction=reduction)))
-        return Trainer._token_normalizer(fake, accum)
+        return token_normalizer(fake, accum)
 
     assert normalizer(grouped, "token", 2, 3) == grouped.tokens_per_batch / 6
     assert normalizer(grouped, "sequence", 2, 3) is None

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Mapping, Sequence
 from pydantic import Field, with_config
 from typing_extensions import Required, TypedDict
 
-from ..typed_config import SECTION, ConfigError, check_value
+from ..typed_config import SECTION, ConfigError, check_known_tasks, check_value
 
 
 @with_config(SECTION)
@@ -52,8 +52,8 @@ class Curriculum:
                 raise ConfigError(f"{where}.start_step: must be larger than the previous phase's ({previous})")
             previous = start
             tasks, weights = item.get("tasks"), item.get("weights") or {}
-            _known(tasks or [], known_tasks, f"{where}.tasks")
-            _known(list(weights), known_tasks, f"{where}.weights")
+            check_known_tasks(tasks or [], known_tasks, f"{where}.tasks")
+            check_known_tasks(weights, known_tasks, f"{where}.weights")
             phases.append(Phase(start, None if tasks is None else tuple(tasks), dict(weights)))
         return cls(phases)
 
@@ -70,8 +70,3 @@ class Curriculum:
         return [0.0 if phase.tasks is not None and t not in phase.tasks else float(phase.weights.get(t, 1.0))
                 for t in tasks]
 
-
-def _known(names: list[Any], known: Sequence[str], key: str) -> None:
-    bad = [n for n in names if n not in known]
-    if bad:
-        raise ConfigError(f"{key}: unknown task {bad[0]!r}; tasks in the data: {list(known)}")

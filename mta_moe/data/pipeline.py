@@ -8,7 +8,7 @@ from typing import Callable, Sequence
 
 import datasets
 
-from ..config import ConfigError
+from ..typed_config import check_known_tasks
 from .config import SPLIT_KEYS, DataConfig
 from .curriculum import Curriculum
 from .formats import DataError, LoadReport, load_examples
@@ -129,10 +129,8 @@ def _check_names(config: DataConfig, names: Sequence[str]) -> None:
     overrides."""
     if config.curriculum:
         Curriculum.from_list(config.curriculum, names)
-    for key, mapping in (("mta.data.task_kinds", config.task_kinds), ("mta.data.sampling.caps", config.sampling.caps)):
-        unknown = sorted(set(mapping) - set(names))
-        if unknown:
-            raise ConfigError(f"{key}.{unknown[0]}: unknown task; tasks in the data: {list(names)}")
+    check_known_tasks(config.task_kinds, names, "mta.data.task_kinds")
+    check_known_tasks(config.sampling.caps, names, "mta.data.sampling.caps")
     unknown = sorted(set(config.type_overrides) - set(names))
     if unknown:
         raise DataError(f"mta.data.type_overrides.{unknown[0]}: no such task in the training data")

@@ -14,8 +14,7 @@ from typing import Annotated, Any, Literal, Mapping, Sequence
 import numpy as np
 from pydantic import Field
 
-from ..config import ConfigError
-from ..typed_config import build_section, check_section, setting, typed_section
+from ..typed_config import build_section, check_known_tasks, check_section, setting, typed_section
 from .curriculum import Curriculum
 
 STRATEGIES = ("proportional", "temperature", "uniform", "dynamic")
@@ -62,9 +61,7 @@ class MixtureSampler:
         if min(self.sizes) < 1:
             raise ValueError(f"sampler: every task needs examples, got {dict(task_sizes)}")
         self.config = config or SamplingConfig()
-        unknown = [t for t in self.config.caps if t not in task_sizes]
-        if unknown:
-            raise ConfigError(f"mta.data.sampling.caps.{unknown[0]}: not a task in the data; tasks: {self.tasks}")
+        check_known_tasks(self.config.caps, self.tasks, "mta.data.sampling.caps")
         self.seed = seed
         self.curriculum = curriculum
         self._rng = np.random.Generator(np.random.PCG64(seed))

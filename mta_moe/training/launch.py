@@ -23,23 +23,24 @@ def train_command(args: argparse.Namespace, overrides: Sequence[str]) -> int:
     from .checkpoints import CheckpointError
     from .distributed import leave_process_group
     from .run_dir import RunDirError
+    from .setup import build_run
     from .stop_signals import StopRequested
-    from .trainer import DivergedError, Trainer
+    from .trainer import DivergedError, train
 
     try:
         out = Path(cfg.train.output_dir)
         fresh = not out.exists()
         try:
-            trainer = Trainer(cfg, resume=args.resume, trust_checkpoint=args.trust_checkpoint,
-                              overwrite=args.overwrite, resume_with_changes=_keys(args.resume_with_changes))
+            run = build_run(cfg, resume=args.resume, trust_checkpoint=args.trust_checkpoint,
+                            overwrite=args.overwrite, resume_with_changes=_keys(args.resume_with_changes))
         except BaseException:
             if fresh and _rank() == 0:  # nothing of a run that never started stays behind
                 shutil.rmtree(out, ignore_errors=True)
             raise
         try:
-            scores = trainer.run()
+            scores = train(run)
         finally:
-            trainer.release_output_dir()
+            run.release_output_dir()
     except (ConfigError, DataError, FileNotFoundError, CheckpointError, RunDirError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -50,7 +51,7 @@ def train_command(args: argparse.Namespace, overrides: Sequence[str]) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 128 + exc.signum
     leave_process_group()
-    if scores and trainer.rank == 0:
+    if scores and run.rank == 0:
         print("final validation: " + ", ".join(f"{k} {v:.3f}" for k, v in scores.items()))
     return 0
 

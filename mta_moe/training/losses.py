@@ -17,15 +17,14 @@ from typing import Mapping, Sequence
 import torch
 
 from ..config import ConfigError
+from ..typed_config import check_known_tasks
 from .train_checks import REDUCTIONS
 
 
 def task_weight_vector(weights: Mapping[str, float], task_names: Sequence[str],
                        key: str = "mta.train.task_weights") -> torch.Tensor:
     """Weights in task-id order (1.0 for tasks not named); unknown task names are a ConfigError."""
-    unknown = sorted(set(weights) - set(task_names))
-    if unknown:
-        raise ConfigError(f"{key}.{unknown[0]}: unknown task; tasks in the data: {list(task_names)}")
+    check_known_tasks(weights, task_names, key)
     return torch.tensor([float(weights.get(name, 1.0)) for name in task_names])
 
 

@@ -14,7 +14,7 @@ from ..config import ConfigError, MTAConfig, check_int, reject_nonfinite
 from ..config_files import read_config_file
 from ..data.config import DataConfig
 from ..deepspeed_keys import KNOWN_TOP_LEVEL, unknown_key_message
-from ..typed_config import build_section
+from ..typed_config import build_section, check_known_tasks
 from .train_checks import check_projection
 from .train_config import ModelConfig, TrainConfig
 
@@ -40,11 +40,8 @@ class RunConfig:
     def check_task_names(self, names: Sequence[str]) -> None:
         """The training settings keyed by task name name tasks of the data (run by ``load_task_data`` before
         anything is generated or tokenised, beside its own checks of the data settings)."""
-        for key, mapping in (("mta.train.task_weights", self.train.task_weights),
-                             ("mta.train.baseline_scores", self.train.baseline_scores)):
-            unknown = sorted(set(mapping) - set(names))
-            if unknown:
-                raise ConfigError(f"{key}.{unknown[0]}: unknown task; tasks in the data: {list(names)}")
+        check_known_tasks(self.train.task_weights, names, "mta.train.task_weights")
+        check_known_tasks(self.train.baseline_scores, names, "mta.train.baseline_scores")
 
 
 def build_run_config(raw: Mapping[str, Any], source: str = "<dict>") -> RunConfig:

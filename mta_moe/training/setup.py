@@ -1,11 +1,13 @@
-"""Building one training stage: data, the model (fresh, from an export, or grown), parameter groups and the
-DeepSpeed engine. :class:`~.trainer.Trainer` runs what this builds."""
+"""Building one training stage, top to bottom: :func:`build_run` claims the output directory, decides whether and
+from which checkpoint the run resumes, loads the data, builds the model (fresh, from an export, or grown), its
+parameter groups and the DeepSpeed engine, and returns the plain :class:`~.run.Run` that :func:`.trainer.train`
+runs. A failure here leaves no run record (run_config.json, metrics, run_id) behind."""
 from __future__ import annotations
 
 import json
-import math
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import deepspeed
 import pydantic
@@ -13,7 +15,7 @@ import torch
 import torch.distributed as dist
 
 from ..collectives import all_reduce
-from ..config import ConfigError, sharing_adapters
+from ..config import ConfigError, MTAConfig, sharing_adapters
 from ..data import IGNORE_INDEX, Collator, load_task_data, load_tokenizer, make_sampler, tokenize_examples
 from ..data.tokenizer import check_tokenizer
 from ..logs import get_logger
@@ -21,288 +23,339 @@ from ..metrics import profile_tasks
 from ..modeling import MTAModel, format_parameter_counts
 from ..modeling.persistence import read_saved_config
 from .add_task import grow_for_training, growth_param_groups
-from .checkpoints import CheckpointError
-from .distributed import barrier
-from .logger import monitor_config
+from .checkpoints import CheckpointError, check_free_space, check_output_dir, new_run_id, read_run_id, verify
+from .distributed import barrier, init_process_group
+from .logger import RunLogger, monitor_config
 from .losses import task_weight_vector
 from .model_factory import build_backbone, build_tokenizer, model_mode
 from .monitor import TrainingMonitor
 from .objective import Objective, TrainingModule
 from .param_groups import optimizer_param_groups, pattern_param_groups
-from .run_dir import RunDirError, RunDirLock, claim
+from .resume_check import check_resume, record_data
+from .run import CHECKPOINTS, EXPORT, Run, apply_unfreeze, info, load_checkpoint
+from .run_config import RunConfig
+from .run_dir import RunDirError, claim
 from .stages import restart_config
 from .step_health import StepHealth
 from .task_balance import TaskBalance
 from .unfreezing import UnfreezeSchedule
 
-EXPORT = "export"
-
+__all__ = ["EXPORT", "build_run"]
 log = get_logger(__name__)
 
 
-class RunSetup:
-    """The setup half of :class:`~.trainer.Trainer`: everything built before the first step."""
+def build_run(cfg: RunConfig, resume: bool = False, trust_checkpoint: bool = False, overwrite: bool = False,
+              resume_with_changes: tuple[str, ...] = ()) -> Run:
+    """Everything before the first step. ``resume``: the checkpoint is checked first (see :mod:`.checkpoints`)
+    and loaded once the engine is built; the output directory is locked for the run's life and another run in it
+    is refused unless ``overwrite`` (:mod:`.run_dir`); ``Run.release_output_dir`` unlocks it. A resumed run must
+    have the settings and data it started with, except ``resume_with_changes`` (:mod:`.resume_check`)."""
+    rank, world = init_process_group(cfg.train.distributed_timeout_s)
+    out = Path(cfg.train.output_dir)
+    check_output_dir(out)
+    lock = agreed(lambda: claim(out, resume, overwrite), rank, world, out, ranks=(0,))
+    try:
+        # resuming is decided here, once: the verified checkpoint tag (None: a fresh start)
+        resume_tag = agreed(lambda: verify(out, out / CHECKPOINTS, trust_checkpoint), rank, world, out) \
+            if resume else None
+        return _build(cfg, rank, world, out, lock, resume_tag, resume_with_changes)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
 
-    def _claim_output_dir(self, resume: bool, overwrite: bool) -> RunDirLock | None:
-        """Rank 0 claims the directory (:func:`.run_dir.claim`); every rank learns whether it could."""
-        return self._agreed(lambda: claim(self.out, resume, overwrite), ranks=(0,))
 
-    def _agreed(self, check, ranks: tuple[int, ...] | None = None):
-        """``check()`` on ``ranks`` (None: every rank); when it raises on any rank, every rank raises (the failing
-        ranks their own error, the others one that names it), so no rank waits in a collective for one that left."""
-        result, error = None, None
-        if ranks is None or self.rank in ranks:
-            try:
-                result = check()
-            except (RunDirError, CheckpointError) as exc:
-                error = exc
-        failed = torch.tensor([0.0 if error is None else 1.0])
-        if self.world > 1:
-            all_reduce(failed, op=dist.ReduceOp.MAX)
-        if error is not None:
-            raise error
-        if failed.item():
-            raise CheckpointError(f"another rank refused to start in {self.out} (its error names why)")
-        return result
+def agreed(check: Callable[[], Any], rank: int, world: int, out: Path, ranks: tuple[int, ...] | None = None) -> Any:
+    """``check()`` on ``ranks`` (None: every rank); when it raises on any rank, every rank raises (the failing
+    ranks their own error, the others one that names it), so no rank waits in a collective for one that left."""
+    result, error = None, None
+    if ranks is None or rank in ranks:
+        try:
+            result = check()
+        except (RunDirError, CheckpointError) as exc:
+            error = exc
+    failed = torch.tensor([0.0 if error is None else 1.0])
+    if world > 1:
+        all_reduce(failed, op=dist.ReduceOp.MAX)
+    if error is not None:
+        raise error
+    if failed.item():
+        raise CheckpointError(f"another rank refused to start in {out} (its error names why)")
+    return result
 
-    def release_output_dir(self) -> None:
-        """Remove this run's lock on its output directory (rank 0; once)."""
-        if self.lock is not None:
-            self.lock.release()
 
-    def _setup_data_and_model(self) -> None:
-        cfg = self.cfg
-        self.layer = cfg.mta if cfg.train.init_from is None else self._restart_config(Path(cfg.train.init_from))
-        task_types = cfg.mta.task_types if cfg.train.add_task_types is not None else self.layer.task_types
-        if self.rank == 0:  # generates the bundled suite once; the other ranks read it afterwards
-            self.data = load_task_data(cfg.data, task_types, self.out / "data", cfg.check_task_names)
-        barrier()
-        if self.rank != 0:
-            self.data = load_task_data(cfg.data, task_types, self.out / "data", cfg.check_task_names)
-        for report in self.data.reports:
-            self._info(report.summary())
-        train_texts = list(self.data.splits["train"]["input"]) + list(self.data.splits["train"]["target"])
-        self.new_tasks: list[str] = []
-        if cfg.train.init_from is None:  # stage 1 (stage 2 and add_task_types start from an export)
-            # trained once, by rank 0 (the other ranks load it); a resumed run keeps the tokenizer it trained with
-            train_here = not (self.resume and (self.out / "tokenizer").is_dir())
-            if self.rank == 0:
-                self.tokenizer = build_tokenizer(cfg.model, train_texts, self.out / "tokenizer", train_here=train_here)
-            barrier()
-            if self.rank != 0:
-                self.tokenizer = build_tokenizer(cfg.model, train_texts, self.out / "tokenizer", train_here=False)
-            base = build_backbone(cfg.model, self.tokenizer, cfg.train.seed)
-            self.model = MTAModel(base, self._layer_config())
-        else:
-            self._load_init_from(Path(cfg.train.init_from))
-        self.mode = model_mode(self.model.base_model)
-        if cfg.train.activation_checkpointing:
-            self.model.activation_checkpointing_enable()
-        self.collate = Collator(self.tokenizer.pad_token_id, self.mode,
-                                padding_side="right" if self.mode == "seq2seq" else "left")
-        d = cfg.data
-        self.train_set, report = tokenize_examples(self.data.splits["train"], self.tokenizer, self.data.registry,
-                                                   d.max_input_length, d.max_target_length, self.mode)
-        self._info(report.summary())
-        self.logger.log("truncation", 0, {"train": report.counts})
-        self.val_set, self.val_rows = None, []
-        if "validation" in self.data.splits:
-            self.val_set, _ = tokenize_examples(self.data.splits["validation"], self.tokenizer,
-                                                self.data.registry, d.max_input_length, d.max_target_length,
-                                                "seq2seq" if self.mode == "seq2seq" else "causal")
-            self.val_rows = self.val_set.select_columns(["input_ids", "labels", "task_type_id", "task_id"]).to_list()
-        self.task_rows = self.data.task_indices()
-        # the collated columns as plain Python rows, read once: indexing a datasets.Dataset formats a row per call
-        self.train_rows = self.train_set.select_columns(["input_ids", "labels", "task_type_id", "task_id"]).to_list()
-        self.growth = None
-        sampled = list(self.task_rows)
-        if cfg.train.add_task_types is not None:
-            sampled = self._grow()
-        self.sampler = make_sampler(d, {t: len(self.task_rows[t]) for t in sampled}, self._example_length,
-                                    cfg.train.steps)
-        if d.sampling.strategy == "dynamic":
-            validated = set(self.val_set["task"]) if self.val_set is not None else set()
-            missing = [t for t in sampled if t not in validated]
-            if missing:
-                raise ConfigError("mta.data.sampling.strategy: 'dynamic' re-weights the mixture after each "
-                                  f"validation, but tasks {missing} have no validation rows")
-        static = task_weight_vector(self.cfg.train.task_weights, self.data.registry.names)
-        self.balance = TaskBalance(self.cfg.train.weighting, self.data.registry.names, static)
-        train = self.data.splits["train"]
-        suite = d.suite_tasks()
-        declared = {name: suite[name].kind for name in self.data.registry.names if name in suite}
-        self.profiles = profile_tasks(list(train["task"]), list(train["input"]), list(train["target"]),
-                                      {**declared, **d.task_kinds})
+@dataclass
+class _Parts:
+    """The data and model half of a run, before the engine."""
 
-    def _example_length(self, task: str, index: int) -> tuple[int, int]:
-        """Input tokens and scored target tokens of a training example (``mta.data.group_by_length`` orders
-        by them)."""
-        row = self.train_rows[self.task_rows[task][index]]
+    data: Any
+    tokenizer: Any
+    model: MTAModel
+    growth: Any  # add_task_types: what grew (None otherwise)
+    sampled: list[str]  # the tasks training batches come from
+
+
+def _build(cfg: RunConfig, rank: int, world: int, out: Path, lock: Any, resume_tag: str | None,
+           resume_with_changes: tuple[str, ...]) -> Run:
+    resuming = resume_tag is not None
+    changes = check_resume(out, cfg, resume_with_changes) if resuming else []
+    logger = RunLogger(out, enabled=rank == 0)
+    logger.log("run", 0, {"stage": cfg.train.stage, "world_size": world, "ep_size": cfg.mta.ep_size,
+                          "resume": resuming, "config": cfg.source, "changed_on_resume": changes})
+    parts, tokenised = _data_and_model(cfg, rank, out, logger, resuming)
+    d = cfg.data
+    mode = model_mode(parts.model.base_model)
+    collate = Collator(parts.tokenizer.pad_token_id, mode, padding_side="right" if mode == "seq2seq" else "left")
+    train_rows, task_rows, val_set, val_rows = tokenised(mode, collate)
+    parts = _grown(cfg, parts, train_rows, task_rows, collate, logger)
+    model = parts.model  # (adding task types: the grown model)
+    if cfg.train.activation_checkpointing:
+        model.activation_checkpointing_enable()
+
+    def example_length(task: str, index: int) -> tuple[int, int]:  # mta.data.group_by_length orders by it
+        row = train_rows[task_rows[task][index]]
         return len(row["input_ids"]), sum(label != IGNORE_INDEX for label in row["labels"])
 
-    def _layer_config(self):
-        """``mta`` for a stage-1 model; routing by task names the data's tasks (ids follow ``mta.tasks``)."""
-        mta, registry = self.layer, self.data.registry
-        if mta.route_by == "task":
-            if mta.tasks is None:
-                mta = mta.replace(tasks=list(registry.names))
-            self.data.registry = registry.in_order(mta.tasks)
-        shared = sharing_adapters(mta)
-        if shared:
-            log.warning(f"{mta.num_routes} routing keys (mta.route_by {mta.route_by!r}) on {mta.num_experts} adapters: "
-                        + "; ".join(f"adapter {a} starts shared by {', '.join(keys)}" for a, keys in shared.items())
-                        + " (set mta.num_experts to the number of keys, or mta.task_adapter_assignment, to change it)")
-        return mta
+    sampler = make_sampler(d, {t: len(task_rows[t]) for t in parts.sampled}, example_length, cfg.train.steps)
+    if d.sampling.strategy == "dynamic":
+        validated = set(val_set["task"]) if val_set is not None else set()
+        missing = [t for t in parts.sampled if t not in validated]
+        if missing:
+            raise ConfigError("mta.data.sampling.strategy: 'dynamic' re-weights the mixture after each "
+                              f"validation, but tasks {missing} have no validation rows")
+    names = parts.data.registry.names
+    balance = TaskBalance(cfg.train.weighting, names, task_weight_vector(cfg.train.task_weights, names))
+    train, suite = parts.data.splits["train"], d.suite_tasks()
+    declared = {name: suite[name].kind for name in names if name in suite}
+    profiles = profile_tasks(list(train["task"]), list(train["input"]), list(train["target"]),
+                             {**declared, **d.task_kinds})
+    check_free_space(out, sum(p.numel() for p in model.parameters()))
+    groups, unfreeze = _param_groups(cfg, model, parts.growth, balance)
+    engine, scheduler = _engine(cfg, model, groups, balance, out, logger, world)
+    objective = Objective(cfg.train, balance, mode, world)
+    if balance.method == "gradnorm":
+        waiting = [p for u in unfreeze.units for p in u.params] if unfreeze else []
+        named = balance.gradnorm_parameters(model, exclude=waiting)
+        objective.gradnorm_params = [p for _, p in named]
+        info(f"GradNorm: gradient norms w.r.t. {[n for n, _ in named]}")
+    run = Run(cfg, rank, world, out, lock, logger, resume_tag, parts.data, parts.tokenizer, model, mode, collate,
+              train_rows, task_rows, val_set, val_rows, profiles, sampler, balance, engine, scheduler, unfreeze,
+              objective, StepHealth(engine.device), TrainingMonitor(cfg.train.warn_margin, cfg.train.baseline_scores))
+    if resuming:  # the engine, sampler and monitor are built: their state comes from the checkpoint
+        load_checkpoint(run)
+    apply_unfreeze(run)
+    if rank == 0:  # started: the run's record
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "run_config.json").write_text(json.dumps(cfg.to_json(), indent=2) + "\n")
+        if not resuming:
+            record_data(out, cfg)
+        run.run_id = read_run_id(out) if resuming and read_run_id(out) else new_run_id(out)
+    logger.start()
+    barrier()
+    return run
 
-    def _restart_config(self, source: Path):
-        """The layer config of a run that starts from an export: the export's, with this run's keys applied where
-        they can take effect (:func:`.stages.restart_config`); a key that cannot is refused by name."""
-        cfg = self.cfg
-        if not (source / "mta_config.json").is_file():
-            raise ConfigError(f"mta.train.init_from: {source} is not a stage-1 export (no mta_config.json); "
-                              f"run stage 1 first or point to its {EXPORT}/ directory")
-        self.saved_stage, saved = read_saved_config(source)
-        growing = cfg.train.add_task_types is not None
-        return restart_config(saved, self.saved_stage, cfg.mta, cfg.mta_keys | {"ep_size"}, str(source), growing)
 
-    def _load_init_from(self, source: Path) -> None:
-        """Stage 2 (or adding task types) from an export, built with :meth:`_restart_config`'s layer config; the
-        data's task ids follow a by-task model's order."""
-        growing = self.cfg.train.add_task_types is not None
-        # (adding task types moves tasks to the new types on purpose: mta.data.type_overrides)
-        trained_types = json.loads((source / "tasks.json").read_text())["tasks"] \
-            if (source / "tasks.json").is_file() and not growing else {}
-        changed = {t: (trained_types[t], ty) for t, ty in self.data.registry.type_of.items()
-                   if t in trained_types and trained_types[t] != ty}
-        if changed:
-            task, (was, now) = sorted(changed.items())[0]
-            raise ConfigError(f"mta.data: task {task!r} has type {now!r} in this run's data but the export at {source} "
-                              f"was trained with it as {was!r}; use the same mta.data.type_overrides as that run")
-        self.tokenizer = load_tokenizer(source)
-        check_tokenizer(self.tokenizer, source, f"mta.train.init_from {source}: the tokenizer files")
-        self.model = MTAModel.from_pretrained(source, ep_size=self.cfg.mta.ep_size, config=self.layer)
-        if self.cfg.train.stage == 1 and not growing and self.model.stage != 1:
-            raise ConfigError(f"mta.train.init_from: {source} is a stage-{self.model.stage} export; a stage-1 run "
-                              "continues stage-1 exports only")
-        if self.model.stage == 1 and not growing and self.cfg.train.stage == 2:
-            self.model.enable_stage2()
-        if self.layer.route_by == "task":
-            trained = list(self.layer.tasks)
-            self.new_tasks = sorted(set(self.data.registry.names) - set(trained)) if growing else []
-            self.data.registry = self.data.registry.in_order(trained + self.new_tasks)
+def _data_and_model(cfg: RunConfig, rank: int, out: Path, logger: RunLogger, resuming: bool):
+    """The task data, tokenizer and model (fresh, or from ``init_from``), and a function that tokenises the splits
+    for the model's mode: ``(mode, collate) -> (train_rows, task_rows, val_set, val_rows)``."""
+    source = Path(cfg.train.init_from) if cfg.train.init_from is not None else None
+    layer = cfg.mta if source is None else _restart_config(cfg, source)
+    task_types = cfg.mta.task_types if cfg.train.add_task_types is not None else layer.task_types
+    if rank == 0:  # generates the bundled suite once; the other ranks read it afterwards
+        data = load_task_data(cfg.data, task_types, out / "data", cfg.check_task_names)
+    barrier()
+    if rank != 0:
+        data = load_task_data(cfg.data, task_types, out / "data", cfg.check_task_names)
+    for report in data.reports:
+        info(report.summary())
+    if source is None:  # stage 1 (stage 2 and add_task_types start from an export)
+        train_texts = list(data.splits["train"]["input"]) + list(data.splits["train"]["target"])
+        # trained once, by rank 0 (the other ranks load it); a resumed run keeps the tokenizer it trained with
+        train_here = not (resuming and (out / "tokenizer").is_dir())
+        if rank == 0:
+            tokenizer = build_tokenizer(cfg.model, train_texts, out / "tokenizer", train_here=train_here)
+        barrier()
+        if rank != 0:
+            tokenizer = build_tokenizer(cfg.model, train_texts, out / "tokenizer", train_here=False)
+        base = build_backbone(cfg.model, tokenizer, cfg.train.seed)
+        mta, registry = _layer_config(layer, data.registry)
+        data.registry = registry
+        model, new_tasks = MTAModel(base, mta), []
+    else:
+        tokenizer, model, new_tasks = _load_init_from(cfg, source, layer, data)
 
-    def _grow(self) -> list[str]:
-        """Add the new task types to the init_from export; training batches come from their tasks only."""
-        cfg, registry = self.cfg, self.data.registry
-        if self.model.mta_config.route_by == "task":  # the new routing keys are the data's new tasks
-            tasks = self.new_tasks
-            rows = {t: [self.train_rows[i] for i in self.task_rows[t]] for t in tasks}
-        else:
-            trained = self.model.mta_config.task_types
-            new_types = [ty for ty in cfg.mta.task_types if ty not in trained]
-            tasks = [t for t in registry.names if registry.type_of[t] in new_types]
-            rows = {ty: [self.train_rows[i] for t in tasks if registry.type_of[t] == ty for i in self.task_rows[t]]
-                    for ty in new_types}
-        self.model, self.growth = grow_for_training(Path(cfg.train.init_from), cfg.mta.task_types,
-                                                    cfg.train.add_task_types, cfg.mta.ep_size, rows, self.collate,
-                                                    self._info, new_keys=tasks)
-        self.logger.log("add_task_types", 0, {"new_types": self.growth.new_types, "tasks": tasks,
-                                              "new_adapters": self.growth.new_experts,
-                                              "warm_start": self.growth.warm_start})
-        return tasks
+    def tokenised(mode: str, collate: Collator):
+        d = cfg.data
+        train_set, report = tokenize_examples(data.splits["train"], tokenizer, data.registry, d.max_input_length,
+                                              d.max_target_length, mode)
+        info(report.summary())
+        logger.log("truncation", 0, {"train": report.counts})
+        val_set, val_rows = None, []
+        if "validation" in data.splits:
+            val_set, _ = tokenize_examples(data.splits["validation"], tokenizer, data.registry, d.max_input_length,
+                                           d.max_target_length, "seq2seq" if mode == "seq2seq" else "causal")
+            val_rows = val_set.select_columns(["input_ids", "labels", "task_type_id", "task_id"]).to_list()
+        # the collated columns as plain Python rows, read once: indexing a datasets.Dataset formats a row per call
+        train_rows = train_set.select_columns(["input_ids", "labels", "task_type_id", "task_id"]).to_list()
+        return train_rows, data.task_indices(), val_set, val_rows
 
-    def _param_groups(self) -> list[dict[str, Any]]:
-        t = self.cfg.train
-        self.unfreeze = None
-        if self.growth is not None:
-            groups = growth_param_groups(self.model, self.growth, t.lr, t.weight_decay)
-        elif t.trainable is not None:
-            unused = [p for layer in self.model.mta_layers.values() for p in layer.selector.unused_parameters()]
-            groups = pattern_param_groups(self.model, t.trainable, t.lr, t.weight_decay, keep_frozen=unused)
-        elif t.unfreeze is not None:
-            self.unfreeze = UnfreezeSchedule(self.model, t.unfreeze.get("start_step", 0), t.unfreeze["every"])
-            groups = self.unfreeze.param_groups(t.lr, t.weight_decay)
-        else:
-            if t.stage == 2:
-                self.model.freeze_all_but_mta()
-            groups = optimizer_param_groups(self.model, t.lr, t.weight_decay)
-        zero = self.cfg.ds.get("zero_optimization", {}).get("stage", 0)
-        if zero in (1, 2) and not any(g.get("moe") for g in groups):
-            raise ConfigError("mta.train.trainable: no trainable adapter (MoE expert) parameter; DeepSpeed's ZeRO "
-                              f"stage {zero} needs at least one (add a pattern such as '*deepspeed_experts*'), or "
-                              "set zero_optimization.stage to 0 to train without them")
-        return groups + self.balance.param_groups()
+    return _Parts(data, tokenizer, model, None, new_tasks), tokenised
 
-    def _setup_engine(self) -> None:
-        t = self.cfg.train
-        groups = self._param_groups()
-        self._info(format_parameter_counts(self.model))
-        optimizer = torch.optim.AdamW(groups, lr=t.lr, weight_decay=t.weight_decay)
-        warmup, total = t.warmup_steps, t.steps
 
-        def schedule(step: int) -> float:  # linear warmup, then linear decay to 10 %
-            if step < warmup:
-                return (step + 1) / warmup
-            return max(0.1, 1.0 - 0.9 * (step - warmup) / max(1, total - warmup))
+def _layer_config(layer: MTAConfig, registry: Any) -> tuple[MTAConfig, Any]:
+    """``mta`` for a stage-1 model and the task registry in its order: routing by task names the data's tasks (ids
+    follow ``mta.tasks``)."""
+    mta = layer
+    if mta.route_by == "task":
+        if mta.tasks is None:
+            mta = mta.replace(tasks=list(registry.names))
+        registry = registry.in_order(mta.tasks)
+    shared = sharing_adapters(mta)
+    if shared:
+        log.warning(f"{mta.num_routes} routing keys (mta.route_by {mta.route_by!r}) on {mta.num_experts} adapters: "
+                    + "; ".join(f"adapter {a} starts shared by {', '.join(keys)}" for a, keys in shared.items())
+                    + " (set mta.num_experts to the number of keys, or mta.task_adapter_assignment, to change it)")
+    return mta, registry
 
-        # a DeepSpeed "scheduler" section (WarmupLR, WarmupDecayLR, WarmupCosineLR, OneCycle...) is DeepSpeed's
-        # to build over this optimizer; without one, the trainer's own warm-up / linear decay
-        scheduler = None if "scheduler" in self.cfg.ds else torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-        ds = monitor_config(self.cfg.ds, self.out)
-        ds.setdefault("zero_allow_untested_optimizer", True)
-        ds.setdefault("steps_per_print", 10**9)
-        try:
-            self.engine, _, _, self.scheduler = deepspeed.initialize(model=TrainingModule(self.model, self.balance),
-                                                                     optimizer=optimizer, lr_scheduler=scheduler,
-                                                                     config=ds)
-        except pydantic.ValidationError as exc:  # DeepSpeed's own config models: one line naming the key
-            first = exc.errors()[0]
-            loc = [str(part) for part in first.get("loc", ())]
-            sections = [k for k, v in ds.items() if isinstance(v, dict) and loc and loc[0] in v]
-            where = ".".join(sections[:1] + loc) if len(sections) == 1 else ".".join(loc) or exc.title
-            raise ConfigError(f"{where}: {first.get('msg')} (DeepSpeed's {exc.title})") from None
-        if self.engine.monitor.enabled and self.rank == 0:  # the training records through DeepSpeed's monitors too
-            self.logger.monitor = self.engine.monitor.write_events
-        dtypes = sorted({str(p.dtype).replace("torch.", "") for p in self.engine.module.parameters()})
-        checkpointed = sum(getattr(m, "gradient_checkpointing", False) is True for m in self.model.modules())
-        e = self.engine  # the engine's own view of the DeepSpeed keys, as it applies them
-        self.logger.log("engine", 0, {"device": str(e.device), "param_dtypes": dtypes,
-                                      "zero_stage": e.zero_optimization_stage(),
-                                      "activation_checkpointed_modules": checkpointed,
-                                      "train_micro_batch_size_per_gpu": e.train_micro_batch_size_per_gpu(),
-                                      "gradient_accumulation_steps": e.gradient_accumulation_steps(),
-                                      "gradient_clipping": e.gradient_clipping(), "bf16": e.bfloat16_enabled(),
-                                      "fp16": e.fp16_enabled(), "overlap_comm": e.zero_overlap_comm(),
-                                      "contiguous_gradients": e.zero_contiguous_gradients(),
-                                      "steps_per_print": e.steps_per_print()})
-        self._info(f"engine: {self.engine.device}, parameters in {', '.join(dtypes)}, "
-                   f"ZeRO stage {self.engine.zero_optimization_stage()}")
-        if self.world == 1 and self.engine.zero_optimization_stage() > 0:
-            self._info("one process: ZeRO partitions nothing here but adds a gradient hook per parameter; "
-                       "--zero_optimization.stage 0 starts faster (the shipped configs keep 2 for multi-rank runs)")
-        self.step, self.skipped, self.evals_since_best = 0, 0, 0
-        self.best = -math.inf
-        self.health = StepHealth(self.engine.device)
-        self.monitor = TrainingMonitor(t.warn_margin, t.baseline_scores)
-        self.objective = Objective(t, self.balance, self.mode, self.world)
-        if self.balance.method == "gradnorm":
-            waiting = [p for u in self.unfreeze.units for p in u.params] if self.unfreeze else []
-            named = self.balance.gradnorm_parameters(self.model, exclude=waiting)
-            self.objective.gradnorm_params = [p for _, p in named]
-            self._info(f"GradNorm: gradient norms w.r.t. {[n for n, _ in named]}")
 
-    def _apply_unfreeze(self) -> None:
-        """Gradual unfreezing: switch the blocks whose turn has come (logged as ``unfreeze`` records)."""
-        if self.unfreeze is None:
-            return
-        newly = self.unfreeze.apply(self.step, self.engine.optimizer)
-        if newly:
-            self.logger.log("unfreeze", self.step, {"blocks": newly, "unfrozen": self.unfreeze.unfrozen,
-                                                    "of": len(self.unfreeze.units)})
-            self._info(f"step {self.step}: unfroze {', '.join(newly)} "
-                       f"({self.unfreeze.unfrozen}/{len(self.unfreeze.units)} blocks)")
+def _restart_config(cfg: RunConfig, source: Path) -> MTAConfig:
+    """The layer config of a run that starts from an export: the export's, with this run's keys applied where
+    they can take effect (:func:`.stages.restart_config`); a key that cannot is refused by name."""
+    if not (source / "mta_config.json").is_file():
+        raise ConfigError(f"mta.train.init_from: {source} is not a stage-1 export (no mta_config.json); "
+                          f"run stage 1 first or point to its {EXPORT}/ directory")
+    saved_stage, saved = read_saved_config(source)
+    growing = cfg.train.add_task_types is not None
+    return restart_config(saved, saved_stage, cfg.mta, cfg.mta_keys | {"ep_size"}, str(source), growing)
 
-    @staticmethod
-    def _info(message: str) -> None:
-        """A progress message (``mta_moe`` logger; printed by rank 0 under the command-line handler)."""
-        log.info(message)
+
+def _load_init_from(cfg: RunConfig, source: Path, layer: MTAConfig, data: Any) -> tuple[Any, MTAModel, list[str]]:
+    """Stage 2 (or adding task types) from an export, built with the layer config of :func:`_restart_config`; the
+    data's task ids follow a by-task model's order. Returns the tokenizer, the model and the new tasks (adding
+    task types to a by-task model)."""
+    growing = cfg.train.add_task_types is not None
+    # (adding task types moves tasks to the new types on purpose: mta.data.type_overrides)
+    trained_types = json.loads((source / "tasks.json").read_text())["tasks"] \
+        if (source / "tasks.json").is_file() and not growing else {}
+    changed = {t: (trained_types[t], ty) for t, ty in data.registry.type_of.items()
+               if t in trained_types and trained_types[t] != ty}
+    if changed:
+        task, (was, now) = sorted(changed.items())[0]
+        raise ConfigError(f"mta.data: task {task!r} has type {now!r} in this run's data but the export at {source} "
+                          f"was trained with it as {was!r}; use the same mta.data.type_overrides as that run")
+    tokenizer = load_tokenizer(source)
+    check_tokenizer(tokenizer, source, f"mta.train.init_from {source}: the tokenizer files")
+    model = MTAModel.from_pretrained(source, ep_size=cfg.mta.ep_size, config=layer)
+    if cfg.train.stage == 1 and not growing and model.stage != 1:
+        raise ConfigError(f"mta.train.init_from: {source} is a stage-{model.stage} export; a stage-1 run "
+                          "continues stage-1 exports only")
+    if model.stage == 1 and not growing and cfg.train.stage == 2:
+        model.enable_stage2()
+    new_tasks: list[str] = []
+    if layer.route_by == "task":
+        trained = list(layer.tasks)
+        new_tasks = sorted(set(data.registry.names) - set(trained)) if growing else []
+        data.registry = data.registry.in_order(trained + new_tasks)
+    return tokenizer, model, new_tasks
+
+
+def _grown(cfg: RunConfig, parts: _Parts, train_rows: list[dict[str, Any]], task_rows: dict[str, list[int]],
+           collate: Collator, logger: RunLogger) -> _Parts:
+    """``add_task_types``: the init_from export with the new task types added; training batches come from their
+    tasks only. Otherwise ``parts`` with every task sampled."""
+    if cfg.train.add_task_types is None:
+        return _Parts(parts.data, parts.tokenizer, parts.model, None, list(task_rows))
+    registry = parts.data.registry
+    if parts.model.mta_config.route_by == "task":  # the new routing keys are the data's new tasks
+        tasks = parts.sampled
+        rows = {t: [train_rows[i] for i in task_rows[t]] for t in tasks}
+    else:
+        trained = parts.model.mta_config.task_types
+        new_types = [ty for ty in cfg.mta.task_types if ty not in trained]
+        tasks = [t for t in registry.names if registry.type_of[t] in new_types]
+        rows = {ty: [train_rows[i] for t in tasks if registry.type_of[t] == ty for i in task_rows[t]]
+                for ty in new_types}
+    model, growth = grow_for_training(Path(cfg.train.init_from), cfg.mta.task_types, cfg.train.add_task_types,
+                                      cfg.mta.ep_size, rows, collate, info, new_keys=tasks)
+    logger.log("add_task_types", 0, {"new_types": growth.new_types, "tasks": tasks, "new_adapters": growth.new_experts,
+                                     "warm_start": growth.warm_start})
+    return _Parts(parts.data, parts.tokenizer, model, growth, tasks)
+
+
+def _param_groups(cfg: RunConfig, model: MTAModel, growth: Any, balance: TaskBalance
+                  ) -> tuple[list[dict[str, Any]], UnfreezeSchedule | None]:
+    """The optimizer's parameter groups (what trains, at which lr) and the gradual-unfreezing schedule (or None)."""
+    t, unfreeze = cfg.train, None
+    if growth is not None:
+        groups = growth_param_groups(model, growth, t.lr, t.weight_decay)
+    elif t.trainable is not None:
+        unused = [p for layer in model.mta_layers.values() for p in layer.selector.unused_parameters()]
+        groups = pattern_param_groups(model, t.trainable, t.lr, t.weight_decay, keep_frozen=unused)
+    elif t.unfreeze is not None:
+        unfreeze = UnfreezeSchedule(model, t.unfreeze.get("start_step", 0), t.unfreeze["every"])
+        groups = unfreeze.param_groups(t.lr, t.weight_decay)
+    else:
+        if t.stage == 2:
+            model.freeze_all_but_mta()
+        groups = optimizer_param_groups(model, t.lr, t.weight_decay)
+    zero = cfg.ds.get("zero_optimization", {}).get("stage", 0)
+    if zero in (1, 2) and not any(g.get("moe") for g in groups):
+        raise ConfigError("mta.train.trainable: no trainable adapter (MoE expert) parameter; DeepSpeed's ZeRO "
+                          f"stage {zero} needs at least one (add a pattern such as '*deepspeed_experts*'), or "
+                          "set zero_optimization.stage to 0 to train without them")
+    return groups + balance.param_groups(), unfreeze
+
+
+def _engine(cfg: RunConfig, model: MTAModel, groups: list[dict[str, Any]], balance: TaskBalance, out: Path,
+            logger: RunLogger, world: int) -> tuple[Any, Any]:
+    """The DeepSpeed engine over AdamW on ``groups`` and the learning-rate schedule (the trainer's warm-up and
+    linear decay, or DeepSpeed's from a ``scheduler`` section); the engine's view of its keys is logged."""
+    t = cfg.train
+    info(format_parameter_counts(model))
+    optimizer = torch.optim.AdamW(groups, lr=t.lr, weight_decay=t.weight_decay)
+    warmup, total = t.warmup_steps, t.steps
+
+    def schedule(step: int) -> float:  # linear warmup, then linear decay to 10 %
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.1, 1.0 - 0.9 * (step - warmup) / max(1, total - warmup))
+
+    # a DeepSpeed "scheduler" section (WarmupLR, WarmupDecayLR, WarmupCosineLR, OneCycle...) is DeepSpeed's
+    # to build over this optimizer; without one, the trainer's own warm-up / linear decay
+    scheduler = None if "scheduler" in cfg.ds else torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    ds = monitor_config(cfg.ds, out)
+    ds.setdefault("zero_allow_untested_optimizer", True)
+    ds.setdefault("steps_per_print", 10**9)
+    try:
+        engine, _, _, scheduler = deepspeed.initialize(model=TrainingModule(model, balance), optimizer=optimizer,
+                                                       lr_scheduler=scheduler, config=ds)
+    except pydantic.ValidationError as exc:  # DeepSpeed's own config models: one line naming the key
+        first = exc.errors()[0]
+        loc = [str(part) for part in first.get("loc", ())]
+        sections = [k for k, v in ds.items() if isinstance(v, dict) and loc and loc[0] in v]
+        where = ".".join(sections[:1] + loc) if len(sections) == 1 else ".".join(loc) or exc.title
+        raise ConfigError(f"{where}: {first.get('msg')} (DeepSpeed's {exc.title})") from None
+    if engine.monitor.enabled and logger.enabled:  # the training records through DeepSpeed's monitors too
+        logger.monitor = engine.monitor.write_events
+    _log_engine(engine, model, logger, world)
+    return engine, scheduler
+
+
+def _log_engine(engine: Any, model: MTAModel, logger: RunLogger, world: int) -> None:
+    """The engine's own view of the DeepSpeed keys, as it applies them (the ``engine`` record)."""
+    e = engine
+    dtypes = sorted({str(p.dtype).replace("torch.", "") for p in e.module.parameters()})
+    checkpointed = sum(getattr(m, "gradient_checkpointing", False) is True for m in model.modules())
+    logger.log("engine", 0, {"device": str(e.device), "param_dtypes": dtypes,
+                             "zero_stage": e.zero_optimization_stage(),
+                             "activation_checkpointed_modules": checkpointed,
+                             "train_micro_batch_size_per_gpu": e.train_micro_batch_size_per_gpu(),
+                             "gradient_accumulation_steps": e.gradient_accumulation_steps(),
+                             "gradient_clipping": e.gradient_clipping(), "bf16": e.bfloat16_enabled(),
+                             "fp16": e.fp16_enabled(), "overlap_comm": e.zero_overlap_comm(),
+                             "contiguous_gradients": e.zero_contiguous_gradients(),
+                             "steps_per_print": e.steps_per_print()})
+    info(f"engine: {e.device}, parameters in {', '.join(dtypes)}, ZeRO stage {e.zero_optimization_stage()}")
+    if world == 1 and e.zero_optimization_stage() > 0:
+        info("one process: ZeRO partitions nothing here but adds a gradient hook per parameter; "
+             "--zero_optimization.stage 0 starts faster (the shipped configs keep 2 for multi-rank runs)")

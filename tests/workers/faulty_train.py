@@ -21,19 +21,20 @@ from distributed import kill_tree  # noqa: E402  (tests/distributed.py)
 
 from mta_moe import cli
 from mta_moe.training import objective as objective_module
+from mta_moe.training import run as run_module
 from mta_moe.training import trainer as trainer_module
 
 
 def _inject(fault: str) -> None:
     kind, _, arg = fault.partition(":")
     if kind == "kill_in_commit":
-        real_commit = trainer_module.commit
+        real_commit = run_module.commit
 
         def commit(checkpoints, tag, step, run_id):
             if tag == arg:  # the launcher and every rank, as a lost node would
                 kill_tree(os.getppid() if os.environ.get("TORCHELASTIC_RUN_ID") else os.getpid())
             real_commit(checkpoints, tag, step, run_id)
-        trainer_module.commit = commit
+        run_module.commit = commit
     elif kind == "nan_loss":
         poisoned, calls = {int(n) for n in arg.split(",")}, [0]
         real_call = objective_module.Objective.__call__
@@ -48,15 +49,15 @@ def _inject(fault: str) -> None:
         objective_module.Objective.__call__ = call
     elif kind in ("die_rank", "stall_rank"):
         rank, step = (int(x) for x in arg.split(":"))
-        real_step = trainer_module.Trainer._train_step
+        real_step = trainer_module.train_step
 
-        def train_step(self, picks, micro, accum):
-            if self.rank == rank and self.step + 1 == step:
+        def train_step(run, picks, micro, accum):
+            if run.rank == rank and run.state.step + 1 == step:
                 if kind == "die_rank":
                     os.kill(os.getpid(), signal.SIGKILL)
                 time.sleep(3600)
-            return real_step(self, picks, micro, accum)
-        trainer_module.Trainer._train_step = train_step
+            return real_step(run, picks, micro, accum)
+        trainer_module.train_step = train_step
     elif fault:
         raise SystemExit(f"unknown MTA_TEST_FAULT {fault!r}")
 
