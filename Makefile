@@ -27,9 +27,10 @@ setup: $(VENV)/.installed
 test: setup lint
 	DS_ACCELERATOR=cpu $(PY) -m pytest -q tests
 
-# pycodestyle, pyflakes and import order ([tool.ruff] in pyproject.toml)
+# pycodestyle, pyflakes, import order and the formatting ([tool.ruff] in pyproject.toml; tests/ruff.toml: 160 columns)
 lint: setup
 	$(VENV)/bin/ruff check
+	$(VENV)/bin/ruff format --check
 
 # the quick loop while developing: everything but the tests marked slow (whole runs, launchers, 2-rank runs)
 test-fast: setup lint

@@ -20,6 +20,7 @@ Usage: python benchmarks/layer_dispatch.py [--hidden 512 768] [--experts 4 8 16]
        [--tokens 2048 8192 32768] [--routing learned|task] [--device cpu|cuda] [--dtype fp32|bf16]
        [--out F.json] [--plot F.png]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,9 +52,10 @@ def _layer(hidden: int, experts: int, k: int | None, dispatch: str, args, form: 
     else:
         # logits of order 1 (std d^-1/2 on unit-scale inputs), as a trained gate has: a larger std drives many
         # routing weights below 1e-38, whose subnormal arithmetic would time the CPU's slow path instead
-        gate = dict(gate_mode="learned", selector_init_std=hidden ** -0.5, task_types=["t"])
-    cfg = MTAConfig(num_experts=experts, k=k, adapter_dim=args.adapter_dim, dispatch=dispatch, track_routing=False,
-                    **gate)
+        gate = dict(gate_mode="learned", selector_init_std=hidden**-0.5, task_types=["t"])
+    cfg = MTAConfig(
+        num_experts=experts, k=k, adapter_dim=args.adapter_dim, dispatch=dispatch, track_routing=False, **gate
+    )
     layer = MTALayer(cfg, hidden, nn.Identity()).to(args.device, DTYPES[args.dtype])
     with torch.no_grad():
         for p in layer.local_experts.parameters():
@@ -66,16 +68,19 @@ def _layer_step(layer: MTALayer, x: torch.Tensor, tasks: torch.Tensor | None, gr
     def run():
         xi = x.detach().requires_grad_(True)
         layer._dispatch(xi, layer.route(xi, tasks)).backward(grad)
+
     return run
 
 
 def _dense_step(layer: MTALayer, x: torch.Tensor, tasks: torch.Tensor | None, grad: torch.Tensor):
     """Official ALTER style: a loop over all experts, each on every token, summed with the softmax weights."""
+
     def run():
         xi = x.detach().requires_grad_(True)
         weights = layer.route(xi, tasks).dense_weights()
         out = sum(weights[:, e].view(-1, 1, 1) * expert(xi) for e, expert in enumerate(layer.local_experts))
         out.backward(grad)
+
     return run
 
 
@@ -87,6 +92,7 @@ def _floor_step(layer: MTALayer, x: torch.Tensor, counts: list[int]):
     def run():
         outs = [expert(b.detach().requires_grad_(True)) for expert, b in zip(layer.local_experts, blocks)]
         torch.autograd.backward(outs, grads)
+
     return run
 
 
@@ -102,15 +108,18 @@ def _anchor_step(layer: MTALayer, x: torch.Tensor, counts: list[int]):
     def run():
         h = torch.relu(torch._grouped_mm(tokens.detach().requires_grad_(True), down, offs=offsets))
         torch._grouped_mm(h, up, offs=offsets).backward(grad)
+
     return run
 
 
 def _ffn_step(hidden: int, x: torch.Tensor, grad: torch.Tensor, args):
     ffn = nn.Sequential(nn.Linear(hidden, 4 * hidden), nn.GELU(), nn.Linear(4 * hidden, hidden)).to(
-        args.device, DTYPES[args.dtype])
+        args.device, DTYPES[args.dtype]
+    )
 
     def run():
         ffn(x.detach().requires_grad_(True)).backward(grad)
+
     return run
 
 
@@ -120,7 +129,7 @@ def bench_shape(hidden: int, experts: int, k: int, tokens: int, args) -> dict:
     torch.manual_seed(1)
     x = torch.randn(seqs, args.seq_len, hidden, device=args.device, dtype=DTYPES[args.dtype])
     grad = torch.randn_like(x)
-    tasks = torch.randint(0, len(TASK_TYPES), (seqs, ), device=args.device) if args.routing == "task" else None
+    tasks = torch.randint(0, len(TASK_TYPES), (seqs,), device=args.device) if args.routing == "task" else None
     grouped = _layer(hidden, experts, k, "grouped", args)
     grouped_loop = _layer(hidden, experts, k, "grouped", args, form="loop")
     stock = _layer(hidden, experts, k, "deepspeed", args)
@@ -129,18 +138,25 @@ def bench_shape(hidden: int, experts: int, k: int, tokens: int, args) -> dict:
     if not torch.equal(indices, stock.route(x, tasks).indices):
         raise RuntimeError("grouped and stock layers route differently; the comparison would be unfair")
     counts = torch.bincount(indices.reshape(-1), minlength=experts).tolist()
-    steps = {"a_grouped": _layer_step(grouped, x, tasks, grad),
-             "a2_grouped_loop": _layer_step(grouped_loop, x, tasks, grad),
-             "b_deepspeed": _layer_step(stock, x, tasks, grad),
-             "c_dense": _dense_step(dense, x, tasks, grad),
-             "d_floor": _floor_step(grouped, x, counts)}
+    steps = {
+        "a_grouped": _layer_step(grouped, x, tasks, grad),
+        "a2_grouped_loop": _layer_step(grouped_loop, x, tasks, grad),
+        "b_deepspeed": _layer_step(stock, x, tasks, grad),
+        "c_dense": _dense_step(dense, x, tasks, grad),
+        "d_floor": _floor_step(grouped, x, counts),
+    }
     gathered = _layer(hidden, experts, k, "grouped", args, form="gathered_weights")
     steps["a3_gathered_weights"] = _layer_step(gathered, x, tasks, grad)
     if grouped_gemm.kernel_supported(x.device, x.dtype):
         steps["f_anchor"] = _anchor_step(grouped, x, counts)
     times = interleaved_medians(steps, args.repeats, args.warmup, args.device)
-    row = {"hidden": hidden, "experts": experts, "k": k, "tokens": seqs * args.seq_len,
-           "adapters_used": sum(c > 0 for c in counts)}
+    row = {
+        "hidden": hidden,
+        "experts": experts,
+        "k": k,
+        "tokens": seqs * args.seq_len,
+        "adapters_used": sum(c > 0 for c in counts),
+    }
     row.update({f"{name}_ms": ms for name, ms in times.items()})
     row.update({f"{name}_peak_mib": peak_memory_mb(fn, args.device) for name, fn in steps.items()})
     row["speedup_vs_deepspeed"] = times["b_deepspeed"] / times["a_grouped"]
@@ -160,8 +176,12 @@ def bench_ffn(hidden: int, tokens: int, args) -> dict:
     x = torch.randn(tokens // args.seq_len, args.seq_len, hidden, device=args.device, dtype=DTYPES[args.dtype])
     step = _ffn_step(hidden, x, torch.randn_like(x), args)
     ms = interleaved_medians({"e_ffn": step}, args.repeats, args.warmup, args.device)["e_ffn"]
-    return {"hidden": hidden, "tokens": x.shape[0] * x.shape[1], "e_ffn_ms": ms,
-            "e_ffn_peak_mib": peak_memory_mb(step, args.device)}
+    return {
+        "hidden": hidden,
+        "tokens": x.shape[0] * x.shape[1],
+        "e_ffn_ms": ms,
+        "e_ffn_peak_mib": peak_memory_mb(step, args.device),
+    }
 
 
 def targets(rows: list[dict]) -> dict:
@@ -174,13 +194,17 @@ def targets(rows: list[dict]) -> dict:
             flat[f"h{r4['hidden']}_k{r4['k']}_t{r4['tokens']}"] = r16[0]["a_grouped_ms"] / r4["a_grouped_ms"]
     return {
         "speedup_vs_deepspeed_E8_k2_h768_ge8k (target >= 3)": [r["speedup_vs_deepspeed"] for r in main] or None,
-        "ratio_to_anchor_E8_k2_h768_ge8k (target <= 1.5, bf16 on a GPU)":
-            [r.get("ratio_to_anchor") for r in main] or None,
+        "ratio_to_anchor_E8_k2_h768_ge8k (target <= 1.5, bf16 on a GPU)": [r.get("ratio_to_anchor") for r in main]
+        or None,
         "ratio_to_floor_E8_k2_h768_ge8k": [r["ratio_to_floor"] for r in main] or None,
-        "speedup_vs_loop_E8_k2_h768_ge8k (the shipped form over the per-adapter loop)":
-            [r["speedup_vs_loop"] for r in main] or None,
-        "gathered_weights_speedup_E8_k2_h768_ge8k (forced gathered weights over the shipped form)":
-            [r["gathered_weights_speedup"] for r in main] or None,
+        "speedup_vs_loop_E8_k2_h768_ge8k (the shipped form over the per-adapter loop)": [
+            r["speedup_vs_loop"] for r in main
+        ]
+        or None,
+        "gathered_weights_speedup_E8_k2_h768_ge8k (forced gathered weights over the shipped form)": [
+            r["gathered_weights_speedup"] for r in main
+        ]
+        or None,
         "forms_E8_k2_h768_ge8k": [r["form"] for r in main] or None,
         "ratio_to_floor_max_all_shapes": max((r["ratio_to_floor"] for r in rows), default=None),
         "grouped_E16_over_E4 (target <= 1.2)": flat or None,
@@ -190,6 +214,7 @@ def targets(rows: list[dict]) -> dict:
 def plot(rows: list[dict], ffn_rows: list[dict], path: Path, routing: str) -> None:
     """Time vs tokens at E = 8 (left) and grouped time vs E (right), one row of panels per hidden size."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -199,25 +224,49 @@ def plot(rows: list[dict], ffn_rows: list[dict], path: Path, routing: str) -> No
         left, right = ax_row
         k_main = max(r["k"] for r in rows)
         e_main = 8 if any(r["experts"] == 8 for r in rows) else rows[0]["experts"]
-        sel = sorted((r for r in rows if r["hidden"] == hidden and r["k"] == k_main and r["experts"] == e_main),
-                     key=lambda r: r["tokens"])
+        sel = sorted(
+            (r for r in rows if r["hidden"] == hidden and r["k"] == k_main and r["experts"] == e_main),
+            key=lambda r: r["tokens"],
+        )
         for name in (v for v in VARIANTS if sel and f"{v}_ms" in sel[0]):
             left.plot([r["tokens"] for r in sel], [r[f"{name}_ms"] for r in sel], marker="o", label=name)
         ffn = sorted((r for r in ffn_rows if r["hidden"] == hidden), key=lambda r: r["tokens"])
         left.plot([r["tokens"] for r in ffn], [r["e_ffn_ms"] for r in ffn], marker="o", label="e_ffn")
-        left.set(xscale="log", yscale="log", xlabel="tokens per batch", ylabel="fwd+bwd ms",
-                 title=f"hidden {hidden}, E={e_main}, k={k_main}, {routing} routing")
+        left.set(
+            xscale="log",
+            yscale="log",
+            xlabel="tokens per batch",
+            ylabel="fwd+bwd ms",
+            title=f"hidden {hidden}, E={e_main}, k={k_main}, {routing} routing",
+        )
         left.legend(fontsize=8)
         tokens = max(r["tokens"] for r in rows)
         for i, k in enumerate(sorted({r["k"] for r in rows})):
-            pts = sorted((r for r in rows if r["hidden"] == hidden and r["k"] == k and r["tokens"] == tokens),
-                         key=lambda r: r["experts"])
-            right.plot([r["experts"] for r in pts], [r["a_grouped_ms"] for r in pts], marker="o", color=f"C{i}",
-                       label=f"grouped k={k}")
-            right.plot([r["experts"] for r in pts], [r["b_deepspeed_ms"] for r in pts], marker="x", linestyle="--",
-                       color=f"C{i}", label=f"deepspeed k={k}")
-        right.set(xlabel="experts E", ylabel="fwd+bwd ms", title=f"hidden {hidden}, {tokens} tokens, {routing} routing",
-                  ylim=(0, None))
+            pts = sorted(
+                (r for r in rows if r["hidden"] == hidden and r["k"] == k and r["tokens"] == tokens),
+                key=lambda r: r["experts"],
+            )
+            right.plot(
+                [r["experts"] for r in pts],
+                [r["a_grouped_ms"] for r in pts],
+                marker="o",
+                color=f"C{i}",
+                label=f"grouped k={k}",
+            )
+            right.plot(
+                [r["experts"] for r in pts],
+                [r["b_deepspeed_ms"] for r in pts],
+                marker="x",
+                linestyle="--",
+                color=f"C{i}",
+                label=f"deepspeed k={k}",
+            )
+        right.set(
+            xlabel="experts E",
+            ylabel="fwd+bwd ms",
+            title=f"hidden {hidden}, {tokens} tokens, {routing} routing",
+            ylim=(0, None),
+        )
         right.legend(fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -247,14 +296,25 @@ def main() -> None:
         for experts, k in itertools.product(args.experts, args.k):
             row = bench_shape(hidden, experts, k, tokens, args)
             rows.append(row)
-            print(f"h={hidden} E={experts} k={k} tokens={row['tokens']}: grouped ({row['form']}) "
-                  f"{row['a_grouped_ms']:.1f} ms, "
-                  f"loop {row['a2_grouped_loop_ms']:.1f} ({row['speedup_vs_loop']:.2f}x), "
-                  f"deepspeed {row['b_deepspeed_ms']:.1f} ({row['speedup_vs_deepspeed']:.2f}x), "
-                  f"floor {row['d_floor_ms']:.1f} ({row['ratio_to_floor']:.2f}x)", flush=True)
+            print(
+                f"h={hidden} E={experts} k={k} tokens={row['tokens']}: grouped ({row['form']}) "
+                f"{row['a_grouped_ms']:.1f} ms, "
+                f"loop {row['a2_grouped_loop_ms']:.1f} ({row['speedup_vs_loop']:.2f}x), "
+                f"deepspeed {row['b_deepspeed_ms']:.1f} ({row['speedup_vs_deepspeed']:.2f}x), "
+                f"floor {row['d_floor_ms']:.1f} ({row['ratio_to_floor']:.2f}x)",
+                flush=True,
+            )
     config = {key: (str(v) if isinstance(v, Path) else v) for key, v in vars(args).items()}
-    write_json(args.out, {"config": config, "environment": environment(args.device), "targets": targets(rows),
-                          "rows": rows, "ffn": ffn_rows})
+    write_json(
+        args.out,
+        {
+            "config": config,
+            "environment": environment(args.device),
+            "targets": targets(rows),
+            "rows": rows,
+            "ffn": ffn_rows,
+        },
+    )
     plot(rows, ffn_rows, args.plot, args.routing)
     print(f"wrote {args.out} and {args.plot}")
 

@@ -1,4 +1,5 @@
 """Timing and peak-memory helpers shared by the benchmarks (medians of interleaved runs)."""
+
 from __future__ import annotations
 
 import json
@@ -18,8 +19,7 @@ def synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def interleaved_medians(fns: dict[str, Callable[[], None]], repeats: int, warmup: int,
-                        device: str) -> dict[str, float]:
+def interleaved_medians(fns: dict[str, Callable[[], None]], repeats: int, warmup: int, device: str) -> dict[str, float]:
     """Median wall time (ms) of each function; repeats run round-robin so drifts of a shared machine hit all alike."""
     for fn in fns.values():
         for _ in range(warmup):
@@ -51,8 +51,9 @@ def peak_memory_mb(fn: Callable[[], None], device: str) -> float:
         return (torch.cuda.max_memory_allocated() - base) / 2**20
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
-    changes = sorted((e.time_range.start, e.self_cpu_memory_usage) for e in prof.events()
-                     if e.self_cpu_memory_usage != 0)
+    changes = sorted(
+        (e.time_range.start, e.self_cpu_memory_usage) for e in prof.events() if e.self_cpu_memory_usage != 0
+    )
     current = peak = 0
     for _, delta in changes:
         current += delta
@@ -62,8 +63,12 @@ def peak_memory_mb(fn: Callable[[], None], device: str) -> float:
 
 def environment(device: str) -> dict:
     """What the numbers were measured on."""
-    env = {"torch": torch.__version__, "threads": torch.get_num_threads(), "device": device,
-           "cpu": platform.processor() or platform.machine()}
+    env = {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "device": device,
+        "cpu": platform.processor() or platform.machine(),
+    }
     if device.startswith("cuda"):
         env["gpu"] = torch.cuda.get_device_name()
     env.update({key: value for key, value in os.environ.items() if key.startswith("MALLOC_")})

@@ -8,6 +8,7 @@ median time of one generation pass over the task's rows (both models timed round
 Usage: python benchmarks/plain_export.py --model runs/demo/stage1/export --data runs/demo/stage1/data/suite/test.jsonl
        --out benchmarks/results/plain_export.json [--work DIR] [--repeats 3] [--batch-size 64]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,20 +34,27 @@ def run_lengths(model_dir: Path) -> tuple[int, int]:
     return args.max_input_length, args.max_new_tokens
 
 
-def plain_predictions(model, tokenizer, inputs: list[str], batch_size: int, max_input_length: int,
-                      max_new_tokens: int) -> list[str]:
+def plain_predictions(
+    model, tokenizer, inputs: list[str], batch_size: int, max_input_length: int, max_new_tokens: int
+) -> list[str]:
     """Greedy generations of a stock model for raw input texts, as a user of the stock folder would run it."""
     texts = []
     encoder_decoder = model.config.is_encoder_decoder
     tokenizer.padding_side = "right" if encoder_decoder else "left"
     with torch.no_grad():
         for start in range(0, len(inputs), batch_size):
-            enc = tokenizer(inputs[start:start + batch_size], truncation=True, max_length=max_input_length,
-                            padding=True, return_tensors="pt").to(model.device)
-            out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                                 pad_token_id=tokenizer.pad_token_id)
+            enc = tokenizer(
+                inputs[start : start + batch_size],
+                truncation=True,
+                max_length=max_input_length,
+                padding=True,
+                return_tensors="pt",
+            ).to(model.device)
+            out = model.generate(
+                **enc, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, pad_token_id=tokenizer.pad_token_id
+            )
             if not encoder_decoder:
-                out = out[:, enc.input_ids.shape[1]:]
+                out = out[:, enc.input_ids.shape[1] :]
             texts += tokenizer.batch_decode(out, skip_special_tokens=True)
     return texts
 
@@ -54,8 +62,14 @@ def plain_predictions(model, tokenizer, inputs: list[str], batch_size: int, max_
 def benchmark_key(export, rows, key: str, folder: Path, args, lengths: tuple[int, int]) -> dict:
     """Export one routing key, then compare the stock model with the MTA model on its rows."""
     by_task = export.model.mta_config.route_by == "task"
-    record = export_task(export.model, folder, task=key if by_task else None, task_type=None if by_task else key,
-                         tokenizer_dir=args.model, source=str(args.model))
+    record = export_task(
+        export.model,
+        folder,
+        task=key if by_task else None,
+        task_type=None if by_task else key,
+        tokenizer_dir=args.model,
+        source=str(args.model),
+    )
     subset = rows.filter(lambda r: (r["task"] if by_task else r["type"]) == key)
     auto = AutoModelForSeq2SeqLM if export.model.config.is_encoder_decoder else AutoModelForCausalLM
     stock = auto.from_pretrained(folder).eval()
@@ -65,9 +79,17 @@ def benchmark_key(export, rows, key: str, folder: Path, args, lengths: tuple[int
     inputs = list(subset["input"])
 
     def mta() -> list[str]:
-        return generate_predictions(export.model, tokenized, export.tokenizer, export.collator(), args.batch_size,
-                                    max_new, lockstep=False, device=torch.device("cpu"),
-                                    prompt_only=causal_prompt if export.mode == "causal" else None)
+        return generate_predictions(
+            export.model,
+            tokenized,
+            export.tokenizer,
+            export.collator(),
+            args.batch_size,
+            max_new,
+            lockstep=False,
+            device=torch.device("cpu"),
+            prompt_only=causal_prompt if export.mode == "causal" else None,
+        )
 
     def plain() -> list[str]:
         return plain_predictions(stock, tokenizer, inputs, args.batch_size, max_in, max_new)
@@ -75,15 +97,28 @@ def benchmark_key(export, rows, key: str, folder: Path, args, lengths: tuple[int
     ours, theirs = mta(), plain()
     kinds = {t: export.profiles[t]["kind"] for t in set(subset["task"])}
     labels = {t: export.profiles[t]["labels"] for t in set(subset["task"])}
-    scores = [score_predictions(list(subset["task"]), list(subset["target"]), preds, kinds,
-                                export.registry.type_of, labels)["macro"] for preds in (ours, theirs)]
+    scores = [
+        score_predictions(list(subset["task"]), list(subset["target"]), preds, kinds, export.registry.type_of, labels)[
+            "macro"
+        ]
+        for preds in (ours, theirs)
+    ]
     times = interleaved_medians({"mta": mta, "plain": plain}, repeats=args.repeats, warmup=0, device="cpu")
     size = sum(f.stat().st_size for f in folder.iterdir() if f.name.endswith(".safetensors"))
-    return {"key": key, "rows": len(subset), "identical_predictions": sum(a == b for a, b in zip(ours, theirs)),
-            "mta_score": scores[0], "plain_score": scores[1], "mta_ms": times["mta"], "plain_ms": times["plain"],
-            "speedup": times["mta"] / times["plain"], "plain_parameters": record["parameters"],
-            "plain_safetensors_bytes": size, "ffn_widths": record["ffn_widths"],
-            "max_abs_output_difference": record["max_abs_output_difference"]}
+    return {
+        "key": key,
+        "rows": len(subset),
+        "identical_predictions": sum(a == b for a, b in zip(ours, theirs)),
+        "mta_score": scores[0],
+        "plain_score": scores[1],
+        "mta_ms": times["mta"],
+        "plain_ms": times["plain"],
+        "speedup": times["mta"] / times["plain"],
+        "plain_parameters": record["parameters"],
+        "plain_safetensors_bytes": size,
+        "ffn_widths": record["ffn_widths"],
+        "max_abs_output_difference": record["max_abs_output_difference"],
+    }
 
 
 def main() -> None:
@@ -102,16 +137,29 @@ def main() -> None:
     mta_params = sum(p.numel() for p in export.model.parameters())
     full = evaluate_rows(export, rows, args.batch_size, *lengths)
     work = args.work or Path(tempfile.mkdtemp(prefix="plain_export."))
-    results = [benchmark_key(export, rows, key, work / key, args, lengths)
-               for key in export.model.mta_config.routing_keys
-               if key in set(rows["task"]) | set(rows["type"])]
-    write_json(args.out, {"environment": environment("cpu"), "model": str(args.model), "data": str(args.data),
-                          "mta_parameters": mta_params, "mta_macro_all_rows": full["macro"], "keys": results,
-                          "all_identical": all(r["identical_predictions"] == r["rows"] for r in results)})
+    results = [
+        benchmark_key(export, rows, key, work / key, args, lengths)
+        for key in export.model.mta_config.routing_keys
+        if key in set(rows["task"]) | set(rows["type"])
+    ]
+    write_json(
+        args.out,
+        {
+            "environment": environment("cpu"),
+            "model": str(args.model),
+            "data": str(args.data),
+            "mta_parameters": mta_params,
+            "mta_macro_all_rows": full["macro"],
+            "keys": results,
+            "all_identical": all(r["identical_predictions"] == r["rows"] for r in results),
+        },
+    )
     for r in results:
-        print(f"{r['key']:<14} rows {r['rows']:>4}  identical {r['identical_predictions']:>4}  "
-              f"score {r['mta_score']:.3f} / {r['plain_score']:.3f}  time {r['mta_ms']:.0f} / {r['plain_ms']:.0f} ms "
-              f"({r['speedup']:.2f}x)")
+        print(
+            f"{r['key']:<14} rows {r['rows']:>4}  identical {r['identical_predictions']:>4}  "
+            f"score {r['mta_score']:.3f} / {r['plain_score']:.3f}  time {r['mta_ms']:.0f} / {r['plain_ms']:.0f} ms "
+            f"({r['speedup']:.2f}x)"
+        )
 
 
 if __name__ == "__main__":

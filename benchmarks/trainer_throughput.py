@@ -12,6 +12,7 @@ Usage: python benchmarks/trainer_throughput.py [--baseline REV] [--short 40] [--
        [--set KEY=VALUE ...] [--set-current KEY=VALUE ...] [--out F.json]
 A knob against its absence: --baseline HEAD --set-current data.group_by_length=8 (this tree, committed).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,10 +39,31 @@ def _deepspeed() -> str:
 def train_seconds(tree: Path, steps: int, out: Path, port: int, extra: list[str]) -> tuple[float, list[dict]]:
     """Wall time of one launcher run of ``steps`` steps in ``tree``; also its train records."""
     shutil.rmtree(out, ignore_errors=True)
-    cmd = [_deepspeed(), "--num_gpus", "1", "--master_port", str(port), "--module", "mta_moe.cli", "train",
-           "--deepspeed", "ds_configs/stage1.json", "--train.steps", str(steps), "--train.output_dir", str(out),
-           "--train.eval_every", "1000000", "--train.save_every", "1000000", "--train.log_every", "20",
-           "--data.curriculum", "null", *extra]
+    cmd = [
+        _deepspeed(),
+        "--num_gpus",
+        "1",
+        "--master_port",
+        str(port),
+        "--module",
+        "mta_moe.cli",
+        "train",
+        "--deepspeed",
+        "ds_configs/stage1.json",
+        "--train.steps",
+        str(steps),
+        "--train.output_dir",
+        str(out),
+        "--train.eval_every",
+        "1000000",
+        "--train.save_every",
+        "1000000",
+        "--train.log_every",
+        "20",
+        "--data.curriculum",
+        "null",
+        *extra,
+    ]
     env = {**os.environ, "PYTHONPATH": str(tree), "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu")}
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True)
@@ -55,8 +77,9 @@ def train_seconds(tree: Path, steps: int, out: Path, port: int, extra: list[str]
 def baseline_tree(rev: str, root: Path) -> Path:
     """A detached worktree of ``rev`` under ``root`` (removed by :func:`drop_tree`)."""
     path = root / "baseline"
-    subprocess.run(["git", "worktree", "add", "--detach", str(path), rev], cwd=REPO, check=True,
-                   capture_output=True, text=True)
+    subprocess.run(
+        ["git", "worktree", "add", "--detach", str(path), rev], cwd=REPO, check=True, capture_output=True, text=True
+    )
     return path
 
 
@@ -75,10 +98,16 @@ def main() -> None:
     parser.add_argument("--short", type=int, default=40)
     parser.add_argument("--long", type=int, default=240)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                        help="extra trainer options for both trees, e.g. zero_optimization.stage=0")
-    parser.add_argument("--set-current", nargs="*", default=[], metavar="KEY=VALUE",
-                        help="extra trainer options for this tree only")
+    parser.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra trainer options for both trees, e.g. zero_optimization.stage=0",
+    )
+    parser.add_argument(
+        "--set-current", nargs="*", default=[], metavar="KEY=VALUE", help="extra trainer options for this tree only"
+    )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/trainer_throughput.json"))
     args = parser.parse_args()
     extra, current_extra = _options(args.set), _options(args.set_current)
@@ -100,8 +129,11 @@ def main() -> None:
                     per_step[name].append((long - short) / (args.long - args.short))
                     last[name] = records[-1] if records else {}
                     rates[name] += [r["tokens_per_s"] for r in records if r["step"] > args.short]
-                    print(f"repeat {repeat}: {name} {1e3 * per_step[name][-1]:.1f} ms/step, "
-                          f"{statistics.median(rates[name]):.0f} tokens/s", flush=True)
+                    print(
+                        f"repeat {repeat}: {name} {1e3 * per_step[name][-1]:.1f} ms/step, "
+                        f"{statistics.median(rates[name]):.0f} tokens/s",
+                        flush=True,
+                    )
         finally:
             if args.baseline:
                 drop_tree(trees["baseline"])
@@ -110,18 +142,24 @@ def main() -> None:
     resolved = all(v > 0 for values in per_step.values() for v in values)
     if not resolved:
         print("warning: a per-step time came out <= 0: --long - --short is too small to resolve a step", flush=True)
-    result = {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-              "environment": environment("cpu" if os.environ.get("DS_ACCELERATOR", "cpu") == "cpu" else "cuda"),
-              "ms_per_step": ms, "samples_ms": {k: [1e3 * v for v in vals] for k, vals in per_step.items()},
-              "tokens_per_s": {name: statistics.median(values) for name, values in rates.items()},
-              "resolved": resolved, "last_loss": {name: rec.get("loss") for name, rec in last.items()}}
+    result = {
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "environment": environment("cpu" if os.environ.get("DS_ACCELERATOR", "cpu") == "cpu" else "cuda"),
+        "ms_per_step": ms,
+        "samples_ms": {k: [1e3 * v for v in vals] for k, vals in per_step.items()},
+        "tokens_per_s": {name: statistics.median(values) for name, values in rates.items()},
+        "resolved": resolved,
+        "last_loss": {name: rec.get("loss") for name, rec in last.items()},
+    }
     if "baseline" in ms:
         result["speedup_vs_baseline"] = ms["baseline"] / ms["current"]
         tokens = result["tokens_per_s"]
         result["tokens_per_s_vs_baseline"] = tokens["current"] / tokens["baseline"]
-        print(f"current {ms['current']:.1f} ms/step, baseline {ms['baseline']:.1f}: "
-              f"{result['speedup_vs_baseline']:.2f}x per step; tokens/s {tokens['current']:.0f} against "
-              f"{tokens['baseline']:.0f}: {result['tokens_per_s_vs_baseline']:.2f}x")
+        print(
+            f"current {ms['current']:.1f} ms/step, baseline {ms['baseline']:.1f}: "
+            f"{result['speedup_vs_baseline']:.2f}x per step; tokens/s {tokens['current']:.0f} against "
+            f"{tokens['baseline']:.0f}: {result['tokens_per_s_vs_baseline']:.2f}x"
+        )
     write_json(args.out, result)
     print(f"wrote {args.out}")
 

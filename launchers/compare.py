@@ -1,4 +1,5 @@
 """``python launchers/compare.py ...``: the same as ``mta-moe compare ...`` (see ``mta-moe compare --help``)."""
+
 import sys
 
 from mta_moe.cli import main

@@ -1,4 +1,5 @@
 """``python launchers/evaluate.py ...``: the same as ``mta-moe evaluate ...`` (see ``mta-moe evaluate --help``)."""
+
 import sys
 
 from mta_moe.cli import main

@@ -1,4 +1,5 @@
 """``python launchers/report.py ...``: the same as ``mta-moe report ...`` (see ``mta-moe report --help``)."""
+
 import sys
 
 from mta_moe.cli import main

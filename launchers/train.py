@@ -1,4 +1,5 @@
 """``deepspeed launchers/train.py --deepspeed ds_configs/stage1.json [--key value ...]``: ``mta-moe train``."""
+
 import sys
 
 from mta_moe.cli import main

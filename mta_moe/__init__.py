@@ -2,6 +2,7 @@
 
 The names below load on first use, so ``import mta_moe`` (and ``mta-moe --help``) does not import DeepSpeed.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -11,12 +12,21 @@ from .auto_registration import install as _install_auto_registration
 
 __version__ = "0.1.0"
 _LAZY = {
-    "ConfigError": "mta_moe.config", "MTAConfig": "mta_moe.config", "load_ds_config": "mta_moe.config_files",
-    "LayerRouting": "mta_moe.modeling", "MTALayer": "mta_moe.modeling", "MTAModel": "mta_moe.modeling",
-    "SequenceRouting": "mta_moe.modeling", "TaskWeightSelector": "mta_moe.modeling",
-    "format_parameter_counts": "mta_moe.modeling", "parameter_counts": "mta_moe.modeling",
-    "save_adapters": "mta_moe.modeling.adapter_files", "load_adapters": "mta_moe.modeling.adapter_files",
-    "MergeError": "mta_moe.merging", "export_task": "mta_moe.merging", "fold_task": "mta_moe.merging",
+    "ConfigError": "mta_moe.config",
+    "MTAConfig": "mta_moe.config",
+    "load_ds_config": "mta_moe.config_files",
+    "LayerRouting": "mta_moe.modeling",
+    "MTALayer": "mta_moe.modeling",
+    "MTAModel": "mta_moe.modeling",
+    "SequenceRouting": "mta_moe.modeling",
+    "TaskWeightSelector": "mta_moe.modeling",
+    "format_parameter_counts": "mta_moe.modeling",
+    "parameter_counts": "mta_moe.modeling",
+    "save_adapters": "mta_moe.modeling.adapter_files",
+    "load_adapters": "mta_moe.modeling.adapter_files",
+    "MergeError": "mta_moe.merging",
+    "export_task": "mta_moe.merging",
+    "fold_task": "mta_moe.merging",
 }
 __all__ = [*_LAZY, "__version__"]
 

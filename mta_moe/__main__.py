@@ -1,4 +1,5 @@
 """``python -m mta_moe ...``: the ``mta-moe`` command."""
+
 import sys
 
 from .cli import main

@@ -5,6 +5,7 @@
 Importing transformers' Auto classes costs seconds (they pull in torch), and ``import mta_moe`` stays instant: when
 transformers is already imported the registration happens at once, otherwise right after transformers imports its
 Auto modules (an import hook that only watches those two modules)."""
+
 from __future__ import annotations
 
 import importlib.abc
@@ -19,8 +20,20 @@ from .hub_format import AUTO_CLASSES, MODEL_TYPE
 CONFIG_MODULE = "transformers.models.auto.configuration_auto"
 MODELING_MODULE = "transformers.models.auto.modeling_auto"
 # keyword arguments the Auto classes pass on for hub downloads; an export is a local folder, so they do not apply
-_HUB_KWARGS = {"cache_dir", "force_download", "local_files_only", "proxies", "revision", "subfolder", "token",
-               "trust_remote_code", "adapter_kwargs", "code_revision", "_commit_hash", "_from_auto"}
+_HUB_KWARGS = {
+    "cache_dir",
+    "force_download",
+    "local_files_only",
+    "proxies",
+    "revision",
+    "subfolder",
+    "token",
+    "trust_remote_code",
+    "adapter_kwargs",
+    "code_revision",
+    "_commit_hash",
+    "_from_auto",
+}
 _classes: dict[str, Any] = {}
 
 
@@ -32,6 +45,7 @@ def export_config_class():
 
         class MTAExportConfig(PreTrainedConfig):
             """config.json of an mta_moe export: the marker; the backbone's own config is backbone_config.json."""
+
             model_type = MODEL_TYPE
 
         MTAExportConfig.__qualname__ = "MTAExportConfig"
@@ -53,10 +67,16 @@ def loader_class(auto_name: str):
         def register_for_auto_class(cls, auto_class=None):  # called by transformers on remote-code classes
             return None
 
-        _classes[auto_name] = type(f"MTAModelFor{auto_name[len('AutoModelFor'):]}", (),
-                                   {"config_class": config_class, "from_pretrained": classmethod(from_pretrained),
-                                    "register_for_auto_class": classmethod(register_for_auto_class),
-                                    "__doc__": f"{auto_name}.from_pretrained(export) -> mta_moe.MTAModel"})
+        _classes[auto_name] = type(
+            f"MTAModelFor{auto_name[len('AutoModelFor') :]}",
+            (),
+            {
+                "config_class": config_class,
+                "from_pretrained": classmethod(from_pretrained),
+                "register_for_auto_class": classmethod(register_for_auto_class),
+                "__doc__": f"{auto_name}.from_pretrained(export) -> mta_moe.MTAModel",
+            },
+        )
     return _classes[auto_name]
 
 
@@ -77,15 +97,19 @@ def _load(auto_name: str, path: Any, args: tuple, kwargs: dict[str, Any]):
 
     extra = sorted(k for k, v in kwargs.items() if k not in _HUB_KWARGS | {"dtype", "torch_dtype"} and v is not None)
     if args or extra:
-        raise ValueError(f"{auto_name}.from_pretrained({path}): an mta_moe export takes no "
-                         f"{extra[0] if extra else 'positional'} argument (dtype and torch_dtype only)")
+        raise ValueError(
+            f"{auto_name}.from_pretrained({path}): an mta_moe export takes no "
+            f"{extra[0] if extra else 'positional'} argument (dtype and torch_dtype only)"
+        )
     model = MTAModel.from_pretrained(path)
     mapping = getattr(transformers, auto_name)._model_mapping
     backbone = model.base_model.config
     if type(backbone) not in mapping:
         fits = [name for name in AUTO_CLASSES if type(backbone) in getattr(transformers, name)._model_mapping]
-        raise ValueError(f"{path}: the export's backbone is {type(model.base_model).__name__}; load it with "
-                         f"{' or '.join(fits) or 'mta_moe.MTAModel.from_pretrained'}, not {auto_name}")
+        raise ValueError(
+            f"{path}: the export's backbone is {type(model.base_model).__name__}; load it with "
+            f"{' or '.join(fits) or 'mta_moe.MTAModel.from_pretrained'}, not {auto_name}"
+        )
     dtype = kwargs.get("dtype") or kwargs.get("torch_dtype")
     if dtype is not None and dtype != "auto":
         import torch
@@ -110,8 +134,11 @@ def _run(name: str, module: ModuleType) -> None:
     try:
         _HOOKS[name](module)
     except Exception as exc:  # a transformers release that changed its Auto API must not break transformers itself
-        warnings.warn(f"mta_moe: could not register the {MODEL_TYPE} model type with transformers ({exc}); load "
-                      f"exports with mta_moe.MTAModel.from_pretrained", stacklevel=2)
+        warnings.warn(
+            f"mta_moe: could not register the {MODEL_TYPE} model type with transformers ({exc}); load "
+            f"exports with mta_moe.MTAModel.from_pretrained",
+            stacklevel=2,
+        )
 
 
 class _AfterImport(importlib.abc.MetaPathFinder):

@@ -2,6 +2,7 @@
 
 NCCL reduces only CUDA tensors, gloo both: under NCCL the tensor travels to this rank's GPU and back.
 """
+
 from __future__ import annotations
 
 import torch

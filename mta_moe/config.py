@@ -1,4 +1,5 @@
 """MTA settings: one validated object for the layer, read from the ``"mta"`` section of a DeepSpeed JSON."""
+
 from __future__ import annotations
 
 import argparse
@@ -59,58 +60,85 @@ class MTAConfig:
     num_experts: int = _field(5, "task adapters (MoE experts) per layer", ge=1)
     k: int | None = _field(None, "adapters per sequence; `null` = all (dense mixture)", ge=1)
     expert_kind: Literal[EXPERT_KINDS] = _field(  # type: ignore[valid-type]
-        "bottleneck", "`bottleneck` (an adapter beside the FFN) or `ffn` (a copy of the FFN per expert)")
+        "bottleneck", "`bottleneck` (an adapter beside the FFN) or `ffn` (a copy of the FFN per expert)"
+    )
     adapter_dim: int = _field(64, "bottleneck width of a task adapter", ge=1)
     adapter_activation: Literal[ACTIVATIONS] = _field(  # type: ignore[valid-type]
-        "relu", "activation inside the adapters")
-    adapter_bias: bool = _field(True, "bias vectors in the adapters (task and shared); `false` lets a T5 model fold "
-                                      "into a stock T5 per task (`mta-moe export`)")
+        "relu", "activation inside the adapters"
+    )
+    adapter_bias: bool = _field(
+        True,
+        "bias vectors in the adapters (task and shared); `false` lets a T5 model fold "
+        "into a stock T5 per task (`mta-moe export`)",
+    )
     ep_size: int = _field(1, "expert-parallel size; must divide `num_experts` and the world size", ge=1)
     task_types: list[_Name] = _field(
-        list(DEFAULT_TASK_TYPES), "task type names, unique; ids are their positions", min_length=1,
-        must="a non-empty list of non-empty names", item_must="a non-empty name")
+        list(DEFAULT_TASK_TYPES),
+        "task type names, unique; ids are their positions",
+        min_length=1,
+        must="a non-empty list of non-empty names",
+        item_must="a non-empty name",
+    )
     route_by: Literal[ROUTE_BY] = _field(  # type: ignore[valid-type]
-        "type", "what the selector keeps a bias row for: `type` (the paper) or `task`")
+        "type", "what the selector keeps a bias row for: `type` (the paper) or `task`"
+    )
     tasks: list[_Name] | None = _field(
-        None, "task names in task-id order (the routing keys with `route_by: task`); `null`: the training data's, "
-              "sorted", min_length=1, must="a non-empty list of unique task names or null",
-        item_must="a non-empty task name")
+        None,
+        "task names in task-id order (the routing keys with `route_by: task`); `null`: the training data's, sorted",
+        min_length=1,
+        must="a non-empty list of unique task names or null",
+        item_must="a non-empty task name",
+    )
     task_adapter_assignment: Any = _field(
-        None, "`{routing key: [adapter ids]}`; `null` = contiguous split; `\"official\"` = the official code's "
-              "overlapping rows (classify [0, 1], nli [1, 2], generate [3, 4]; 5 adapters, the three default types)",
-        must="an object {routing key: [adapter ids]}, 'official' or null")
+        None,
+        '`{routing key: [adapter ids]}`; `null` = contiguous split; `"official"` = the official code\'s '
+        "overlapping rows (classify [0, 1], nli [1, 2], generate [3, 4]; 5 adapters, the three default types)",
+        must="an object {routing key: [adapter ids]}, 'official' or null",
+    )
     gate_mode: Literal[GATE_MODES] = _field(  # type: ignore[valid-type]
-        "task", "`task` (the Task Weight Selector), `learned` (a gate on the hidden states) or `both`")
+        "task", "`task` (the Task Weight Selector), `learned` (a gate on the hidden states) or `both`"
+    )
     temperature: float = _field(0.1, "Softmax-T temperature", gt=0)
     bias_init: float = _field(0.20, "Softmax-T initial task bias of the adapters a routing key does not favour")
     bias_margin: float = _field(0.02, "how much higher the favoured adapters' initial biases are")
     selector_init_std: float = _field(0.0, "std of the selector's W at init (0: zeros)", ge=0)
     sequence_repr: Literal[SEQUENCE_REPRS] = _field(  # type: ignore[valid-type]
-        "first", "the sequence's representation a learned gate reads: `first` token or `mean`")
+        "first", "the sequence's representation a learned gate reads: `first` token or `mean`"
+    )
     load_balance_coef: float = _field(0.0, "load-balancing aux-loss coefficient (returned as `l_aux`)", ge=0)
     z_loss_coef: float = _field(0.0, "router z-loss coefficient (returned as `l_aux`)", ge=0)
     always_on_adapters: int = _field(
-        0, "adapters every sequence uses beside its task adapters, from stage 1 on, mixed with the task mixture per "
-           "routing key by learned weights that start at 1 (bottleneck experts only)", ge=0)
+        0,
+        "adapters every sequence uses beside its task adapters, from stage 1 on, mixed with the task mixture per "
+        "routing key by learned weights that start at 1 (bottleneck experts only)",
+        ge=0,
+    )
     always_on_dim: int | None = _field(None, "width of the always-on adapters; `null`: `adapter_dim`", ge=1)
     num_shared_adapters: int = _field(1, "stage-2 shared adapters", ge=0)
     shared_adapter_dim: int = _field(64, "stage-2 shared adapter width", ge=1)
     gate_network_hidden: int | None = _field(None, "stage-2 gate network width; `null` = hidden size", ge=1)
     stage2_form: Literal[STAGE2_FORMS] = _field(  # type: ignore[valid-type]
-        "residual", "stage-2 output: `residual` `M + Σ g_j A_j(x)` (exact at the switch) or `official` "
-                    "`g_0·M + Σ g_j (FFN(x) + A_j(x))`")
+        "residual",
+        "stage-2 output: `residual` `M + Σ g_j A_j(x)` (exact at the switch) or `official` "
+        "`g_0·M + Σ g_j (FFN(x) + A_j(x))`",
+    )
     init_seed: int = _field(0, "seed of the adapter initialisation", ge=0)
     track_routing: bool = _field(True, "accumulate routing statistics")
     inject_layers: Any = _field(
-        "last:1", "blocks to inject into: `all`, `last:N` or a list of block indices",
-        must="'all', 'last:N' (N >= 1) or a non-empty list of block indices")
+        "last:1",
+        "blocks to inject into: `all`, `last:N` or a list of block indices",
+        must="'all', 'last:N' (N >= 1) or a non-empty list of block indices",
+    )
     inject_stacks: Literal[INJECT_STACKS] = _field(  # type: ignore[valid-type]
-        "both", "`encoder`, `decoder` or `both` (every stack the model has)")
+        "both", "`encoder`, `decoder` or `both` (every stack the model has)"
+    )
     dispatch: Literal[DISPATCH_MODES] = _field(  # type: ignore[valid-type]
-        "grouped", "`grouped`: whole sequences per adapter, exact split sizes across ranks, the computation chosen "
-                   "per call (*Dispatch*); `gathered_weights` / `grouped_gemm` / `loop`: that computation always "
-                   "(the first two: bottleneck adapters, `ep_size` 1); `deepspeed`: DeepSpeed's stock index "
-                   "dispatch (padded to E × max load)")
+        "grouped",
+        "`grouped`: whole sequences per adapter, exact split sizes across ranks, the computation chosen "
+        "per call (*Dispatch*); `gathered_weights` / `grouped_gemm` / `loop`: that computation always "
+        "(the first two: bottleneck adapters, `ep_size` 1); `deepspeed`: DeepSpeed's stock index "
+        "dispatch (padded to E × max load)",
+    )
 
     @field_validator("task_types", "tasks", mode="before")
     @classmethod
@@ -120,8 +148,13 @@ class MTAConfig:
     @field_validator("inject_layers")
     @classmethod
     def _inject_layers_form(cls, spec: Any) -> Any:
-        if spec == "all" or isinstance(spec, str) and spec.startswith("last:") and spec[5:].isdigit() \
-                and int(spec[5:]) >= 1:
+        if (
+            spec == "all"
+            or isinstance(spec, str)
+            and spec.startswith("last:")
+            and spec[5:].isdigit()
+            and int(spec[5:]) >= 1
+        ):
             return spec
         if isinstance(spec, list) and spec and all(isinstance(i, int) and not isinstance(i, bool) for i in spec):
             return spec
@@ -132,8 +165,10 @@ class MTAConfig:
         if self.k is not None and self.k > self.num_experts:
             raise ConfigError(f"mta.k: must be between 1 and num_experts ({self.num_experts}), got {self.k}")
         if self.num_experts % self.ep_size != 0:
-            raise ConfigError(f"mta.ep_size: num_experts ({self.num_experts}) must be divisible by ep_size, "
-                              f"got ep_size={self.ep_size}")
+            raise ConfigError(
+                f"mta.ep_size: num_experts ({self.num_experts}) must be divisible by ep_size, "
+                f"got ep_size={self.ep_size}"
+            )
         for key, names in (("task_types", self.task_types), ("tasks", self.tasks or [])):
             if len(set(names)) != len(names):
                 raise ConfigError(f"mta.{key}: names must be unique, got {names!r}")
@@ -142,14 +177,20 @@ class MTAConfig:
                 raise ConfigError(f"mta.{key}: {problem}")
         self._validate_assignment()
         if self.always_on_adapters and self.expert_kind != "bottleneck":
-            raise ConfigError("mta.always_on_adapters: always-on adapters sit beside bottleneck task adapters; "
-                              f"expert_kind {self.expert_kind!r} replaces the FFN (use 0, or expert_kind 'bottleneck')")
+            raise ConfigError(
+                "mta.always_on_adapters: always-on adapters sit beside bottleneck task adapters; "
+                f"expert_kind {self.expert_kind!r} replaces the FFN (use 0, or expert_kind 'bottleneck')"
+            )
         if self.dispatch in FIXED_SHAPE_DISPATCH and (self.expert_kind != "bottleneck" or self.ep_size != 1):
-            raise ConfigError(f"mta.dispatch: {self.dispatch!r} runs bottleneck adapters at ep_size 1 only "
-                              f"(got expert_kind {self.expert_kind!r}, ep_size {self.ep_size}); use 'grouped'")
+            raise ConfigError(
+                f"mta.dispatch: {self.dispatch!r} runs bottleneck adapters at ep_size 1 only "
+                f"(got expert_kind {self.expert_kind!r}, ep_size {self.ep_size}); use 'grouped'"
+            )
         if self.stage2_form == "official" and self.expert_kind != "bottleneck":
-            raise ConfigError("mta.stage2_form: 'official' mixes the task mixture with shared candidates "
-                              "FFN(x) + A_j(x), which needs expert_kind 'bottleneck' (the ffn kind keeps no base FFN)")
+            raise ConfigError(
+                "mta.stage2_form: 'official' mixes the task mixture with shared candidates "
+                "FFN(x) + A_j(x), which needs expert_kind 'bottleneck' (the ffn kind keeps no base FFN)"
+            )
 
     # ----------------------------------------------------------------- derived
     @property
@@ -162,8 +203,10 @@ class MTAConfig:
         if self.route_by == "type":
             return list(self.task_types)
         if self.tasks is None:
-            raise ConfigError("mta.tasks: route_by 'task' needs the task names (the trainer fills them from the "
-                              "training data; set them when building a model by hand)")
+            raise ConfigError(
+                "mta.tasks: route_by 'task' needs the task names (the trainer fills them from the "
+                "training data; set them when building a model by hand)"
+            )
         return list(self.tasks)
 
     @property
@@ -208,13 +251,16 @@ class MTAConfig:
         what = "task type" if self.route_by == "type" else "task"
         if table == "official":
             if self.route_by != "type" or self.task_types != list(DEFAULT_TASK_TYPES) or self.num_experts != 5:
-                raise ConfigError(f"{key}: 'official' is the official code's table for route_by 'type', 5 adapters "
-                                  f"and task_types {list(DEFAULT_TASK_TYPES)}; got route_by {self.route_by!r}, "
-                                  f"{self.num_experts} adapters, task_types {self.task_types}")
+                raise ConfigError(
+                    f"{key}: 'official' is the official code's table for route_by 'type', 5 adapters "
+                    f"and task_types {list(DEFAULT_TASK_TYPES)}; got route_by {self.route_by!r}, "
+                    f"{self.num_experts} adapters, task_types {self.task_types}"
+                )
             return
         if not isinstance(table, Mapping):
-            raise ConfigError(f"{key}: must map each {what} name to a list of adapter ids, or be 'official'; "
-                              f"got {table!r}")
+            raise ConfigError(
+                f"{key}: must map each {what} name to a list of adapter ids, or be 'official'; got {table!r}"
+            )
         if self.route_by == "task" and self.tasks is None:
             known = None  # checked once the task names are known
         else:
@@ -227,8 +273,11 @@ class MTAConfig:
             if missing:
                 raise ConfigError(f"{key}: no adapters given for {what}(s) {missing}")
         for name, ids in table.items():
-            if (not isinstance(ids, (list, tuple)) or not ids
-                    or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids)):
+            if (
+                not isinstance(ids, (list, tuple))
+                or not ids
+                or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids)
+            ):
                 raise ConfigError(f"{key}.{name}: must be a non-empty list of adapter ids, got {ids!r}")
             bad = [i for i in ids if not 0 <= i < self.num_experts]
             if bad:

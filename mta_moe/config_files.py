@@ -1,5 +1,6 @@
 """Reading config files: a DeepSpeed JSON (or Hjson, as DeepSpeed reads its own) with an ``"mta"`` section; a key
 given twice is refused by name; a missing file or a syntax error names the file and line."""
+
 from __future__ import annotations
 
 import json
@@ -65,5 +66,4 @@ def _read_hjson(path: Path, text: str, json_error: json.JSONDecodeError) -> Any:
     except _DuplicateKey as exc:
         raise ConfigError(f"{path}: key {exc.args[0]!r} appears twice in one object; keep one") from None
     except hjson.HjsonDecodeError:  # neither: the JSON error names the line a JSON writer expects
-        raise ConfigError(f"{path}: line {json_error.lineno}: not valid JSON or Hjson "
-                          f"({json_error.msg})") from None
+        raise ConfigError(f"{path}: line {json_error.lineno}: not valid JSON or Hjson ({json_error.msg})") from None

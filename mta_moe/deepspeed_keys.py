@@ -1,11 +1,13 @@
 """The top-level keys DeepSpeed 0.19.8 (pinned) reads from its JSON config: the keys its ``DeepSpeedConfig`` looks
 up, and the key names of its config constant modules (which include some nested names, so this errs on the side of
 accepting). ``tests/test_deepspeed_keys.py`` recomputes the set from the installed DeepSpeed, so it cannot drift."""
+
 from __future__ import annotations
 
 import difflib
 
-KNOWN_TOP_LEVEL = frozenset("""
+KNOWN_TOP_LEVEL = frozenset(
+    """
 activation_checkpointing aio amp arg_mappings attention_mask auto auto_cast autotuning autotuning_exps
 autotuning_results batch bf16 bf16_master_weights_and_grads bf16_optimizer_states bfloat16 block_size buffer_dtype
 ccl check_overflow checkpoint cluster clustering_type comet comms_logger communication_data_type compile
@@ -38,12 +40,15 @@ total_layer_num total_layer_tokens train train_batch_size train_micro_batch_size
 tuner_num_trials tuner_type type use_data_before_expert_parallelism use_gds use_node_local_storage value verbose
 vocabulary_size wall_clock_breakdown wandb warmup_layer_tokens warmup_type weight_quantization z
 zero_allow_untested_optimizer zero_force_ds_cpu_optimizer zero_optimization
-""".split())
+""".split()
+)
 
 
 def unknown_key_message(key: str) -> str:
     """One line for a top-level key DeepSpeed does not read, with the closest known keys."""
     close = difflib.get_close_matches(key, sorted(KNOWN_TOP_LEVEL), n=2, cutoff=0.75)
     hint = f"; did you mean {' or '.join(close)}?" if close else ""
-    return (f"{key}: unknown DeepSpeed key (DeepSpeed ignores keys it does not read, so the setting would have no "
-            f"effect){hint} Our own keys go under mta.")
+    return (
+        f"{key}: unknown DeepSpeed key (DeepSpeed ignores keys it does not read, so the setting would have no "
+        f"effect){hint} Our own keys go under mta."
+    )

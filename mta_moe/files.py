@@ -1,4 +1,5 @@
 """Writing a text file so that a reader, or a crash, never sees part of it."""
+
 from __future__ import annotations
 
 import os

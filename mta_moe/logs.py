@@ -7,6 +7,7 @@ through tqdm so progress bars stay intact. In a distributed run only rank 0's re
 which every rank reports (prefixed ``[rank N]``). A program that uses the library can call
 ``configure_logging()`` too, or attach its own handlers (add :class:`RankZeroFilter` to keep rank 0 only).
 """
+
 from __future__ import annotations
 
 import logging
@@ -20,8 +21,9 @@ _PREFIX = {logging.WARNING: "warning: ", logging.ERROR: "error: ", logging.CRITI
 
 def get_logger(name: str) -> logging.Logger:
     """The logger for a module of the package (``__name__``), or ``mta_moe.<name>``."""
-    return logging.getLogger(name if name == LOGGER_NAME or name.startswith(LOGGER_NAME + ".")
-                             else f"{LOGGER_NAME}.{name}")
+    return logging.getLogger(
+        name if name == LOGGER_NAME or name.startswith(LOGGER_NAME + ".") else f"{LOGGER_NAME}.{name}"
+    )
 
 
 def current_rank() -> int:
@@ -57,6 +59,7 @@ class _TqdmHandler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         try:
             from tqdm import tqdm
+
             tqdm.write(self.format(record), file=sys.stdout if record.levelno < logging.WARNING else sys.stderr)
         except Exception:  # noqa: BLE001 - logging must never raise into the caller
             self.handleError(record)

@@ -17,6 +17,7 @@ Task kinds and their metrics (the first is the task's primary score, used in mac
 * ``extraction`` (the answer is a span of the input, e.g. QA): SQuAD exact match, SQuAD token F1;
 * ``generation`` (free text): ROUGE-L F, exact match, token F1.
 """
+
 from __future__ import annotations
 
 import re
@@ -104,6 +105,7 @@ def _bag_f1(pred: list[str], gold: list[str]) -> float:
 def rouge_l(prediction: str, target: str) -> float:
     if not _ROUGE:
         from rouge_score import rouge_scorer
+
         _ROUGE.append(rouge_scorer.RougeScorer(["rougeL"]))
     return _ROUGE[0].score(normalise(target), normalise(prediction))["rougeL"].fmeasure
 
@@ -118,8 +120,9 @@ def infer_kind(inputs: Sequence[str], targets: Sequence[str]) -> str:
     return "extraction" if _mean(found) >= EXTRACTION_SHARE else "generation"
 
 
-def profile_tasks(tasks: Sequence[str], inputs: Sequence[str], targets: Sequence[str],
-                  kinds: Mapping[str, str] | None = None) -> dict[str, dict[str, object]]:
+def profile_tasks(
+    tasks: Sequence[str], inputs: Sequence[str], targets: Sequence[str], kinds: Mapping[str, str] | None = None
+) -> dict[str, dict[str, object]]:
     """Per task (from its training rows): ``kind`` (``kinds`` overrides, else inferred) and, for
     classification, the sorted label set."""
     rows: dict[str, tuple[list[str], list[str]]] = {}
@@ -136,18 +139,23 @@ def profile_tasks(tasks: Sequence[str], inputs: Sequence[str], targets: Sequence
     return out
 
 
-def score_task(kind: str, predictions: Sequence[str], targets: Sequence[str],
-               labels: Sequence[str] | None = None) -> dict[str, float]:
+def score_task(
+    kind: str, predictions: Sequence[str], targets: Sequence[str], labels: Sequence[str] | None = None
+) -> dict[str, float]:
     """The kind's metrics; ``primary`` repeats the kind's main score."""
     if kind == "classification":
         out = {"accuracy": accuracy(predictions, targets), "macro_f1": macro_f1(predictions, targets, labels)}
     elif kind == "extraction":
-        out = {"exact_match": _mean([squad_exact_match(p, t) for p, t in zip(predictions, targets, strict=True)]),
-               "token_f1": _mean([squad_f1(p, t) for p, t in zip(predictions, targets, strict=True)])}
+        out = {
+            "exact_match": _mean([squad_exact_match(p, t) for p, t in zip(predictions, targets, strict=True)]),
+            "token_f1": _mean([squad_f1(p, t) for p, t in zip(predictions, targets, strict=True)]),
+        }
     elif kind == "generation":
-        out = {"rouge_l": _mean([rouge_l(p, t) for p, t in zip(predictions, targets, strict=True)]),
-               "exact_match": exact_match(predictions, targets),
-               "token_f1": _mean([token_f1(p, t) for p, t in zip(predictions, targets)])}
+        out = {
+            "rouge_l": _mean([rouge_l(p, t) for p, t in zip(predictions, targets, strict=True)]),
+            "exact_match": exact_match(predictions, targets),
+            "token_f1": _mean([token_f1(p, t) for p, t in zip(predictions, targets)]),
+        }
     else:
         raise ValueError(f"task kind must be one of {list(KINDS)}, got {kind!r}")
     out["primary"] = out[PRIMARY[kind]]
@@ -165,9 +173,14 @@ def row_scores(kind: str, predictions: Sequence[str], targets: Sequence[str]) ->
     raise ValueError(f"task kind must be one of {list(KINDS)}, got {kind!r}")
 
 
-def score_predictions(tasks: Sequence[str], targets: Sequence[str], predictions: Sequence[str],
-                      kinds: Mapping[str, str], task_types: Mapping[str, str] | None = None,
-                      labels: Mapping[str, Sequence[str] | None] | None = None) -> dict[str, object]:
+def score_predictions(
+    tasks: Sequence[str],
+    targets: Sequence[str],
+    predictions: Sequence[str],
+    kinds: Mapping[str, str],
+    task_types: Mapping[str, str] | None = None,
+    labels: Mapping[str, Sequence[str] | None] | None = None,
+) -> dict[str, object]:
     """Per-task metrics of rows (task, target, prediction), plus ``macro`` (mean primary score over
     tasks) and ``by_type`` (mean primary score over the tasks of each task type)."""
     rows: dict[str, tuple[list[str], list[str]]] = {}

@@ -1,6 +1,7 @@
 """Task and task-type names, which become parts of paths (per-task export folders, comparison runs, figure
 files): one character set, checked where names are read, and one way to build a path from a name that cannot
 leave its root."""
+
 from __future__ import annotations
 
 import re
@@ -8,7 +9,7 @@ from pathlib import Path
 
 # letters (any script), digits, "_", "-", "." and "+"; a letter, digit or "_" first; at most 64 characters
 NAME = re.compile(r"^\w[\w.+-]{0,63}$")
-RULE = ("1–64 letters, digits, '_', '-', '.' or '+', starting with a letter, digit or '_', without '..'")
+RULE = "1–64 letters, digits, '_', '-', '.' or '+', starting with a letter, digit or '_', without '..'"
 
 
 def name_problem(value: object) -> str | None:

@@ -5,6 +5,7 @@ name the key (``mta.data.sampling.temperature: must be a number > 0, got 0``).
 A field says what it expects with ``json_schema_extra=expects(must, item_must)``; a cross-field check in
 ``__post_init__`` raises :class:`ConfigError` with its whole message (key included), which is passed on as it is.
 """
+
 from __future__ import annotations
 
 import copy
@@ -35,16 +36,24 @@ def expects(must: str, item_must: str | None = None, **extra: Any) -> dict[str, 
     return {"must": must, **({"item_must": item_must} if item_must else {}), **extra}
 
 
-def setting(default: Any, description: str, *, must: str | None = None, item_must: str | None = None,
-            key_name: str | None = None, **bounds: Any) -> Any:
+def setting(
+    default: Any,
+    description: str,
+    *,
+    must: str | None = None,
+    item_must: str | None = None,
+    key_name: str | None = None,
+    **bounds: Any,
+) -> Any:
     """A field of a typed section: its default (a list, dict or section default is copied per instance),
     description and bounds (``ge``, ``gt``, ``le``, ``lt``, ``min_length``); ``must`` / ``item_must`` say in words
     what a value (an item) must be where the type and bounds do not say it well; ``key_name``: what the keys of a
     mapping are ("split": an unknown key reads "unknown split")."""
     extra = expects(must, item_must, **({"key_name": key_name} if key_name else {})) if must else None
     if isinstance(default, (list, dict)) or dataclasses.is_dataclass(default):
-        return Field(default_factory=lambda: copy.deepcopy(default), description=description,
-                     json_schema_extra=extra, **bounds)
+        return Field(
+            default_factory=lambda: copy.deepcopy(default), description=description, json_schema_extra=extra, **bounds
+        )
     return Field(default, description=description, json_schema_extra=extra, **bounds)
 
 
@@ -66,8 +75,11 @@ def _expected_type(tp: Any, metadata: list[Any]) -> str | None:
     if len(members) != 1:
         return None
     tp = members[0]
-    bounds = {type(m).__name__: getattr(m, type(m).__name__.lower()) for m in metadata
-              if type(m).__name__ in ("Ge", "Gt", "Le", "Lt")}
+    bounds = {
+        type(m).__name__: getattr(m, type(m).__name__.lower())
+        for m in metadata
+        if type(m).__name__ in ("Ge", "Gt", "Le", "Lt")
+    }
     if typing.get_origin(tp) is typing.Literal:
         text = f"one of {list(typing.get_args(tp))}"
     elif tp in (int, float):
@@ -77,8 +89,11 @@ def _expected_type(tp: Any, metadata: list[Any]) -> str | None:
         if low and high:
             text += f" in {'[' if low[0] == 'Ge' else '('}{low[1]}, {high[1]}{']' if high[0] == 'Le' else ')'}"
         else:
-            text += "".join(f" {op} {bounds[name]}" for name, op in (("Ge", ">="), ("Gt", ">"), ("Le", "<="),
-                                                                      ("Lt", "<")) if name in bounds)
+            text += "".join(
+                f" {op} {bounds[name]}"
+                for name, op in (("Ge", ">="), ("Gt", ">"), ("Le", "<="), ("Lt", "<"))
+                if name in bounds
+            )
     elif tp is bool:
         text = "true or false"
     elif typing.get_origin(tp) in (list, tuple):
@@ -126,7 +141,7 @@ def build_section(cls: type[T], raw: Any, key: str | None = None) -> T:
     except ConfigError as exc:
         own = cls.section_key  # type: ignore[attr-defined]
         if key != own and str(exc).startswith(own):  # the section read under another key (a nested copy)
-            raise ConfigError(key + str(exc)[len(own):]) from None
+            raise ConfigError(key + str(exc)[len(own) :]) from None
         raise
 
 
@@ -257,6 +272,7 @@ def _field_info(hint: Any) -> FieldInfo:
 
 # ----------------------------------------------------------------------------- checks outside the typed sections
 
+
 def reject_unknown_keys(values: Any, allowed: list[str], section: str) -> None:
     """``values`` must be a mapping whose keys are all in ``allowed``; errors name ``section.key``."""
     if not isinstance(values, Mapping):
@@ -273,8 +289,9 @@ def check_known_tasks(used: Any, known: Sequence[str], key: str) -> None:
     the names of a list (``key: unknown task 'name'``); the error lists the data's tasks."""
     unknown = [name for name in used if name not in known]
     if unknown:
-        where = f"{key}.{unknown[0]}: unknown task" if isinstance(used, Mapping) else \
-            f"{key}: unknown task {unknown[0]!r}"
+        where = (
+            f"{key}.{unknown[0]}: unknown task" if isinstance(used, Mapping) else f"{key}: unknown task {unknown[0]!r}"
+        )
         raise ConfigError(f"{where}; tasks in the data: {list(known)}")
 
 

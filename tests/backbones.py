@@ -1,4 +1,5 @@
 """Tiny randomly initialised configs of the real architectures (no download)."""
+
 from __future__ import annotations
 
 import torch
@@ -8,33 +9,75 @@ VOCAB = 96
 
 
 def _t5(gated: bool):
-    return tf.T5ForConditionalGeneration(tf.T5Config(
-        vocab_size=VOCAB, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2, num_heads=4,
-        feed_forward_proj="gated-gelu" if gated else "relu", decoder_start_token_id=0, pad_token_id=0,
-        eos_token_id=1))
+    return tf.T5ForConditionalGeneration(
+        tf.T5Config(
+            vocab_size=VOCAB,
+            d_model=32,
+            d_kv=8,
+            d_ff=64,
+            num_layers=2,
+            num_decoder_layers=2,
+            num_heads=4,
+            feed_forward_proj="gated-gelu" if gated else "relu",
+            decoder_start_token_id=0,
+            pad_token_id=0,
+            eos_token_id=1,
+        )
+    )
 
 
 def _bart(cls=tf.BartForConditionalGeneration, cfg_cls=tf.BartConfig):
-    return cls(cfg_cls(vocab_size=VOCAB, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
-                       decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64,
-                       max_position_embeddings=64, pad_token_id=1, bos_token_id=0, eos_token_id=2,
-                       decoder_start_token_id=2, forced_eos_token_id=None))
+    return cls(
+        cfg_cls(
+            vocab_size=VOCAB,
+            d_model=32,
+            encoder_layers=2,
+            decoder_layers=2,
+            encoder_attention_heads=4,
+            decoder_attention_heads=4,
+            encoder_ffn_dim=64,
+            decoder_ffn_dim=64,
+            max_position_embeddings=64,
+            pad_token_id=1,
+            bos_token_id=0,
+            eos_token_id=2,
+            decoder_start_token_id=2,
+            forced_eos_token_id=None,
+        )
+    )
 
 
 def _gpt2():
-    return tf.GPT2LMHeadModel(tf.GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64,
-                                                 bos_token_id=0, eos_token_id=2))
+    return tf.GPT2LMHeadModel(tf.GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64, bos_token_id=0, eos_token_id=2))
 
 
 def _llama(cls=tf.LlamaForCausalLM, cfg_cls=tf.LlamaConfig):
-    return cls(cfg_cls(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64))
+    return cls(
+        cfg_cls(
+            vocab_size=VOCAB,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=64,
+        )
+    )
 
 
 def _bert(cls=tf.BertForSequenceClassification, cfg_cls=tf.BertConfig):
-    return cls(cfg_cls(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                       num_attention_heads=4, max_position_embeddings=64, num_labels=3,
-                       pad_token_id=1))
+    return cls(
+        cfg_cls(
+            vocab_size=VOCAB,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=64,
+            num_labels=3,
+            pad_token_id=1,
+        )
+    )
 
 
 BACKBONES = {
@@ -65,7 +108,7 @@ def make_inputs(name: str, batch: int = 4, seq_len: int = 10, seed: int = 0) -> 
     if name in SEQ2SEQ:
         inputs["labels"] = torch.randint(3, VOCAB, (batch, 6), generator=gen)
     elif name in ("bert", "roberta"):
-        inputs["labels"] = torch.randint(0, 3, (batch, ), generator=gen)
+        inputs["labels"] = torch.randint(0, 3, (batch,), generator=gen)
     else:
         inputs["labels"] = ids.masked_fill(mask == 0, -100)
     return inputs

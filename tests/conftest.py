@@ -1,4 +1,5 @@
 """Shared test setup: DeepSpeed's CPU accelerator and small helpers."""
+
 import os
 import sys
 from pathlib import Path

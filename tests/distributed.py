@@ -1,4 +1,5 @@
 """Start real worker processes with torchrun (gloo on CPU) and collect their JSON results."""
+
 from __future__ import annotations
 
 import json
@@ -20,11 +21,22 @@ def free_port() -> int:
 
 def run_workers(script: str, args: list[str], nproc: int, out_dir: Path, timeout: float = 300) -> list[dict]:
     """Run ``workers/<script>`` on ``nproc`` ranks; fail (never hang) after ``timeout`` seconds."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr",
-           "127.0.0.1", "--master_port", str(free_port()), str(WORKERS / script), *args, str(out_dir)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        str(nproc),
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(free_port()),
+        str(WORKERS / script),
+        *args,
+        str(out_dir),
+    ]
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            start_new_session=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
     try:
         stdout, stderr = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:

@@ -1,6 +1,7 @@
 """Adding a task type to a trained model: old task types' outputs are equal at growth (to fp32 summation order)
 and stay bit-identical while the new parts train, the closest trained type is found, bad requests are refused by name, and the
 launcher run changes no old weight and no old validation prediction."""
+
 import json
 
 import pytest
@@ -47,8 +48,7 @@ def test_old_task_types_are_bit_identical_after_growing_and_training(make, new_a
     experts, biases = new_parameters(grown, growth)
     before = grown(**old_kw).logits  # from here on, the same computation: training the new parts is invisible
     assert len(experts) == 4 * len(grown.mta_layers) * new_adapters and len(biases) == len(grown.mta_layers)
-    optimizer = torch.optim.AdamW([{"params": experts, "weight_decay": 0.1}, {"params": biases, "weight_decay": 0.0}],
-                                  lr=0.05)
+    optimizer = torch.optim.AdamW([{"params": experts, "weight_decay": 0.1}, {"params": biases, "weight_decay": 0.0}], lr=0.05)
     new_kw = _inputs(grown, [3] * 4)
     start = grown(**new_kw).logits.detach()
     for _ in range(5):  # the new type learns to push its logits down; old types must not notice
@@ -57,8 +57,7 @@ def test_old_task_types_are_bit_identical_after_growing_and_training(make, new_a
         optimizer.step()
     assert not torch.equal(grown(**new_kw).logits, start)
     assert torch.equal(grown(**old_kw).logits, before)
-    assert all(not p.requires_grad for n, p in grown.named_parameters() if "task_bias" not in n
-               and not any(p is q for q in experts))
+    assert all(not p.requires_grad for n, p in grown.named_parameters() if "task_bias" not in n and not any(p is q for q in experts))
 
 
 def test_grown_bias_table_layout(tmp_path):
@@ -88,11 +87,14 @@ def test_closest_trained_type_is_the_one_whose_adapters_fit_the_new_data(tmp_pat
     assert closest_task_types(model, {"qa": [batch]}, ["classify", "nli", "generate"]) == {"qa": "generate"}
 
 
-@pytest.mark.parametrize("mta,args,message", [
-    ({"gate_mode": "learned"}, (["qa"], 1), r"gate_mode 'learned' routes without task types"),
-    ({}, (["nli"], 1), r"the new task types must be appended after the trained ones"),
-    ({"ep_size": 1}, (["qa"], 1, {"qa": "ner"}), r"warm_start: 'ner' is not a trained task type"),
-])
+@pytest.mark.parametrize(
+    "mta,args,message",
+    [
+        ({"gate_mode": "learned"}, (["qa"], 1), r"gate_mode 'learned' routes without task types"),
+        ({}, (["nli"], 1), r"the new task types must be appended after the trained ones"),
+        ({"ep_size": 1}, (["qa"], 1, {"qa": "ner"}), r"warm_start: 'ner' is not a trained task type"),
+    ],
+)
 def test_bad_growth_is_refused_by_name(tmp_path, mta, args, message):
     _trained(lambda: _t5(False), tmp_path, **mta)
     with pytest.raises(ConfigError, match=message):
@@ -105,8 +107,9 @@ def test_launcher_adds_a_task_type_and_leaves_old_tasks_untouched(tmp_path):
     base["mta"]["route_by"] = "type"  # the paper's routing: a new task *type* gets a bias row
     run = launch(["--deepspeed", str(write_config(tmp_path / "base.json", base))])
     assert run.returncode == 0, run.stderr[-3000:]
-    grown = tiny_config(tmp_path / "grown", steps=10, save_every=10, eval_every=10,
-                        init_from=str(tmp_path / "base" / "export"), add_task_types={"new_adapters": 1})
+    grown = tiny_config(
+        tmp_path / "grown", steps=10, save_every=10, eval_every=10, init_from=str(tmp_path / "base" / "export"), add_task_types={"new_adapters": 1}
+    )
     grown["mta"]["task_types"] = ["classify", "nli", "generate", "qa"]
     grown["mta"]["route_by"] = "type"
     grown["mta"]["data"]["type_overrides"] = {"answer": "qa"}
@@ -135,8 +138,9 @@ def test_launcher_adds_a_task_to_a_model_that_routes_by_task(tmp_path):
     base["mta"]["data"]["suite"]["tasks"] = ["fact_entail", "sentiment"]
     run = launch(["--deepspeed", str(write_config(tmp_path / "base.json", base))])
     assert run.returncode == 0, run.stderr[-3000:]
-    grown = tiny_config(tmp_path / "grown", steps=6, save_every=6, eval_every=6,
-                        init_from=str(tmp_path / "base" / "export"), add_task_types={"new_adapters": 1})
+    grown = tiny_config(
+        tmp_path / "grown", steps=6, save_every=6, eval_every=6, init_from=str(tmp_path / "base" / "export"), add_task_types={"new_adapters": 1}
+    )
     run = launch(["--deepspeed", str(write_config(tmp_path / "grown.json", grown))])
     assert run.returncode == 0, run.stderr[-3000:]
     model = MTAModel.from_pretrained(tmp_path / "grown" / "export")
@@ -151,6 +155,7 @@ def test_launcher_adds_a_task_to_a_model_that_routes_by_task(tmp_path):
 
 def test_add_task_config_errors(tmp_path):
     from mta_moe.training.run_config import build_run_config
+
     assert build_run_config(tiny_config(tmp_path, init_from="x")).train.init_from == "x"  # stage 1 continues it
     cfg = tiny_config(tmp_path, add_task_types={"new_adapters": 1})
     with pytest.raises(ConfigError, match=r"add_task_types: set mta.train.init_from"):

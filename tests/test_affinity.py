@@ -1,5 +1,6 @@
 """Inter-task affinity: the measures on a model whose tasks provably help or hurt each other, the grouping,
 and the command end to end."""
+
 import json
 import os
 import subprocess
@@ -24,8 +25,13 @@ def _copy_tasks(gen: torch.Generator, rows: int = 64) -> dict[str, dict[str, tor
         ids[:, 0] = torch.randint(3, 9, (rows,), generator=gen)  # six labels
         first = ids[:, :1]
         label = first if name != "flip" else (first - 2) % 6 + 3  # the next label: a contradiction
-        out[name] = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": label,
-                     "task_type_ids": torch.zeros(rows, dtype=torch.long), "task_ids": torch.zeros(rows, dtype=torch.long)}
+        out[name] = {
+            "input_ids": ids,
+            "attention_mask": torch.ones_like(ids),
+            "labels": label,
+            "task_type_ids": torch.zeros(rows, dtype=torch.long),
+            "task_ids": torch.zeros(rows, dtype=torch.long),
+        }
     return out
 
 
@@ -48,8 +54,7 @@ def test_a_task_helps_its_twin_and_hurts_its_contradiction():
     before = [p.detach().clone() for p in params]
     fresh = [_copy_tasks(torch.Generator().manual_seed(step + 1)) for step in range(5)]
     state = {k: v.clone() for k, v in optimizer.state_dict()["state"][0].items()}
-    lookahead, cosine = measure(model, batches, _loss, params, lambda task, step: fresh[step][task], optimizer,
-                                horizon=5)
+    lookahead, cosine = measure(model, batches, _loss, params, lambda task, step: fresh[step][task], optimizer, horizon=5)
     assert all(torch.equal(v, optimizer.state_dict()["state"][0][k]) for k, v in state.items())  # restored
     assert all(torch.equal(a, b) for a, b in zip(before, params))  # parameters restored exactly
     affinity = Affinity(list(batches), lookahead.tolist(), cosine.tolist(), 1)
@@ -68,18 +73,14 @@ def test_a_task_helps_its_twin_and_hurts_its_contradiction():
 
 def test_grouping_never_puts_tasks_of_negative_affinity_together():
     tasks = ["a", "b", "c", "d"]
-    r = [[1.0, 0.6, -0.2, 0.05],
-         [0.6, 1.0, 0.3, 0.2],
-         [-0.2, 0.3, 1.0, 0.4],
-         [0.05, 0.2, 0.4, 1.0]]
+    r = [[1.0, 0.6, -0.2, 0.05], [0.6, 1.0, 0.3, 0.2], [-0.2, 0.3, 1.0, 0.4], [0.05, 0.2, 0.4, 1.0]]
     assert group_tasks(tasks, r, threshold=0.1) == [["a", "b"], ["c", "d"]]
     assert group_tasks(tasks, r, threshold=0.5) == [["a", "b"], ["c"], ["d"]]
     assert group_tasks(tasks, r, threshold=0.5, max_groups=2) == [["a", "b"], ["c", "d"]]
     with pytest.raises(ValueError, match=r"--max-groups 1: the tasks cannot share fewer than 2 adapters"):
         group_tasks(tasks, r, max_groups=1)
     keys = assignment_config([["a", "b"], ["c", "d"]], ep_size=1)
-    assert keys == {"route_by": "task", "tasks": tasks, "num_experts": 2, "k": 1,
-                    "task_adapter_assignment": {"a": [0], "b": [0], "c": [1], "d": [1]}}
+    assert keys == {"route_by": "task", "tasks": tasks, "num_experts": 2, "k": 1, "task_adapter_assignment": {"a": [0], "b": [0], "c": [1], "d": [1]}}
     assert assignment_config([["a"], ["b"], ["c"]], ep_size=2)["num_experts"] == 4  # divisible by ep_size
     built = MTAConfig(task_types=["classify"], **keys)
     assert built.assignment() == [[0], [0], [1], [1]]
@@ -87,10 +88,29 @@ def test_grouping_never_puts_tasks_of_negative_affinity_together():
 
 def test_affinity_command_writes_a_config_that_trains(tmp_path):
     cfg = write_config(tmp_path / "c.json", tiny_config(tmp_path / "unused"))
-    run = subprocess.run([sys.executable, "-m", "mta_moe.cli", "affinity", "--config", str(cfg), "--out",
-                          str(tmp_path / "aff"), "--probe-steps", "12", "--every", "6", "--rows", "8"],
-                         cwd=REPO, capture_output=True, text=True, timeout=600,
-                         env={**os.environ, "DS_ACCELERATOR": "cpu"})
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mta_moe.cli",
+            "affinity",
+            "--config",
+            str(cfg),
+            "--out",
+            str(tmp_path / "aff"),
+            "--probe-steps",
+            "12",
+            "--every",
+            "6",
+            "--rows",
+            "8",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "DS_ACCELERATOR": "cpu"},
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     record = json.loads((tmp_path / "aff" / "affinity.json").read_text())
     assert record["tasks"] == ["answer", "fact_entail", "sentiment"] and record["points"] == 2
@@ -101,8 +121,11 @@ def test_affinity_command_writes_a_config_that_trains(tmp_path):
     assert layer.route_by == "task" and layer.num_experts == len(record["groups"]) and layer.k == 1
     for group_id, group in enumerate(record["groups"]):
         assert all(layer.task_adapter_assignment[t] == [group_id] for t in group)
-    bad = subprocess.run([sys.executable, "-m", "mta_moe.cli", "affinity", "--config", str(cfg), "--out",
-                          str(tmp_path / "x"), "--probe-steps", "0"], cwd=REPO, capture_output=True, text=True,
-                         timeout=120)
-    assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1] == \
-        "mta-moe affinity: error: argument --probe-steps: expected an integer >= 1, got 0"
+    bad = subprocess.run(
+        [sys.executable, "-m", "mta_moe.cli", "affinity", "--config", str(cfg), "--out", str(tmp_path / "x"), "--probe-steps", "0"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1] == "mta-moe affinity: error: argument --probe-steps: expected an integer >= 1, got 0"

@@ -1,5 +1,6 @@
 """Always-on adapters beside the routed task adapters: exact at initialisation, the layer's formula, a model that
 contains the shared model, per-task weights that move, exact per-task folds, save/load, growth and stage 2."""
+
 import pytest
 import torch
 from backbones import BACKBONES, make_backbone, make_inputs
@@ -13,8 +14,7 @@ TYPES = torch.tensor([0, 2, 1, 0])
 
 
 def _config(**changes):
-    return MTAConfig(**{"num_experts": 3, "k": 1, "adapter_dim": 8, "inject_layers": "all", "always_on_adapters": 1,
-                        "adapter_bias": False, **changes})
+    return MTAConfig(**{"num_experts": 3, "k": 1, "adapter_dim": 8, "inject_layers": "all", "always_on_adapters": 1, "adapter_bias": False, **changes})
 
 
 def _perturbed(model, scale=0.05, seed=1):
@@ -46,11 +46,13 @@ def test_layer_computes_ffn_plus_weighted_mixture_plus_weighted_always_on():
         x = torch.randn(4, 6, 32)
         out, _, _ = layer(x, TYPES)
         routing = layer.last_routing.selection
-        mixture = torch.stack([routing.weights[b, 0] * layer.local_experts[int(routing.indices[b, 0])](x[b])
-                               for b in range(4)])
+        mixture = torch.stack([routing.weights[b, 0] * layer.local_experts[int(routing.indices[b, 0])](x[b]) for b in range(4)])
         weights = 3 * torch.softmax(layer.always_on.mix_logits[TYPES], dim=-1)
-        expected = layer.base_ffn(x) + weights[:, :1, None] * mixture + sum(
-            weights[:, j + 1, None, None] * adapter(x) for j, adapter in enumerate(layer.always_on.adapters))
+        expected = (
+            layer.base_ffn(x)
+            + weights[:, :1, None] * mixture
+            + sum(weights[:, j + 1, None, None] * adapter(x) for j, adapter in enumerate(layer.always_on.adapters))
+        )
     assert_close_to_scale(out, expected)
 
 
@@ -58,8 +60,7 @@ def test_with_silent_task_adapters_the_model_is_the_shared_model():
     """What makes MTA contain the shared model: task adapters that add nothing leave one adapter every sequence
     uses, which is exactly the shared baseline (one adapter, k 1) with the same weights."""
     model = _perturbed(MTAModel(make_backbone("t5"), _config()).eval())
-    shared = MTAModel(make_backbone("t5"), MTAConfig(num_experts=1, k=1, adapter_dim=8, inject_layers="all",
-                                                       adapter_bias=False)).eval()
+    shared = MTAModel(make_backbone("t5"), MTAConfig(num_experts=1, k=1, adapter_dim=8, inject_layers="all", adapter_bias=False)).eval()
     with torch.no_grad():
         for key, layer in model.mta_layers.items():
             for expert in layer.local_experts:
@@ -105,8 +106,7 @@ def test_save_load_and_growth_keep_the_old_keys(tmp_path):
         old = model.mta_layers[key].always_on.mix_logits
         assert torch.equal(layer.always_on.mix_logits[:3], old) and torch.equal(layer.always_on.mix_logits[3], old[1])
     _, tables = new_parameters(grown, growth)
-    assert sum(t is layer.always_on.mix_logits for t in tables for layer in grown.mta_layers.values()) == \
-        len(grown.mta_layers)
+    assert sum(t is layer.always_on.mix_logits for t in tables for layer in grown.mta_layers.values()) == len(grown.mta_layers)
 
 
 def test_stage2_switch_leaves_the_output_unchanged():

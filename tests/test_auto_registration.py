@@ -1,6 +1,7 @@
 """``import mta_moe`` registers the export's model type with transformers' Auto classes: the Auto loaders give the
 model ``MTAModel.from_pretrained`` gives (same logits), the wrong Auto class is named, and ``import mta_moe`` itself
 imports nothing of transformers (the registration runs when transformers imports its Auto modules)."""
+
 import os
 import subprocess
 import sys
@@ -91,11 +92,8 @@ def test_without_the_import_the_export_loads_as_remote_code_or_names_the_package
         print(type(model).__name__, torch.equal(logits, torch.load({str(expected)!r})))
     """)
     env = {**os.environ, "HF_HOME": str(tmp_path / "hf")}
-    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, env=env,
-                         timeout=300)
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
     assert run.returncode == 0 and run.stdout.split()[-4:] == ["refused:", "True", "MTAModel", "True"], run.stderr[-2000:]
-    missing = block + f"from transformers import AutoModelForSeq2SeqLM\n" \
-                      f"AutoModelForSeq2SeqLM.from_pretrained({str(path)!r}, trust_remote_code=True)\n"
-    run = subprocess.run([sys.executable, "-c", missing], capture_output=True, text=True, cwd=tmp_path, env=env,
-                         timeout=300)
+    missing = block + f"from transformers import AutoModelForSeq2SeqLM\nAutoModelForSeq2SeqLM.from_pretrained({str(path)!r}, trust_remote_code=True)\n"
+    run = subprocess.run([sys.executable, "-c", missing], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
     assert run.returncode != 0 and "Run `pip install mta_moe`" in run.stderr.strip().splitlines()[-1], run.stderr[-2000:]

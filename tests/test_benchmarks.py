@@ -1,4 +1,5 @@
 """The layer benchmark runs end to end at a tiny shape and writes consistent JSON and a PNG."""
+
 import json
 import os
 import subprocess
@@ -11,11 +12,36 @@ from test_training import REPO
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
 def test_layer_dispatch_benchmark_writes_results(tmp_path, dtype):
     out, png = tmp_path / "layer.json", tmp_path / "layer.png"
-    args = [sys.executable, "benchmarks/layer_dispatch.py", "--hidden", "32", "--experts", "4", "--k", "1", "2",
-            "--tokens", "256", "--seq-len", "16", "--adapter-dim", "8", "--repeats", "1", "--warmup", "0",
-            "--routing", "task", "--dtype", dtype, "--out", str(out), "--plot", str(png)]
-    proc = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "DS_ACCELERATOR": "cpu"})
+    args = [
+        sys.executable,
+        "benchmarks/layer_dispatch.py",
+        "--hidden",
+        "32",
+        "--experts",
+        "4",
+        "--k",
+        "1",
+        "2",
+        "--tokens",
+        "256",
+        "--seq-len",
+        "16",
+        "--adapter-dim",
+        "8",
+        "--repeats",
+        "1",
+        "--warmup",
+        "0",
+        "--routing",
+        "task",
+        "--dtype",
+        dtype,
+        "--out",
+        str(out),
+        "--plot",
+        str(png),
+    ]
+    proc = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300, env={**os.environ, "DS_ACCELERATOR": "cpu"})
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(out.read_text())
     assert [(r["k"], r["tokens"]) for r in result["rows"]] == [(1, 256), (2, 256)]
@@ -24,8 +50,7 @@ def test_layer_dispatch_benchmark_writes_results(tmp_path, dtype):
         assert row["ratio_to_floor"] == row["a_grouped_ms"] / row["d_floor_ms"]
         # three task types, Softmax-T init: each type's top-k adapters, at most 3·k of the 4
         assert 1 <= row["adapters_used"] <= min(4, 3 * row["k"])
-        assert all(row[f"{v}_peak_mib"] > 0 for v in ("a_grouped", "a2_grouped_loop", "a3_gathered_weights",
-                                                       "b_deepspeed", "c_dense", "d_floor", "f_anchor"))
+        assert all(row[f"{v}_peak_mib"] > 0 for v in ("a_grouped", "a2_grouped_loop", "a3_gathered_weights", "b_deepspeed", "c_dense", "d_floor", "f_anchor"))
         assert row["form"] == "grouped_gemm"  # the shipped layer took the grouped GEMMs (8 and 32 are aligned)
         assert row["gathered_weights_speedup"] == row["a_grouped_ms"] / row["a3_gathered_weights_ms"]
         assert row["speedup_vs_loop"] == row["a2_grouped_loop_ms"] / row["a_grouped_ms"]
@@ -38,10 +63,25 @@ def test_layer_dispatch_benchmark_writes_results(tmp_path, dtype):
 @pytest.mark.slow
 def test_model_step_benchmark_runs_in_bf16(tmp_path):
     out = tmp_path / "step.json"
-    args = [sys.executable, "benchmarks/model_step.py", "--batch", "1", "--src-len", "8", "--tgt-len", "4",
-            "--repeats", "1", "--warmup", "0", "--dtype", "bf16", "--out", str(out)]
-    proc = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "DS_ACCELERATOR": "cpu"})
+    args = [
+        sys.executable,
+        "benchmarks/model_step.py",
+        "--batch",
+        "1",
+        "--src-len",
+        "8",
+        "--tgt-len",
+        "4",
+        "--repeats",
+        "1",
+        "--warmup",
+        "0",
+        "--dtype",
+        "bf16",
+        "--out",
+        str(out),
+    ]
+    proc = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300, env={**os.environ, "DS_ACCELERATOR": "cpu"})
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(out.read_text())
     assert result["config"]["dtype"] == "bf16"
@@ -57,10 +97,22 @@ def test_model_step_benchmark_runs_in_bf16(tmp_path):
 def test_trainer_throughput_benchmark_times_the_tree(tmp_path):
     """A short and a long run of this tree; the per-step time is their difference (two trees run alike)."""
     out = tmp_path / "throughput.json"
-    args = [sys.executable, "benchmarks/trainer_throughput.py", "--short", "2", "--long", "6", "--repeats", "1",
-            "--set", "train_micro_batch_size_per_gpu=4", "mta.data.suite.train=40", "--out", str(out)]
-    proc = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "DS_ACCELERATOR": "cpu"})
+    args = [
+        sys.executable,
+        "benchmarks/trainer_throughput.py",
+        "--short",
+        "2",
+        "--long",
+        "6",
+        "--repeats",
+        "1",
+        "--set",
+        "train_micro_batch_size_per_gpu=4",
+        "mta.data.suite.train=40",
+        "--out",
+        str(out),
+    ]
+    proc = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=600, env={**os.environ, "DS_ACCELERATOR": "cpu"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
     assert set(result["ms_per_step"]) == {"current"} and len(result["samples_ms"]["current"]) == 1
@@ -73,6 +125,7 @@ def test_trainer_throughput_benchmark_times_the_tree(tmp_path):
 def test_trainer_throughput_baseline_is_a_temporary_checkout(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
     import trainer_throughput
+
     tree = trainer_throughput.baseline_tree("HEAD", tmp_path)
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
     assert (tree / "mta_moe" / "__init__.py").exists()

@@ -1,5 +1,6 @@
 """The comparison command: the runs it plans, equal-examples budgets, parameter-matched baselines, file data,
 reuse of finished runs, and the report's deltas against the single-task models."""
+
 import json
 import os
 import socket
@@ -14,8 +15,9 @@ from mta_moe.config import ConfigError
 from mta_moe.data import Curriculum, MixtureSampler
 from mta_moe.data.suite import SuiteSizes, write_suite
 from mta_moe.experiments.budget import examples_per_task, single_task_steps
-from mta_moe.experiments.compare import Variant, ensure_run, plan_runs, same_config
+from mta_moe.experiments.compare import ensure_run, same_config
 from mta_moe.experiments.data_files import chance_levels
+from mta_moe.experiments.plan import Variant, plan_runs
 from mta_moe.training.run_config import apply_overrides, build_run_config
 
 TASKS = ["sentiment", "fact_entail", "answer"]
@@ -26,12 +28,25 @@ def test_plan_derives_each_system_from_the_stage_configs(tmp_path):
     stage1["mta"]["num_experts"] = 2  # = k: no shared_wide (see below)
     stage1["mta"]["data"]["curriculum"] = [{"start_step": 0, "tasks": ["sentiment"]}]
     stage1["mta"]["data"]["task_kinds"] = {"answer": "extraction", "sentiment": "classification"}
-    runs = {r.name: r for r in plan_runs(stage1, stage2, tmp_path, temperatures=[1.0], no_freeze=True,
-                                         single_steps={"sentiment": 7, "answer": 3}, seeds=[5])}
-    assert list(runs) == ["single_sentiment", "single_answer", "shared", "shared_matched", "mta_stage1",
-                          "mta_stage2", "shared_stage2", "mta_stage1_more", "shared_s5", "shared_matched_s5",
-                          "mta_stage1_s5", "mta_stage2_s5", "shared_stage2_s5", "mta_stage1_more_s5", "mta_stage1_T1",
-                          "mta_stage2_nofreeze"]
+    runs = {r.name: r for r in plan_runs(stage1, stage2, tmp_path, temperatures=[1.0], no_freeze=True, single_steps={"sentiment": 7, "answer": 3}, seeds=[5])}
+    assert list(runs) == [
+        "single_sentiment",
+        "single_answer",
+        "shared",
+        "shared_matched",
+        "mta_stage1",
+        "mta_stage2",
+        "shared_stage2",
+        "mta_stage1_more",
+        "shared_s5",
+        "shared_matched_s5",
+        "mta_stage1_s5",
+        "mta_stage2_s5",
+        "shared_stage2_s5",
+        "mta_stage1_more_s5",
+        "mta_stage1_T1",
+        "mta_stage2_nofreeze",
+    ]
     single = runs["single_answer"].raw["mta"]
     assert single["data"]["tasks"] == ["answer"] and single["data"]["curriculum"] is None
     assert single["train"]["steps"] == 3 and single["num_experts"] == 1
@@ -46,8 +61,7 @@ def test_plan_derives_each_system_from_the_stage_configs(tmp_path):
     assert runs["shared_stage2"].raw["mta"]["train"]["init_from"] == str(tmp_path / "shared" / "export")
     assert runs["mta_stage2_s5"].raw["mta"]["train"]["init_from"] == str(tmp_path / "mta_stage1_s5" / "export")
     more = runs["mta_stage1_more"].raw["mta"]  # stage 2's steps and data, stage 1's parts, everything trainable
-    assert (more["train"]["stage"], more["train"]["trainable"], more["train"]["init_from"]) == \
-        (1, None, str(tmp_path / "mta_stage1" / "export"))
+    assert (more["train"]["stage"], more["train"]["trainable"], more["train"]["init_from"]) == (1, None, str(tmp_path / "mta_stage1" / "export"))
     assert more["train"]["steps"] == stage2["mta"]["train"]["steps"]
     seeded = runs["mta_stage1_s5"]
     assert (seeded.raw["mta"]["train"]["seed"], seeded.raw["mta"]["data"]["seed"], seeded.system) == (5, 5, "mta_stage1")
@@ -59,8 +73,7 @@ def test_plan_derives_each_system_from_the_stage_configs(tmp_path):
 def test_shared_wide_matches_all_adapters_and_every_planned_run_is_a_valid_config(tmp_path):
     stage1 = tiny_config(tmp_path / "a")
     stage1["mta"].update(num_experts=6, k=1, always_on_adapters=0)
-    runs = {r.name: r for r in plan_runs(stage1, tiny_config(tmp_path / "b", stage=2, init_from="x"), tmp_path,
-                                         single_steps={"answer": 2})}
+    runs = {r.name: r for r in plan_runs(stage1, tiny_config(tmp_path / "b", stage=2, init_from="x"), tmp_path, single_steps={"answer": 2})}
     assert "shared_matched" not in runs and runs["shared_wide"].raw["mta"]["adapter_dim"] == 6 * 8
     stage1["mta"].update(always_on_adapters=1, always_on_dim=4)  # counted in both matched models
     more = {r.name: r.raw["mta"]["adapter_dim"] for r in plan_runs(stage1, None, tmp_path)}
@@ -71,8 +84,7 @@ def test_shared_wide_matches_all_adapters_and_every_planned_run_is_a_valid_confi
 
 def test_equal_examples_budget_replays_the_mixture(tmp_path):
     cfg = tiny_config(tmp_path / "a", steps=40)
-    cfg["mta"]["data"]["curriculum"] = [{"start_step": 0, "tasks": ["sentiment"]},
-                                        {"start_step": 10, "tasks": None, "weights": {"answer": 3.0}}]
+    cfg["mta"]["data"]["curriculum"] = [{"start_step": 0, "tasks": ["sentiment"]}, {"start_step": 10, "tasks": None, "weights": {"answer": 3.0}}]
     run = build_run_config(cfg)
     sizes = {"answer": 24, "fact_entail": 24, "sentiment": 24}
     counts = examples_per_task(run, sizes)
@@ -87,12 +99,15 @@ def test_equal_examples_budget_replays_the_mixture(tmp_path):
 
 def test_chance_levels_for_any_data():
     import datasets
+
     train = datasets.Dataset.from_list(
         [{"input": f"x{i}", "target": t, "task": "c", "type": "classify"} for i, t in enumerate("aaab")]
-        + [{"input": "the cat sat", "target": "the cat", "task": "g", "type": "generate"}] * 3)
+        + [{"input": "the cat sat", "target": "the cat", "task": "g", "type": "generate"}] * 3
+    )
     test = datasets.Dataset.from_list(
         [{"input": "y", "target": t, "task": "c", "type": "classify"} for t in "abbb"]
-        + [{"input": "a dog", "target": "the dog", "task": "g", "type": "generate"}])
+        + [{"input": "a dog", "target": "the dog", "task": "g", "type": "generate"}]
+    )
     levels = chance_levels(train, test, {"g": "generation"})
     assert levels["c"] == pytest.approx(0.25)  # always "a", the majority training label
     assert levels["g"] == pytest.approx(0.5)  # ROUGE-L F of "the cat" against "the dog"
@@ -110,10 +125,20 @@ def _compare(tmp_path, *extra, files=None):
         cfg["mta"].update(num_experts=2, k=2)
         if files:
             cfg["mta"]["data"].update(suite=None, files=files)
-    args = [sys.executable, "-m", "mta_moe.cli", "compare", "--config", str(write_config(tmp_path / "s1.json", cfg1)),
-            "--stage2", str(write_config(tmp_path / "s2.json", cfg2)), "--out", str(tmp_path / "cmp"), *extra]
-    return subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=1200,
-                          env={**os.environ, "DS_ACCELERATOR": "cpu"})
+    args = [
+        sys.executable,
+        "-m",
+        "mta_moe.cli",
+        "compare",
+        "--config",
+        str(write_config(tmp_path / "s1.json", cfg1)),
+        "--stage2",
+        str(write_config(tmp_path / "s2.json", cfg2)),
+        "--out",
+        str(tmp_path / "cmp"),
+        *extra,
+    ]
+    return subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=1200, env={**os.environ, "DS_ACCELERATOR": "cpu"})
 
 
 @pytest.mark.slow
@@ -123,8 +148,7 @@ def test_compare_on_file_data_trains_reuses_and_reports_against_single_task_mode
     # 3 single-task, shared, shared_matched, mta stage 1 and 2, shared through stage 2, mta stage 1 trained on
     assert first.stdout.count(": trained") == 9
     report = json.loads((tmp_path / "cmp" / "report" / "report.json").read_text())
-    assert list(report["systems"]) == ["shared", "shared_matched", "mta_stage1", "mta_stage2", "shared_stage2",
-                                       "mta_stage1_more"]
+    assert list(report["systems"]) == ["shared", "shared_matched", "mta_stage1", "mta_stage2", "shared_stage2", "mta_stage1_more"]
     assert set(report["baseline_scores"]) == set(TASKS)
     protocol = report["protocol"]
     assert protocol["single_task_budget"] == "examples" and sum(protocol["examples_per_task"].values()) == 12 * 4
@@ -135,8 +159,7 @@ def test_compare_on_file_data_trains_reuses_and_reports_against_single_task_mode
         assert single["mta"]["data"]["tasks"] == [task] and single["mta"]["data"]["suite"] is None
     for name, entry in report["systems"].items():
         for task in TASKS:
-            assert report["deltas"][name][task] == pytest.approx(entry["scores"][task] -
-                                                                 report["baseline_scores"][task])
+            assert report["deltas"][name][task] == pytest.approx(entry["scores"][task] - report["baseline_scores"][task])
     assert set(report["chance"]) == set(TASKS)
     text = (tmp_path / "cmp" / "report" / "report.md").read_text()
     assert "| task | kind | single-task | shared | shared_matched | mta_stage1 |" in text and "## Budget" in text
@@ -144,8 +167,7 @@ def test_compare_on_file_data_trains_reuses_and_reports_against_single_task_mode
     assert protocol["multi_task_steps"] == 24 and protocol["fixed_budget"] == 12 and report["checkpoint"] == "best"
     assert (tmp_path / "cmp" / "mta_stage1" / "export_step12" / "tasks.json").is_file()
     assert report["fixed_budget"]["exports"]["mta_stage1"].endswith("export_step12")
-    assert set(report["summary"]["tests"]) == {"shared_matched", "mta_stage1", "mta_stage2", "shared_stage2",
-                                               "mta_stage1_more"}
+    assert set(report["summary"]["tests"]) == {"shared_matched", "mta_stage1", "mta_stage2", "shared_stage2", "mta_stage1_more"}
     assert "Paired tests against `shared`" in text and "At the fixed budget (step 12)" in text
     assert "Δ shared" not in text  # no per-run delta columns in the grouped table
     # a rerun trains nothing: every run is reused
@@ -179,8 +201,10 @@ def test_a_run_is_reused_only_when_finished_with_the_same_resolved_config(tmp_pa
 
 def test_variants_are_derived_from_either_stage_with_launcher_style_overrides(tmp_path):
     stage1, stage2 = tiny_config(tmp_path / "a"), tiny_config(tmp_path / "b", stage=2, init_from="x")
-    variants = [Variant("gn", 1, ["--train.weighting", '{"method": "gradnorm"}']),
-                Variant("pc2", 2, ["--train.gradient_projection", "pcgrad", "--train.steps", "7"])]
+    variants = [
+        Variant("gn", 1, ["--train.weighting", '{"method": "gradnorm"}']),
+        Variant("pc2", 2, ["--train.gradient_projection", "pcgrad", "--train.steps", "7"]),
+    ]
     runs = {r.name: r for r in plan_runs(stage1, stage2, tmp_path, variants=variants)}
     assert runs["gn"].raw["mta"]["train"]["weighting"] == {"method": "gradnorm"}
     assert runs["gn"].raw["mta"]["train"]["output_dir"] == str(tmp_path / "gn")
@@ -224,10 +248,17 @@ def test_compare_errors_are_one_line(tmp_path):
     cfg["mta"]["data"]["files"] = {"train": [str(tmp_path / "t.jsonl")]}
     (tmp_path / "t.jsonl").write_text('{"input": "a", "target": "b", "type": "nli", "task": "t"}\n')
     config = write_config(tmp_path / "c.json", cfg)
-    for extra, message in [([], "error: compare: the data has no test split"),
-                           (["--seeds", "1,x"], "error: --seeds: expected comma-separated integers"),
-                           (["--variant", "a b", "--train.steps 3"], "error: --variant 'a b': expected NAME or NAME:2"),
-                           (["--variant", "v", "train.steps 3"], "error: --variant v: expected '--key value ...'")]:
-        run = subprocess.run([sys.executable, "launchers/compare.py", "--config", str(config), "--out",
-                              str(tmp_path / "o"), *extra], cwd=REPO, capture_output=True, text=True, timeout=120)
+    for extra, message in [
+        ([], "error: compare: the data has no test split"),
+        (["--seeds", "1,x"], "error: --seeds: expected comma-separated integers"),
+        (["--variant", "a b", "--train.steps 3"], "error: --variant 'a b': expected NAME or NAME:2"),
+        (["--variant", "v", "train.steps 3"], "error: --variant v: expected '--key value ...'"),
+    ]:
+        run = subprocess.run(
+            [sys.executable, "launchers/compare.py", "--config", str(config), "--out", str(tmp_path / "o"), *extra],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert run.returncode == 2 and run.stderr.strip().splitlines()[-1].startswith(message), run.stderr

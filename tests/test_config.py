@@ -1,4 +1,5 @@
 """Invalid MTA settings raise errors that name the key and what is allowed."""
+
 import json
 
 import pytest
@@ -7,27 +8,28 @@ from mta_moe import ConfigError, MTAConfig, load_ds_config
 from mta_moe.config_files import read_config_file
 
 
-@pytest.mark.parametrize("changes, key, allowed", [
-    ({"k": 6}, "mta.k", "between 1 and num_experts (5)"),
-    ({"k": 0}, "mta.k", ">= 1"),
-    ({"num_experts": 6, "ep_size": 4}, "mta.ep_size", "divisible by ep_size"),
-    ({"expert_kind": "lora"}, "mta.expert_kind", "['bottleneck', 'ffn']"),
-    ({"gate_mode": "random"}, "mta.gate_mode", "['task', 'learned', 'both']"),
-    ({"temperature": 0.0}, "mta.temperature", "> 0"),
-    ({"temperature": -1}, "mta.temperature", "> 0"),
-    ({"sequence_repr": "last"}, "mta.sequence_repr", "['first', 'mean']"),
-    ({"adapter_activation": "swish"}, "mta.adapter_activation", "'relu'"),
-    ({"task_types": []}, "mta.task_types", "non-empty"),
-    ({"task_types": ["a", "a"]}, "mta.task_types", "unique"),
-    ({"task_adapter_assignment": {"classify": [0], "nli": [9], "generate": [4]}},
-     "mta.task_adapter_assignment.nli", "[0, 4]"),
-    ({"task_adapter_assignment": {"classify": [0]}}, "mta.task_adapter_assignment", "no adapters given"),
-    ({"task_adapter_assignment": {"classify": [0], "nli": [1], "generate": [2], "qa": [3]}},
-     "mta.task_adapter_assignment", "unknown task type"),
-    ({"load_balance_coef": -0.1}, "mta.load_balance_coef", ">= 0"),
-    ({"num_shared_adapters": -1}, "mta.num_shared_adapters", ">= 0"),
-    ({"adapter_dim": "8"}, "mta.adapter_dim", "integer"),
-])
+@pytest.mark.parametrize(
+    "changes, key, allowed",
+    [
+        ({"k": 6}, "mta.k", "between 1 and num_experts (5)"),
+        ({"k": 0}, "mta.k", ">= 1"),
+        ({"num_experts": 6, "ep_size": 4}, "mta.ep_size", "divisible by ep_size"),
+        ({"expert_kind": "lora"}, "mta.expert_kind", "['bottleneck', 'ffn']"),
+        ({"gate_mode": "random"}, "mta.gate_mode", "['task', 'learned', 'both']"),
+        ({"temperature": 0.0}, "mta.temperature", "> 0"),
+        ({"temperature": -1}, "mta.temperature", "> 0"),
+        ({"sequence_repr": "last"}, "mta.sequence_repr", "['first', 'mean']"),
+        ({"adapter_activation": "swish"}, "mta.adapter_activation", "'relu'"),
+        ({"task_types": []}, "mta.task_types", "non-empty"),
+        ({"task_types": ["a", "a"]}, "mta.task_types", "unique"),
+        ({"task_adapter_assignment": {"classify": [0], "nli": [9], "generate": [4]}}, "mta.task_adapter_assignment.nli", "[0, 4]"),
+        ({"task_adapter_assignment": {"classify": [0]}}, "mta.task_adapter_assignment", "no adapters given"),
+        ({"task_adapter_assignment": {"classify": [0], "nli": [1], "generate": [2], "qa": [3]}}, "mta.task_adapter_assignment", "unknown task type"),
+        ({"load_balance_coef": -0.1}, "mta.load_balance_coef", ">= 0"),
+        ({"num_shared_adapters": -1}, "mta.num_shared_adapters", ">= 0"),
+        ({"adapter_dim": "8"}, "mta.adapter_dim", "integer"),
+    ],
+)
 def test_invalid_values_name_the_key(changes, key, allowed):
     with pytest.raises(ConfigError) as err:
         MTAConfig(**changes)
@@ -81,6 +83,7 @@ def test_shipped_ds_configs_are_valid():
     from pathlib import Path
 
     from mta_moe.training.run_config import load_run_config
+
     for path in sorted((Path(__file__).resolve().parents[1] / "ds_configs").glob("*.json")):
         ds, cfg = load_ds_config(path)
         assert "zero_optimization" in ds and ds["zero_optimization"]["stage"] in (0, 1, 2), path
@@ -90,6 +93,7 @@ def test_shipped_ds_configs_are_valid():
 
 def test_routing_keys_that_outnumber_the_adapters_are_named():
     from mta_moe.config import sharing_adapters
+
     twelve = [f"t{i}" for i in range(12)]
     cfg = MTAConfig(num_experts=9, k=1, route_by="task", tasks=twelve)
     assert sharing_adapters(cfg) == {0: ["t0", "t9"], 1: ["t1", "t10"], 2: ["t2", "t11"]}

@@ -1,5 +1,6 @@
 """``mta-moe config validate|show`` and ``--version``: the checks train runs, without training; the resolved config
 with every default; unknown keys with the closest known one."""
+
 import json
 import subprocess
 import sys
@@ -31,8 +32,7 @@ def test_validate_and_show(tmp_path, capsys):
 
 
 def test_version():
-    run = subprocess.run([sys.executable, "-m", "mta_moe.cli", "--version"], capture_output=True, text=True,
-                         cwd=REPO, timeout=60)
+    run = subprocess.run([sys.executable, "-m", "mta_moe.cli", "--version"], capture_output=True, text=True, cwd=REPO, timeout=60)
     assert run.returncode == 0 and run.stdout.strip() == f"mta-moe {__version__}"
 
 
@@ -46,8 +46,8 @@ def test_config_errors_come_before_torch_and_deepspeed_are_imported(tmp_path):
 import sys
 from mta_moe.cli import main
 for argv in (["train", "--deepspeed", {cfg!r}], ["config", "validate", {cfg!r}],
-             ["compare", "--config", {cfg!r}, "--out", {str(tmp_path / 'cmp')!r}],
-             ["affinity", "--config", {cfg!r}, "--out", {str(tmp_path / 'aff')!r}]):
+             ["compare", "--config", {cfg!r}, "--out", {str(tmp_path / "cmp")!r}],
+             ["affinity", "--config", {cfg!r}, "--out", {str(tmp_path / "aff")!r}]):
     assert main(argv) == 2, argv
 heavy = sorted(m for m in ("torch", "deepspeed", "datasets", "mta_moe.training.trainer") if m in sys.modules)
 print("heavy:", heavy)

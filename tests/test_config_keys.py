@@ -7,6 +7,7 @@ changes the loaded rows, the tokenised lengths or the mixture the trainer draws 
 engine (read back from the engine itself) or is refused; a training key names the test that shows its effect.
 A new key fails `test_every_key_has_a_probe` until it gets one.
 """
+
 import ast
 import dataclasses
 import json
@@ -34,8 +35,7 @@ def _fields(cls) -> list[str]:
     return [f.name for f in dataclasses.fields(cls)]
 
 
-SECTIONS = {"mta": MTAConfig, "mta.model": ModelConfig, "mta.data": DataConfig, "mta.data.sampling": SamplingConfig,
-            "mta.train": TrainConfig}
+SECTIONS = {"mta": MTAConfig, "mta.model": ModelConfig, "mta.data": DataConfig, "mta.data.sampling": SamplingConfig, "mta.train": TrainConfig}
 OUR_KEYS = {f"{section}.{name}" for section, cls in SECTIONS.items() for name in _fields(cls)}
 OUR_KEYS -= {"mta.model", "mta.data", "mta.train"}  # sections, not keys (none is a field of MTAConfig)
 
@@ -49,8 +49,7 @@ def _leaves(node, prefix=""):
             yield path
 
 
-SHIPPED = {path for name in ("stage1", "stage2")
-           for path in _leaves(json.loads((REPO / "ds_configs" / f"{name}.json").read_text()))}
+SHIPPED = {path for name in ("stage1", "stage2") for path in _leaves(json.loads((REPO / "ds_configs" / f"{name}.json").read_text()))}
 DEEPSPEED_KEYS = {k for k in SHIPPED if not k.startswith("mta.")}
 
 
@@ -68,6 +67,7 @@ def _table_keys(first: str) -> set[str]:
 
 # ----------------------------------------------------------------------------- the walk
 
+
 def test_the_readme_documents_exactly_the_keys_that_exist():
     """The docs' tables (generated from the fields, see test_config_reference) list exactly the keys that exist."""
     assert _table_keys("num_experts") == set(_fields(MTAConfig))  # the layer-key table
@@ -84,8 +84,13 @@ def test_the_shipped_configs_hold_only_known_keys():
 
 
 def test_every_key_has_a_probe():
-    probed = ({f"mta.{k}" for k in LAYER_PROBES} | {f"mta.data.{k}" for k in DATA_PROBES}
-              | {f"mta.data.sampling.{k}" for k in SAMPLING_PROBES} | set(TRAIN_EVIDENCE) | set(DEEPSPEED_PROBES))
+    probed = (
+        {f"mta.{k}" for k in LAYER_PROBES}
+        | {f"mta.data.{k}" for k in DATA_PROBES}
+        | {f"mta.data.sampling.{k}" for k in SAMPLING_PROBES}
+        | set(TRAIN_EVIDENCE)
+        | set(DEEPSPEED_PROBES)
+    )
     assert OUR_KEYS <= probed, f"keys without a probe: {sorted(OUR_KEYS - probed)}"
     assert DEEPSPEED_KEYS <= set(DEEPSPEED_PROBES), sorted(DEEPSPEED_KEYS - set(DEEPSPEED_PROBES))
 
@@ -94,22 +99,36 @@ def test_every_key_has_a_probe():
 
 BASE = dict(num_experts=4, k=2, adapter_dim=8, shared_adapter_dim=8, task_types=["classify", "nli", "generate"])
 LAYER_PROBES = {  # key: (the changed value, other keys the probe needs, stage of the probed model)
-    "num_experts": (6, {}, 1), "k": (1, {}, 1), "expert_kind": ("ffn", {}, 1), "adapter_dim": (16, {}, 1),
-    "adapter_activation": ("gelu", {}, 1), "adapter_bias": (False, {}, 1),
+    "num_experts": (6, {}, 1),
+    "k": (1, {}, 1),
+    "expert_kind": ("ffn", {}, 1),
+    "adapter_dim": (16, {}, 1),
+    "adapter_activation": ("gelu", {}, 1),
+    "adapter_bias": (False, {}, 1),
     "task_types": (["classify", "nli", "generate", "qa"], {}, 1),
     "route_by": ("task", {"tasks": ["t0", "t1", "t2"]}, 1),
     "tasks": (["t0", "t1", "t2", "t3"], {"route_by": "task", "tasks": ["t0", "t1", "t2"]}, 1),
     "task_adapter_assignment": ({"classify": [3], "nli": [2], "generate": [0, 1]}, {}, 1),
-    "gate_mode": ("learned", {"selector_init_std": 0.5}, 1), "temperature": (1.0, {}, 1),
-    "bias_init": (0.5, {}, 1), "bias_margin": (0.5, {}, 1),
-    "selector_init_std": (0.5, {"gate_mode": "both"}, 1), "sequence_repr": ("mean", {"gate_mode": "both",
-                                                                                   "selector_init_std": 0.5}, 1),
-    "load_balance_coef": (0.1, {}, 1), "z_loss_coef": (0.1, {}, 1),
-    "num_shared_adapters": (2, {}, 2), "shared_adapter_dim": (16, {}, 2), "gate_network_hidden": (8, {}, 2),
-    "stage2_form": ("official", {}, 2), "init_seed": (1, {}, 1), "track_routing": (False, {}, 1),
-    "inject_layers": ("all", {}, 1), "inject_stacks": ("encoder", {}, 1),
-    "dispatch": ("deepspeed", {}, 1), "ep_size": (2, {}, 1),
-    "always_on_adapters": (1, {}, 1), "always_on_dim": (4, {"always_on_adapters": 1}, 1),
+    "gate_mode": ("learned", {"selector_init_std": 0.5}, 1),
+    "temperature": (1.0, {}, 1),
+    "bias_init": (0.5, {}, 1),
+    "bias_margin": (0.5, {}, 1),
+    "selector_init_std": (0.5, {"gate_mode": "both"}, 1),
+    "sequence_repr": ("mean", {"gate_mode": "both", "selector_init_std": 0.5}, 1),
+    "load_balance_coef": (0.1, {}, 1),
+    "z_loss_coef": (0.1, {}, 1),
+    "num_shared_adapters": (2, {}, 2),
+    "shared_adapter_dim": (16, {}, 2),
+    "gate_network_hidden": (8, {}, 2),
+    "stage2_form": ("official", {}, 2),
+    "init_seed": (1, {}, 1),
+    "track_routing": (False, {}, 1),
+    "inject_layers": ("all", {}, 1),
+    "inject_stacks": ("encoder", {}, 1),
+    "dispatch": ("deepspeed", {}, 1),
+    "ep_size": (2, {}, 1),
+    "always_on_adapters": (1, {}, 1),
+    "always_on_dim": (4, {"always_on_adapters": 1}, 1),
 }
 
 
@@ -123,9 +142,13 @@ def _signature(cfg: MTAConfig, stage: int) -> dict:
     with torch.no_grad():
         out = model(**inputs, task_type_ids=torch.tensor([0, 1, 2, 0]), task_ids=torch.tensor([1, 2, 0, 1]))
     stats = [layer.get_routing_stats().adapter_counts.clone() for layer in model.mta_layers.values()]
-    return {"shapes": {n: tuple(p.shape) for n, p in model.named_parameters()},
-            "values": {n: p.detach().clone() for n, p in model.named_parameters()},
-            "logits": out.logits, "aux": model.last_aux_loss, "routing": stats}
+    return {
+        "shapes": {n: tuple(p.shape) for n, p in model.named_parameters()},
+        "values": {n: p.detach().clone() for n, p in model.named_parameters()},
+        "logits": out.logits,
+        "aux": model.last_aux_loss,
+        "routing": stats,
+    }
 
 
 def _differs(a: dict, b: dict) -> list[str]:
@@ -196,8 +219,7 @@ def _probe_suite(tmp_path):
 
 
 def _probe_files(tmp_path):
-    extra = _rows_file(tmp_path / "x.jsonl", [{"input": f"x {i}", "target": "yes", "type": "classify", "task": "extra"}
-                                              for i in range(3)])
+    extra = _rows_file(tmp_path / "x.jsonl", [{"input": f"x {i}", "target": "yes", "type": "classify", "task": "extra"} for i in range(3)])
     data = _load(_data(tmp_path, "b", files={"train": [extra]}))
     assert "extra" in data.registry.names
 
@@ -224,9 +246,9 @@ def _lengths(tmp_path, **changes):
         texts = list(data.splits["train"]["input"]) + list(data.splits["train"]["target"])
         train_sentencepiece_tokenizer(texts, tokenizer_dir, vocab_size=120)
     from mta_moe.data import load_tokenizer
+
     cfg = DataConfig.from_dict({"suite": {}, **changes})
-    tokenized, _ = tokenize_examples(data.splits["train"], load_tokenizer(tokenizer_dir), data.registry,
-                                     cfg.max_input_length, cfg.max_target_length, "seq2seq")
+    tokenized, _ = tokenize_examples(data.splits["train"], load_tokenizer(tokenizer_dir), data.registry, cfg.max_input_length, cfg.max_target_length, "seq2seq")
     return max(map(len, tokenized["input_ids"])), max(map(len, tokenized["labels"]))
 
 
@@ -260,8 +282,11 @@ def _probe_task_kinds(tmp_path):
     data = _load(_data(tmp_path, "a"))
     train = data.splits["train"]
     rows = (list(train["task"]), list(train["input"]), list(train["target"]))
-    assert profile_tasks(*rows, DataConfig.from_dict({"task_kinds": {"answer": "generation"}}).task_kinds)[
-        "answer"]["kind"] == "generation" != profile_tasks(*rows)["answer"]["kind"]
+    assert (
+        profile_tasks(*rows, DataConfig.from_dict({"task_kinds": {"answer": "generation"}}).task_kinds)["answer"]["kind"]
+        == "generation"
+        != profile_tasks(*rows)["answer"]["kind"]
+    )
 
 
 def _probe_type_overrides(tmp_path):
@@ -274,8 +299,7 @@ def _probe_tasks(tmp_path):
 
 
 def _probe_merge_tasks(tmp_path):
-    twin = _rows_file(tmp_path / "twin.jsonl", [{"input": "x", "target": "positive", "type": "classify",
-                                                 "task": "sentiment"}])
+    twin = _rows_file(tmp_path / "twin.jsonl", [{"input": "x", "target": "positive", "type": "classify", "task": "sentiment"}])
     with pytest.raises(DataError, match="task 'sentiment' has train rows in"):
         _load(_data(tmp_path, "a", files={"train": [twin]}))
     merged = _load(_data(tmp_path, "b", files={"train": [twin]}, merge_tasks=["sentiment"]))
@@ -295,7 +319,7 @@ def _probe_group_by_length(tmp_path):
     assert sum(len({task for task, _ in b}) for b in grouped) < sum(len({task for task, _ in b}) for b in plain)
 
 
-DATA_PROBES = {name[len("_probe_"):]: fn for name, fn in globals().items() if name.startswith("_probe_")}
+DATA_PROBES = {name[len("_probe_") :]: fn for name, fn in globals().items() if name.startswith("_probe_")}
 
 
 @pytest.mark.parametrize("key", sorted(DATA_PROBES))
@@ -304,8 +328,11 @@ def test_data_key_changes_what_the_run_loads_or_draws(key, tmp_path):
 
 
 SAMPLING_PROBES = {  # each changes the mixing rates (or, for the dynamic keys, the re-weighted rates)
-    "strategy": {"strategy": "uniform"}, "temperature": {"temperature": 1.0}, "caps": {"caps": {"sentiment": 5}},
-    "default_cap": {"default_cap": 5}, "min_rate": {"strategy": "dynamic", "min_rate": 1.0},
+    "strategy": {"strategy": "uniform"},
+    "temperature": {"temperature": 1.0},
+    "caps": {"caps": {"sentiment": 5}},
+    "default_cap": {"default_cap": 5},
+    "min_rate": {"strategy": "dynamic", "min_rate": 1.0},
     "dynamic_signal": {"strategy": "dynamic", "dynamic_signal": "metric"},
     "dynamic_alpha": {"strategy": "dynamic", "dynamic_alpha": 3.0},
 }
@@ -320,6 +347,7 @@ def test_sampling_key_changes_the_mixing_rates(key, tmp_path):
             sampler.update_dynamic({"sentiment": 2.0, "fact_entail": 2.0, "answer": 2.0})
             return sampler.update_dynamic({"sentiment": 0.4, "fact_entail": 0.9, "answer": 0.3})
         return sampler.rates()
+
     changed = SAMPLING_PROBES[key]
     reference = {k: v for k, v in changed.items() if k == "strategy"} if key != "strategy" else {}
     assert rates(changed) != pytest.approx(rates(reference))
@@ -412,19 +440,21 @@ def test_deepspeed_keys_reach_the_engine(tmp_path):
         _set(cfg, key, value)
     run = launch(["--deepspeed", str(write_config(tmp_path / "cfg.json", cfg))])
     assert run.returncode == 0, run.stderr[-3000:]
-    engine = next(json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
-                  if json.loads(line)["kind"] == "engine")
+    engine = next(json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines() if json.loads(line)["kind"] == "engine")
     for key, (_, reported, expected) in DEEPSPEED_PROBES.items():
         if reported is not None:
             assert engine[reported] == expected, key
 
 
-@pytest.mark.parametrize("key,value,message", [
-    ("zero_allow_untested_optimizer", False, "zero_allow_untested_optimizer: must be true"),
-    ("zero_optimization.contiguous_gradients", False, "zero_optimization.contiguous_gradients: must be true"),
-    ("zero_optimization.reduce_scatter", False, "zero_optimization.reduce_scatter: must be true"),
-    ("zero_optimization.stage", 3, "zero_optimization.stage: 3 is refused"),
-])
+@pytest.mark.parametrize(
+    "key,value,message",
+    [
+        ("zero_allow_untested_optimizer", False, "zero_allow_untested_optimizer: must be true"),
+        ("zero_optimization.contiguous_gradients", False, "zero_optimization.contiguous_gradients: must be true"),
+        ("zero_optimization.reduce_scatter", False, "zero_optimization.reduce_scatter: must be true"),
+        ("zero_optimization.stage", 3, "zero_optimization.stage: 3 is refused"),
+    ],
+)
 def test_deepspeed_values_that_cannot_work_are_refused_by_name(tmp_path, key, value, message):
     cfg = tiny_config(tmp_path / "run")
     _set(cfg, key, value)

@@ -1,6 +1,7 @@
 """The config reference is generated from the typed sections: the docs' key tables match the fields (a drifted
 table fails here), every key carries a description and what it accepts, and the JSON schema of the ``mta`` section
 accepts the shipped configs and refuses what the loader refuses."""
+
 import json
 import shutil
 
@@ -46,8 +47,7 @@ def test_every_key_has_a_description_and_says_what_it_accepts(section):
         inner = strip_annotation(info.annotation)
         while getattr(inner, "__origin__", None) is list:
             inner = strip_annotation(inner.__args__[0])
-        for key, (_, sub) in (named_fields(inner) or {}).items() if not hasattr(inner, "__pydantic_fields__") \
-                else []:
+        for key, (_, sub) in (named_fields(inner) or {}).items() if not hasattr(inner, "__pydantic_fields__") else []:
             assert sub.description, f"{section}.{name}.{key}"
 
 
@@ -63,9 +63,15 @@ def test_the_json_schema_accepts_the_shipped_configs_and_refuses_what_the_loader
         assert list(validator.iter_errors(_mta(name))) == [], name
     assert set(schema["properties"]) == {*SECTIONS["mta"].__pydantic_fields__, "model", "data", "train"}
     assert schema["properties"]["num_experts"]["default"] == 5
-    for key, value in [(("k",), 0), (("temprature",), 0.5), (("gate_mode",), "router"),
-                       (("train", "early_stopping"), {"patience": 0}), (("data", "sampling", "strategy"), "x"),
-                       (("train", "trainable"), [{"pattern": "*", "lr": -1}]), (("model", "vocab_size"), 8)]:
+    for key, value in [
+        (("k",), 0),
+        (("temprature",), 0.5),
+        (("gate_mode",), "router"),
+        (("train", "early_stopping"), {"patience": 0}),
+        (("data", "sampling", "strategy"), "x"),
+        (("train", "trainable"), [{"pattern": "*", "lr": -1}]),
+        (("model", "vocab_size"), 8),
+    ]:
         bad = _mta("stage1")
         node = bad
         for part in key[:-1]:

@@ -1,5 +1,6 @@
 """The confirmation suite: its own tasks and words, short prefixes, crossing pairs whose labels follow their
 rules, deterministic disjoint splits, and the data pipeline's `suite.name` key."""
+
 import collections
 import re
 
@@ -39,8 +40,10 @@ def test_deterministic_and_disjoint(rows):
 
 def test_other_words_than_the_bundled_suite(rows):
     bundled = build_suite(seed=3, sizes=SMALL)
+
     def words(split):
         return {w for r in split for w in re.findall(r"[a-z]+", r["input"].lower()) if len(w) > 3}
+
     shared = words(rows["train"]) & words(bundled["train"])
     assert shared <= {"after", "again", "before", "felt", "over", "past", "what"}, sorted(shared)  # function words
 

@@ -1,4 +1,5 @@
 """Canonical rows from JSONL, JSON, CSV and Parquet; every bad input gives one error naming file and line."""
+
 import csv
 import json
 import subprocess
@@ -11,12 +12,9 @@ from mta_moe.data import DataError, load_examples
 
 TYPES = ["classify", "nli", "generate"]
 ROWS = [
-    {"input": "Is this review positive? Review: the soup was superb.", "target": "positive", "task": "sentiment",
-     "type": "classify"},
-    {"input": "Premise: Anna bought a lamp. Hypothesis: Anna bought a lamp.", "target": "yes", "task": "entail",
-     "type": "nli"},
-    {"input": "Rewrite in the past tense: Tom sells the radio.", "target": "Tom sold the radio.", "task": "past",
-     "type": "generate"},
+    {"input": "Is this review positive? Review: the soup was superb.", "target": "positive", "task": "sentiment", "type": "classify"},
+    {"input": "Premise: Anna bought a lamp. Hypothesis: Anna bought a lamp.", "target": "yes", "task": "entail", "type": "nli"},
+    {"input": "Rewrite in the past tense: Tom sells the radio.", "target": "Tom sold the radio.", "task": "past", "type": "generate"},
 ]
 
 
@@ -68,8 +66,7 @@ BAD_JSONL = [
     ({"input": "  ", "target": "y", "type": "nli"}, "line 2: field 'input' is empty"),
     ({"input": "x", "target": "", "type": "nli"}, "line 2: field 'target' is empty"),
     ({"input": "x", "target": 1, "type": "nli"}, "line 2: field 'target' must be a string, got int"),
-    ({"input": "x", "target": "y", "type": "qa"}, "line 2: type 'qa' is not configured; configured task types: "
-                                                  "['classify', 'nli', 'generate']"),
+    ({"input": "x", "target": "y", "type": "qa"}, "line 2: type 'qa' is not configured; configured task types: ['classify', 'nli', 'generate']"),
     (["x", "y"], "line 2: expected an object"),
 ]
 
@@ -85,10 +82,10 @@ def test_bad_row_names_file_and_line(tmp_path, bad, message):
 
 def test_invalid_json_and_bytes(tmp_path):
     path = tmp_path / "bad.jsonl"
-    path.write_bytes(json.dumps(ROWS[0]).encode() + b"\n{\"input\": \"x\",\n")
+    path.write_bytes(json.dumps(ROWS[0]).encode() + b'\n{"input": "x",\n')
     with pytest.raises(DataError, match=r"bad.jsonl:line 2: not valid JSON"):
         load_examples(path, TYPES)
-    path.write_bytes(json.dumps(ROWS[0]).encode() + b"\n" + json.dumps(ROWS[1]).encode()[:-2] + b"\xff\"}\n")
+    path.write_bytes(json.dumps(ROWS[0]).encode() + b"\n" + json.dumps(ROWS[1]).encode()[:-2] + b'\xff"}\n')
     with pytest.raises(DataError, match=r"bad.jsonl:line 2: not valid UTF-8 \(byte 0xff at column"):
         load_examples(path, TYPES)
     whole = tmp_path / "bad.json"
@@ -103,8 +100,11 @@ def test_invalid_json_and_bytes(tmp_path):
 
 def test_csv_header_and_field_count(tmp_path):
     path = write_csv(tmp_path / "h.csv", ROWS, header=("text", "label", "type"))
-    with pytest.raises(DataError, match=r"h.csv:line 1: CSV header must contain \['input', 'target', 'type'\].*"
-                                        r"missing \['input', 'target'\]"):
+    with pytest.raises(
+        DataError,
+        match=r"h.csv:line 1: CSV header must contain \['input', 'target', 'type'\].*"
+        r"missing \['input', 'target'\]",
+    ):
         load_examples(path, TYPES)
     path = tmp_path / "n.csv"
     path.write_text('input,target,type\n"a",b,nli\n"a",b,nli,extra\n')
@@ -119,15 +119,17 @@ def test_missing_file_unknown_format_and_parquet_columns(tmp_path):
     with pytest.raises(DataError, match=r"d.txt: unknown file format '.txt'"):
         load_examples(tmp_path / "d.txt", TYPES)
     datasets.Dataset.from_list([{"text": "x", "label": 1}]).to_parquet(str(tmp_path / "p.parquet"))
-    with pytest.raises(DataError, match=r"p.parquet: Parquet columns must include .* missing \['input', 'target', "
-                                        r"'type'\]"):
+    with pytest.raises(
+        DataError,
+        match=r"p.parquet: Parquet columns must include .* missing \['input', 'target', "
+        r"'type'\]",
+    ):
         load_examples(tmp_path / "p.parquet", TYPES)
 
 
 def test_skip_mode_reports_which_rows(tmp_path):
     path = tmp_path / "mixed.jsonl"
-    path.write_text(json.dumps(ROWS[0]) + "\nnot json\n" + json.dumps({"input": "x", "target": "y", "type": "qa"})
-                    + "\n" + json.dumps(ROWS[2]) + "\n")
+    path.write_text(json.dumps(ROWS[0]) + "\nnot json\n" + json.dumps({"input": "x", "target": "y", "type": "qa"}) + "\n" + json.dumps(ROWS[2]) + "\n")
     dataset, report = load_examples(path, TYPES, on_error="skip")
     assert dataset.to_list() == [ROWS[0], ROWS[2]]
     assert report.rows == 2
@@ -144,10 +146,8 @@ def test_check_command_exits_non_zero_with_one_line(tmp_path):
     run = subprocess.run([sys.executable, "-m", "mta_moe.data", str(good), str(bad)], capture_output=True, text=True)
     assert run.returncode == 1
     error_lines = [line for line in run.stderr.splitlines() if line.startswith("error:")]
-    assert error_lines == [f"error: {bad}:line 2: type 'qa' is not configured; configured task types: "
-                           "['classify', 'nli', 'generate']"]
-    run = subprocess.run([sys.executable, "-m", "mta_moe.data", str(bad), "--task-types", "classify", "qa"],
-                         capture_output=True, text=True)
+    assert error_lines == [f"error: {bad}:line 2: type 'qa' is not configured; configured task types: ['classify', 'nli', 'generate']"]
+    run = subprocess.run([sys.executable, "-m", "mta_moe.data", str(bad), "--task-types", "classify", "qa"], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
 
 
@@ -163,6 +163,7 @@ def test_duplicate_rows_are_reported_and_kept(tmp_path):
 
 def test_a_100k_character_input_loads_and_is_truncated_when_tokenised(tmp_path):
     from mta_moe.data import TaskRegistry, tokenize_examples, train_sentencepiece_tokenizer
+
     long = {**ROWS[0], "input": "the soup was superb " * 5000}
     path = write_jsonl(tmp_path / "long.jsonl", [long, ROWS[1]])
     dataset, _ = load_examples(path, TYPES)

@@ -1,4 +1,5 @@
 """From an mta.data section to tokenised mixed-task batches: config errors, registry, truncation, collation."""
+
 import json
 
 import datasets
@@ -61,11 +62,9 @@ def test_files_and_suite_combine_and_task_type_clashes_fail(loaded, tmp_path):
     clash = tmp_path / "clash.jsonl"
     clash.write_text(json.dumps({"input": "x", "target": "yes", "task": "sentiment", "type": "nli"}) + "\n")
     with pytest.raises(DataError, match=r"task 'sentiment' has type 'nli' here but 'classify'"):
-        load_task_data(DataConfig.from_dict({"suite": SMALL_SUITE, "files": {"train": [str(clash)]},
-                                             "merge_tasks": ["sentiment"]}), TYPES, work)
+        load_task_data(DataConfig.from_dict({"suite": SMALL_SUITE, "files": {"train": [str(clash)]}, "merge_tasks": ["sentiment"]}), TYPES, work)
     with pytest.raises(DataError, match=r"validation data: tasks \['copy'\] have no training rows"):
-        load_task_data(DataConfig.from_dict({"suite": SMALL_SUITE, "files": {"validation": [str(extra)]}}),
-                       TYPES, work)
+        load_task_data(DataConfig.from_dict({"suite": SMALL_SUITE, "files": {"validation": [str(extra)]}}), TYPES, work)
     with pytest.raises(DataError, match=r"task 'copy' has type 'generate', which is not configured"):
         TaskRegistry(["classify"], {"copy": "generate"})
 
@@ -73,15 +72,16 @@ def test_files_and_suite_combine_and_task_type_clashes_fail(loaded, tmp_path):
 def test_a_task_in_two_sources_is_refused_unless_merged_on_purpose(loaded, tmp_path):
     _, _, work = loaded
     mine = tmp_path / "mine.jsonl"
-    mine.write_text("".join(json.dumps({"input": f"great {i}", "target": "positive", "task": "sentiment",
-                                        "type": "classify"}) + "\n" for i in range(3)))
+    mine.write_text("".join(json.dumps({"input": f"great {i}", "target": "positive", "task": "sentiment", "type": "classify"}) + "\n" for i in range(3)))
     files = {"train": [str(mine)]}
-    with pytest.raises(DataError, match=r"^mta.data: task 'sentiment' has train rows in mta.data.files and the "
-                                        r"bundled suite; rename one, drop a source \(e.g. --data.suite null\), or "
-                                        r"pool them on purpose with mta.data.merge_tasks: \['sentiment'\]$"):
+    with pytest.raises(
+        DataError,
+        match=r"^mta.data: task 'sentiment' has train rows in mta.data.files and the "
+        r"bundled suite; rename one, drop a source \(e.g. --data.suite null\), or "
+        r"pool them on purpose with mta.data.merge_tasks: \['sentiment'\]$",
+    ):
         load_task_data(DataConfig.from_dict({"suite": SMALL_SUITE, "files": files}), TYPES, work)
-    merged = load_task_data(DataConfig.from_dict({"suite": SMALL_SUITE, "files": files, "merge_tasks": ["sentiment"]}),
-                            TYPES, work)
+    merged = load_task_data(DataConfig.from_dict({"suite": SMALL_SUITE, "files": files, "merge_tasks": ["sentiment"]}), TYPES, work)
     assert merged.splits["train"].num_rows == 363 and len(merged.task_indices()["sentiment"]) == 43
     # a task filtered out by mta.data.tasks is not pooled, so it is not refused either
     kept = load_task_data(DataConfig.from_dict({"suite": SMALL_SUITE, "files": files, "tasks": ["topic"]}), TYPES, work)
@@ -111,8 +111,8 @@ def test_tokenised_batches_carry_task_ids_and_start_token(loaded):
         assert batch["attention_mask"][row].sum() == n
         assert batch["input_ids"][row, n:].eq(tokenizer.pad_token_id).all()
         labels = batch["labels"][row]
-        assert labels[:len(feature["labels"])].tolist() == feature["labels"]
-        assert labels[len(feature["labels"]):].eq(IGNORE_INDEX).all()
+        assert labels[: len(feature["labels"])].tolist() == feature["labels"]
+        assert labels[len(feature["labels"]) :].eq(IGNORE_INDEX).all()
         assert tokenizer.decode(feature["labels"], skip_special_tokens=True) == feature["target"]
 
 
@@ -128,8 +128,7 @@ def test_truncation_is_counted_per_task(loaded):
         counts[0] += 1
         counts[1] += n_in > limit_in - 2
         counts[2] += n_out > limit_out - 1
-    assert {t: [r["examples"], r["inputs_truncated"], r["targets_truncated"]] for t, r in report.counts.items()} \
-        == expected
+    assert {t: [r["examples"], r["inputs_truncated"], r["targets_truncated"]] for t, r in report.counts.items()} == expected
     assert report.any and "past_tense" in report.summary()
     assert max(len(x) for x in tokenized["input_ids"]) == limit_in
     assert all(x[0] == tokenizer.start_token_id and x[-1] == tokenizer.eos_token_id for x in tokenized["input_ids"])
@@ -149,18 +148,21 @@ def test_causal_mode_masks_the_prompt(loaded):
     assert torch.equal(batch["attention_mask"].sum(1), torch.tensor([len(x) for x in tokenized["input_ids"]]))
 
 
-@pytest.mark.parametrize("raw,message", [
-    ({"suit": {}}, r"mta.data.suit: unknown key"),
-    ({"suite": {"train": 0}}, r"mta.data.suite.train: must be an integer >= 1"),
-    ({"suite": {"tasks": ["poetry"]}}, r"mta.data.suite.tasks: unknown task 'poetry'"),
-    ({"suite": None}, r"mta.data: no training data; set suite, files.train or recipes"),
-    ({"files": {"dev": ["a.jsonl"]}}, r"mta.data.files.dev: unknown split"),
-    ({"recipes": [{"name": "cola"}]}, r"mta.data.recipes\[0\].name: must be one of"),
-    ({"recipes": [{"name": "sst2", "limt": 3}]}, r"mta.data.recipes\[0\].limt: unknown key"),
-    ({"on_bad_rows": "ignore"}, r"mta.data.on_bad_rows: must be one of \['raise', 'skip'\]"),
-    ({"max_input_length": 2}, r"mta.data.max_input_length: must be an integer >= 4"),
-    ({"sampling": {"strategy": "x"}}, r"mta.data.sampling.strategy"),
-])
+@pytest.mark.parametrize(
+    "raw,message",
+    [
+        ({"suit": {}}, r"mta.data.suit: unknown key"),
+        ({"suite": {"train": 0}}, r"mta.data.suite.train: must be an integer >= 1"),
+        ({"suite": {"tasks": ["poetry"]}}, r"mta.data.suite.tasks: unknown task 'poetry'"),
+        ({"suite": None}, r"mta.data: no training data; set suite, files.train or recipes"),
+        ({"files": {"dev": ["a.jsonl"]}}, r"mta.data.files.dev: unknown split"),
+        ({"recipes": [{"name": "cola"}]}, r"mta.data.recipes\[0\].name: must be one of"),
+        ({"recipes": [{"name": "sst2", "limt": 3}]}, r"mta.data.recipes\[0\].limt: unknown key"),
+        ({"on_bad_rows": "ignore"}, r"mta.data.on_bad_rows: must be one of \['raise', 'skip'\]"),
+        ({"max_input_length": 2}, r"mta.data.max_input_length: must be an integer >= 4"),
+        ({"sampling": {"strategy": "x"}}, r"mta.data.sampling.strategy"),
+    ],
+)
 def test_data_config_errors_name_the_key(raw, message):
     with pytest.raises(ConfigError, match=message):
         DataConfig.from_dict(raw)
@@ -170,8 +172,7 @@ def test_recipes_through_the_config(tmp_path):
     rows = [{"sentence": f"sentence {i}", "label": i % 2, "idx": i} for i in range(6)]
     path = tmp_path / "sst2.parquet"
     datasets.Dataset.from_list(rows).to_parquet(str(path))
-    cfg = DataConfig.from_dict({"suite": None, "recipes": [{"name": "sst2", "data_files": {"train": str(path)},
-                                                            "limit": 4}]})
+    cfg = DataConfig.from_dict({"suite": None, "recipes": [{"name": "sst2", "data_files": {"train": str(path)}, "limit": 4}]})
     data = load_task_data(cfg, TYPES, tmp_path)
     assert data.registry.names == ["sst2"] and data.splits["train"]["target"] == ["negative", "positive"] * 2
 
@@ -182,12 +183,14 @@ def test_settings_keyed_by_task_are_checked_before_the_suite_is_generated(tmp_pa
     from test_training import tiny_config
 
     from mta_moe.training.run_config import build_run_config
+
     extra = tmp_path / "extra.jsonl"
     extra.write_text(json.dumps({"input": "x", "target": "yes", "type": "classify", "task": "mine"}) + "\n")
     for key, value, message in [
-            ("curriculum", [{"start_step": 0, "tasks": ["sentimnt"]}], r"mta.data.curriculum\[0\].tasks: unknown task"),
-            ("sampling", {"strategy": "temperature", "caps": {"sentimnt": 4}}, "mta.data.sampling.caps.sentimnt"),
-            ("task_kinds", {"sentimnt": "generation"}, "mta.data.task_kinds.sentimnt: unknown task")]:
+        ("curriculum", [{"start_step": 0, "tasks": ["sentimnt"]}], r"mta.data.curriculum\[0\].tasks: unknown task"),
+        ("sampling", {"strategy": "temperature", "caps": {"sentimnt": 4}}, "mta.data.sampling.caps.sentimnt"),
+        ("task_kinds", {"sentimnt": "generation"}, "mta.data.task_kinds.sentimnt: unknown task"),
+    ]:
         cfg = tiny_config(tmp_path / "run")
         cfg["mta"]["data"].update({key: value, "files": {"train": [str(extra)]}})
         run = build_run_config(cfg)
@@ -203,6 +206,7 @@ def test_settings_keyed_by_task_are_checked_before_the_suite_is_generated(tmp_pa
 
 def test_evaluation_rows_that_repeat_training_inputs_are_reported(tmp_path):
     from mta_moe.data import DataConfig, load_task_data
+
     rows = [{"input": f"text {i}", "target": "yes", "type": "classify", "task": "t"} for i in range(4)]
     train, validation = tmp_path / "train.jsonl", tmp_path / "validation.jsonl"
     train.write_text("".join(json.dumps(r) + "\n" for r in rows))

@@ -1,4 +1,5 @@
 """Hub recipes run their real conversion on local files with the hub datasets' columns."""
+
 import json
 
 import datasets
@@ -10,28 +11,50 @@ TYPES = ["classify", "nli", "generate"]
 
 # Look-alike rows with each hub dataset's columns (and extra columns the hub files carry).
 LOOK_ALIKES = {
-    "sst2": ([{"sentence": "a gripping , funny film ", "label": 1, "idx": 0},
-              {"sentence": "dull", "label": 0, "idx": 1}],
-             [("Is this sentence positive or negative? Sentence: a gripping , funny film", "positive"),
-              ("Is this sentence positive or negative? Sentence: dull", "negative")]),
-    "mnli": ([{"premise": "A man sings.", "hypothesis": "Someone sings.", "label": 0, "idx": 0},
-              {"premise": "A man sings.", "hypothesis": "A man sleeps.", "label": 2, "idx": 1},
-              {"premise": "A man sings.", "hypothesis": "A man sings well.", "label": 1, "idx": 2}],
-             [("Premise: A man sings. Hypothesis: Someone sings. Entailment, neutral or contradiction?", "entailment"),
-              ("Premise: A man sings. Hypothesis: A man sleeps. Entailment, neutral or contradiction?",
-               "contradiction"),
-              ("Premise: A man sings. Hypothesis: A man sings well. Entailment, neutral or contradiction?", "neutral")]),
-    "qnli": ([{"question": "Who sang?", "sentence": "Ann sang.", "label": 0, "idx": 0}],
-             [("Question: Who sang? Sentence: Ann sang. Does the sentence answer the question?", "entailment")]),
-    "rte": ([{"sentence1": "Ann sang.", "sentence2": "Nobody sang.", "label": 1, "idx": 0}],
-            [("Premise: Ann sang. Hypothesis: Nobody sang. Entailment or not_entailment?", "not_entailment")]),
-    "boolq": ([{"question": "is the sky blue", "answer": True, "passage": "The sky is blue."}],
-              [("Passage: The sky is blue. Question: is the sky blue? Yes or no?", "yes")]),
-    "squad": ([{"id": "1", "title": "T", "context": "Ann sang in Oslo.", "question": "Where did Ann sing?",
-                "answers": {"text": ["Oslo", "in Oslo"], "answer_start": [12, 9]}}],
-              [("Answer from the text. Question: Where did Ann sing? Text: Ann sang in Oslo.", "Oslo")]),
-    "xsum": ([{"document": "Long text about rain.", "summary": "It rained.", "id": "7"}],
-             [("Summarize: Long text about rain.", "It rained.")]),
+    "sst2": (
+        [{"sentence": "a gripping , funny film ", "label": 1, "idx": 0}, {"sentence": "dull", "label": 0, "idx": 1}],
+        [
+            ("Is this sentence positive or negative? Sentence: a gripping , funny film", "positive"),
+            ("Is this sentence positive or negative? Sentence: dull", "negative"),
+        ],
+    ),
+    "mnli": (
+        [
+            {"premise": "A man sings.", "hypothesis": "Someone sings.", "label": 0, "idx": 0},
+            {"premise": "A man sings.", "hypothesis": "A man sleeps.", "label": 2, "idx": 1},
+            {"premise": "A man sings.", "hypothesis": "A man sings well.", "label": 1, "idx": 2},
+        ],
+        [
+            ("Premise: A man sings. Hypothesis: Someone sings. Entailment, neutral or contradiction?", "entailment"),
+            ("Premise: A man sings. Hypothesis: A man sleeps. Entailment, neutral or contradiction?", "contradiction"),
+            ("Premise: A man sings. Hypothesis: A man sings well. Entailment, neutral or contradiction?", "neutral"),
+        ],
+    ),
+    "qnli": (
+        [{"question": "Who sang?", "sentence": "Ann sang.", "label": 0, "idx": 0}],
+        [("Question: Who sang? Sentence: Ann sang. Does the sentence answer the question?", "entailment")],
+    ),
+    "rte": (
+        [{"sentence1": "Ann sang.", "sentence2": "Nobody sang.", "label": 1, "idx": 0}],
+        [("Premise: Ann sang. Hypothesis: Nobody sang. Entailment or not_entailment?", "not_entailment")],
+    ),
+    "boolq": (
+        [{"question": "is the sky blue", "answer": True, "passage": "The sky is blue."}],
+        [("Passage: The sky is blue. Question: is the sky blue? Yes or no?", "yes")],
+    ),
+    "squad": (
+        [
+            {
+                "id": "1",
+                "title": "T",
+                "context": "Ann sang in Oslo.",
+                "question": "Where did Ann sing?",
+                "answers": {"text": ["Oslo", "in Oslo"], "answer_start": [12, 9]},
+            }
+        ],
+        [("Answer from the text. Question: Where did Ann sing? Text: Ann sang in Oslo.", "Oslo")],
+    ),
+    "xsum": ([{"document": "Long text about rain.", "summary": "It rained.", "id": "7"}], [("Summarize: Long text about rain.", "It rained.")]),
 }
 
 
@@ -58,8 +81,11 @@ def test_recipe_converts_local_files(tmp_path, name, fmt):
 def test_recipe_errors(tmp_path):
     path = tmp_path / "sst2_test.jsonl"
     path.write_text(json.dumps({"sentence": "x", "label": -1, "idx": 0}) + "\n")
-    with pytest.raises(DataError, match=r"recipe sst2 \(.*sst2_test.jsonl\): row 1: label -1 is not one of 0..1 "
-                                        r"\(negative, positive\); unlabelled splits"):
+    with pytest.raises(
+        DataError,
+        match=r"recipe sst2 \(.*sst2_test.jsonl\): row 1: label -1 is not one of 0..1 "
+        r"\(negative, positive\); unlabelled splits",
+    ):
         load_recipe("sst2", "test", TYPES, data_files=str(path), cache_dir=str(tmp_path / "c"))
     path = tmp_path / "wrong.jsonl"
     path.write_text(json.dumps({"text": "x", "label": 1}) + "\n")
@@ -81,15 +107,16 @@ def _xsum(tmp_path):
 
 def test_hub_loading_is_the_real_call_and_fails_clearly_offline(tmp_path):
     # conftest sets HF_HUB_OFFLINE: the real datasets.load_dataset("nyu-mll/glue", "sst2") is attempted.
-    with pytest.raises(DataError, match=r"recipe sst2: could not load nyu-mll/glue/sst2 split train from the hub "
-                                        r".*pass data_files with the same columns \['sentence', 'label'\]"):
+    with pytest.raises(
+        DataError,
+        match=r"recipe sst2: could not load nyu-mll/glue/sst2 split train from the hub "
+        r".*pass data_files with the same columns \['sentence', 'label'\]",
+    ):
         load_recipe("sst2", "train", TYPES, cache_dir=str(tmp_path / "c"))
 
 
 def test_recipe_type_override_and_limit(tmp_path):
     path = tmp_path / "boolq.jsonl"
-    path.write_text("".join(json.dumps({"question": f"q{i}", "answer": i % 2 == 0, "passage": "p"}) + "\n"
-                            for i in range(5)))
-    dataset, _ = load_recipe("boolq", "train", ["classify", "qa"], data_files=str(path), task_type="qa", limit=3,
-                             cache_dir=str(tmp_path / "c"))
+    path.write_text("".join(json.dumps({"question": f"q{i}", "answer": i % 2 == 0, "passage": "p"}) + "\n" for i in range(5)))
+    dataset, _ = load_recipe("boolq", "train", ["classify", "qa"], data_files=str(path), task_type="qa", limit=3, cache_dir=str(tmp_path / "c"))
     assert dataset["type"] == ["qa"] * 3 and dataset["target"] == ["yes", "no", "yes"]

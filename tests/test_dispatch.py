@@ -1,4 +1,5 @@
 """Sequence-grouped dispatch equals DeepSpeed's stock dispatch: outputs and gradients."""
+
 import pytest
 import torch
 from workers.toy_model import make_ffn
@@ -14,8 +15,7 @@ def _pair(kind: str, k, mode: str):
     layers = []
     for dispatch in ("grouped", "deepspeed"):
         torch.manual_seed(0)
-        cfg = MTAConfig(num_experts=5, k=k, expert_kind=kind, adapter_dim=8, gate_mode=mode, selector_init_std=0.5,
-                        dispatch=dispatch)
+        cfg = MTAConfig(num_experts=5, k=k, expert_kind=kind, adapter_dim=8, gate_mode=mode, selector_init_std=0.5, dispatch=dispatch)
         layer = MTALayer(cfg, D, make_ffn(D, 32))
         torch.manual_seed(1)
         with torch.no_grad():
@@ -29,14 +29,18 @@ def _counting(fn, calls: list):
     def wrapped(*args, **kwargs):
         calls.append(1)
         return fn(*args, **kwargs)
+
     return wrapped
 
 
 # ffn experts always take the loop; bottleneck adapters take gathered weights or grouped GEMMs, or the loop
 FIXED_SHAPE = ("gathered_weights", "grouped_gemm")
-FORMS = [(kind, form) for kind in ("bottleneck", "ffn")
-         for form in (*FIXED_SHAPE, "loop_weight_in_bottleneck", "loop_weight_on_output")
-         if kind == "bottleneck" or form not in FIXED_SHAPE]
+FORMS = [
+    (kind, form)
+    for kind in ("bottleneck", "ffn")
+    for form in (*FIXED_SHAPE, "loop_weight_in_bottleneck", "loop_weight_on_output")
+    if kind == "bottleneck" or form not in FIXED_SHAPE
+]
 
 
 @pytest.mark.parametrize("kind,form", FORMS)
@@ -45,13 +49,10 @@ FORMS = [(kind, form) for kind in ("bottleneck", "ffn")
 def test_grouped_equals_deepspeed_dispatch(kind, form, k, mode, monkeypatch):
     """Every form of the grouped dispatch (gathered weights; grouped GEMMs; the per-adapter loop with the routing
     weight inside the bottleneck or on the output) equals DeepSpeed's stock dispatch."""
-    monkeypatch.setattr(dispatch_module, "SCALED_FORWARD_MIN_ELEMENTS",
-                        0 if form == "loop_weight_in_bottleneck" else 1 << 60)
+    monkeypatch.setattr(dispatch_module, "SCALED_FORWARD_MIN_ELEMENTS", 0 if form == "loop_weight_in_bottleneck" else 1 << 60)
     calls = {f: [] for f in FIXED_SHAPE}
-    monkeypatch.setattr(grouped_gemm, "grouped_gemm_mixture",
-                        _counting(grouped_gemm.grouped_gemm_mixture, calls["grouped_gemm"]))
-    monkeypatch.setattr(batched_adapters, "gathered_weight_mixture",
-                        _counting(batched_adapters.gathered_weight_mixture, calls["gathered_weights"]))
+    monkeypatch.setattr(grouped_gemm, "grouped_gemm_mixture", _counting(grouped_gemm.grouped_gemm_mixture, calls["grouped_gemm"]))
+    monkeypatch.setattr(batched_adapters, "gathered_weight_mixture", _counting(batched_adapters.gathered_weight_mixture, calls["gathered_weights"]))
     grouped, stock = _pair(kind, k, mode)
     grouped.dispatch_form = form if form in FIXED_SHAPE else "loop"
     x = torch.randn(7, 9, D)
@@ -78,6 +79,7 @@ def test_grouped_equals_deepspeed_dispatch(kind, form, k, mode, monkeypatch):
 
 def test_scaled_forward_equals_scale_times_forward():
     from mta_moe.modeling.adapters import BottleneckAdapter
+
     torch.manual_seed(0)
     adapter = BottleneckAdapter(D, 8, "gelu").double()
     with torch.no_grad():
@@ -99,6 +101,7 @@ def test_scaled_forward_equals_scale_times_forward():
 def test_gather_and_combine_have_exact_gradients(k):
     """gradcheck of the custom autograd nodes: routes grouped by adapter, one adapter left without sequences."""
     from mta_moe.modeling.dispatch import SequenceCombine, SequenceGather
+
     batch, experts = 6, 4
     indices = torch.tensor([[0, 2], [2, 0], [1, 0], [0, 1], [2, 1], [1, 2]])[:, :k]
     flat = indices.reshape(-1)
@@ -114,15 +117,16 @@ def test_gather_and_combine_have_exact_gradients(k):
         return SequenceCombine.apply(sequences, counts, batch, *outs)
 
     x = torch.randn(batch, 2, 3, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(mixture, (x, ))
+    assert torch.autograd.gradcheck(mixture, (x,))
     expected = sum(torch.tanh(x @ mats[e]) * (indices == e).any(1).view(-1, 1, 1) for e in range(experts))
     assert torch.allclose(mixture(x), expected, atol=1e-12)
 
 
 def _small_layer(k, bias: bool, stage: int, form: str | None, dtype=torch.bfloat16) -> MTALayer:
     torch.manual_seed(0)
-    cfg = MTAConfig(num_experts=4, k=k, adapter_dim=16, gate_mode="both", selector_init_std=0.5,
-                    adapter_bias=bias, num_shared_adapters=1, shared_adapter_dim=16)
+    cfg = MTAConfig(
+        num_experts=4, k=k, adapter_dim=16, gate_mode="both", selector_init_std=0.5, adapter_bias=bias, num_shared_adapters=1, shared_adapter_dim=16
+    )
     layer = MTALayer(cfg, 32, make_ffn(32, 64))
     with torch.no_grad():
         for p in layer.local_experts.parameters():
@@ -142,8 +146,7 @@ def _forward_backward(step, layer: MTALayer, x: torch.Tensor, tasks: torch.Tenso
 
 
 # grouped GEMMs compile in bfloat16 only (the kernel's shape rules); gathered weights in any dtype
-COMPILED = [("grouped_gemm", torch.bfloat16), ("gathered_weights", torch.bfloat16),
-            ("gathered_weights", torch.float32)]
+COMPILED = [("grouped_gemm", torch.bfloat16), ("gathered_weights", torch.bfloat16), ("gathered_weights", torch.float32)]
 
 
 @pytest.mark.parametrize("form,dtype", COMPILED)
@@ -174,14 +177,14 @@ def test_the_per_adapter_loop_does_not_compile_whole():
     x = torch.randn(6, 5, 32, dtype=torch.bfloat16)
     torch._dynamo.reset()
     with pytest.raises(Exception, match="(?i)graph break|tolist|item|data-dependent|Unsupported"):
-        _forward_backward(torch.compile(layer, fullgraph=True, backend="aot_eager"), layer, x,
-                          torch.tensor([0, 1, 0, 2, 1, 0]))
+        _forward_backward(torch.compile(layer, fullgraph=True, backend="aot_eager"), layer, x, torch.tensor([0, 1, 0, 2, 1, 0]))
 
 
 def test_grouped_gemm_kernel_probe_and_choice(monkeypatch):
     """Where ``torch._grouped_mm`` serves: probed eagerly per device and dtype; unaligned widths or ffn experts
     keep the loop."""
     from mta_moe.modeling import grouped_gemm
+
     assert grouped_gemm.kernel_supported(torch.device("cpu"), torch.float32)
     assert grouped_gemm.kernel_supported(torch.device("cpu"), torch.bfloat16)
     bottleneck = _pair("bottleneck", 2, "task")[0]
@@ -200,6 +203,7 @@ def test_the_form_is_chosen_per_call_and_forced_forms_are_checked(monkeypatch):
     """Grouped GEMMs where usable; else gathered weights where 2·r <= L (weights no larger than the tokens a
     token-moving form gathers); else the loop, which also serves ffn experts and ep_size > 1."""
     from mta_moe.modeling.dispatch import choose_form
+
     bottleneck = _pair("bottleneck", 2, "task")[0].local_experts  # r = 8
     ffn = _pair("ffn", 2, "task")[0].local_experts
     assert choose_form(bottleneck, torch.randn(2, 16, D), 2) == "grouped_gemm"
@@ -226,12 +230,11 @@ def test_the_form_is_chosen_per_call_and_forced_forms_are_checked(monkeypatch):
 
 def test_mta_dispatch_names_a_form_for_every_call_and_is_checked(monkeypatch):
     from mta_moe.config import ConfigError
+
     calls = []
-    monkeypatch.setattr(batched_adapters, "gathered_weight_mixture",
-                        _counting(batched_adapters.gathered_weight_mixture, calls))
+    monkeypatch.setattr(batched_adapters, "gathered_weight_mixture", _counting(batched_adapters.gathered_weight_mixture, calls))
     torch.manual_seed(0)
-    layer = MTALayer(MTAConfig(num_experts=3, k=1, adapter_dim=8, gate_mode="task", dispatch="gathered_weights"), D,
-                     make_ffn(D, 32))
+    layer = MTALayer(MTAConfig(num_experts=3, k=1, adapter_dim=8, gate_mode="task", dispatch="gathered_weights"), D, make_ffn(D, 32))
     layer(torch.randn(4, 1, D), torch.tensor([0, 1, 2, 0]))  # even a decoding step (L = 1)
     assert len(calls) == 1
     for bad in (dict(expert_kind="ffn"), dict(ep_size=2)):
@@ -249,6 +252,7 @@ def test_the_kernel_probe_answers_the_same_under_no_grad(monkeypatch):
 def test_the_kernel_probe_runs_inside_an_activation_checkpointed_block(monkeypatch):
     """The first forward of a checkpointed block probes the kernel: the probe must not run under its hooks."""
     from torch.utils.checkpoint import checkpoint
+
     monkeypatch.setattr(grouped_gemm, "_PROBED", {})
     layer = _pair("bottleneck", 2, "task")[0]
     x = torch.randn(7, 9, D, requires_grad=True)
@@ -279,8 +283,12 @@ def test_without_a_kernel_the_layer_says_so_and_takes_another_form(monkeypatch, 
 def test_a_kernel_that_fails_where_one_is_expected_stops_with_the_way_around(monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("kernel image missing\nmore")
+
     monkeypatch.setattr(grouped_gemm, "_PROBED", {})
     monkeypatch.setattr(torch, "_grouped_mm", broken)
-    with pytest.raises(RuntimeError, match=r"torch._grouped_mm failed on cpu in torch.float32 \(kernel image missing\); "
-                                           r"set mta.dispatch to 'gathered_weights' or 'loop'"):
+    with pytest.raises(
+        RuntimeError,
+        match=r"torch._grouped_mm failed on cpu in torch.float32 \(kernel image missing\); "
+        r"set mta.dispatch to 'gathered_weights' or 'loop'",
+    ):
         grouped_gemm.kernel_supported(torch.device("cpu"), torch.float32)

@@ -1,6 +1,7 @@
 """The README and docs/ point at things that exist: every relative link resolves to a file (and an anchor to a
 heading of it), every `mta-moe SUBCOMMAND --flag` they show names a real subcommand and flag, and every
 `make TARGET` a Makefile target. The README stays a front door (at most 250 lines)."""
+
 import re
 from pathlib import Path
 

@@ -1,4 +1,5 @@
 """Task Weight Selector: per-sequence routing, Softmax-T initialisation, top-k renormalisation."""
+
 import pytest
 import torch
 from workers.toy_model import make_ffn
@@ -92,8 +93,7 @@ def test_aux_losses_match_their_formulas():
     x = torch.randn(8, 5, D)
     tasks = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2])
     assert _layer().route(x, tasks).aux_loss.item() == 0.0
-    layer = _layer(num_experts=4, k=2, gate_mode="both", selector_init_std=0.5, task_types=["a", "b", "c"],
-                   load_balance_coef=0.1, z_loss_coef=0.01)
+    layer = _layer(num_experts=4, k=2, gate_mode="both", selector_init_std=0.5, task_types=["a", "b", "c"], load_balance_coef=0.1, z_loss_coef=0.01)
     r = layer.route(x, tasks)
     logits = (x[:, 0] @ layer.selector.wg.weight.t() + layer.selector.task_bias[tasks]) / 0.1
     probs = torch.softmax(logits, -1)
@@ -124,9 +124,13 @@ def test_official_preset_reproduces_the_official_formula():
         for expert in layer.local_experts:  # the copies drift apart in training; make them differ
             for p in expert.parameters():
                 p.add_(torch.randn_like(p) * 0.1)
-    rows = torch.tensor([[0.22, 0.22, 0.20, 0.20, 0.20],  # classify: adapters 0, 1
-                         [0.20, 0.22, 0.22, 0.20, 0.20],  # nli: 1, 2
-                         [0.20, 0.20, 0.20, 0.22, 0.22]])  # generate: 3, 4
+    rows = torch.tensor(
+        [
+            [0.22, 0.22, 0.20, 0.20, 0.20],  # classify: adapters 0, 1
+            [0.20, 0.22, 0.22, 0.20, 0.20],  # nli: 1, 2
+            [0.20, 0.20, 0.20, 0.22, 0.22],
+        ]
+    )  # generate: 3, 4
     assert torch.allclose(layer.selector.task_bias.detach(), rows)
     x, types = torch.randn(3, 4, D), torch.tensor([0, 1, 2])
     with torch.no_grad():

@@ -1,4 +1,5 @@
 """PCGrad: projection arithmetic, the combined gradient of real task losses, and refusals by name."""
+
 import pytest
 import torch
 
@@ -46,10 +47,13 @@ def test_pcgrad_gradient_of_real_losses_and_unreached_parameters():
     assert stats["conflicts"] == 1.0  # both ordered pairs conflict
 
 
-@pytest.mark.parametrize("ds,ep,message", [
-    ({"fp16": {"enabled": True}}, 1, r"gradient_projection: per-task gradients are taken outside DeepSpeed's fp16"),
-    ({}, 2, r"gradient_projection: with mta.ep_size 2 each rank holds only some adapters"),
-])
+@pytest.mark.parametrize(
+    "ds,ep,message",
+    [
+        ({"fp16": {"enabled": True}}, 1, r"gradient_projection: per-task gradients are taken outside DeepSpeed's fp16"),
+        ({}, 2, r"gradient_projection: with mta.ep_size 2 each rank holds only some adapters"),
+    ],
+)
 def test_refused_where_the_projection_cannot_be_exact(ds, ep, message):
     with pytest.raises(ConfigError, match=message):
         check_projection("pcgrad", ds, ep)

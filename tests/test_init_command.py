@@ -1,5 +1,6 @@
 """`mta-moe init`: configs for the user's own files, derived from the rows (tasks, types, one adapter per task,
 budget and lengths), written both or neither, refused over existing files; bad rows named by file:line."""
+
 import json
 from pathlib import Path
 
@@ -19,23 +20,19 @@ def _rows(n: int, words: int = 5):
     text = " ".join(["word"] * words)
     out = []
     for i in range(n):
-        out.append({"input": f"polarity: {text} {i}", "target": "yes" if i % 2 else "no", "task": "polarity",
-                    "type": "classify"})
+        out.append({"input": f"polarity: {text} {i}", "target": "yes" if i % 2 else "no", "task": "polarity", "type": "classify"})
         out.append({"input": f"copy: {text} {i}", "target": f"{text} {i}", "task": "copy", "type": "generate"})
-        out.append({"input": f"flip: {text} {i}", "target": "no" if i % 2 else "yes", "task": "flip",
-                    "type": "classify"})
+        out.append({"input": f"flip: {text} {i}", "target": "no" if i % 2 else "yes", "task": "flip", "type": "classify"})
     return out
 
 
 @pytest.fixture
 def files(tmp_path):
-    return {split: _write(tmp_path / f"{split}.jsonl", _rows(n)) for split, n in (("train", 800), ("validation", 20),
-                                                                                   ("test", 20))}
+    return {split: _write(tmp_path / f"{split}.jsonl", _rows(n)) for split, n in (("train", 800), ("validation", 20), ("test", 20))}
 
 
 def _init(files, out, *extra):
-    return main(["init", "--train", files["train"], "--validation", files["validation"], "--test", files["test"],
-                 "--out", str(out), *extra])
+    return main(["init", "--train", files["train"], "--validation", files["validation"], "--test", files["test"], "--out", str(out), *extra])
 
 
 def test_configs_follow_the_data_and_validate(files, tmp_path, capsys):
@@ -78,12 +75,15 @@ def test_existing_configs_are_refused_and_kept(files, tmp_path, capsys):
     assert json.loads((out / "stage1.json").read_text())["mta"]["num_experts"] == 3
 
 
-@pytest.mark.parametrize("case, expected", [
-    ("bad_row", "train.jsonl:line 2: not valid JSON"),
-    ("two_types", "train.jsonl: task 'polarity' has rows of type 'classify' and 'generate'"),
-    ("unseen_task", "validation.jsonl: task 'other' has no training rows"),
-    ("from_alone", "--from and --from-stage2 go together"),
-])
+@pytest.mark.parametrize(
+    "case, expected",
+    [
+        ("bad_row", "train.jsonl:line 2: not valid JSON"),
+        ("two_types", "train.jsonl: task 'polarity' has rows of type 'classify' and 'generate'"),
+        ("unseen_task", "validation.jsonl: task 'other' has no training rows"),
+        ("from_alone", "--from and --from-stage2 go together"),
+    ],
+)
 def test_bad_input_is_one_line_and_writes_nothing(files, tmp_path, capsys, case, expected):
     extra = []
     if case == "bad_row":

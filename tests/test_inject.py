@@ -1,4 +1,5 @@
 """MTA injected into real transformers architectures (tiny random configs): identity, routing, generate, save/load."""
+
 import json
 
 import pytest
@@ -72,8 +73,8 @@ def test_each_sample_routes_by_its_own_task_in_a_mixed_batch(name):
     with torch.no_grad():
         batch = model(**inputs, task_type_ids=TASKS).logits
         for i in range(4):
-            one = model(**{k: v[i:i + 1] for k, v in inputs.items()}, task_type_ids=TASKS[i:i + 1]).logits
-            assert torch.allclose(batch[i:i + 1], one, atol=1e-5), f"sample {i}"
+            one = model(**{k: v[i : i + 1] for k, v in inputs.items()}, task_type_ids=TASKS[i : i + 1]).logits
+            assert torch.allclose(batch[i : i + 1], one, atol=1e-5), f"sample {i}"
         same = model(**inputs, task_type_ids=torch.zeros(4, dtype=torch.long)).logits
     assert not torch.allclose(batch[1], same[1], atol=1e-4), "task type changes the output"
     layer = next(iter(model.mta_layers.values()))
@@ -93,8 +94,7 @@ def test_generate_with_and_without_cache_gives_identical_tokens(name):
     inputs.pop("labels")
     if name not in ("t5", "bart"):  # decoder-only: row 0 is left-padded, as for generation
         inputs["attention_mask"] = inputs["attention_mask"].roll(3, dims=1)
-    common = dict(max_new_tokens=8, do_sample=False, pad_token_id=model.config.pad_token_id or 0,
-                  output_scores=True, return_dict_in_generate=True)
+    common = dict(max_new_tokens=8, do_sample=False, pad_token_id=model.config.pad_token_id or 0, output_scores=True, return_dict_in_generate=True)
     cached = model.generate(**inputs, task_type_ids=TASKS, use_cache=True, **common)
     uncached = model.generate(**inputs, task_type_ids=TASKS, use_cache=False, **common)
     assert torch.equal(cached.sequences, uncached.sequences)
@@ -115,9 +115,13 @@ def test_save_load_round_trip_gives_identical_outputs(tmp_path, name, stage):
     _perturb(model)
     inputs = make_inputs(name)
     model.save_pretrained(tmp_path / "saved")
-    assert sorted(p.name for p in (tmp_path / "saved").iterdir()) == ["backbone_config.json", "config.json",
-                                                                    "model.safetensors", "mta_config.json",
-                                                                    "mta_moe_auto.py"]
+    assert sorted(p.name for p in (tmp_path / "saved").iterdir()) == [
+        "backbone_config.json",
+        "config.json",
+        "model.safetensors",
+        "mta_config.json",
+        "mta_moe_auto.py",
+    ]
     loaded = MTAModel.from_pretrained(tmp_path / "saved").eval()
     assert loaded.stage == stage
     with torch.no_grad():
@@ -138,8 +142,7 @@ def test_exports_of_format_1_still_load(tmp_path):
     (saved / "mta_config.json").write_text(json.dumps({**meta, "format_version": 1}))
     inputs = make_inputs("t5")
     with torch.no_grad():
-        assert torch.equal(MTAModel.from_pretrained(saved).eval()(**inputs, task_type_ids=TASKS).logits,
-                           model(**inputs, task_type_ids=TASKS).logits)
+        assert torch.equal(MTAModel.from_pretrained(saved).eval()(**inputs, task_type_ids=TASKS).logits, model(**inputs, task_type_ids=TASKS).logits)
 
 
 def _perturb_and_save(tmp_path):
@@ -150,8 +153,7 @@ def _perturb_and_save(tmp_path):
 
 
 def test_errors_are_clear(tmp_path):
-    gptj = tf.GPTNeoXForCausalLM(tf.GPTNeoXConfig(vocab_size=32, hidden_size=16, num_hidden_layers=1,
-                                                  num_attention_heads=2, intermediate_size=32))
+    gptj = tf.GPTNeoXForCausalLM(tf.GPTNeoXConfig(vocab_size=32, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32))
     with pytest.raises(ValueError, match=r"model_type 'gpt_neox' is not supported; supported model types: \["):
         MTAModel(gptj, MTAConfig())
     with pytest.raises(ConfigError, match=r"mta.inject_stacks: 'encoder' is not a stack of gpt2 models"):
@@ -182,6 +184,7 @@ def test_layer_choice_all_and_explicit():
 @pytest.mark.distributed
 def test_saved_model_loads_with_expert_parallelism(tmp_path):
     from distributed import run_workers
+
     model = MTAModel(make_backbone("t5"), MTAConfig(num_experts=4, k=2, adapter_dim=8)).eval()
     _perturb(model)
     inputs = make_inputs("t5")
@@ -190,8 +193,7 @@ def test_saved_model_loads_with_expert_parallelism(tmp_path):
     model.save_pretrained(tmp_path / "saved")
     torch.save({"inputs": inputs, "tasks": TASKS}, tmp_path / "batch.pt")
     (tmp_path / "out").mkdir()
-    results = run_workers("load_ep_worker.py", [str(tmp_path / "saved"), str(tmp_path / "batch.pt")], nproc=2,
-                          out_dir=tmp_path / "out")
+    results = run_workers("load_ep_worker.py", [str(tmp_path / "saved"), str(tmp_path / "batch.pt")], nproc=2, out_dir=tmp_path / "out")
     assert [r["experts"] for r in results] == [[0, 1], [2, 3]] and results[0]["local"] == 2
     for r in results:
         assert (torch.tensor(r["logits"]) - ref).abs().max().item() <= 1e-5
@@ -201,9 +203,9 @@ def test_saved_model_loads_with_expert_parallelism(tmp_path):
 def test_gradient_checkpointing_recomputes_with_the_calls_task_ids(name):
     """Checkpointed blocks are recomputed in backward, after the call's ids were cleared: same loss, same gradients,
     routing counted once."""
+
     def run(checkpointing: bool):
-        model = MTAModel(make_backbone(name), MTAConfig(num_experts=4, k=2, adapter_dim=8, inject_layers="all",
-                                                        load_balance_coef=0.1))
+        model = MTAModel(make_backbone(name), MTAConfig(num_experts=4, k=2, adapter_dim=8, inject_layers="all", load_balance_coef=0.1))
         torch.manual_seed(5)
         with torch.no_grad():
             for layer in model.mta_layers.values():
@@ -225,8 +227,7 @@ def test_gradient_checkpointing_recomputes_with_the_calls_task_ids(name):
     assert plain_grads.keys() == ckpt_grads.keys() and len(plain_grads) > 20
     for n in plain_grads:  # recomputation may take other kernels: equal to fp32 rounding of each tensor's scale
         assert_close_to_scale(ckpt_grads[n], plain_grads[n])
-    assert ckpt_counts == plain_counts == 4 * len(MTAModel(make_backbone(name), MTAConfig(
-        inject_layers="all")).mta_layers)
+    assert ckpt_counts == plain_counts == 4 * len(MTAModel(make_backbone(name), MTAConfig(inject_layers="all")).mta_layers)
 
 
 def test_reentrant_checkpointing_is_refused():

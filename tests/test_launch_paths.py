@@ -1,5 +1,6 @@
 """Launch paths besides the deepspeed launcher: SLURM variable mapping (and the batch script under a stand-in
 srun), torchrun, and the smoke script."""
+
 import json
 import os
 import subprocess
@@ -15,13 +16,11 @@ from mta_moe.training.distributed import slurm_to_torch_env
 
 def test_slurm_variables_map_to_torch_ones():
     env = {"SLURM_PROCID": "5", "SLURM_NTASKS": "8", "SLURM_LOCALID": "1", "SLURM_NNODES": "1", "SLURM_JOB_ID": "77"}
-    assert slurm_to_torch_env(env) == {"RANK": "5", "WORLD_SIZE": "8", "LOCAL_RANK": "1",
-                                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29577"}
+    assert slurm_to_torch_env(env) == {"RANK": "5", "WORLD_SIZE": "8", "LOCAL_RANK": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29577"}
     assert env["RANK"] == "5" and slurm_to_torch_env(env) == {}  # already mapped: left alone
     torchrun = {"SLURM_PROCID": "0", "RANK": "3", "WORLD_SIZE": "4"}  # torchrun inside an allocation wins
     assert slurm_to_torch_env(torchrun) == {} and torchrun["RANK"] == "3"
-    multi = {"SLURM_PROCID": "9", "SLURM_NTASKS": "16", "SLURM_LOCALID": "1", "SLURM_NNODES": "2",
-             "MASTER_ADDR": "node01", "MASTER_PORT": "29400"}
+    multi = {"SLURM_PROCID": "9", "SLURM_NTASKS": "16", "SLURM_LOCALID": "1", "SLURM_NNODES": "2", "MASTER_ADDR": "node01", "MASTER_PORT": "29400"}
     assert slurm_to_torch_env(multi) == {"RANK": "9", "WORLD_SIZE": "16", "LOCAL_RANK": "1"}
     with pytest.raises(RuntimeError, match="without MASTER_ADDR"):
         slurm_to_torch_env({"SLURM_PROCID": "0", "SLURM_NTASKS": "16", "SLURM_NNODES": "2"})
@@ -49,13 +48,21 @@ def test_batch_script_runs_two_tasks_under_a_stand_in_srun(tmp_path):
     for tool in ("srun", "scontrol"):
         (bin_dir / tool).chmod(0o755)
     cfg = write_config(tmp_path / "cfg.json", tiny_config(tmp_path / "run", steps=2, save_every=2, eval_every=2))
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "PYTHON": sys.executable, "DS_ACCELERATOR": "cpu",
-           "SLURM_JOB_NODELIST": "node[01]", "SLURM_JOB_ID": str(4000 + os.getpid() % 1000), "SLURM_NTASKS": "2",
-           "SLURM_NNODES": "1", "FAKE_LOG_DIR": str(tmp_path), "PYTHONPATH": str(REPO)}
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "PYTHON": sys.executable,
+        "DS_ACCELERATOR": "cpu",
+        "SLURM_JOB_NODELIST": "node[01]",
+        "SLURM_JOB_ID": str(4000 + os.getpid() % 1000),
+        "SLURM_NTASKS": "2",
+        "SLURM_NNODES": "1",
+        "FAKE_LOG_DIR": str(tmp_path),
+        "PYTHONPATH": str(REPO),
+    }
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)
-    run = subprocess.run(["bash", "launchers/slurm/train.sbatch", str(cfg)], cwd=REPO, env=env,
-                         capture_output=True, text=True, timeout=300)
+    run = subprocess.run(["bash", "launchers/slurm/train.sbatch", str(cfg)], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     logs = "".join(p.read_text()[-2000:] for p in sorted(tmp_path.glob("task*.log")))
     assert run.returncode == 0, run.stdout + run.stderr + logs
     assert "2 tasks on 1 node(s), master 127.0.0.1" in run.stdout
@@ -68,14 +75,18 @@ def test_batch_script_runs_two_tasks_under_a_stand_in_srun(tmp_path):
 def test_torchrun_and_deepspeed_launchers_train_the_same(tmp_path):
     runs = {}
     for name, cmd in {
-        "torchrun": [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                     "--master_port", str(free_port())],
-        "deepspeed": [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", "2",
-                      "--master_port", str(free_port())],
+        "torchrun": [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port())],
+        "deepspeed": [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", "2", "--master_port", str(free_port())],
     }.items():
         cfg = write_config(tmp_path / f"{name}.json", tiny_config(tmp_path / name, steps=3, save_every=3, eval_every=3))
-        run = subprocess.run([*cmd, "launchers/train.py", "--deepspeed", str(cfg)], cwd=REPO, capture_output=True,
-                             text=True, timeout=300, env={**os.environ, "DS_ACCELERATOR": "cpu", "PYTHONPATH": str(REPO)})
+        run = subprocess.run(
+            [*cmd, "launchers/train.py", "--deepspeed", str(cfg)],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**os.environ, "DS_ACCELERATOR": "cpu", "PYTHONPATH": str(REPO)},
+        )
         assert run.returncode == 0, run.stderr[-3000:]
         runs[name] = train_losses(tmp_path / name)
     assert runs["torchrun"] == runs["deepspeed"] and len(runs["torchrun"]) == 3
@@ -83,8 +94,15 @@ def test_torchrun_and_deepspeed_launchers_train_the_same(tmp_path):
 
 @pytest.mark.slow
 def test_smoke_script_on_cpu(tmp_path):
-    env = {**os.environ, "PYTHON": sys.executable, "OUT": str(tmp_path / "smoke"), "STEPS1": "40", "STEPS2": "40",
-           "MASTER_PORT": str(free_port()), "PYTHONPATH": str(REPO)}
+    env = {
+        **os.environ,
+        "PYTHON": sys.executable,
+        "OUT": str(tmp_path / "smoke"),
+        "STEPS1": "40",
+        "STEPS2": "40",
+        "MASTER_PORT": str(free_port()),
+        "PYTHONPATH": str(REPO),
+    }
     run = subprocess.run(["bash", "launchers/smoke.sh"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
     assert "no GPU on this machine; running on CPU" in run.stdout

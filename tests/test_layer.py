@@ -1,4 +1,5 @@
 """MTA layer: identity at init, stage-2 switch, routing statistics and forward-time errors."""
+
 import pytest
 import torch
 from transformers import T5Config

@@ -1,14 +1,19 @@
 """The package's import graph: every module-level import goes to the same or a lower floor, and there is no cycle,
 counting the imports inside functions too (a function-local import back is a circle all the same)."""
+
 import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "mta_moe"
 # floors, lowest first: a module may import its own floor and those below at import time
-FLOORS = [{"config", "metrics", "logs", "collectives", "files", "names", "deepspeed_keys", "hub_format", "config_files",
-           "typed_config"},
-          {"modeling", "data"}, {"evaluation", "merging", "auto_registration"}, {"training"}, {"experiments"},
-          {"cli", "__main__"}]
+FLOORS = [
+    {"config", "metrics", "logs", "collectives", "files", "names", "deepspeed_keys", "hub_format", "config_files", "typed_config"},
+    {"modeling", "data"},
+    {"evaluation", "merging", "auto_registration"},
+    {"training"},
+    {"experiments"},
+    {"cli", "__main__"},
+]
 FLOOR = {unit: level for level, units in enumerate(FLOORS) for unit in units}
 
 
@@ -22,10 +27,10 @@ def _imports(path: Path, inside_functions: bool = False) -> set[str]:
     tree = ast.parse(path.read_text(encoding="utf-8"))
     package = _module_name(path) if path.name == "__init__.py" else _module_name(path).rsplit(".", 1)[0]
     found = set()
-    for node in (_runtime_nodes(tree) if inside_functions else tree.body):
+    for node in _runtime_nodes(tree) if inside_functions else tree.body:
         if isinstance(node, ast.ImportFrom):
             if node.level:
-                base = package.split(".")[:len(package.split(".")) - (node.level - 1)]
+                base = package.split(".")[: len(package.split(".")) - (node.level - 1)]
                 target = ".".join(base + ([node.module] if node.module else []))
             else:
                 target = node.module or ""
@@ -62,8 +67,7 @@ def _graph(inside_functions: bool = False) -> dict[str, set[str]]:
 def test_no_module_imports_a_higher_floor():
     units = {_unit(m) for m in _graph()} - {None}
     assert units <= set(FLOOR), f"place these in FLOORS: {sorted(units - set(FLOOR))}"
-    upward = [(m, t) for m, targets in _graph().items() for t in targets
-              if _unit(m) and _unit(t) and FLOOR[_unit(t)] > FLOOR[_unit(m)]]
+    upward = [(m, t) for m, targets in _graph().items() for t in targets if _unit(m) and _unit(t) and FLOOR[_unit(t)] > FLOOR[_unit(m)]]
     assert upward == []
 
 
@@ -76,8 +80,7 @@ def test_no_import_cycle_between_modules():
             target = target.rsplit(".", 1)[0] if "." in target else ""
         return target or None
 
-    edges = {m: {r for t in targets if (r := resolve(t)) and r != m and not m.startswith(r + ".")}
-             for m, targets in graph.items()}
+    edges = {m: {r for t in targets if (r := resolve(t)) and r != m and not m.startswith(r + ".")} for m, targets in graph.items()}
     state: dict[str, int] = {}
     cycle: list[str] = []
 
@@ -85,7 +88,7 @@ def test_no_import_cycle_between_modules():
         state[node] = 1
         for nxt in sorted(edges[node]):
             if state.get(nxt) == 1:
-                cycle.extend(path[path.index(nxt):] + [node, nxt] if nxt in path else [node, nxt])
+                cycle.extend(path[path.index(nxt) :] + [node, nxt] if nxt in path else [node, nxt])
                 return True
             if nxt not in state and visit(nxt, path + [node]):
                 return True

@@ -1,5 +1,6 @@
 """Length-grouped batches (mta.data.group_by_length): the same examples as the mixture draws, re-cut by length;
 less padding; the last window ends with the run; a checkpoint taken inside a window resumes exactly."""
+
 import collections
 import json
 
@@ -18,8 +19,7 @@ def length(task: str, index: int) -> tuple[int, int]:
 
 
 def mixture(seed: int = 3) -> MixtureSampler:
-    curriculum = Curriculum.from_list([{"start_step": 0, "tasks": ["long", "mid"]}, {"start_step": 6, "tasks": None}],
-                                      list(SIZES))
+    curriculum = Curriculum.from_list([{"start_step": 0, "tasks": ["long", "mid"]}, {"start_step": 6, "tasks": None}], list(SIZES))
     return MixtureSampler(SIZES, SamplingConfig(strategy="uniform"), seed=seed, curriculum=curriculum)
 
 
@@ -32,9 +32,8 @@ def test_whole_windows_hold_the_mixtures_examples_cut_by_length():
     grouped = LengthGroupedSampler(mixture(), length, window=8)
     batches = [grouped.next_batch(16, step) for step in range(24)]
     for first in range(0, 24, 8):
-        window = batches[first:first + 8]
-        assert collections.Counter(p for b in window for p in b) == \
-            collections.Counter(p for b in plain[first:first + 8] for p in b)
+        window = batches[first : first + 8]
+        assert collections.Counter(p for b in window for p in b) == collections.Counter(p for b in plain[first : first + 8] for p in b)
         # the batches partition the window's length order: one batch's longest <= the next one's shortest
         ordered = sorted(window, key=lambda b: min(length(*p) for p in b))
         assert all(max(length(*p) for p in a) <= min(length(*p) for p in b) for a, b in zip(ordered, ordered[1:]))
@@ -95,7 +94,7 @@ def test_tokens_per_batch_is_the_windows_mean_of_scored_target_tokens():
 def test_the_window_order_is_shuffled_not_sorted():
     batches = _draws(LengthGroupedSampler(mixture(seed=1), length, window=8), 32)
     firsts = [min(length(*p) for p in b) for b in batches]
-    windows = [firsts[i:i + 8] for i in range(0, 32, 8)]
+    windows = [firsts[i : i + 8] for i in range(0, 32, 8)]
     assert any(w != sorted(w) for w in windows)  # unshuffled, every window would run short to long
 
 
@@ -122,12 +121,12 @@ def test_the_trainer_divides_each_micro_batch_by_the_windows_share_with_the_toke
     from types import SimpleNamespace
 
     from mta_moe.training.trainer import token_normalizer
+
     grouped = LengthGroupedSampler(mixture(), length, window=4)
     _draws(grouped, 1)
 
     def normalizer(sampler, reduction, world, accum):
-        fake = SimpleNamespace(sampler=sampler, world=world, cfg=SimpleNamespace(train=SimpleNamespace(
-            loss_reduction=reduction)))
+        fake = SimpleNamespace(sampler=sampler, world=world, cfg=SimpleNamespace(train=SimpleNamespace(loss_reduction=reduction)))
         return token_normalizer(fake, accum)
 
     assert normalizer(grouped, "token", 2, 3) == grouped.tokens_per_batch / 6

@@ -1,5 +1,6 @@
 """The library's messages go through `logging` from rank 0 only; DeepSpeed's monitor sections receive the
 training records (the same values as metrics.jsonl) or are refused by name."""
+
 import csv
 import importlib.util
 import json
@@ -46,20 +47,35 @@ def test_rank_zero_prints_information_other_ranks_only_errors(cli_logging, capsy
 
 
 def test_a_bad_log_level_is_one_error_line():
-    run = subprocess.run([sys.executable, "-m", "mta_moe.cli", "check-data", "x.jsonl"], cwd=REPO,
-                         capture_output=True, text=True, timeout=60, env={**os.environ, "MTA_MOE_LOG_LEVEL": "loud"})
+    run = subprocess.run(
+        [sys.executable, "-m", "mta_moe.cli", "check-data", "x.jsonl"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "MTA_MOE_LOG_LEVEL": "loud"},
+    )
     assert run.returncode == 2
     assert run.stderr.strip() == "error: MTA_MOE_LOG_LEVEL: expected DEBUG, INFO, WARNING or ERROR, got 'loud'"
 
 
-@pytest.mark.parametrize("section,message", [
-    ({"csv_monitor": "yes"}, "csv_monitor: expected an object"),
-    ({"tensorboard": {"enabled": "true"}}, "tensorboard.enabled: expected true or false"),
-    pytest.param({"wandb": {"enabled": True}}, "wandb.enabled: true needs the wandb package",
-                 marks=pytest.mark.skipif(importlib.util.find_spec("wandb") is not None, reason="wandb installed")),
-    pytest.param({"comet": {"enabled": True}}, "comet.enabled: true needs the comet_ml package",
-                 marks=pytest.mark.skipif(importlib.util.find_spec("comet_ml") is not None, reason="comet installed")),
-])
+@pytest.mark.parametrize(
+    "section,message",
+    [
+        ({"csv_monitor": "yes"}, "csv_monitor: expected an object"),
+        ({"tensorboard": {"enabled": "true"}}, "tensorboard.enabled: expected true or false"),
+        pytest.param(
+            {"wandb": {"enabled": True}},
+            "wandb.enabled: true needs the wandb package",
+            marks=pytest.mark.skipif(importlib.util.find_spec("wandb") is not None, reason="wandb installed"),
+        ),
+        pytest.param(
+            {"comet": {"enabled": True}},
+            "comet.enabled: true needs the comet_ml package",
+            marks=pytest.mark.skipif(importlib.util.find_spec("comet_ml") is not None, reason="comet installed"),
+        ),
+    ],
+)
 def test_monitor_sections_are_checked(tmp_path, section, message):
     with pytest.raises(ConfigError, match=message):
         build_run_config({**tiny_config(tmp_path / "run"), **section}, "cfg.json")
@@ -71,9 +87,14 @@ def test_deepspeed_monitors_get_the_training_records(tmp_path):
     cfg = tiny_config(tmp_path / "run", steps=6, save_every=6, eval_every=6)
     cfg["csv_monitor"] = {"enabled": True, "job_name": "tiny"}
     cfg["tensorboard"] = {"enabled": True, "output_path": str(tmp_path / "tb") + "/", "job_name": "tiny"}
-    run = subprocess.run([sys.executable, "launchers/train.py", "--deepspeed", str(write_config(tmp_path / "c.json", cfg))],
-                         cwd=REPO, capture_output=True, text=True, timeout=300,
-                         env={**os.environ, "DS_ACCELERATOR": "cpu", "MTA_MOE_LOG_LEVEL": "WARNING"})
+    run = subprocess.run(
+        [sys.executable, "launchers/train.py", "--deepspeed", str(write_config(tmp_path / "c.json", cfg))],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "DS_ACCELERATOR": "cpu", "MTA_MOE_LOG_LEVEL": "WARNING"},
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     assert "step 6 validation:" not in run.stdout and "engine:" not in run.stdout
     assert "final validation:" in run.stdout  # the command's own result line is not a log message

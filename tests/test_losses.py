@@ -1,4 +1,5 @@
 """Loss reductions and static task weights against hand-computed values."""
+
 import pytest
 import torch
 
@@ -18,10 +19,10 @@ def test_token_reduction_is_the_mean_over_target_tokens():
 
 
 def test_a_given_normalizer_divides_the_token_sum_and_leaves_other_reductions_alone():
-    assert reduce_loss(TOKENS, MASK, TASKS, "token", normalizer=10.0)[0].item() == \
-        pytest.approx((1 + 3 + 2 + 2 + 4 + 8 + 6) / 10)
-    assert reduce_loss(TOKENS, MASK, TASKS, "token", normalizer=7.0)[0].item() == \
-        reduce_loss(TOKENS, MASK, TASKS, "token")[0].item()  # the batch's own count: the plain token mean
+    assert reduce_loss(TOKENS, MASK, TASKS, "token", normalizer=10.0)[0].item() == pytest.approx((1 + 3 + 2 + 2 + 4 + 8 + 6) / 10)
+    assert (
+        reduce_loss(TOKENS, MASK, TASKS, "token", normalizer=7.0)[0].item() == reduce_loss(TOKENS, MASK, TASKS, "token")[0].item()
+    )  # the batch's own count: the plain token mean
     assert reduce_loss(TOKENS, MASK, TASKS, "sequence", normalizer=10.0)[0].item() == pytest.approx((2 + 4 + 6) / 3)
 
 
@@ -37,10 +38,8 @@ def test_task_reduction_weighs_every_present_task_alike():
 
 def test_task_weights_scale_each_task_share():
     weights = torch.tensor([0.5, 2.0])
-    assert reduce_loss(TOKENS, MASK, TASKS, "token", weights)[0].item() == \
-        pytest.approx((0.5 * 4 + 2 * 16 + 0.5 * 6) / 7)
-    assert reduce_loss(TOKENS, MASK, TASKS, "sequence", weights)[0].item() == \
-        pytest.approx((0.5 * 2 + 2 * 4 + 0.5 * 6) / 3)
+    assert reduce_loss(TOKENS, MASK, TASKS, "token", weights)[0].item() == pytest.approx((0.5 * 4 + 2 * 16 + 0.5 * 6) / 7)
+    assert reduce_loss(TOKENS, MASK, TASKS, "sequence", weights)[0].item() == pytest.approx((0.5 * 2 + 2 * 4 + 0.5 * 6) / 3)
     assert reduce_loss(TOKENS, MASK, TASKS, "task", weights)[0].item() == pytest.approx((0.5 * 4 + 2 * 4) / 2)
 
 

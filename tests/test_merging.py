@@ -1,4 +1,5 @@
 """Per-task merged exports: for each routing key, a stock transformers model whose outputs equal the MTA model's."""
+
 import json
 import subprocess
 import sys
@@ -65,8 +66,7 @@ def test_fold_equals_the_mta_model_for_every_type(name):
         for stack, key in WIDTH_KEYS[model.family.name].items():  # a stack without MTA layers keeps its width
             injected = any(k.startswith(stack + ".") for k in result.layers)
             assert getattr(plain.config, key) == (folded if injected else d_ff)
-        assert all(len(layer.adapters) == 2 and abs(sum(layer.weights) - 1) < 1e-6
-                   for layer in result.layers.values())
+        assert all(len(layer.adapters) == 2 and abs(sum(layer.weights) - 1) < 1e-6 for layer in result.layers.values())
 
 
 @pytest.mark.parametrize("name", ["t5", "gpt2", "llama"])
@@ -74,8 +74,7 @@ def test_folded_model_generates_the_same_tokens(name):
     model = _trained_like(name, **FOLDABLE[name])
     plain = fold_task(model, task_type="nli").model
     inputs = make_inputs(name, batch=3, seq_len=8)
-    kwargs = dict(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], max_new_tokens=6,
-                  do_sample=False, num_beams=1, pad_token_id=0)
+    kwargs = dict(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], max_new_tokens=6, do_sample=False, num_beams=1, pad_token_id=0)
     if name not in SEQ2SEQ:
         kwargs["attention_mask"] = torch.ones_like(inputs["input_ids"])
     expected = model.generate(**kwargs, task_type_ids=torch.tensor([1, 1, 1]))
@@ -104,12 +103,15 @@ def test_task_routed_model_folds_per_task_and_names_the_key():
         fold_task(model, task="negate")
 
 
-@pytest.mark.parametrize("name, settings, message", [
-    ("t5", dict(adapter_activation="relu"), "mta.adapter_bias false"),
-    ("llama", dict(adapter_activation="silu"), "gated .* use expert_kind 'ffn'"),
-    ("gpt2", dict(adapter_activation="relu"), "adapter_activation is 'relu' but the backbone's FFN uses 'gelu_new'"),
-    ("bart", dict(adapter_activation="gelu", gate_mode="both"), "gate_mode is 'both': the adapter weights depend"),
-])
+@pytest.mark.parametrize(
+    "name, settings, message",
+    [
+        ("t5", dict(adapter_activation="relu"), "mta.adapter_bias false"),
+        ("llama", dict(adapter_activation="silu"), "gated .* use expert_kind 'ffn'"),
+        ("gpt2", dict(adapter_activation="relu"), "adapter_activation is 'relu' but the backbone's FFN uses 'gelu_new'"),
+        ("bart", dict(adapter_activation="gelu", gate_mode="both"), "gate_mode is 'both': the adapter weights depend"),
+    ],
+)
 def test_no_exact_fold_is_refused_by_name(name, settings, message):
     model = _trained_like(name, **settings)
     with pytest.raises(MergeError, match=message):
@@ -124,14 +126,12 @@ def test_stage2_model_is_refused():
 
 
 def test_bias_free_adapters_have_no_bias_and_start_as_the_base_model():
-    model = MTAModel(make_backbone("t5"), MTAConfig(num_experts=2, adapter_dim=4, adapter_bias=False,
-                                                    inject_layers="all")).eval()
+    model = MTAModel(make_backbone("t5"), MTAConfig(num_experts=2, adapter_dim=4, adapter_bias=False, inject_layers="all")).eval()
     names = [n for n, _ in model.named_parameters() if ".deepspeed_experts." in n]
     assert names and not any(n.endswith(".bias") for n in names)
     inputs = make_inputs("t5")
     with torch.no_grad():
-        assert torch.equal(model(**inputs, task_type_ids=torch.tensor([0, 1, 2, 0])).logits,
-                           make_backbone("t5")(**inputs).logits)
+        assert torch.equal(model(**inputs, task_type_ids=torch.tensor([0, 1, 2, 0])).logits, make_backbone("t5")(**inputs).logits)
     with pytest.raises(ConfigError, match="mta.adapter_bias: must be true or false, got 'no'"):
         MTAConfig(adapter_bias="no")
 
@@ -154,9 +154,21 @@ print(json.dumps({"mta_moe_imported": any(m.startswith("mta_moe") for m in sys.m
 def _saved_t5(tmp_path, **settings):
     texts = [f"Review: the pacing was {w}. Is it ironic? Sure, {w}." for w in ("great", "awful", "fine", "slow")] * 50
     tokenizer = train_sentencepiece_tokenizer(texts, tmp_path / "run" / "tokenizer", vocab_size=64)
-    backbone = tf.T5ForConditionalGeneration(tf.T5Config(
-        vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2, num_heads=4,
-        feed_forward_proj="relu", decoder_start_token_id=0, pad_token_id=0, eos_token_id=1))
+    backbone = tf.T5ForConditionalGeneration(
+        tf.T5Config(
+            vocab_size=len(tokenizer),
+            d_model=32,
+            d_kv=8,
+            d_ff=64,
+            num_layers=2,
+            num_decoder_layers=2,
+            num_heads=4,
+            feed_forward_proj="relu",
+            decoder_start_token_id=0,
+            pad_token_id=0,
+            eos_token_id=1,
+        )
+    )
     cfg = MTAConfig(num_experts=4, k=2, adapter_dim=8, task_types=TYPES, inject_layers="all", **settings)
     model = MTAModel(backbone, cfg)
     torch.manual_seed(3)
@@ -175,18 +187,15 @@ def test_export_folder_loads_in_plain_transformers_without_mta_moe(tmp_path):
     record = json.loads((out / MERGE_FILE).read_text())
     assert record["routing_key"] == "nli" and record["max_abs_output_difference"] <= 1e-5
     assert (out / "model.safetensors").is_file() and not (out / "mta_config.json").exists()
-    proc = subprocess.run([sys.executable, "-c", _LOAD_STOCK, str(out)], capture_output=True, text=True,
-                          cwd=tmp_path, timeout=300)
+    proc = subprocess.run([sys.executable, "-c", _LOAD_STOCK, str(out)], capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     stock = json.loads(proc.stdout.strip().splitlines()[-1])
     assert stock["mta_moe_imported"] is False
     assert all(not v for v in stock["loading"].values()), stock["loading"]  # nothing missing, unexpected, ...
-    enc = tokenizer(["Review: the pacing was great.", "Is it ironic? Sure, great."], return_tensors="pt",
-                    padding=True)
+    enc = tokenizer(["Review: the pacing was great.", "Is it ironic? Sure, great."], return_tensors="pt", padding=True)
     assert stock["ids"] == enc.input_ids.tolist()
     with torch.no_grad():
-        expected = model(**enc, decoder_input_ids=torch.tensor([[0, 5, 6], [0, 7, 8]]),
-                         task_type_ids=torch.tensor([1, 1])).logits
+        expected = model(**enc, decoder_input_ids=torch.tensor([[0, 5, 6], [0, 7, 8]]), task_type_ids=torch.tensor([1, 1])).logits
     assert (expected - torch.tensor(stock["logits"])).abs().max().item() <= 1e-5
 
 
@@ -202,15 +211,13 @@ def test_export_command_all_types_and_refusals(tmp_path, capsys):
     assert sorted(p.name for p in (tmp_path / "all" / "nli").iterdir()) == before
     assert cli_main(["export", "--model", export, "--task", "irony", "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["error: this model routes by type (mta.route_by 'type'): name a type, not a task; its types are "
-                   "['classify', 'nli', 'generate']"]
+    assert err == ["error: this model routes by type (mta.route_by 'type'): name a type, not a task; its types are ['classify', 'nli', 'generate']"]
     assert not (tmp_path / "x").exists()
 
 
 def test_export_refuses_t5_adapters_with_biases_and_writes_nothing(tmp_path, capsys):
     _saved_t5(tmp_path)
-    code = cli_main(["export", "--model", str(tmp_path / "run" / "export"), "--type", "nli",
-                     "--out", str(tmp_path / "plain")])
+    code = cli_main(["export", "--model", str(tmp_path / "run" / "export"), "--type", "nli", "--out", str(tmp_path / "plain")])
     assert code == 2
     assert "train with mta.adapter_bias false" in capsys.readouterr().err
     assert not (tmp_path / "plain").exists() and [p.name for p in tmp_path.iterdir()] == ["run"]
@@ -252,12 +259,10 @@ def test_cards_carry_hub_metadata_and_per_task_folders_have_one(tmp_path):
 
     model, _ = _saved_t5(tmp_path, adapter_bias=False)
     export = tmp_path / "run" / "export"
-    profiles = {"classify": {"kind": "classification"}, "nli": {"kind": "classification"},
-                "generate": {"kind": "generation"}}
+    profiles = {"classify": {"kind": "classification"}, "nli": {"kind": "classification"}, "generate": {"kind": "generation"}}
     (export / "tasks.json").write_text(json.dumps({"tasks": {t: t for t in TYPES}, "profiles": profiles}))
     source = CardSource("t5-small", ["nyu-mll/glue"], "own data files, validation split")
-    card = model_card(model, {t: t for t in TYPES}, profiles, {"classify": 0.9, "generate": 0.41, "macro": 0.6},
-                      step=30, source=source)
+    card = model_card(model, {t: t for t in TYPES}, profiles, {"classify": 0.9, "generate": 0.41, "macro": 0.6}, step=30, source=source)
     (export / "README.md").write_text(card)
     data = ModelCard.load(export / "README.md").data
     assert data.library_name == "mta_moe" and "mixture-of-task-adapters" in data.tags and "t5" in data.tags
@@ -305,10 +310,8 @@ def test_evaluate_scores_a_per_task_folder_as_the_mta_export_scores_its_task(tmp
     for f in (tmp_path / "run" / "tokenizer").iterdir():
         shutil.copy(f, export / f.name)
     profiles = {t: {"kind": "classification", "labels": ["great", "awful"]} for t in TYPES}
-    (export / "tasks.json").write_text(json.dumps({"task_types": TYPES, "tasks": {t: t for t in TYPES},
-                                                   "profiles": profiles}))
-    rows = [{"input": f"Review: the pacing was {w}.", "target": w, "task": t, "type": t}
-            for t in TYPES for w in ("great", "awful", "fine", "slow")]
+    (export / "tasks.json").write_text(json.dumps({"task_types": TYPES, "tasks": {t: t for t in TYPES}, "profiles": profiles}))
+    rows = [{"input": f"Review: the pacing was {w}.", "target": w, "task": t, "type": t} for t in TYPES for w in ("great", "awful", "fine", "slow")]
     data = tmp_path / "rows.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     nli_only = tmp_path / "nli.jsonl"
@@ -319,8 +322,10 @@ def test_evaluate_scores_a_per_task_folder_as_the_mta_export_scores_its_task(tmp
     assert list(folded["tasks"]) == ["nli"] and folded["predictions"] == routed["predictions"]
     assert folded["tasks"]["nli"]["primary"] == routed["tasks"]["nli"]["primary"]
     capsys.readouterr()
-    assert cli_main(["evaluate", "--model", str(tmp_path / "nli"), "--data", str(tmp_path / "nli.jsonl"),
-                     "--max-input-length", "32", "--max-new-tokens", "4"]) == 0
+    assert (
+        cli_main(["evaluate", "--model", str(tmp_path / "nli"), "--data", str(tmp_path / "nli.jsonl"), "--max-input-length", "32", "--max-new-tokens", "4"])
+        == 0
+    )
     assert capsys.readouterr().out.splitlines()[1].startswith("nli")
     none = tmp_path / "none.jsonl"
     none.write_text(json.dumps(rows[0]) + "\n")  # a classify row only

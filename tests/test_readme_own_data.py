@@ -1,6 +1,7 @@
 """The README's "Train on your own data" commands, run exactly as printed, on a small generated file set: `init`
 writes the configs, `train` trains stage 1 and writes its export, `export --all` writes one stock model per task,
 and each stock model predicts on its task's test rows exactly what the MTA export predicts."""
+
 import json
 import os
 import re
@@ -29,10 +30,11 @@ def _rows(n: int, offset: int):
     for i in range(offset, offset + n):
         words = f"tok{i % 7} tok{(i * 3) % 5} item{i % 11}"
         label = "yes" if i % 2 else "no"
-        out += [{"input": f"polarity: {words}", "target": label, "task": "polarity", "type": "classify"},
-                {"input": f"copy: {words}", "target": words, "task": "copy", "type": "generate"},
-                {"input": f"flip: {words}", "target": "no" if label == "yes" else "yes", "task": "flip",
-                 "type": "classify"}]
+        out += [
+            {"input": f"polarity: {words}", "target": label, "task": "polarity", "type": "classify"},
+            {"input": f"copy: {words}", "target": words, "task": "copy", "type": "generate"},
+            {"input": f"flip: {words}", "target": "no" if label == "yes" else "yes", "task": "flip", "type": "classify"},
+        ]
     return out
 
 
@@ -67,8 +69,7 @@ def test_readme_own_data_commands_train_and_export(tmp_path):
 
 
 def _evaluate(cwd: Path, env: dict, model: Path, out: Path, predictions: str) -> None:
-    argv = _mta_moe() + ["evaluate", "--model", str(model), "--data", "test.jsonl", "--out", str(out),
-                         "--predictions", predictions, "--device", "cpu"]
+    argv = _mta_moe() + ["evaluate", "--model", str(model), "--data", "test.jsonl", "--out", str(out), "--predictions", predictions, "--device", "cpu"]
     run = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
 

@@ -1,5 +1,6 @@
 """The report from small real runs: deltas are differences of the listed scores, routing tables match the
 layers' own statistics, calibration and figures are written, and evaluate.py prints every metric."""
+
 import json
 import os
 import subprocess
@@ -19,8 +20,7 @@ def two_stages(tmp_path_factory):
     root = tmp_path_factory.mktemp("report")
     cfg1 = tiny_config(root / "stage1")
     assert launch(["--deepspeed", str(write_config(root / "cfg1.json", cfg1))]).returncode == 0
-    cfg2 = tiny_config(root / "stage2", stage=2, init_from=str(root / "stage1" / "export"), steps=10,
-                       save_every=10, eval_every=10)
+    cfg2 = tiny_config(root / "stage2", stage=2, init_from=str(root / "stage1" / "export"), steps=10, save_every=10, eval_every=10)
     run = launch(["--deepspeed", str(write_config(root / "cfg2.json", cfg2))])
     assert run.returncode == 0, run.stderr[-3000:]
     return root
@@ -28,12 +28,30 @@ def two_stages(tmp_path_factory):
 
 def _report(root, *extra):
     suite = root / "stage2" / "data" / "suite"
-    args = [sys.executable, "launchers/report.py", "--system", f"stage1={root / 'stage1'}",
-            "--system", f"stage2={root / 'stage2'}", "--baseline", "stage1", "--test", str(suite / "test.jsonl"),
-            "--validation", str(suite / "validation.jsonl"), "--chance", str(suite / "suite.json"),
-            "--out", str(root / "report"), "--max-input-length", "64", "--max-new-tokens", "12", *extra]
-    return subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "DS_ACCELERATOR": "cpu"})
+    args = [
+        sys.executable,
+        "launchers/report.py",
+        "--system",
+        f"stage1={root / 'stage1'}",
+        "--system",
+        f"stage2={root / 'stage2'}",
+        "--baseline",
+        "stage1",
+        "--test",
+        str(suite / "test.jsonl"),
+        "--validation",
+        str(suite / "validation.jsonl"),
+        "--chance",
+        str(suite / "suite.json"),
+        "--out",
+        str(root / "report"),
+        "--max-input-length",
+        "64",
+        "--max-new-tokens",
+        "12",
+        *extra,
+    ]
+    return subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300, env={**os.environ, "DS_ACCELERATOR": "cpu"})
 
 
 def test_report_deltas_routing_and_calibration(two_stages):
@@ -90,8 +108,13 @@ def test_routing_tables_match_the_layer_statistics(two_stages):
 def test_report_errors_are_one_line(two_stages, tmp_path):
     run = _report(two_stages, "--baseline", "nobody")
     assert run.returncode == 2 and run.stderr.strip().splitlines()[-1].startswith("error: baseline 'nobody'")
-    bad = subprocess.run([sys.executable, "launchers/report.py", "--system", f"x={tmp_path}", "--test", "t.jsonl",
-                          "--out", str(tmp_path / "r")], cwd=REPO, capture_output=True, text=True, timeout=120)
+    bad = subprocess.run(
+        [sys.executable, "launchers/report.py", "--system", f"x={tmp_path}", "--test", "t.jsonl", "--out", str(tmp_path / "r")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert bad.returncode == 2 and "neither an export" in bad.stderr
 
 
@@ -102,18 +125,28 @@ def test_tasks_a_system_was_not_trained_on_are_left_out_of_its_scores(two_stages
     extra = [{**r, "task": "later_task"} for r in rows if r["task"] == "fact_entail"]
     test = tmp_path / "test.jsonl"
     test.write_text("".join(json.dumps(r) + "\n" for r in rows + extra))
-    args = [sys.executable, "launchers/report.py", "--system", f"stage1={two_stages / 'stage1'}", "--test", str(test),
-            "--out", str(tmp_path / "report"), "--max-input-length", "64", "--max-new-tokens", "12"]
-    run = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300,
-                         env={**os.environ, "DS_ACCELERATOR": "cpu"})
+    args = [
+        sys.executable,
+        "launchers/report.py",
+        "--system",
+        f"stage1={two_stages / 'stage1'}",
+        "--test",
+        str(test),
+        "--out",
+        str(tmp_path / "report"),
+        "--max-input-length",
+        "64",
+        "--max-new-tokens",
+        "12",
+    ]
+    run = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300, env={**os.environ, "DS_ACCELERATOR": "cpu"})
     assert run.returncode == 0, run.stderr[-3000:]
     entry = json.loads((tmp_path / "report" / "report.json").read_text())["systems"]["stage1"]
     assert entry["untrained_tasks"] == ["later_task"] and set(entry["scores"]) == {"sentiment", "fact_entail", "answer"}
     assert entry["macro"] == pytest.approx(sum(entry["scores"].values()) / 3)
     assert "not trained on later_task" in (tmp_path / "report" / "report.md").read_text()
     test.write_text("".join(json.dumps(r) + "\n" for r in extra))
-    run = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300,
-                         env={**os.environ, "DS_ACCELERATOR": "cpu"})
+    run = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300, env={**os.environ, "DS_ACCELERATOR": "cpu"})
     assert run.returncode == 2 and "tasks ['later_task'] are not among the training tasks" in run.stderr
 
 
@@ -124,18 +157,56 @@ def test_evaluate_runs_where_device_says_and_refuses_a_missing_gpu(two_stages, t
     scores = {}
     for device in ("cpu", "auto"):
         out = tmp_path / f"{device}.json"
-        run = subprocess.run([sys.executable, "-m", "mta_moe.cli", "evaluate", "--model", str(two_stages / "stage2"
-                              / "export"), "--data", str(suite / "test.jsonl"), "--device", device, "--out", str(out),
-                              "--max-input-length", "64", "--max-new-tokens", "12"],
-                             cwd=REPO, capture_output=True, text=True, timeout=300, env={**os.environ, "DS_ACCELERATOR": "cpu"})
+        run = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "mta_moe.cli",
+                "evaluate",
+                "--model",
+                str(two_stages / "stage2" / "export"),
+                "--data",
+                str(suite / "test.jsonl"),
+                "--device",
+                device,
+                "--out",
+                str(out),
+                "--max-input-length",
+                "64",
+                "--max-new-tokens",
+                "12",
+            ],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**os.environ, "DS_ACCELERATOR": "cpu"},
+        )
         assert run.returncode == 0, run.stderr[-2000:]
         scores[device] = json.loads(out.read_text())["scores"]
     assert scores["cpu"] == scores["auto"]  # auto is the CPU where no GPU is visible
-    for bad, message in (("cuda", "error: --device cuda: no such CUDA device is visible"),
-                         ("tpu", "error: --device: expected auto, cpu, cuda or cuda:N, got 'tpu'")):
-        run = subprocess.run([sys.executable, "-m", "mta_moe.cli", "evaluate", "--model", str(two_stages / "stage2"
-                              / "export"), "--data", str(suite / "test.jsonl"), "--device", bad],
-                             cwd=REPO, capture_output=True, text=True, timeout=300)
+    for bad, message in (
+        ("cuda", "error: --device cuda: no such CUDA device is visible"),
+        ("tpu", "error: --device: expected auto, cpu, cuda or cuda:N, got 'tpu'"),
+    ):
+        run = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "mta_moe.cli",
+                "evaluate",
+                "--model",
+                str(two_stages / "stage2" / "export"),
+                "--data",
+                str(suite / "test.jsonl"),
+                "--device",
+                bad,
+            ],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert run.returncode == 2 and run.stderr.strip().splitlines() == [run.stderr.strip()]
         assert run.stderr.startswith(message)
     report = _report(two_stages, "--device", "cuda:1")
@@ -144,14 +215,12 @@ def test_evaluate_runs_where_device_says_and_refuses_a_missing_gpu(two_stages, t
 
 def test_loss_curves_of_a_resumed_run_keep_one_value_per_step(tmp_path, monkeypatch):
     from mta_moe.evaluation import report as report_module
-    records = [{"kind": "run", "step": 0}] + [{"kind": "train", "step": s, "task_loss": {"a": 1.0 / s}}
-                                              for s in (1, 2, 3)]
-    records += [{"kind": "run", "step": 0, "resume": True}] + [{"kind": "train", "step": s, "task_loss": {"a": 2.0 / s}}
-                                                               for s in (2, 3, 4)]
+
+    records = [{"kind": "run", "step": 0}] + [{"kind": "train", "step": s, "task_loss": {"a": 1.0 / s}} for s in (1, 2, 3)]
+    records += [{"kind": "run", "step": 0, "resume": True}] + [{"kind": "train", "step": s, "task_loss": {"a": 2.0 / s}} for s in (2, 3, 4)]
     metrics = tmp_path / "metrics.jsonl"
     metrics.write_text("".join(json.dumps(r) + "\n" for r in records))
     drawn = {}
-    monkeypatch.setattr(report_module.figures, "loss_curves",
-                        lambda path, title, curves: drawn.update(curves) or path)
+    monkeypatch.setattr(report_module.figures, "loss_curves", lambda path, title, curves: drawn.update(curves) or path)
     report_module._loss_curves("run", metrics, tmp_path)
     assert drawn == {"a": [(1, 1.0), (2, 1.0), (3, 2.0 / 3), (4, 0.5)]}  # steps 2-3 from the resumed segment

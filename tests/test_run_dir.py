@@ -1,6 +1,7 @@
 """A run directory belongs to one run: a new run into a used directory is refused with nothing written, a live
 run's lock refuses a second run, a dead run's lock is taken over, --overwrite replaces on purpose, and task names
 never leave their folder."""
+
 import hashlib
 import json
 import os
@@ -61,8 +62,7 @@ def test_names_never_leave_their_folder(tmp_path):
 
 
 def _tree(folder):
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else None
-            for p in sorted(folder.rglob("*"))}
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else None for p in sorted(folder.rglob("*"))}
 
 
 @pytest.mark.slow
@@ -84,6 +84,7 @@ def test_resume_refuses_changed_settings_and_data_unless_named(tmp_path):
     from mta_moe.config import ConfigError
     from mta_moe.training.resume_check import check_resume, record_data
     from mta_moe.training.run_config import build_run_config
+
     data = tmp_path / "train.jsonl"
     data.write_text('{"input": "a", "target": "b", "type": "classify", "task": "t"}\n')
 
@@ -91,14 +92,18 @@ def test_resume_refuses_changed_settings_and_data_unless_named(tmp_path):
         cfg = tiny_config(tmp_path / "run", **train)
         cfg["mta"]["data"].update(suite=None, files={"train": [str(data)]}, curriculum=None)
         return build_run_config(cfg)
+
     started = config()
     out = tmp_path / "run"
     out.mkdir()
     (out / "run_config.json").write_text(json.dumps(started.to_json()))
     record_data(out, started)
     assert check_resume(out, config(stop_at_step=5, log_every=7)) == []  # observation and stopping keys are free
-    with pytest.raises(ConfigError, match=r"--resume: this run changes mta.train.lr, mta.train.seed since it "
-                                          r"started.*--resume-with-changes mta.train.lr,mta.train.seed"):
+    with pytest.raises(
+        ConfigError,
+        match=r"--resume: this run changes mta.train.lr, mta.train.seed since it "
+        r"started.*--resume-with-changes mta.train.lr,mta.train.seed",
+    ):
         check_resume(out, config(lr=0.5, seed=3))
     assert check_resume(out, config(lr=0.5), ["mta.train.lr"]) == ["mta.train.lr"]
     data.write_text('{"input": "a", "target": "c", "type": "classify", "task": "t"}\n')  # same path, new rows

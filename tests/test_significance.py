@@ -1,5 +1,6 @@
 """Paired tests and the systems table: the bootstrap finds a real difference and not a null one, its interval
 holds the observed difference, runs pair by seed, and the table marks what the tests found."""
+
 import numpy as np
 import pytest
 
@@ -37,21 +38,16 @@ def test_the_macro_is_the_mean_of_task_differences_and_identical_systems_tie():
 def test_runs_pair_by_seed_and_the_table_marks_significant_cells():
     runs = ["shared", "shared_s1", "mta", "mta_s1", "mta_s2"]
     groups = {"shared": "shared", "shared_s1": "shared", "mta": "mta", "mta_s1": "mta", "mta_s2": "mta"}
-    assert group_runs(runs, groups) == {"shared": {"": "shared", "_s1": "shared_s1"},
-                                        "mta": {"": "mta", "_s1": "mta_s1", "_s2": "mta_s2"}}
-    rows = {"shared": _scores(0.5, 1), "shared_s1": _scores(0.5, 2), "mta": _scores(0.9, 3),
-            "mta_s1": _scores(0.9, 4), "mta_s2": _scores(0.9, 5)}
+    assert group_runs(runs, groups) == {"shared": {"": "shared", "_s1": "shared_s1"}, "mta": {"": "mta", "_s1": "mta_s1", "_s2": "mta_s2"}}
+    rows = {"shared": _scores(0.5, 1), "shared_s1": _scores(0.5, 2), "mta": _scores(0.9, 3), "mta_s1": _scores(0.9, 4), "mta_s2": _scores(0.9, 5)}
     entries = {}
     for name, scores in rows.items():
         per_task = {t: float(np.mean([s for s, k in zip(scores, TASKS) if k == t])) for t in ("a", "b")}
-        entries[name] = {"scores": per_task, "macro": float(np.mean(list(per_task.values()))),
-                         "row_scores": scores, "row_tasks": TASKS}
+        entries[name] = {"scores": per_task, "macro": float(np.mean(list(per_task.values()))), "row_scores": scores, "row_tasks": TASKS}
     summary = system_summary(entries, groups, "shared")
     assert summary["systems"]["mta"]["macro"]["n"] == 3 and summary["tests"]["mta"]["seeds"] == 2  # s2 unpaired
-    assert summary["systems"]["shared"]["tasks"]["a"]["mean"] == pytest.approx(
-        (entries["shared"]["scores"]["a"] + entries["shared_s1"]["scores"]["a"]) / 2)
-    table = "\n".join(render_system_table(summary, {"a": "classification", "b": "classification"}, {"a": 0.5},
-                                          "Scores"))
+    assert summary["systems"]["shared"]["tasks"]["a"]["mean"] == pytest.approx((entries["shared"]["scores"]["a"] + entries["shared_s1"]["scores"]["a"]) / 2)
+    table = "\n".join(render_system_table(summary, {"a": "classification", "b": "classification"}, {"a": 0.5}, "Scores"))
     assert "| task | kind | shared | mta | chance |" in table
     assert "▲" in table.split("| **macro**")[1].split("\n")[0]  # mta's macro cell is marked
     assert "| mta | 2 |" in table

@@ -1,4 +1,5 @@
 """A run that starts from an export: every layer key it sets takes effect or stops the run with the key named."""
+
 import json
 
 import pytest
@@ -18,15 +19,28 @@ def test_stage2_parts_apply_to_a_stage1_export_and_are_fixed_in_a_stage2_one():
     out = restart_config(SAVED, 1, wanted, keys, "ex")
     assert (out.num_shared_adapters, out.shared_adapter_dim, out.stage2_form, out.temperature) == (2, 4, "official", 0.5)
     assert out.adapter_dim == 8  # not set here: the export's
-    with pytest.raises(ConfigError, match=r"^mta.num_shared_adapters: 2 is set here but the export at ex is already "
-                                          r"a stage-2 model"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^mta.num_shared_adapters: 2 is set here but the export at ex is already "
+        r"a stage-2 model",
+    ):
         restart_config(SAVED, 2, wanted, keys, "ex")
     assert restart_config(SAVED, 2, wanted, {"temperature"}, "ex").temperature == 0.5  # acts in every forward
 
 
-@pytest.mark.parametrize("key,value", [("num_experts", 6), ("k", 1), ("adapter_dim", 16), ("expert_kind", "ffn"),
-                                       ("route_by", "task"), ("inject_layers", "all"), ("bias_margin", 0.5),
-                                       ("task_types", ["a", "b", "c"])])
+@pytest.mark.parametrize(
+    "key,value",
+    [
+        ("num_experts", 6),
+        ("k", 1),
+        ("adapter_dim", 16),
+        ("expert_kind", "ffn"),
+        ("route_by", "task"),
+        ("inject_layers", "all"),
+        ("bias_margin", 0.5),
+        ("task_types", ["a", "b", "c"]),
+    ],
+)
 def test_keys_the_export_fixes_are_refused_by_name(key, value):
     changes = {key: value}
     if key == "route_by":
@@ -39,9 +53,25 @@ def test_keys_the_export_fixes_are_refused_by_name(key, value):
 
 def test_every_layer_key_is_classified():
     """A key added to MTAConfig must say whether a restarted run applies it (or it is fixed by the export)."""
-    fixed = {"num_experts", "k", "expert_kind", "adapter_dim", "adapter_activation", "adapter_bias", "task_types",
-             "route_by", "tasks", "task_adapter_assignment", "bias_init", "bias_margin", "selector_init_std",
-             "inject_layers", "inject_stacks", "always_on_adapters", "always_on_dim"}
+    fixed = {
+        "num_experts",
+        "k",
+        "expert_kind",
+        "adapter_dim",
+        "adapter_activation",
+        "adapter_bias",
+        "task_types",
+        "route_by",
+        "tasks",
+        "task_adapter_assignment",
+        "bias_init",
+        "bias_margin",
+        "selector_init_std",
+        "inject_layers",
+        "inject_stacks",
+        "always_on_adapters",
+        "always_on_dim",
+    }
     assert set(MTAConfig().to_dict()) == fixed | set(APPLY_AT_RESTART) | set(STAGE2_PARTS)
 
 
@@ -64,21 +94,22 @@ def test_stage2_settings_take_effect_in_the_run(tmp_path):
     model = MTAModel.from_pretrained(tmp_path / "s2" / "export")
     assert model.mta_config.stage2_form == "official" and model.stage == 2
     cfg["mta"]["adapter_dim"] = 16  # fixed by the stage-1 export: refused before any step
-    run = launch(["--deepspeed", str(write_config(tmp_path / "c3.json", cfg)), "--train.output_dir",
-                  str(tmp_path / "s3")])
+    run = launch(["--deepspeed", str(write_config(tmp_path / "c3.json", cfg)), "--train.output_dir", str(tmp_path / "s3")])
     assert run.returncode == 2 and run.stderr.strip().splitlines()[-1].startswith(
-        f"error: mta.adapter_dim: 16 is set here but the export at {export} was trained with 8")
+        f"error: mta.adapter_dim: 16 is set here but the export at {export} was trained with 8"
+    )
     del cfg["mta"]["adapter_dim"]
     cfg["mta"]["data"]["type_overrides"] = {"answer": "nli"}  # would route answer by another type's row
-    run = launch(["--deepspeed", str(write_config(tmp_path / "c4.json", cfg)), "--train.output_dir",
-                  str(tmp_path / "s4")])
+    run = launch(["--deepspeed", str(write_config(tmp_path / "c4.json", cfg)), "--train.output_dir", str(tmp_path / "s4")])
     assert run.returncode == 2 and run.stderr.strip().splitlines()[-1] == (
         f"error: mta.data: task 'answer' has type 'nli' in this run's data but the export at {export} was trained "
-        "with it as 'generate'; use the same mta.data.type_overrides as that run")
+        "with it as 'generate'; use the same mta.data.type_overrides as that run"
+    )
 
 
 def test_official_stage2_form_lets_the_gate_weigh_the_task_mixture_against_shared_experts():
     from backbones import make_backbone
+
     torch.manual_seed(0)
     model = MTAModel(make_backbone("t5"), MTAConfig(k=2, adapter_dim=8, stage2_form="official")).eval()
     layer = next(iter(model.mta_layers.values()))
@@ -106,6 +137,7 @@ def test_official_stage2_form_lets_the_gate_weigh_the_task_mixture_against_share
 def test_dynamic_sampling_moves_the_rates_and_resumes_exactly(tmp_path):
     """Also with length-grouped batches in windows of 3 steps: the stop at step 8 falls inside a window, so the
     resumed run must take its remaining batches and its token divisor from the checkpoint."""
+
     def config(out):
         cfg = tiny_config(out, steps=12, eval_every=4, save_every=4, log_every=1)
         cfg["mta"]["data"]["sampling"] = {"strategy": "dynamic", "dynamic_signal": "loss", "dynamic_alpha": 2.0}
@@ -136,8 +168,7 @@ def test_dynamic_sampling_moves_the_rates_and_resumes_exactly(tmp_path):
 def test_a_deepspeed_scheduler_section_sets_the_learning_rate(tmp_path):
     cfg = tiny_config(tmp_path / "run", steps=6, eval_every=6, save_every=6, log_every=1)
     del cfg["mta"]["train"]["warmup_steps"]
-    cfg["scheduler"] = {"type": "WarmupLR", "params": {"warmup_min_lr": 0.0, "warmup_max_lr": 0.01,
-                                                       "warmup_num_steps": 4, "warmup_type": "linear"}}
+    cfg["scheduler"] = {"type": "WarmupLR", "params": {"warmup_min_lr": 0.0, "warmup_max_lr": 0.01, "warmup_num_steps": 4, "warmup_type": "linear"}}
     run = launch(["--deepspeed", str(write_config(tmp_path / "c.json", cfg))])
     assert run.returncode == 0, run.stderr[-3000:]
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -148,6 +179,7 @@ def test_a_deepspeed_scheduler_section_sets_the_learning_rate(tmp_path):
 
 def test_a_scheduler_section_and_the_trainers_warmup_are_not_both_accepted(tmp_path):
     from mta_moe.training.run_config import build_run_config
+
     cfg = tiny_config(tmp_path / "run")
     cfg["scheduler"] = {"type": "WarmupLR", "params": {"warmup_num_steps": 4}}
     with pytest.raises(ConfigError, match=r"mta.train.warmup_steps: the DeepSpeed \"scheduler\" section sets"):

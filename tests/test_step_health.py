@@ -1,4 +1,5 @@
 """The first non-finite step, folded on the device and named alike on every rank."""
+
 import math
 
 import torch

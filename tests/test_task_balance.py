@@ -1,4 +1,5 @@
 """Dynamic task weights: uncertainty, validation-driven and GradNorm, on toy problems with known answers."""
+
 import math
 
 import pytest
@@ -71,7 +72,7 @@ def test_gradnorm_equalises_weighted_gradient_norms_and_favours_the_slower_task(
         losses = torch.stack([(w * x).sum(), (w * x).sum()])  # both 1.0, gradient norm 1
         balance.gradnorm_step(losses, everywhere, everywhere, [w], world=1)
     ratio = balance.dynamic[0] / balance.dynamic[1]
-    assert float(ratio) == pytest.approx(2 ** 1.5, rel=0.1)
+    assert float(ratio) == pytest.approx(2**1.5, rel=0.1)
 
 
 def test_gradnorm_ignores_tasks_absent_from_the_batch():
@@ -93,14 +94,17 @@ def test_static_weights_multiply_the_dynamic_ones_and_state_round_trips():
     assert torch.equal(clone.weights(), balance.weights()) and clone.best == balance.best
 
 
-@pytest.mark.parametrize("value,reduction,message", [
-    ({"method": "softmax"}, "token", r"mta.train.weighting.method: must be one of \['uncertainty', 'validation'"),
-    ({"rate": 2}, "token", r"mta.train.weighting.method: required"),
-    ({"method": "uncertainty"}, "token", r"set mta.train.loss_reduction to 'task'"),
-    ({"method": "gradnorm", "rate": 1}, "token", r"mta.train.weighting.rate: not an option of 'gradnorm'"),
-    ({"method": "validation", "rate": -1}, "token", r"mta.train.weighting.rate: must be a number > 0"),
-    ({"method": "validation", "max_weight": 0.5}, "token", r"mta.train.weighting.max_weight: must be a number >= 1"),
-])
+@pytest.mark.parametrize(
+    "value,reduction,message",
+    [
+        ({"method": "softmax"}, "token", r"mta.train.weighting.method: must be one of \['uncertainty', 'validation'"),
+        ({"rate": 2}, "token", r"mta.train.weighting.method: required"),
+        ({"method": "uncertainty"}, "token", r"set mta.train.loss_reduction to 'task'"),
+        ({"method": "gradnorm", "rate": 1}, "token", r"mta.train.weighting.rate: not an option of 'gradnorm'"),
+        ({"method": "validation", "rate": -1}, "token", r"mta.train.weighting.rate: must be a number > 0"),
+        ({"method": "validation", "max_weight": 0.5}, "token", r"mta.train.weighting.max_weight: must be a number >= 1"),
+    ],
+)
 def test_bad_weighting_names_the_key(value, reduction, message):
     with pytest.raises(ConfigError, match=message):
         TrainConfig(weighting=value, loss_reduction=reduction)

@@ -1,5 +1,6 @@
 """Routing by task (``mta.route_by: task``): one selector bias row per task name, everywhere task-type routing
 works (forward, generate with and without cache, save/load, growth, routing statistics)."""
+
 import pytest
 import torch
 from backbones import make_backbone, make_inputs, perturb_mta
@@ -19,8 +20,9 @@ def _perturbed(model: MTAModel) -> MTAModel:
 @pytest.mark.parametrize("name", ["t5", "gpt2"])
 def test_task_routing_equals_type_routing_when_every_task_is_its_own_type(name):
     by_type = MTAModel(make_backbone(name), MTAConfig(num_experts=4, k=2, adapter_dim=8, task_types=TASK_NAMES))
-    by_task = MTAModel(make_backbone(name), MTAConfig(num_experts=4, k=2, adapter_dim=8, route_by="task",
-                                                      tasks=TASK_NAMES, task_types=["classify", "generate"]))
+    by_task = MTAModel(
+        make_backbone(name), MTAConfig(num_experts=4, k=2, adapter_dim=8, route_by="task", tasks=TASK_NAMES, task_types=["classify", "generate"])
+    )
     _perturbed(by_type)
     by_task.load_state_dict(by_type.state_dict())
     by_task.eval()
@@ -30,8 +32,7 @@ def test_task_routing_equals_type_routing_when_every_task_is_its_own_type(name):
         b = by_task(**inputs, task_type_ids=torch.zeros(4, dtype=torch.long), task_ids=IDS).logits
     assert torch.equal(a, b)
     for key in by_type.mta_layers:
-        assert torch.equal(by_type.mta_layers[key].last_routing.selection.indices,
-                           by_task.mta_layers[key].last_routing.selection.indices)
+        assert torch.equal(by_type.mta_layers[key].last_routing.selection.indices, by_task.mta_layers[key].last_routing.selection.indices)
     stats = next(iter(by_task.mta_layers.values())).get_routing_stats()
     assert stats.row_names == TASK_NAMES + ["<no task id>"] and stats.sequences.tolist() == [1, 1, 1, 1, 0]
 
@@ -45,8 +46,7 @@ def test_task_routing_needs_task_ids_and_task_names():
     with pytest.raises(ConfigError, match=r"^mta.tasks: route_by 'task' needs the task names"):
         MTAModel(make_backbone("t5"), MTAConfig(route_by="task"))
     with pytest.raises(ConfigError, match=r"^mta.task_adapter_assignment: unknown task\(s\) \['nli'\]"):
-        MTAConfig(num_experts=2, route_by="task", tasks=["a", "b"],
-                  task_adapter_assignment={"a": [0], "b": [1], "nli": [0]})
+        MTAConfig(num_experts=2, route_by="task", tasks=["a", "b"], task_adapter_assignment={"a": [0], "b": [1], "nli": [0]})
     with pytest.raises(ConfigError, match=r"^mta.route_by: must be one of \['type', 'task'\]"):
         MTAConfig(route_by="name")
 
@@ -62,8 +62,7 @@ def test_task_ids_do_not_outlive_the_call():
 
 @pytest.mark.parametrize("name", ["t5", "gpt2"])
 def test_generate_and_save_load_with_task_routing(name, tmp_path):
-    model = _perturbed(MTAModel(make_backbone(name), MTAConfig(num_experts=4, k=1, adapter_dim=8, route_by="task",
-                                                               tasks=TASK_NAMES)))
+    model = _perturbed(MTAModel(make_backbone(name), MTAConfig(num_experts=4, k=1, adapter_dim=8, route_by="task", tasks=TASK_NAMES)))
     inputs = {k: v for k, v in make_inputs(name).items() if k != "labels"}
     common = {"max_new_tokens": 5, "do_sample": False, "pad_token_id": 0}
     cached = model.generate(**inputs, task_ids=IDS, use_cache=True, **common)
@@ -76,8 +75,7 @@ def test_generate_and_save_load_with_task_routing(name, tmp_path):
 
 
 def test_growing_a_task_leaves_the_trained_tasks_bit_identical(tmp_path):
-    model = _perturbed(MTAModel(make_backbone("t5"), MTAConfig(num_experts=4, k=2, adapter_dim=8, route_by="task",
-                                                               tasks=TASK_NAMES)))
+    model = _perturbed(MTAModel(make_backbone("t5"), MTAConfig(num_experts=4, k=2, adapter_dim=8, route_by="task", tasks=TASK_NAMES)))
     model.save_pretrained(tmp_path / "m")
     inputs = make_inputs("t5")
     with torch.no_grad():

@@ -1,4 +1,5 @@
 """Two-stage training through the real launchers: stage-2 freezing, kill-and-resume, 2 ranks, errors."""
+
 import json
 import os
 import subprocess
@@ -26,14 +27,37 @@ def tiny_config(out_dir: Path, stage: int = 1, **train) -> dict:
     cfg["train_micro_batch_size_per_gpu"] = 4
     mta = cfg["mta"]
     mta.update(num_experts=4, k=2, adapter_dim=8, shared_adapter_dim=8)
-    mta["model"] = {"backbone": None, "tokenizer": "sentencepiece", "vocab_size": 200,
-                    "from_scratch": {"model_type": "t5", "d_model": 32, "d_ff": 64, "num_layers": 1,
-                                     "num_decoder_layers": 1, "num_heads": 2, "d_kv": 16, "dropout_rate": 0.0}}
-    mta["data"] = {"suite": {"seed": 1, "train": 24, "validation": 6, "test": 6, "tasks": TASKS},
-                   "max_input_length": 64, "max_target_length": 12}
+    mta["model"] = {
+        "backbone": None,
+        "tokenizer": "sentencepiece",
+        "vocab_size": 200,
+        "from_scratch": {
+            "model_type": "t5",
+            "d_model": 32,
+            "d_ff": 64,
+            "num_layers": 1,
+            "num_decoder_layers": 1,
+            "num_heads": 2,
+            "d_kv": 16,
+            "dropout_rate": 0.0,
+        },
+    }
+    mta["data"] = {"suite": {"seed": 1, "train": 24, "validation": 6, "test": 6, "tasks": TASKS}, "max_input_length": 64, "max_target_length": 12}
     # 30 steps at lr 0.01: the tiny model already generates label words, so comparing predictions means something
-    mta["train"].update({"steps": 30, "lr": 0.01, "warmup_steps": 2, "log_every": 1, "eval_every": 30, "save_every": 15,
-                         "eval_batch_size": 8, "max_new_tokens": 8, "output_dir": str(out_dir), **train})
+    mta["train"].update(
+        {
+            "steps": 30,
+            "lr": 0.01,
+            "warmup_steps": 2,
+            "log_every": 1,
+            "eval_every": 30,
+            "save_every": 15,
+            "eval_batch_size": 8,
+            "max_new_tokens": 8,
+            "output_dir": str(out_dir),
+            **train,
+        }
+    )
     return cfg
 
 
@@ -45,8 +69,7 @@ def write_config(path: Path, cfg: dict) -> Path:
 def launch(args, nproc: int = 0, timeout: int = 300):
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "PYTHONPATH": str(REPO)}
     if nproc:
-        cmd = [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", str(nproc), "--master_port",
-               str(free_port()), "launchers/train.py", *args]
+        cmd = [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", str(nproc), "--master_port", str(free_port()), "launchers/train.py", *args]
     else:
         cmd = [sys.executable, "launchers/train.py", *args]
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
@@ -109,12 +132,12 @@ def test_stage2_trains_only_mta_parameters(stage1, tmp_path):
     assert new == {"shared_adapters", "gate_network"}
     assert MTAModel.from_pretrained(tmp_path / "run" / "export").stage == 2
     # trainable names what trains: without the adapter and selector patterns, only the stage-2 parts move
-    narrow = tiny_config(tmp_path / "narrow", stage=2, init_from=str(stage1 / "export"), steps=3, save_every=3,
-                         eval_every=3)
+    narrow = tiny_config(tmp_path / "narrow", stage=2, init_from=str(stage1 / "export"), steps=3, save_every=3, eval_every=3)
     narrow["mta"]["train"]["trainable"] = [{"pattern": "*shared_adapters*"}, {"pattern": "*gate_network*"}]
     run = launch(["--deepspeed", str(write_config(tmp_path / "narrow.json", narrow))])
     assert run.returncode == 2 and run.stderr.strip().splitlines()[-1].startswith(
-        "error: mta.train.trainable: no trainable adapter (MoE expert) parameter; DeepSpeed's ZeRO stage 2 needs")
+        "error: mta.train.trainable: no trainable adapter (MoE expert) parameter; DeepSpeed's ZeRO stage 2 needs"
+    )
     narrow["zero_optimization"]["stage"] = 0  # without ZeRO the experts may all stay frozen
     run = launch(["--deepspeed", str(write_config(tmp_path / "narrow.json", narrow))])
     assert run.returncode == 0, run.stderr[-3000:]
@@ -138,8 +161,7 @@ def test_kill_and_resume_reproduces_the_losses(stage1, tmp_path):
 def test_seed_lr_warmup_and_run_length_keys_shape_the_run(tmp_path):
     """Each key changes what the run logs, saves or generates; eval_batch_size changes only how it batches."""
     base = dict(steps=4, log_every=2, eval_every=2, save_every=3, max_new_tokens=3, eval_batch_size=8)
-    variants = {"base": {}, "seed": {"seed": 1}, "lr": {"lr": 0.02}, "warmup": {"warmup_steps": 0},
-                "eval_batch": {"eval_batch_size": 5}}
+    variants = {"base": {}, "seed": {"seed": 1}, "lr": {"lr": 0.02}, "warmup": {"warmup_steps": 0}, "eval_batch": {"eval_batch_size": 5}}
     records = {}
     for name, change in variants.items():
         cfg = tiny_config(tmp_path / name, **{**base, **change})
@@ -149,9 +171,9 @@ def test_seed_lr_warmup_and_run_length_keys_shape_the_run(tmp_path):
 
     def of(name, kind, field):
         return [r[field] for r in records[name] if r["kind"] == kind]
+
     # steps, log_every, eval_every, save_every, output_dir
-    assert json.loads((tmp_path / "base" / "run_config.json").read_text())["mta"]["train"]["output_dir"] == \
-        str(tmp_path / "base")
+    assert json.loads((tmp_path / "base" / "run_config.json").read_text())["mta"]["train"]["output_dir"] == str(tmp_path / "base")
     assert of("base", "train", "step") == [2, 4] and of("base", "validation", "step") == [2, 4]
     assert sorted(p.name for p in (tmp_path / "base" / "checkpoints").iterdir() if p.is_dir()) == ["step3", "step4"]
     # seed: another initialisation; lr and warmup_steps: other learning rates, and so other losses
@@ -160,13 +182,11 @@ def test_seed_lr_warmup_and_run_length_keys_shape_the_run(tmp_path):
     assert of("lr", "train", "loss")[1] != of("base", "train", "loss")[1]
     assert of("warmup", "train", "lr") != of("base", "train", "lr")
     # max_new_tokens caps each generation (3 tokens: at most 3 pieces of text)
-    predictions = [json.loads(line)["prediction"] for line in
-                   (tmp_path / "base" / "predictions" / "step4.jsonl").read_text().splitlines()]
+    predictions = [json.loads(line)["prediction"] for line in (tmp_path / "base" / "predictions" / "step4.jsonl").read_text().splitlines()]
     assert predictions and all(len(p.split()) <= 3 for p in predictions)
     # eval_batch_size: generation in batches of 5 instead of 8 gives the same texts (right-padded seq2seq)
     assert of("eval_batch", "validation", "scores") == of("base", "validation", "scores")
-    assert (tmp_path / "eval_batch" / "predictions" / "step4.jsonl").read_text() == \
-        (tmp_path / "base" / "predictions" / "step4.jsonl").read_text()
+    assert (tmp_path / "eval_batch" / "predictions" / "step4.jsonl").read_text() == (tmp_path / "base" / "predictions" / "step4.jsonl").read_text()
 
 
 def test_training_starts_from_a_backbone_directory_with_its_tokenizer(stage1, tmp_path):
@@ -174,17 +194,27 @@ def test_training_starts_from_a_backbone_directory_with_its_tokenizer(stage1, tm
     weights are the directory's (a run that trains only the adapters leaves them bit-identical) and so is the
     tokenizer."""
     import transformers
+
     tokenizer = load_tokenizer(stage1 / "tokenizer")
     torch.manual_seed(3)
-    base = transformers.T5ForConditionalGeneration(transformers.T5Config(
-        vocab_size=len(tokenizer), d_model=32, d_ff=64, num_layers=1, num_decoder_layers=1, num_heads=2, d_kv=16,
-        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-        decoder_start_token_id=tokenizer.pad_token_id))
+    base = transformers.T5ForConditionalGeneration(
+        transformers.T5Config(
+            vocab_size=len(tokenizer),
+            d_model=32,
+            d_ff=64,
+            num_layers=1,
+            num_decoder_layers=1,
+            num_heads=2,
+            d_kv=16,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            decoder_start_token_id=tokenizer.pad_token_id,
+        )
+    )
     backbone = tmp_path / "my-t5"
     base.save_pretrained(backbone)
     tokenizer.save_pretrained(backbone)
-    cfg = tiny_config(tmp_path / "run", steps=3, save_every=3, eval_every=3,
-                      trainable=[{"pattern": "*deepspeed_experts*"}])
+    cfg = tiny_config(tmp_path / "run", steps=3, save_every=3, eval_every=3, trainable=[{"pattern": "*deepspeed_experts*"}])
     cfg["mta"]["model"] = {"backbone": str(backbone), "tokenizer": "backbone"}
     run = launch(["--deepspeed", str(write_config(tmp_path / "cfg.json", cfg))])
     assert run.returncode == 0, run.stderr[-3000:]
@@ -239,18 +269,21 @@ def test_two_ranks_expert_parallel_then_evaluated_at_ep1(tmp_path):
     assert MTAModel.from_pretrained(tmp_path / "run2" / "export").stage == 2
 
 
-@pytest.mark.parametrize("change,message", [
-    (lambda c: c["mta"].update(kk=1), "mta.kk: unknown key"),
-    (lambda c: c["mta"]["train"].update(epochs=1), "mta.train.epochs: unknown key"),
-    (lambda c: c["zero_optimization"].update(stage=3), "zero_optimization.stage: 3 is refused by DeepSpeed for MoE"),
-    (lambda c: c["mta"]["train"].update(stage=2, init_from=None), "mta.train.init_from: stage 2 starts from"),
-    (lambda c: c["mta"]["model"].update(backbone="t5-small"), "mta.model: set exactly one of backbone"),
-    (lambda c: c.update(optimizer={"type": "Adam"}), "optimizer: leave it out"),
-    (lambda c: c["mta"]["train"].update(loss_reduction="median"), "mta.train.loss_reduction: must be one of"),
-    (lambda c: c["mta"]["train"].update(task_weights={"answer": -1}), "mta.train.task_weights.answer: must be a"),
-    (lambda c: c["mta"]["train"].update(warn_margin="x"), "mta.train.warn_margin: must be a number"),
-    (lambda c: c["mta"]["data"].update(task_kinds={"answer": "qa"}), "mta.data.task_kinds.answer: must be one of"),
-])
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        (lambda c: c["mta"].update(kk=1), "mta.kk: unknown key"),
+        (lambda c: c["mta"]["train"].update(epochs=1), "mta.train.epochs: unknown key"),
+        (lambda c: c["zero_optimization"].update(stage=3), "zero_optimization.stage: 3 is refused by DeepSpeed for MoE"),
+        (lambda c: c["mta"]["train"].update(stage=2, init_from=None), "mta.train.init_from: stage 2 starts from"),
+        (lambda c: c["mta"]["model"].update(backbone="t5-small"), "mta.model: set exactly one of backbone"),
+        (lambda c: c.update(optimizer={"type": "Adam"}), "optimizer: leave it out"),
+        (lambda c: c["mta"]["train"].update(loss_reduction="median"), "mta.train.loss_reduction: must be one of"),
+        (lambda c: c["mta"]["train"].update(task_weights={"answer": -1}), "mta.train.task_weights.answer: must be a"),
+        (lambda c: c["mta"]["train"].update(warn_margin="x"), "mta.train.warn_margin: must be a number"),
+        (lambda c: c["mta"]["data"].update(task_kinds={"answer": "qa"}), "mta.data.task_kinds.answer: must be one of"),
+    ],
+)
 def test_bad_configs_name_the_key(tmp_path, change, message):
     cfg = tiny_config(tmp_path)
     change(cfg)
@@ -260,10 +293,8 @@ def test_bad_configs_name_the_key(tmp_path, change, message):
 
 def test_overrides(tmp_path):
     path = write_config(tmp_path / "cfg.json", tiny_config(tmp_path))
-    cfg = load_run_config(path, ["--mta.k", "3", "--train.steps=9", "--data.sampling", '{"strategy": "uniform"}',
-                                 "--train_micro_batch_size_per_gpu", "2"])
-    assert (cfg.mta.k, cfg.train.steps, cfg.data.sampling.strategy, cfg.ds["train_micro_batch_size_per_gpu"]) == \
-        (3, 9, "uniform", 2)
+    cfg = load_run_config(path, ["--mta.k", "3", "--train.steps=9", "--data.sampling", '{"strategy": "uniform"}', "--train_micro_batch_size_per_gpu", "2"])
+    assert (cfg.mta.k, cfg.train.steps, cfg.data.sampling.strategy, cfg.ds["train_micro_batch_size_per_gpu"]) == (3, 9, "uniform", 2)
     with pytest.raises(ConfigError, match=r"override --trian_steps: unknown DeepSpeed key"):
         load_run_config(path, ["--trian_steps", "3"])
     with pytest.raises(ConfigError, match=r"mta.train.stepz: unknown key"):
@@ -275,30 +306,46 @@ def test_launcher_errors_are_one_line_and_non_zero(tmp_path):
     cfg = tiny_config(tmp_path / "run", stage=2, init_from=str(tmp_path / "missing"))
     run = launch(["--deepspeed", str(write_config(tmp_path / "cfg.json", cfg))])
     assert run.returncode == 2
-    assert run.stderr.strip().splitlines()[-1] == (f"error: mta.train.init_from: {tmp_path / 'missing'} is not a "
-                                                   "stage-1 export (no mta_config.json); run stage 1 first or point "
-                                                   "to its export/ directory")
+    assert run.stderr.strip().splitlines()[-1] == (
+        f"error: mta.train.init_from: {tmp_path / 'missing'} is not a stage-1 export (no mta_config.json); run stage 1 first or point to its export/ directory"
+    )
     cfg = tiny_config(tmp_path / "fresh")
     run = launch(["--deepspeed", str(write_config(tmp_path / "cfg1.json", cfg)), "--resume"])
     assert run.returncode == 2 and "error: --resume: no checkpoint to resume from" in run.stderr
-    cfg = tiny_config(tmp_path / "run3", stage=2, init_from=str(tmp_path / "missing"),
-                      trainable=[{"pattern": "*adapterz*"}])
+    cfg = tiny_config(tmp_path / "run3", stage=2, init_from=str(tmp_path / "missing"), trainable=[{"pattern": "*adapterz*"}])
     assert build_run_config(cfg).train.trainable == [{"pattern": "*adapterz*"}]
     # task names are checked against the data once it is loaded
     cfg = tiny_config(tmp_path / "run4", task_weights={"zzz": 2.0})
     run = launch(["--deepspeed", str(write_config(tmp_path / "cfg4.json", cfg))])
     assert run.returncode == 2 and run.stderr.strip().splitlines()[-1].startswith(
-        "error: mta.train.task_weights.zzz: unknown task; tasks in the data: ['answer', 'fact_entail', 'sentiment']")
+        "error: mta.train.task_weights.zzz: unknown task; tasks in the data: ['answer', 'fact_entail', 'sentiment']"
+    )
 
 
 def _evaluate_cli(export: Path, data: Path, tmp_path: Path) -> tuple[dict, list[str]]:
     out = tmp_path / f"scores_{export.parent.name}.json"
     texts = tmp_path / f"predictions_{export.parent.name}.jsonl"
-    run = subprocess.run([sys.executable, "launchers/evaluate.py", "--model", str(export), "--data", str(data),
-                          "--batch-size", "8", "--out", str(out),  # lengths: from the run's run_config.json
-                          "--predictions", str(texts)],
-                         cwd=REPO, capture_output=True, text=True, timeout=300,
-                         env={**os.environ, "DS_ACCELERATOR": "cpu"})
+    run = subprocess.run(
+        [
+            sys.executable,
+            "launchers/evaluate.py",
+            "--model",
+            str(export),
+            "--data",
+            str(data),
+            "--batch-size",
+            "8",
+            "--out",
+            str(out),  # lengths: from the run's run_config.json
+            "--predictions",
+            str(texts),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "DS_ACCELERATOR": "cpu"},
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     return json.loads(out.read_text())["scores"], _predictions(texts)
 
@@ -318,31 +365,45 @@ def _last_validation(run_dir: Path) -> tuple[dict, list[str]]:
 
 @pytest.mark.slow
 def test_evaluate_cli_reproduces_validation_scores_for_seq2seq_and_causal(stage1, tmp_path):
-    assert _evaluate_cli(stage1 / "export", stage1 / "data" / "suite" / "validation.jsonl", tmp_path) == \
-        _last_validation(stage1)
+    assert _evaluate_cli(stage1 / "export", stage1 / "data" / "suite" / "validation.jsonl", tmp_path) == _last_validation(stage1)
     cfg = tiny_config(tmp_path / "gpt2", steps=80, eval_every=80, save_every=80)  # GPT-2 needs longer to emit words
-    cfg["mta"]["model"]["from_scratch"] = {"model_type": "gpt2", "n_embd": 32, "n_layer": 2, "n_head": 2,
-                                           "n_positions": 128}
+    cfg["mta"]["model"]["from_scratch"] = {"model_type": "gpt2", "n_embd": 32, "n_layer": 2, "n_head": 2, "n_positions": 128}
     run = launch(["--deepspeed", str(write_config(tmp_path / "cfg.json", cfg))])
     assert run.returncode == 0, run.stderr[-3000:]
     losses = train_losses(tmp_path / "gpt2")
     assert losses[80] < losses[1]
-    assert _evaluate_cli(tmp_path / "gpt2" / "export", tmp_path / "gpt2" / "data" / "suite" / "validation.jsonl",
-                         tmp_path) == _last_validation(tmp_path / "gpt2")
+    assert _evaluate_cli(tmp_path / "gpt2" / "export", tmp_path / "gpt2" / "data" / "suite" / "validation.jsonl", tmp_path) == _last_validation(
+        tmp_path / "gpt2"
+    )
 
 
 def test_per_task_stock_exports_reproduce_the_runs_predictions(stage1, tmp_path):
     """The shipped stage-1 config folds: each task's stock model predicts exactly what the MTA model does."""
     out = tmp_path / "plain_export.json"
-    proc = subprocess.run([sys.executable, "benchmarks/plain_export.py", "--model", str(stage1 / "export"),
-                           "--data", str(stage1 / "data" / "suite" / "validation.jsonl"), "--out", str(out),
-                           "--work", str(tmp_path / "folders"), "--repeats", "1"],
-                          cwd=REPO, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "DS_ACCELERATOR": "cpu"})
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "benchmarks/plain_export.py",
+            "--model",
+            str(stage1 / "export"),
+            "--data",
+            str(stage1 / "data" / "suite" / "validation.jsonl"),
+            "--out",
+            str(out),
+            "--work",
+            str(tmp_path / "folders"),
+            "--repeats",
+            "1",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "DS_ACCELERATOR": "cpu"},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
     assert sorted(r["key"] for r in result["keys"]) == sorted(TASKS)
     assert result["all_identical"] and all(r["rows"] == 6 for r in result["keys"])
-    assert all(r["plain_score"] == r["mta_score"] and r["max_abs_output_difference"] <= 1e-5
-               for r in result["keys"])
+    assert all(r["plain_score"] == r["mta_score"] and r["max_abs_output_difference"] <= 1e-5 for r in result["keys"])
     assert sorted(p.name for p in (tmp_path / "folders").iterdir()) == sorted(TASKS)

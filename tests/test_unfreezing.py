@@ -1,5 +1,6 @@
 """Gradual unfreezing: the schedule's blocks and switches, and frozen blocks staying bit-identical under
 ZeRO until their declared step (weight decay on) while unfrozen ones train."""
+
 import pytest
 import torch
 from backbones import _t5
@@ -65,13 +66,16 @@ def test_a_block_restarts_its_adam_state_when_its_turn_comes():
     assert float(optimizer.state[top]["step"]) == 9  # it unfroze before the checkpoint: state kept
 
 
-@pytest.mark.parametrize("value,stage,trainable,message", [
-    ({"every": 0}, 1, None, r"mta.train.unfreeze.every: must be an integer >= 1"),
-    ({"start_step": 2}, 1, None, r"mta.train.unfreeze.every: required, must be an integer >= 1"),
-    ([5], 1, None, r"mta.train.unfreeze: must be null or \{\"start_step\": int, \"every\": int\}, got \[5\]"),
-    ({"every": 5}, 2, None, r"stage 2 keeps the backbone frozen"),
-    ({"every": 5}, 1, [{"pattern": "*"}], r"cannot be combined with mta.train.trainable"),
-])
+@pytest.mark.parametrize(
+    "value,stage,trainable,message",
+    [
+        ({"every": 0}, 1, None, r"mta.train.unfreeze.every: must be an integer >= 1"),
+        ({"start_step": 2}, 1, None, r"mta.train.unfreeze.every: required, must be an integer >= 1"),
+        ([5], 1, None, r"mta.train.unfreeze: must be null or \{\"start_step\": int, \"every\": int\}, got \[5\]"),
+        ({"every": 5}, 2, None, r"stage 2 keeps the backbone frozen"),
+        ({"every": 5}, 1, [{"pattern": "*"}], r"cannot be combined with mta.train.trainable"),
+    ],
+)
 def test_bad_schedules_name_the_key(value, stage, trainable, message):
     with pytest.raises(ConfigError, match=message):
         TrainConfig(unfreeze=value, stage=stage, trainable=trainable, init_from="export")
@@ -84,8 +88,7 @@ def _module_state(run, step):
 
 @pytest.mark.parametrize("zero", [0, 2])
 def test_frozen_blocks_are_bit_identical_until_their_step(tmp_path, zero):
-    cfg = tiny_config(tmp_path / "run", steps=15, save_every=5, eval_every=15, weight_decay=0.1,
-                      unfreeze={"start_step": 5, "every": 5})
+    cfg = tiny_config(tmp_path / "run", steps=15, save_every=5, eval_every=15, weight_decay=0.1, unfreeze={"start_step": 5, "every": 5})
     cfg["zero_optimization"]["stage"] = zero
     cfg["mta"]["model"]["from_scratch"].update(num_layers=2, num_decoder_layers=2)
     run = launch(["--deepspeed", str(write_config(tmp_path / "cfg.json", cfg))])

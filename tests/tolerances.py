@@ -7,6 +7,7 @@ code on AMD than on Intel) and, in PyTorch, even on whether a weight requires gr
 helpers; ``torch.equal`` is kept for the same computation repeated (resume, frozen parameters, a parameter whose
 routing weight is exactly zero).
 """
+
 import torch
 
 # unit roundoff per dtype, times a margin for the depth of the networks the tests build (a few blocks, sums over
@@ -26,5 +27,4 @@ def assert_close_to_scale(actual: torch.Tensor, expected: torch.Tensor, rtol: fl
     rtol = scaled_tolerance(expected.dtype) if rtol is None else rtol
     scale = expected.abs().max().item()
     error = (actual - expected).abs().max().item()
-    assert error <= rtol * max(scale, torch.finfo(expected.dtype).tiny), \
-        f"max error {error:.3g} above {rtol:.3g} x scale {scale:.3g}"
+    assert error <= rtol * max(scale, torch.finfo(expected.dtype).tiny), f"max error {error:.3g} above {rtol:.3g} x scale {scale:.3g}"

@@ -4,6 +4,7 @@ format before training.
 Prints rows and tasks per file; on the first bad row prints one ``error: file:line: problem`` line
 and exits 1 (``--skip-bad-rows`` lists the bad rows instead).
 """
+
 import argparse
 import sys
 

@@ -5,6 +5,7 @@ with the project tokenizer), labels = target + ``</s>``. ``causal``: one sequenc
 ``frame(input) + target + eos``, with the prompt part masked out of the labels. Too long inputs or
 targets are cut at the end (the special tokens are kept) and counted, never silently.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -37,8 +38,11 @@ class TruncationReport:
         return any(r["inputs_truncated"] or r["targets_truncated"] for r in self.counts.values())
 
     def summary(self) -> str:
-        cut = [f"{t}: {r['inputs_truncated']}/{r['examples']} inputs, {r['targets_truncated']} targets"
-               for t, r in sorted(self.counts.items()) if r["inputs_truncated"] or r["targets_truncated"]]
+        cut = [
+            f"{t}: {r['inputs_truncated']}/{r['examples']} inputs, {r['targets_truncated']} targets"
+            for t, r in sorted(self.counts.items())
+            if r["inputs_truncated"] or r["targets_truncated"]
+        ]
         return "truncated: " + ("; ".join(cut) if cut else "none")
 
 
@@ -51,16 +55,21 @@ def special_token_frame(tokenizer: PreTrainedTokenizerBase) -> Callable[[list[in
         return tokenizer.build_inputs_with_special_tokens
     plain = tokenizer("probe", add_special_tokens=False)["input_ids"]
     full = tokenizer("probe", add_special_tokens=True)["input_ids"]
-    at = next((i for i in range(len(full) - len(plain) + 1) if full[i:i + len(plain)] == plain), None)
+    at = next((i for i in range(len(full) - len(plain) + 1) if full[i : i + len(plain)] == plain), None)
     if not plain or at is None:
         raise ValueError(f"{type(tokenizer).__name__}: cannot tell where its special tokens go around a text")
-    prefix, suffix = full[:at], full[at + len(plain):]
+    prefix, suffix = full[:at], full[at + len(plain) :]
     return lambda ids: prefix + list(ids) + suffix
 
 
-def tokenize_examples(dataset: datasets.Dataset, tokenizer: PreTrainedTokenizerBase, registry: TaskRegistry,
-                      max_input_length: int, max_target_length: int, mode: str = "seq2seq"
-                      ) -> tuple[datasets.Dataset, TruncationReport]:
+def tokenize_examples(
+    dataset: datasets.Dataset,
+    tokenizer: PreTrainedTokenizerBase,
+    registry: TaskRegistry,
+    max_input_length: int,
+    max_target_length: int,
+    mode: str = "seq2seq",
+) -> tuple[datasets.Dataset, TruncationReport]:
     """Add ``input_ids``, ``labels``, ``task_id``, ``task_type_id`` columns; returns the report of cuts."""
     if mode not in MODES:
         raise ValueError(f"mode: must be one of {list(MODES)}, got {mode!r}")
@@ -73,8 +82,14 @@ def tokenize_examples(dataset: datasets.Dataset, tokenizer: PreTrainedTokenizerB
     def encode(batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
         inputs = tokenizer(batch["input"], add_special_tokens=False)["input_ids"]
         targets = tokenizer(batch["target"], add_special_tokens=False)["input_ids"]
-        out: dict[str, list[Any]] = {"input_ids": [], "labels": [], "input_truncated": [], "target_truncated": [],
-                                     "task_id": [], "task_type_id": []}
+        out: dict[str, list[Any]] = {
+            "input_ids": [],
+            "labels": [],
+            "input_truncated": [],
+            "target_truncated": [],
+            "task_id": [],
+            "task_type_id": [],
+        }
         for task, text, target in zip(batch["task"], inputs, targets):
             keep_in = max_input_length - frame
             keep_out = max_target_length - len(eos)
@@ -126,7 +141,7 @@ class Collator:
         out = torch.full((len(rows), width), value, dtype=torch.long)
         for i, row in enumerate(rows):
             if self.padding_side == "right" or self.mode == "seq2seq":
-                out[i, :len(row)] = torch.tensor(row, dtype=torch.long)
+                out[i, : len(row)] = torch.tensor(row, dtype=torch.long)
             else:
-                out[i, width - len(row):] = torch.tensor(row, dtype=torch.long)
+                out[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
         return out

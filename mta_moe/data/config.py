@@ -1,4 +1,5 @@
 """The ``mta.data`` section: where the examples come from, how long they may be, how tasks are mixed."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -54,37 +55,62 @@ class DataConfig:
     suite: SuiteChoice | None = setting(
         {"name": DEFAULT_SUITE, "seed": 0, "train": 1000, "validation": 100, "test": 200, "tasks": None},
         "a bundled suite (`name`: `bundled`, where settings are chosen, or `confirm`, where they are confirmed; "
-        "sizes per task; DATA.md); `null`: none", must="an object or null")
+        "sizes per task; DATA.md); `null`: none",
+        must="an object or null",
+    )
     files: dict[_Split, list[_Name]] = setting(
-        {}, "`{\"train\" | \"validation\" | \"test\": [paths]}` in the canonical format",
-        must="an object {split: [paths]}", item_must="a list of file paths", key_name="split")
+        {},
+        '`{"train" | "validation" | "test": [paths]}` in the canonical format',
+        must="an object {split: [paths]}",
+        item_must="a list of file paths",
+        key_name="split",
+    )
     recipes: list[RecipeChoice] = setting(
-        [], "hub datasets by name: `[{\"name\": \"mnli\", \"splits\": {\"validation\": \"validation_matched\"}, "
-            "\"data_files\": {...}, \"type\": \"nli\", \"limit\": 5000}]`", must="a list of recipe objects")
+        [],
+        'hub datasets by name: `[{"name": "mnli", "splits": {"validation": "validation_matched"}, '
+        '"data_files": {...}, "type": "nli", "limit": 5000}]`',
+        must="a list of recipe objects",
+    )
     on_bad_rows: Literal[ON_ERROR] = setting("raise", "what a malformed row does: `raise` or `skip`")  # type: ignore
     max_input_length: int = setting(128, "input length in tokens, special tokens included", ge=4)
     max_target_length: int = setting(32, "target length in tokens, special tokens included", ge=4)
     seed: int = setting(0, "sampler seed", ge=0)
     sampling: SamplingConfig = setting(SamplingConfig(), "task mixing (*Task mixing*)")
     curriculum: list[PhaseSpec] | None = setting(
-        None, "a list of phases `{\"start_step\", \"tasks\", \"weights\"}` (*Curriculum*)", min_length=1,
-        must="a non-empty list of phases or null")
+        None,
+        'a list of phases `{"start_step", "tasks", "weights"}` (*Curriculum*)',
+        min_length=1,
+        must="a non-empty list of phases or null",
+    )
     task_kinds: dict[str, Literal[TASK_KINDS]] = setting(  # type: ignore[valid-type]
-        {}, "`{task: \"classification\" | \"extraction\" | \"generation\"}`: how a task is scored (default: "
-            "inferred, see *Evaluation*)", must="an object {task: kind}")
+        {},
+        '`{task: "classification" | "extraction" | "generation"}`: how a task is scored (default: '
+        "inferred, see *Evaluation*)",
+        must="an object {task: kind}",
+    )
     type_overrides: dict[str, _Name] = setting(
-        {}, "`{task: task type}`: replaces the type the data gives a task", must="an object {task: task type}")
+        {}, "`{task: task type}`: replaces the type the data gives a task", must="an object {task: task type}"
+    )
     tasks: list[_Name] | None = setting(
-        None, "keep only these tasks of every source (`null`: all)", min_length=1,
-        must="a non-empty list of task names or null")
+        None,
+        "keep only these tasks of every source (`null`: all)",
+        min_length=1,
+        must="a non-empty list of task names or null",
+    )
     merge_tasks: list[_Name] = setting(
-        [], "tasks whose rows may come from more than one source (the suite, the files, each recipe); any other "
-            "task name found in two sources of one split stops the run, so same-named tasks are never pooled by "
-            "accident", must="a list of task names")
+        [],
+        "tasks whose rows may come from more than one source (the suite, the files, each recipe); any other "
+        "task name found in two sources of one split stops the run, so same-named tasks are never pooled by "
+        "accident",
+        must="a list of task names",
+    )
     group_by_length: int = setting(
-        0, "0: batches as the mixture draws them; n ≥ 1: the draws of n consecutive steps are pooled, ordered by "
-           "(input, target) token count and cut back into n batches, handed out in a seeded random order "
-           "(*Length-grouped batches*)", ge=0)
+        0,
+        "0: batches as the mixture draws them; n ≥ 1: the draws of n consecutive steps are pooled, ordered by "
+        "(input, target) token count and cut back into n batches, handed out in a seeded random order "
+        "(*Length-grouped batches*)",
+        ge=0,
+    )
 
     @field_validator("sampling", mode="before")
     @classmethod
@@ -98,8 +124,7 @@ class DataConfig:
             known = SUITES[name].tasks
             bad = [t for t in self.suite.get("tasks") or [] if t not in known]
             if bad:
-                raise ConfigError(f"mta.data.suite.tasks: unknown task {bad[0]!r}; the {name} suite has "
-                                  f"{list(known)}")
+                raise ConfigError(f"mta.data.suite.tasks: unknown task {bad[0]!r}; the {name} suite has {list(known)}")
         if self.suite is None and not self.files.get("train") and not self.recipes:
             raise ConfigError("mta.data: no training data; set suite, files.train or recipes")
 

@@ -1,4 +1,5 @@
 """Curriculum: phases that say from which step which tasks take part, and with what weight."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -15,10 +16,14 @@ class PhaseSpec(TypedDict, total=False):
     """One phase of ``mta.data.curriculum`` as a config file writes it."""
 
     start_step: Required[Annotated[int, Field(ge=0, description="the step the phase starts at (the first: 0)")]]
-    tasks: Annotated[list[Annotated[str, Field(min_length=1)]] | None,
-                     Field(min_length=1, description="the tasks that take part (null: every task)")]
-    weights: Annotated[dict[str, Annotated[float, Field(ge=0)]] | None,
-                       Field(description="{task: weight}: multiplies the sampler's mixing rate")]
+    tasks: Annotated[
+        list[Annotated[str, Field(min_length=1)]] | None,
+        Field(min_length=1, description="the tasks that take part (null: every task)"),
+    ]
+    weights: Annotated[
+        dict[str, Annotated[float, Field(ge=0)]] | None,
+        Field(description="{task: weight}: multiplies the sampler's mixing rate"),
+    ]
 
 
 PHASES = Annotated[list[PhaseSpec], Field(min_length=1)]
@@ -67,6 +72,6 @@ class Curriculum:
     def multipliers(self, step: int, tasks: Sequence[str]) -> list[float]:
         """Per task: 0 when the active phase leaves it out, else its phase weight (default 1)."""
         phase = self.phase_at(step)
-        return [0.0 if phase.tasks is not None and t not in phase.tasks else float(phase.weights.get(t, 1.0))
-                for t in tasks]
-
+        return [
+            0.0 if phase.tasks is not None and t not in phase.tasks else float(phase.weights.get(t, 1.0)) for t in tasks
+        ]

@@ -5,6 +5,7 @@ name; the official ALTER / pCLUE rows have none, and then the task is named afte
 Other columns are ignored. Every problem is reported as ``file:line`` (``file:row N`` where a format
 has no lines) with what was expected; ``on_error="skip"`` drops bad rows and lists them instead.
 """
+
 from __future__ import annotations
 
 import csv
@@ -56,8 +57,9 @@ def detect_format(path: Path) -> str:
     return fmt
 
 
-def load_examples(path: str | Path, task_types: Sequence[str] | None, on_error: str = "raise",
-                  fmt: str | None = None) -> tuple[datasets.Dataset, LoadReport]:
+def load_examples(
+    path: str | Path, task_types: Sequence[str] | None, on_error: str = "raise", fmt: str | None = None
+) -> tuple[datasets.Dataset, LoadReport]:
     """Read one file into a ``datasets.Dataset`` with columns input, target, task, type.
 
     ``task_types`` are the configured types: a row of any other type is an error, never a new type
@@ -130,6 +132,7 @@ def validate_row(row: Any, task_types: Sequence[str] | None) -> dict[str, str]:
 # ----------------------------------------------------------------------------- readers
 # Each yields (where, row) with where = "line N" / "row N"; a _Problem row is a problem found by the reader.
 
+
 class _Problem(str):
     """A reader-level problem with one row (kept apart from a row that is a JSON string)."""
 
@@ -165,8 +168,9 @@ def _decode_file(path: Path) -> str:
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
         column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
-        raise DataError(f"{path}:line {line}: not valid UTF-8 (byte 0x{data[exc.start]:02x} "
-                        f"at column {column})") from None
+        raise DataError(
+            f"{path}:line {line}: not valid UTF-8 (byte 0x{data[exc.start]:02x} at column {column})"
+        ) from None
 
 
 def _read_json(path: Path) -> Iterator[tuple[str, Any]]:
@@ -177,8 +181,7 @@ def _read_json(path: Path) -> Iterator[tuple[str, Any]]:
     if isinstance(data, dict) and isinstance(data.get("data"), list):
         data = data["data"]
     if not isinstance(data, list):
-        raise DataError(f"{path}: expected a JSON array of rows (or {{\"data\": [...]}}), "
-                        f"got {type(data).__name__}")
+        raise DataError(f'{path}: expected a JSON array of rows (or {{"data": [...]}}), got {type(data).__name__}')
     for number, row in enumerate(data, start=1):
         yield f"row {number}", row
 
@@ -194,8 +197,10 @@ def _read_csv(path: Path) -> Iterator[tuple[str, Any]]:
         raise DataError(f"{path}:line 1: CSV header names column {repeated[0]!r} twice; every column once")
     missing = [name for name in REQUIRED if name not in header]
     if missing:
-        raise DataError(f"{path}:line 1: CSV header must contain {list(REQUIRED)} (and optionally 'task'); "
-                        f"missing {missing}, got {header}")
+        raise DataError(
+            f"{path}:line 1: CSV header must contain {list(REQUIRED)} (and optionally 'task'); "
+            f"missing {missing}, got {header}"
+        )
     for cells in reader:
         where = f"line {reader.line_num}"
         if not any(cell.strip() for cell in cells):
@@ -215,7 +220,8 @@ def _read_parquet(path: Path) -> Iterator[tuple[str, Any]]:
         raise DataError(f"{path}: not a readable Parquet file ({type(exc).__name__}: {exc})") from None
     missing = [name for name in REQUIRED if name not in table.column_names]
     if missing:
-        raise DataError(f"{path}: Parquet columns must include {list(REQUIRED)}; missing {missing}, "
-                        f"got {table.column_names}")
+        raise DataError(
+            f"{path}: Parquet columns must include {list(REQUIRED)}; missing {missing}, got {table.column_names}"
+        )
     for number, row in enumerate(table, start=1):
         yield f"row {number}", row

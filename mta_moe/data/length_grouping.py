@@ -14,6 +14,7 @@ the loss scores). A loss averaged over each batch's own tokens would give a toke
 a batch of class labels) many times the weight of a token of a long-target batch; the trainer divides every
 batch of the window by this mean instead, which keeps each token's weight what it is in mixed batches.
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable, Mapping
@@ -30,8 +31,13 @@ class LengthGroupedSampler:
     last element is its scored target tokens (the trainer's: input tokens, scored target tokens);
     ``total_steps`` (optional) shortens the last window to the run's end."""
 
-    def __init__(self, sampler: MixtureSampler, length: Callable[[str, int], tuple[int, ...]], window: int,
-                 total_steps: int | None = None) -> None:
+    def __init__(
+        self,
+        sampler: MixtureSampler,
+        length: Callable[[str, int], tuple[int, ...]],
+        window: int,
+        total_steps: int | None = None,
+    ) -> None:
         if window < 1:
             raise ValueError(f"length grouping: window must be >= 1 steps, got {window}")
         self.sampler, self.length, self.window, self.total_steps = sampler, length, window, total_steps
@@ -56,8 +62,10 @@ class LengthGroupedSampler:
         if not self._pending:
             self._pending = self._draw_window(batch_size, step)
         if len(self._pending[0]) != batch_size:
-            raise ValueError(f"length grouping: the window was drawn with batches of {len(self._pending[0])}, "
-                             f"now {batch_size} are asked for")
+            raise ValueError(
+                f"length grouping: the window was drawn with batches of {len(self._pending[0])}, "
+                f"now {batch_size} are asked for"
+            )
         return self._pending.pop(0)
 
     def _draw_window(self, batch_size: int, step: int) -> list[list[Pick]]:
@@ -68,21 +76,27 @@ class LengthGroupedSampler:
         keyed.sort(key=lambda item: item[0])
         self.tokens_per_batch = sum(key[-1] for key, _ in keyed) / steps
         pooled = [pick for _, pick in keyed]
-        batches = [pooled[i * batch_size:(i + 1) * batch_size] for i in range(steps)]
+        batches = [pooled[i * batch_size : (i + 1) * batch_size] for i in range(steps)]
         order = np.random.Generator(np.random.PCG64([self.sampler.seed, step])).permutation(steps)
         return [batches[i] for i in order]
 
     # ------------------------------------------------------------------ checkpointing
     def state_dict(self) -> dict[str, Any]:
         """The mixture's state plus the window's batches not yet handed out (JSON-able)."""
-        return {**self.sampler.state_dict(), "length_window": self.window, "tokens_per_batch": self.tokens_per_batch,
-                "pending": [[[task, index] for task, index in batch] for batch in self._pending]}
+        return {
+            **self.sampler.state_dict(),
+            "length_window": self.window,
+            "tokens_per_batch": self.tokens_per_batch,
+            "pending": [[[task, index] for task, index in batch] for batch in self._pending],
+        }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         if state.get("length_window") != self.window:
             saved = state.get("length_window")
-            raise ValueError(f"sampler state was saved with mta.data.group_by_length = {saved or 0}; this run has "
-                             f"{self.window}: resume with the setting the run was started with")
+            raise ValueError(
+                f"sampler state was saved with mta.data.group_by_length = {saved or 0}; this run has "
+                f"{self.window}: resume with the setting the run was started with"
+            )
         own = ("length_window", "pending", "tokens_per_batch")
         self.sampler.load_state_dict({k: v for k, v in state.items() if k not in own})
         self.tokens_per_batch = state["tokens_per_batch"]

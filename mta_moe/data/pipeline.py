@@ -1,4 +1,5 @@
 """From an ``mta.data`` section to per-split datasets, a task registry, and load reports."""
+
 from __future__ import annotations
 
 import json
@@ -37,8 +38,12 @@ class TaskData:
         return {name: rows for name, rows in out.items() if rows}
 
 
-def load_task_data(config: DataConfig, task_types: Sequence[str], work_dir: str | Path,
-                   check_names: Callable[[list[str]], None] | None = None) -> TaskData:
+def load_task_data(
+    config: DataConfig,
+    task_types: Sequence[str],
+    work_dir: str | Path,
+    check_names: Callable[[list[str]], None] | None = None,
+) -> TaskData:
     """Load every configured source: user files and recipes first, then ``check_names(task names)`` (checks
     that need only the config and the names, before anything is generated), then the bundled suite, generated
     into ``work_dir/suite`` (once per seed and sizes) and read back through the same strict reader."""
@@ -58,10 +63,19 @@ def load_task_data(config: DataConfig, task_types: Sequence[str], work_dir: str 
     for index, recipe in enumerate(config.recipes):
         splits = {**DEFAULT_RECIPE_SPLITS, **recipe.get("splits", {})}
         local = recipe.get("data_files", {})
-        for split in (local or splits):
-            add(split, *load_recipe(recipe["name"], splits[split], task_types, data_files=local.get(split),
-                                    task_type=recipe.get("type"), limit=recipe.get("limit")),
-                f"mta.data.recipes[{index}] ({recipe['name']})")
+        for split in local or splits:
+            add(
+                split,
+                *load_recipe(
+                    recipe["name"],
+                    splits[split],
+                    task_types,
+                    data_files=local.get(split),
+                    task_type=recipe.get("type"),
+                    limit=recipe.get("limit"),
+                ),
+                f"mta.data.recipes[{index}] ({recipe['name']})",
+            )
     names = _task_names(config, sources["train"])  # before anything is generated: the checks on names
     _check_names(config, names)
     if check_names is not None:
@@ -69,28 +83,36 @@ def load_task_data(config: DataConfig, task_types: Sequence[str], work_dir: str 
     if config.suite is not None:  # generated only now; its rows come first, as the suite is the first source
         suite_dir = _ensure_suite(config, Path(work_dir))
         for split in reversed(SPLIT_KEYS):
-            add(split, *load_examples(suite_dir / f"{split}.jsonl", task_types, config.on_bad_rows),
-                "the bundled suite", first=True)
+            add(
+                split,
+                *load_examples(suite_dir / f"{split}.jsonl", task_types, config.on_bad_rows),
+                "the bundled suite",
+                first=True,
+            )
     _refuse_pooled_tasks(sources, config)
     if not parts["train"]:
         raise DataError("mta.data: no training split was loaded")
     splits = {split: datasets.concatenate_datasets(p) for split, p in parts.items() if p}
     if config.tasks is not None:  # every name has training rows (checked by _task_names)
         keep = set(config.tasks)
-        splits = {split: ds.filter(lambda names: [n in keep for n in names], input_columns="task", batched=True)
-                  for split, ds in splits.items()}
+        splits = {
+            split: ds.filter(lambda names: [n in keep for n in names], input_columns="task", batched=True)
+            for split, ds in splits.items()
+        }
     if config.type_overrides:
         overrides = dict(config.type_overrides)
-        splits = {split: ds.map(lambda row: {"type": overrides.get(row["task"], row["type"])})
-                  for split, ds in splits.items()}
+        splits = {
+            split: ds.map(lambda row: {"type": overrides.get(row["task"], row["type"])}) for split, ds in splits.items()
+        }
     trained = set(splits["train"]["task"])
     for split, ds in splits.items():
         missing = sorted(set(ds["task"]) - trained)
         if missing:
             raise DataError(f"{split} data: tasks {missing} have no training rows")
     # every task of every split is a training task now; this also checks that each task has one type
-    registry = TaskRegistry.from_rows(task_types, [
-        (f"{split} data", ds["task"], ds["type"]) for split, ds in splits.items()])
+    registry = TaskRegistry.from_rows(
+        task_types, [(f"{split} data", ds["task"], ds["type"]) for split, ds in splits.items()]
+    )
     reports += leak_reports(splits)
     return TaskData(splits, registry, reports)
 
@@ -103,8 +125,11 @@ def leak_reports(splits: dict[str, datasets.Dataset]) -> list[LoadReport]:
     for split in ("validation", "test"):
         if split not in splits:
             continue
-        repeats = [f"{task} row {i + 1} repeats a training input" for i, (task, text)
-                   in enumerate(zip(splits[split]["task"], splits[split]["input"])) if (task, text) in seen]
+        repeats = [
+            f"{task} row {i + 1} repeats a training input"
+            for i, (task, text) in enumerate(zip(splits[split]["task"], splits[split]["input"]))
+            if (task, text) in seen
+        ]
         if repeats:
             out.append(LoadReport(f"{split} data (leak check)", len(splits[split]), duplicates=repeats))
     return out
@@ -136,8 +161,12 @@ def _check_names(config: DataConfig, names: Sequence[str]) -> None:
         raise DataError(f"mta.data.type_overrides.{unknown[0]}: no such task in the training data")
 
 
-def make_sampler(config: DataConfig, task_sizes: dict[str, int], length: Callable[[str, int], tuple] | None = None,
-                 total_steps: int | None = None) -> MixtureSampler | LengthGroupedSampler:
+def make_sampler(
+    config: DataConfig,
+    task_sizes: dict[str, int],
+    length: Callable[[str, int], tuple] | None = None,
+    total_steps: int | None = None,
+) -> MixtureSampler | LengthGroupedSampler:
     """The training mixture of ``mta.data``: its sampling rates, seed and curriculum over these tasks' sizes;
     with ``group_by_length``, its batches re-cut by ``length(task, index)`` over windows that end with the run
     at ``total_steps``."""
@@ -156,14 +185,23 @@ def _refuse_pooled_tasks(sources: dict[str, dict[str, set[str]]], config: DataCo
     for split, by_task in sources.items():
         for task, found in sorted(by_task.items()):
             if len(found) > 1 and task not in config.merge_tasks and (kept is None or task in kept):
-                raise DataError(f"mta.data: task {task!r} has {split} rows in {' and '.join(sorted(found))}; "
-                                "rename one, drop a source (e.g. --data.suite null), or pool them on purpose "
-                                f"with mta.data.merge_tasks: [{task!r}]")
+                raise DataError(
+                    f"mta.data: task {task!r} has {split} rows in {' and '.join(sorted(found))}; "
+                    "rename one, drop a source (e.g. --data.suite null), or pool them on purpose "
+                    f"with mta.data.merge_tasks: [{task!r}]"
+                )
 
 
 def _ensure_suite(config: DataConfig, work_dir: Path) -> Path:
-    suite = {"name": DEFAULT_SUITE, "seed": 0, "train": 1000, "validation": 100, "test": 200, "tasks": None,
-             **(config.suite or {})}
+    suite = {
+        "name": DEFAULT_SUITE,
+        "seed": 0,
+        "train": 1000,
+        "validation": 100,
+        "test": 200,
+        "tasks": None,
+        **(config.suite or {}),
+    }
     spec = suite_spec(suite["name"])
     sizes = SuiteSizes(suite["train"], suite["validation"], suite["test"])
     out = work_dir / "suite"
@@ -171,8 +209,11 @@ def _ensure_suite(config: DataConfig, work_dir: Path) -> Path:
     wanted = {"version": spec.version, "seed": suite["seed"], "sizes": {s: getattr(sizes, s) for s in SPLIT_KEYS}}
     if manifest.is_file():
         have = json.loads(manifest.read_text())
-        if ({k: have.get(k) for k in wanted} == wanted and have.get("name", DEFAULT_SUITE) == spec.name
-                and list(have.get("tasks", {})) == list(suite["tasks"] or spec.tasks)):
+        if (
+            {k: have.get(k) for k in wanted} == wanted
+            and have.get("name", DEFAULT_SUITE) == spec.name
+            and list(have.get("tasks", {})) == list(suite["tasks"] or spec.tasks)
+        ):
             return out
     write_suite(out, suite["seed"], sizes, suite["tasks"], spec.name)
     return out

@@ -4,6 +4,7 @@
 ``data_files=`` the same conversion runs on local files with the hub's columns (JSONL, JSON, CSV or
 Parquet), which is how recipes are used on machines without hub access.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -34,9 +35,11 @@ def _label(recipe_labels: Sequence[str], value: Any, recipe: str) -> str:
     if isinstance(value, bool):
         return "yes" if value else "no"
     if not isinstance(value, int) or not 0 <= value < len(recipe_labels):
-        raise DataError(f"label {value!r} is not one of 0..{len(recipe_labels) - 1} "
-                        f"({', '.join(recipe_labels)}); unlabelled splits (label -1, e.g. GLUE test) "
-                        f"cannot be used for {recipe}")
+        raise DataError(
+            f"label {value!r} is not one of 0..{len(recipe_labels) - 1} "
+            f"({', '.join(recipe_labels)}); unlabelled splits (label -1, e.g. GLUE test) "
+            f"cannot be used for {recipe}"
+        )
     return recipe_labels[value]
 
 
@@ -44,28 +47,89 @@ SENTIMENT = ("negative", "positive")
 MNLI = ("entailment", "neutral", "contradiction")
 BINARY_NLI = ("entailment", "not_entailment")
 
-RECIPES: dict[str, Recipe] = {r.name: r for r in [
-    Recipe("sst2", "nyu-mll/glue", "sst2", ("sentence", "label"), "classify",
-           lambda x: (f"Is this sentence positive or negative? Sentence: {x['sentence'].strip()}",
-                      _label(SENTIMENT, x["label"], "sst2")), SENTIMENT),
-    Recipe("mnli", "nyu-mll/glue", "mnli", ("premise", "hypothesis", "label"), "nli",
-           lambda x: (f"Premise: {x['premise']} Hypothesis: {x['hypothesis']} Entailment, neutral or contradiction?",
-                      _label(MNLI, x["label"], "mnli")), MNLI),
-    Recipe("qnli", "nyu-mll/glue", "qnli", ("question", "sentence", "label"), "nli",
-           lambda x: (f"Question: {x['question']} Sentence: {x['sentence']} Does the sentence answer the question?",
-                      _label(BINARY_NLI, x["label"], "qnli")), BINARY_NLI),
-    Recipe("rte", "nyu-mll/glue", "rte", ("sentence1", "sentence2", "label"), "nli",
-           lambda x: (f"Premise: {x['sentence1']} Hypothesis: {x['sentence2']} Entailment or not_entailment?",
-                      _label(BINARY_NLI, x["label"], "rte")), BINARY_NLI),
-    Recipe("boolq", "google/boolq", None, ("question", "answer", "passage"), "classify",
-           lambda x: (f"Passage: {x['passage']} Question: {x['question']}? Yes or no?",
-                      _label(("no", "yes"), x["answer"], "boolq"))),
-    Recipe("squad", "rajpurkar/squad", None, ("context", "question", "answers"), "generate",
-           lambda x: (f"Answer from the text. Question: {x['question']} Text: {x['context']}",
-                      _first_answer(x["answers"]))),
-    Recipe("xsum", "EdinburghNLP/xsum", None, ("document", "summary"), "generate",
-           lambda x: (f"Summarize: {x['document']}", x["summary"])),
-]}
+RECIPES: dict[str, Recipe] = {
+    r.name: r
+    for r in [
+        Recipe(
+            "sst2",
+            "nyu-mll/glue",
+            "sst2",
+            ("sentence", "label"),
+            "classify",
+            lambda x: (
+                f"Is this sentence positive or negative? Sentence: {x['sentence'].strip()}",
+                _label(SENTIMENT, x["label"], "sst2"),
+            ),
+            SENTIMENT,
+        ),
+        Recipe(
+            "mnli",
+            "nyu-mll/glue",
+            "mnli",
+            ("premise", "hypothesis", "label"),
+            "nli",
+            lambda x: (
+                f"Premise: {x['premise']} Hypothesis: {x['hypothesis']} Entailment, neutral or contradiction?",
+                _label(MNLI, x["label"], "mnli"),
+            ),
+            MNLI,
+        ),
+        Recipe(
+            "qnli",
+            "nyu-mll/glue",
+            "qnli",
+            ("question", "sentence", "label"),
+            "nli",
+            lambda x: (
+                f"Question: {x['question']} Sentence: {x['sentence']} Does the sentence answer the question?",
+                _label(BINARY_NLI, x["label"], "qnli"),
+            ),
+            BINARY_NLI,
+        ),
+        Recipe(
+            "rte",
+            "nyu-mll/glue",
+            "rte",
+            ("sentence1", "sentence2", "label"),
+            "nli",
+            lambda x: (
+                f"Premise: {x['sentence1']} Hypothesis: {x['sentence2']} Entailment or not_entailment?",
+                _label(BINARY_NLI, x["label"], "rte"),
+            ),
+            BINARY_NLI,
+        ),
+        Recipe(
+            "boolq",
+            "google/boolq",
+            None,
+            ("question", "answer", "passage"),
+            "classify",
+            lambda x: (
+                f"Passage: {x['passage']} Question: {x['question']}? Yes or no?",
+                _label(("no", "yes"), x["answer"], "boolq"),
+            ),
+        ),
+        Recipe(
+            "squad",
+            "rajpurkar/squad",
+            None,
+            ("context", "question", "answers"),
+            "generate",
+            lambda x: (
+                f"Answer from the text. Question: {x['question']} Text: {x['context']}",
+                _first_answer(x["answers"]),
+            ),
+        ),
+        Recipe(
+            "xsum",
+            "EdinburghNLP/xsum",
+            None,
+            ("document", "summary"),
+            "generate",
+            lambda x: (f"Summarize: {x['document']}", x["summary"]),
+        ),
+    ]
+}
 
 
 def _first_answer(answers: Any) -> str:
@@ -75,9 +139,15 @@ def _first_answer(answers: Any) -> str:
     return texts[0]
 
 
-def load_recipe(name: str, split: str, task_types: Sequence[str], data_files: str | Sequence[str] | None = None,
-                task_type: str | None = None, limit: int | None = None, cache_dir: str | None = None
-                ) -> tuple[datasets.Dataset, LoadReport]:
+def load_recipe(
+    name: str,
+    split: str,
+    task_types: Sequence[str],
+    data_files: str | Sequence[str] | None = None,
+    task_type: str | None = None,
+    limit: int | None = None,
+    cache_dir: str | None = None,
+) -> tuple[datasets.Dataset, LoadReport]:
     """Canonical rows (input, target, task=name, type) of one recipe's split."""
     if name not in RECIPES:
         raise DataError(f"recipe {name!r}: unknown; available recipes: {sorted(RECIPES)}")
@@ -86,8 +156,10 @@ def load_recipe(name: str, split: str, task_types: Sequence[str], data_files: st
     source = _load_raw(recipe, split, data_files, cache_dir)
     missing = [c for c in recipe.columns if c not in source.column_names]
     if missing:
-        raise DataError(f"recipe {name} ({_where(recipe, split, data_files)}): missing columns {missing}; "
-                        f"expected {list(recipe.columns)}, got {source.column_names}")
+        raise DataError(
+            f"recipe {name} ({_where(recipe, split, data_files)}): missing columns {missing}; "
+            f"expected {list(recipe.columns)}, got {source.column_names}"
+        )
     if limit is not None:
         source = source.select(range(min(limit, len(source))))
     columns: dict[str, list[str]] = {"input": [], "target": [], "task": [], "type": []}
@@ -121,8 +193,9 @@ def _load_raw(recipe: Recipe, split: str, data_files: Any, cache_dir: str | None
                 raise DataError(f"recipe {recipe.name}: data file not found: {file}")
         suffixes = {Path(f).suffix.lower() for f in files}
         if len(suffixes) != 1 or next(iter(suffixes)) not in LOCAL_BUILDERS:
-            raise DataError(f"recipe {recipe.name}: data files must share one of {sorted(LOCAL_BUILDERS)}, "
-                            f"got {sorted(suffixes)}")
+            raise DataError(
+                f"recipe {recipe.name}: data files must share one of {sorted(LOCAL_BUILDERS)}, got {sorted(suffixes)}"
+            )
         builder = LOCAL_BUILDERS[suffixes.pop()]
         try:
             return datasets.load_dataset(builder, data_files=files, split="train", cache_dir=cache_dir)
@@ -131,6 +204,8 @@ def _load_raw(recipe: Recipe, split: str, data_files: Any, cache_dir: str | None
     try:
         return datasets.load_dataset(recipe.hub_path, recipe.hub_config, split=split, cache_dir=cache_dir)
     except Exception as exc:  # offline, unknown split, ...
-        raise DataError(f"recipe {recipe.name}: could not load {_where(recipe, split, None)} from the hub "
-                        f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); without hub "
-                        f"access pass data_files with the same columns {list(recipe.columns)}") from None
+        raise DataError(
+            f"recipe {recipe.name}: could not load {_where(recipe, split, None)} from the hub "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); without hub "
+            f"access pass data_files with the same columns {list(recipe.columns)}"
+        ) from None

@@ -1,4 +1,5 @@
 """Task names and task types found in the data, checked against the configured types, with stable ids."""
+
 from __future__ import annotations
 
 from typing import Iterable, Mapping, Sequence
@@ -12,8 +13,9 @@ class TaskRegistry:
     depend on file order, or an explicit ``order`` (a model that routes by task fixes it in ``mta.tasks``);
     task-type ids are positions in ``mta.task_types``."""
 
-    def __init__(self, task_types: Sequence[str], task_to_type: Mapping[str, str],
-                 order: Sequence[str] | None = None) -> None:
+    def __init__(
+        self, task_types: Sequence[str], task_to_type: Mapping[str, str], order: Sequence[str] | None = None
+    ) -> None:
         self.task_types = list(task_types)
         for name in (*task_to_type, *self.task_types):
             problem = name_problem(name)
@@ -22,8 +24,9 @@ class TaskRegistry:
         bad = {t: ty for t, ty in task_to_type.items() if ty not in self.task_types}
         if bad:
             name, kind = next(iter(bad.items()))
-            raise DataError(f"task {name!r} has type {kind!r}, which is not configured; "
-                            f"configured task types: {self.task_types}")
+            raise DataError(
+                f"task {name!r} has type {kind!r}, which is not configured; configured task types: {self.task_types}"
+            )
         if order is not None and sorted(order) != sorted(task_to_type):
             raise DataError(f"task order {list(order)} does not name exactly the tasks {sorted(task_to_type)}")
         self.names = list(order) if order is not None else sorted(task_to_type)
@@ -31,16 +34,19 @@ class TaskRegistry:
         self._ids = {name: i for i, name in enumerate(self.names)}
 
     @classmethod
-    def from_rows(cls, task_types: Sequence[str], sources: Iterable[tuple[str, Iterable[str], Iterable[str]]]
-                  ) -> "TaskRegistry":
+    def from_rows(
+        cls, task_types: Sequence[str], sources: Iterable[tuple[str, Iterable[str], Iterable[str]]]
+    ) -> "TaskRegistry":
         """``sources``: (source name, task column, type column); a task seen with two types is an error."""
         seen: dict[str, tuple[str, str]] = {}
         for source, tasks, types in sources:
             for task, kind in zip(tasks, types):
                 first = seen.setdefault(task, (kind, source))
                 if first[0] != kind:
-                    raise DataError(f"{source}: task {task!r} has type {kind!r} here but {first[0]!r} in "
-                                    f"{first[1]}; a task has exactly one type")
+                    raise DataError(
+                        f"{source}: task {task!r} has type {kind!r} here but {first[0]!r} in "
+                        f"{first[1]}; a task has exactly one type"
+                    )
         return cls(task_types, {task: kind for task, (kind, _) in seen.items()})
 
     def task_id(self, name: str) -> int:
@@ -53,8 +59,10 @@ class TaskRegistry:
         """This registry with task ids in the order of ``names`` (which must be exactly its tasks)."""
         if sorted(names) != sorted(self.names):
             extra, missing = sorted(set(names) - set(self.names)), sorted(set(self.names) - set(names))
-            raise DataError(f"{key}: the model's tasks {list(names)} are not the data's tasks {self.names} "
-                            f"(not in the data: {extra}; not in the model: {missing})")
+            raise DataError(
+                f"{key}: the model's tasks {list(names)} are not the data's tasks {self.names} "
+                f"(not in the data: {extra}; not in the model: {missing})"
+            )
         return TaskRegistry(self.task_types, self.type_of, order=names)
 
     def type_id(self, name: str) -> int:

@@ -5,6 +5,7 @@ mixing rates, the example from that task's own shuffled order (a fresh permutati
 seed, task and epoch). The whole state is a small JSON-able dict, so a resumed run draws the same batches.
 Data-parallel ranks all draw the same global batch and each takes its slice.
 """
+
 from __future__ import annotations
 
 import copy
@@ -29,14 +30,18 @@ class SamplingConfig:
     1 − metric, and at least ``min_rate`` of the uniform rate)."""
 
     strategy: Literal[STRATEGIES] = setting(  # type: ignore[valid-type]
-        "temperature", "how the mixing rates follow the task sizes: `proportional`, `temperature`, `uniform` or "
-                       "`dynamic` (*Task mixing*)")
+        "temperature",
+        "how the mixing rates follow the task sizes: `proportional`, `temperature`, `uniform` or "
+        "`dynamic` (*Task mixing*)",
+    )
     temperature: float = setting(2.0, "the temperature strategy's T (rate ∝ size^(1/T))", gt=0)
     caps: dict[str, Annotated[int, Field(ge=1)]] = setting(
-        {}, "`{task: cap}`: a cap on the task's size for its rate (T5's K)", must="an object {task: cap}")
+        {}, "`{task: cap}`: a cap on the task's size for its rate (T5's K)", must="an object {task: cap}"
+    )
     default_cap: int | None = setting(None, "the cap of tasks without one in `caps`", ge=1)
     dynamic_signal: Literal[DYNAMIC_SIGNALS] = setting(  # type: ignore[valid-type]
-        "loss", "what the dynamic strategy re-weights by: validation `loss` or `metric`")
+        "loss", "what the dynamic strategy re-weights by: validation `loss` or `metric`"
+    )
     dynamic_alpha: float = setting(1.0, "the exponent of the dynamic re-weighting", gt=0)
     min_rate: float = setting(0.1, "the dynamic rates' floor, a fraction of the uniform rate", ge=0, le=1)
 
@@ -52,8 +57,13 @@ class SamplingConfig:
 class MixtureSampler:
     """Draws mixed-task batches of (task name, example index); see the module docstring."""
 
-    def __init__(self, task_sizes: Mapping[str, int], config: SamplingConfig | None = None, seed: int = 0,
-                 curriculum: Curriculum | None = None) -> None:
+    def __init__(
+        self,
+        task_sizes: Mapping[str, int],
+        config: SamplingConfig | None = None,
+        seed: int = 0,
+        curriculum: Curriculum | None = None,
+    ) -> None:
         self.tasks = list(task_sizes)
         if not self.tasks:
             raise ValueError("sampler: no tasks")
@@ -77,8 +87,9 @@ class MixtureSampler:
     def base_rates(self) -> np.ndarray:
         """Mixing rates before curriculum and dynamic re-weighting."""
         cfg = self.config
-        capped = np.array([min(n, cfg.caps.get(t, cfg.default_cap or n)) for t, n in zip(self.tasks, self.sizes)],
-                          dtype=np.float64)
+        capped = np.array(
+            [min(n, cfg.caps.get(t, cfg.default_cap or n)) for t, n in zip(self.tasks, self.sizes)], dtype=np.float64
+        )
         if cfg.strategy == "uniform":
             rates = np.ones_like(capped)
         elif cfg.strategy == "proportional":
@@ -156,17 +167,28 @@ class MixtureSampler:
 
     # ------------------------------------------------------------------ checkpointing
     def state_dict(self) -> dict[str, Any]:
-        return {"tasks": list(self.tasks), "sizes": list(self.sizes), "seed": self.seed,
-                "rng": copy.deepcopy(self._rng.bit_generator.state), "position": list(self._position),
-                "epoch": list(self._epoch), "signal_start": list(self._signal_start), "dynamic": self._dynamic}
+        return {
+            "tasks": list(self.tasks),
+            "sizes": list(self.sizes),
+            "seed": self.seed,
+            "rng": copy.deepcopy(self._rng.bit_generator.state),
+            "position": list(self._position),
+            "epoch": list(self._epoch),
+            "signal_start": list(self._signal_start),
+            "dynamic": self._dynamic,
+        }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         if state.get("length_window"):
-            raise ValueError(f"sampler state was saved with mta.data.group_by_length = {state['length_window']}; "
-                             f"this run has 0: resume with the setting the run was started with")
+            raise ValueError(
+                f"sampler state was saved with mta.data.group_by_length = {state['length_window']}; "
+                f"this run has 0: resume with the setting the run was started with"
+            )
         if list(state["tasks"]) != self.tasks or list(state["sizes"]) != self.sizes:
-            raise ValueError(f"sampler state is for tasks {state['tasks']} with sizes {state['sizes']}; "
-                             f"this run has {self.tasks} with {self.sizes}")
+            raise ValueError(
+                f"sampler state is for tasks {state['tasks']} with sizes {state['sizes']}; "
+                f"this run has {self.tasks} with {self.sizes}"
+            )
         self.seed = int(state["seed"])
         self._rng.bit_generator.state = copy.deepcopy(state["rng"])
         self._position = list(state["position"])
@@ -181,4 +203,4 @@ def rank_slice(batch: Sequence[Any], rank: int, world_size: int) -> list[Any]:
     if len(batch) % world_size:
         raise ValueError(f"global batch of {len(batch)} does not split over {world_size} ranks")
     share = len(batch) // world_size
-    return list(batch[rank * share:(rank + 1) * share])
+    return list(batch[rank * share : (rank + 1) * share])

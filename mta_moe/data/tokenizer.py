@@ -5,6 +5,7 @@ wraps it in :class:`MTASentencePieceTokenizer` (a ``transformers`` SentencePiece
 ``save_pretrained`` / ``from_pretrained`` as usual. Every encoded sequence is ``[START] text </s>``:
 position 0 is the ``[START]`` token whose hidden state the gate reads (``sequence_repr: first``).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -28,23 +29,32 @@ class MTASentencePieceTokenizer(SentencePieceBackend):
     model_input_names = ["input_ids", "attention_mask"]
     is_fast = False
 
-    def __init__(self, vocab_file: str, eos_token: str = "</s>", unk_token: str = "<unk>",
-                 pad_token: str = "<pad>", **kwargs) -> None:
+    def __init__(
+        self, vocab_file: str, eos_token: str = "</s>", unk_token: str = "<unk>", pad_token: str = "<pad>", **kwargs
+    ) -> None:
         kwargs.setdefault("bos_token", START_TOKEN)
-        super().__init__(vocab_file=vocab_file, eos_token=eos_token, unk_token=unk_token, pad_token=pad_token,
-                         special_tokens_pattern="none", **kwargs)
+        super().__init__(
+            vocab_file=vocab_file,
+            eos_token=eos_token,
+            unk_token=unk_token,
+            pad_token=pad_token,
+            special_tokens_pattern="none",
+            **kwargs,
+        )
 
     @property
     def start_token_id(self) -> int:
         return self.bos_token_id
 
-    def build_inputs_with_special_tokens(self, token_ids_0: list[int],
-                                         token_ids_1: list[int] | None = None) -> list[int]:
+    def build_inputs_with_special_tokens(
+        self, token_ids_0: list[int], token_ids_1: list[int] | None = None
+    ) -> list[int]:
         ids = [self.bos_token_id] + token_ids_0 + [self.eos_token_id]
         return ids if token_ids_1 is None else ids + token_ids_1 + [self.eos_token_id]
 
-    def get_special_tokens_mask(self, token_ids_0: list[int], token_ids_1: list[int] | None = None,
-                                already_has_special_tokens: bool = False) -> list[int]:
+    def get_special_tokens_mask(
+        self, token_ids_0: list[int], token_ids_1: list[int] | None = None, already_has_special_tokens: bool = False
+    ) -> list[int]:
         if already_has_special_tokens:
             return [int(t in (self.bos_token_id, self.eos_token_id, self.pad_token_id)) for t in token_ids_0]
         mask = [1] + [0] * len(token_ids_0) + [1]
@@ -61,14 +71,23 @@ class MTASentencePieceTokenizer(SentencePieceBackend):
 
         backend = SpmConverter(self).converted()
         backend.post_processor = processors.TemplateProcessing(
-            single=f"{START_TOKEN} $A </s>", pair=f"{START_TOKEN} $A </s> $B </s>",
-            special_tokens=[(START_TOKEN, self.bos_token_id), ("</s>", self.eos_token_id)])
-        fast = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token=START_TOKEN, eos_token="</s>",
-                                       unk_token="<unk>", pad_token="<pad>", model_max_length=self.model_max_length)
+            single=f"{START_TOKEN} $A </s>",
+            pair=f"{START_TOKEN} $A </s> $B </s>",
+            special_tokens=[(START_TOKEN, self.bos_token_id), ("</s>", self.eos_token_id)],
+        )
+        fast = PreTrainedTokenizerFast(
+            tokenizer_object=backend,
+            bos_token=START_TOKEN,
+            eos_token="</s>",
+            unk_token="<unk>",
+            pad_token="<pad>",
+            model_max_length=self.model_max_length,
+        )
         for text in _CHECK_TEXTS:
             if self(text).input_ids != fast(text).input_ids:
-                raise ValueError(f"{self.name_or_path}: the stock conversion of the tokenizer encodes {text[:60]!r} "
-                                 "differently")
+                raise ValueError(
+                    f"{self.name_or_path}: the stock conversion of the tokenizer encodes {text[:60]!r} differently"
+                )
         return fast
 
     def save_pretrained(self, save_directory, *args, **kwargs):
@@ -82,13 +101,21 @@ class MTASentencePieceTokenizer(SentencePieceBackend):
 
 TOKENIZER_JSON = "tokenizer.json"
 # encoded by both tokenizers at conversion: words, digits, punctuation, accents, unknown characters
-_CHECK_TEXTS = ("Review: the pacing was not flimsy at all.", "12,5% of 3 dogs -- 'quoted' (text)?",
-                "ünïcödé ÅÇ ﬁ ① 漢字 \u00a0 spaces   here", "")
+_CHECK_TEXTS = (
+    "Review: the pacing was not flimsy at all.",
+    "12,5% of 3 dogs -- 'quoted' (text)?",
+    "ünïcödé ÅÇ ﬁ ① 漢字 \u00a0 spaces   here",
+    "",
+)
 
 
-def train_sentencepiece_tokenizer(texts: Iterable[str], out_dir: str | Path, vocab_size: int = 2000,
-                                  model_type: str = "unigram", seed_sentencepiece_size: int = 100_000
-                                  ) -> MTASentencePieceTokenizer:
+def train_sentencepiece_tokenizer(
+    texts: Iterable[str],
+    out_dir: str | Path,
+    vocab_size: int = 2000,
+    model_type: str = "unigram",
+    seed_sentencepiece_size: int = 100_000,
+) -> MTASentencePieceTokenizer:
     """Train SentencePiece on ``texts``, save a loadable tokenizer in ``out_dir`` and return it.
 
     ``vocab_size`` is lowered to what the text supports when it is too large, and the file
@@ -104,10 +131,21 @@ def train_sentencepiece_tokenizer(texts: Iterable[str], out_dir: str | Path, voc
     while True:
         try:
             spm.SentencePieceTrainer.train(
-                sentence_iterator=iter(texts), model_prefix=prefix, vocab_size=size, model_type=model_type,
-                pad_id=0, eos_id=1, unk_id=2, bos_id=-1, user_defined_symbols=[START_TOKEN],
-                character_coverage=1.0, num_threads=1, seed_sentencepiece_size=seed_sentencepiece_size,
-                hard_vocab_limit=True, minloglevel=2)
+                sentence_iterator=iter(texts),
+                model_prefix=prefix,
+                vocab_size=size,
+                model_type=model_type,
+                pad_id=0,
+                eos_id=1,
+                unk_id=2,
+                bos_id=-1,
+                user_defined_symbols=[START_TOKEN],
+                character_coverage=1.0,
+                num_threads=1,
+                seed_sentencepiece_size=seed_sentencepiece_size,
+                hard_vocab_limit=True,
+                minloglevel=2,
+            )
             break
         except RuntimeError as exc:  # "Vocabulary size too high (N). Please set it to a value <= M."
             limit = _suggested_limit(str(exc))
@@ -118,8 +156,12 @@ def train_sentencepiece_tokenizer(texts: Iterable[str], out_dir: str | Path, voc
     tokenizer = MTASentencePieceTokenizer(vocab_file=prefix + ".model")
     tokenizer.save_pretrained(out_dir)
     (out_dir / "sentencepiece_training.json").write_text(
-        json.dumps({"requested_vocab_size": requested, "vocab_size": size, "model_type": model_type,
-                    "sentences": len(texts)}, indent=2) + "\n")
+        json.dumps(
+            {"requested_vocab_size": requested, "vocab_size": size, "model_type": model_type, "sentences": len(texts)},
+            indent=2,
+        )
+        + "\n"
+    )
     return MTASentencePieceTokenizer.from_pretrained(out_dir)
 
 
@@ -163,5 +205,7 @@ def check_tokenizer(tokenizer: PreTrainedTokenizerBase, export_dir: str | Path, 
     tasks = Path(export_dir) / "tasks.json"
     recorded = json.loads(tasks.read_text()).get(FINGERPRINT_KEY) if tasks.is_file() else None
     if recorded is not None and recorded != tokenizer_fingerprint(tokenizer):
-        raise ValueError(f"{what}: not the tokenizer the model at {export_dir} was trained with (its vocabulary "
-                         f"differs from the one recorded in {tasks}); use the export's own tokenizer files")
+        raise ValueError(
+            f"{what}: not the tokenizer the model at {export_dir} was trained with (its vocabulary "
+            f"differs from the one recorded in {tasks}); use the export's own tokenizer files"
+        )

@@ -7,6 +7,7 @@ end token) is a logit, and the softmax over the label set is the model's class d
 Temperature scaling divides those logits by one scalar T per task, fitted by minimising the NLL on
 the validation split (Guo et al., 2017); it never changes the arg-max, so accuracy is unchanged.
 """
+
 from __future__ import annotations
 
 import math
@@ -23,8 +24,9 @@ def nll(logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0) ->
     return float(F.cross_entropy(logits.double() / temperature, labels))
 
 
-def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, bounds: tuple[float, float] = (0.05, 20.0),
-                    iterations: int = 100) -> float:
+def fit_temperature(
+    logits: torch.Tensor, labels: torch.Tensor, bounds: tuple[float, float] = (0.05, 20.0), iterations: int = 100
+) -> float:
     """The T minimising the NLL of ``softmax(logits / T)``: golden-section search over log T (the NLL
     is unimodal in log T)."""
     if len(labels) == 0:
@@ -60,8 +62,9 @@ class Reliability:
         return sum(n * abs(a - c) for a, c, n in zip(self.accuracy, self.confidence, self.count)) / max(total, 1)
 
 
-def reliability(logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0,
-                bins: int = DEFAULT_BINS) -> Reliability:
+def reliability(
+    logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0, bins: int = DEFAULT_BINS
+) -> Reliability:
     probs = torch.softmax(logits.double() / temperature, dim=-1)
     confidence, predicted = probs.max(dim=-1)
     correct = (predicted == labels).double()
@@ -76,15 +79,28 @@ def reliability(logits: torch.Tensor, labels: torch.Tensor, temperature: float =
     return Reliability(conf, acc, count)
 
 
-def calibrate(val_logits: torch.Tensor, val_labels: torch.Tensor, test_logits: torch.Tensor,
-              test_labels: torch.Tensor, bins: int = DEFAULT_BINS) -> dict[str, object]:
+def calibrate(
+    val_logits: torch.Tensor,
+    val_labels: torch.Tensor,
+    test_logits: torch.Tensor,
+    test_labels: torch.Tensor,
+    bins: int = DEFAULT_BINS,
+) -> dict[str, object]:
     """Fit T on validation; NLL and ECE on test before (T = 1) and after, plus both reliability tables."""
     temperature = fit_temperature(val_logits, val_labels)
-    before, after = reliability(test_logits, test_labels, 1.0, bins), reliability(test_logits, test_labels,
-                                                                                  temperature, bins)
-    return {"temperature": temperature,
-            "nll_before": nll(test_logits, test_labels), "nll_after": nll(test_logits, test_labels, temperature),
-            "ece_before": before.ece, "ece_after": after.ece,
-            "accuracy": float((test_logits.argmax(-1) == test_labels).double().mean()) if len(test_labels) else
-            float("nan"),
-            "reliability_before": before.__dict__, "reliability_after": after.__dict__}
+    before, after = (
+        reliability(test_logits, test_labels, 1.0, bins),
+        reliability(test_logits, test_labels, temperature, bins),
+    )
+    return {
+        "temperature": temperature,
+        "nll_before": nll(test_logits, test_labels),
+        "nll_after": nll(test_logits, test_labels, temperature),
+        "ece_before": before.ece,
+        "ece_after": after.ece,
+        "accuracy": float((test_logits.argmax(-1) == test_labels).double().mean())
+        if len(test_labels)
+        else float("nan"),
+        "reliability_before": before.__dict__,
+        "reliability_after": after.__dict__,
+    }

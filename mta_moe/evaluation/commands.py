@@ -1,4 +1,5 @@
 """``mta-moe evaluate`` and ``mta-moe report``: the per-task table of one export, the report of several runs."""
+
 from __future__ import annotations
 
 import argparse
@@ -18,8 +19,15 @@ def evaluate_command(args: argparse.Namespace, _: Sequence[str] = ()) -> int:
             raise ValueError(f"--out {args.out}: is a directory; name the JSON file to write")
         generation_settings(args)
         chance = load_chance(args.chance) if args.chance else {}
-        result = evaluate_export(args.model, args.data, args.batch_size, args.max_input_length, args.max_new_tokens,
-                                 predictions_path=args.predictions, device=args.device)
+        result = evaluate_export(
+            args.model,
+            args.data,
+            args.batch_size,
+            args.max_input_length,
+            args.max_new_tokens,
+            predictions_path=args.predictions,
+            device=args.device,
+        )
     except (DataError, FileNotFoundError, ValueError, KeyError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -27,8 +35,19 @@ def evaluate_command(args: argparse.Namespace, _: Sequence[str] = ()) -> int:
     if args.out:
         scores = {task: m["primary"] for task, m in result["tasks"].items()}
         scores["macro"] = result["macro"]
-        Path(args.out).write_text(json.dumps({"scores": scores, "metrics": result["tasks"], "kinds": result["kinds"],
-                                              "by_type": result.get("by_type", {}), "chance": chance}, indent=2) + "\n")
+        Path(args.out).write_text(
+            json.dumps(
+                {
+                    "scores": scores,
+                    "metrics": result["tasks"],
+                    "kinds": result["kinds"],
+                    "by_type": result.get("by_type", {}),
+                    "chance": chance,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
     return 0
 
 
@@ -57,9 +76,19 @@ def report_command(args: argparse.Namespace, _: Sequence[str] = ()) -> int:
         generation_settings(args, next(iter(systems.values())))  # lengths the first system was trained with
         chance = load_chance(args.chance) if args.chance else {}
         affinity = json.loads(Path(args.affinity).read_text()) if args.affinity else None
-        cfg = ReportConfig(systems, args.test, args.validation, args.baseline, args.threshold, chance,
-                           args.batch_size, args.max_input_length, args.max_new_tokens, affinity=affinity,
-                           device=args.device)
+        cfg = ReportConfig(
+            systems,
+            args.test,
+            args.validation,
+            args.baseline,
+            args.threshold,
+            chance,
+            args.batch_size,
+            args.max_input_length,
+            args.max_new_tokens,
+            affinity=affinity,
+            device=args.device,
+        )
         report = build_report(cfg, args.out)
     except (DataError, FileNotFoundError, ValueError, KeyError) as exc:
         print(f"error: {exc}", file=sys.stderr)

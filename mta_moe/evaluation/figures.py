@@ -1,4 +1,5 @@
 """PNG figures of the report (matplotlib, no display needed)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,8 +11,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 
 
-def routing_heatmap(path: Path, title: str, tasks: Sequence[str], weights: Sequence[Sequence[float]],
-                    counts: Sequence[Sequence[int]]) -> Path:
+def routing_heatmap(
+    path: Path, title: str, tasks: Sequence[str], weights: Sequence[Sequence[float]], counts: Sequence[Sequence[int]]
+) -> Path:
     """Task x adapter mean gate weights, each cell annotated with its sequence count."""
     fig, ax = plt.subplots(figsize=(1.2 + 0.7 * len(weights[0]), 1.0 + 0.45 * len(tasks)))
     image = ax.imshow(weights, cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
@@ -19,8 +21,9 @@ def routing_heatmap(path: Path, title: str, tasks: Sequence[str], weights: Seque
     ax.set_yticks(range(len(tasks)), tasks)
     for i, row in enumerate(counts):
         for j, n in enumerate(row):
-            ax.text(j, i, str(n), ha="center", va="center", fontsize=7,
-                    color="white" if weights[i][j] < 0.6 else "black")
+            ax.text(
+                j, i, str(n), ha="center", va="center", fontsize=7, color="white" if weights[i][j] < 0.6 else "black"
+            )
     ax.set_title(title, fontsize=9)
     ax.set_xlabel("adapter (cell: mean gate weight, number: sequences)")
     fig.colorbar(image, ax=ax, fraction=0.05)
@@ -58,8 +61,9 @@ def loss_curves(path: Path, title: str, curves: Mapping[str, Sequence[tuple[int,
     return _save(fig, path)
 
 
-def affinity_heatmap(path: Path, tasks: Sequence[str], values: Sequence[Sequence[float]],
-                     groups: Sequence[Sequence[str]]) -> Path:
+def affinity_heatmap(
+    path: Path, tasks: Sequence[str], values: Sequence[Sequence[float]], groups: Sequence[Sequence[str]]
+) -> Path:
     """Task x task normalised affinity (red: one task's step raises the other's loss), tasks ordered by
     group, with the groups (adapters) outlined."""
     order = [t for g in groups for t in g]
@@ -74,8 +78,11 @@ def affinity_heatmap(path: Path, tasks: Sequence[str], values: Sequence[Sequence
             ax.text(j, i, f"{value:+.2f}", ha="center", va="center", fontsize=6)
     start = 0
     for g, members in enumerate(groups):
-        ax.add_patch(plt.Rectangle((start - 0.5, start - 0.5), len(members), len(members), fill=False,
-                                   edgecolor="black", linewidth=2))
+        ax.add_patch(
+            plt.Rectangle(
+                (start - 0.5, start - 0.5), len(members), len(members), fill=False, edgecolor="black", linewidth=2
+            )
+        )
         ax.text(start + len(members) - 0.5, start - 0.6, f"A{g}", fontsize=7, ha="right", va="bottom")
         start += len(members)
     ax.set_title("task affinity (lookahead, normalised); boxes: tasks sharing an adapter", fontsize=8)

@@ -1,4 +1,5 @@
 """Greedy generation over a dataset, sharded over data-parallel ranks (the texts that metrics score)."""
+
 from __future__ import annotations
 
 import math
@@ -13,10 +14,17 @@ from ..data import IGNORE_INDEX, Collator
 
 
 @torch.no_grad()
-def generate_predictions(model: torch.nn.Module, dataset: datasets.Dataset, tokenizer: PreTrainedTokenizerBase,
-                         collate: Collator, batch_size: int, max_new_tokens: int, lockstep: bool,
-                         device: torch.device, prompt_only: Callable[[dict[str, Any]], dict[str, Any]] | None = None
-                         ) -> list[str]:
+def generate_predictions(
+    model: torch.nn.Module,
+    dataset: datasets.Dataset,
+    tokenizer: PreTrainedTokenizerBase,
+    collate: Collator,
+    batch_size: int,
+    max_new_tokens: int,
+    lockstep: bool,
+    device: torch.device,
+    prompt_only: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+) -> list[str]:
     """Every example's greedy generation, in dataset order, on every rank.
 
     Each rank decodes its share of ``dataset`` (rows rank, rank + world, ...); the texts are gathered.
@@ -31,7 +39,7 @@ def generate_predictions(model: torch.nn.Module, dataset: datasets.Dataset, toke
     was_training = model.training
     model.eval()
     for b in range(batches if lockstep else math.ceil(len(indices) / batch_size)):
-        chunk = indices[b * batch_size:(b + 1) * batch_size]
+        chunk = indices[b * batch_size : (b + 1) * batch_size]
         real = len(chunk)
         if not chunk:  # lockstep: this rank has run out, decode a stand-in and ignore it
             chunk = [0]
@@ -39,12 +47,18 @@ def generate_predictions(model: torch.nn.Module, dataset: datasets.Dataset, toke
         feats = [prompt_only(r) if prompt_only else r for r in rows]
         batch = collate(feats)
         # lockstep: ranks that finish early keep running forwards until every rank is done (synced_gpus)
-        out = model.generate(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
-                             task_type_ids=batch["task_type_ids"].to(device), task_ids=batch["task_ids"].to(device),
-                             max_new_tokens=max_new_tokens,
-                             do_sample=False, num_beams=1, synced_gpus=lockstep)
+        out = model.generate(
+            input_ids=batch["input_ids"].to(device),
+            attention_mask=batch["attention_mask"].to(device),
+            task_type_ids=batch["task_type_ids"].to(device),
+            task_ids=batch["task_ids"].to(device),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            num_beams=1,
+            synced_gpus=lockstep,
+        )
         if not model.config.is_encoder_decoder:
-            out = out[:, batch["input_ids"].shape[1]:]
+            out = out[:, batch["input_ids"].shape[1] :]
         texts = tokenizer.batch_decode(out, skip_special_tokens=True)
         for index, text in list(zip(chunk, texts))[:real]:
             mine[index] = text

@@ -1,4 +1,5 @@
 """Teacher-forced log-likelihood of every candidate label: the class logits of a generative model."""
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -11,27 +12,44 @@ from ..data import IGNORE_INDEX, Collator, TaskRegistry, tokenize_examples
 
 
 @torch.no_grad()
-def label_logits(model: torch.nn.Module, tokenizer, registry: TaskRegistry, rows: datasets.Dataset,
-                 labels: Sequence[str], max_input_length: int, max_target_length: int, batch_size: int = 64,
-                 device: torch.device | str = "cpu") -> torch.Tensor:
+def label_logits(
+    model: torch.nn.Module,
+    tokenizer,
+    registry: TaskRegistry,
+    rows: datasets.Dataset,
+    labels: Sequence[str],
+    max_input_length: int,
+    max_target_length: int,
+    batch_size: int = 64,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
     """[len(rows), len(labels)]: log P(label | input) summed over the label's tokens (end token included)."""
     mode = "seq2seq" if model.config.is_encoder_decoder else "causal"
-    pairs = [{"input": row["input"], "target": label, "type": row["type"], "task": row["task"]}
-             for row in rows for label in labels]
+    pairs = [
+        {"input": row["input"], "target": label, "type": row["type"], "task": row["task"]}
+        for row in rows
+        for label in labels
+    ]
     if not pairs:
         return torch.zeros(0, len(labels))
-    tokenized, _ = tokenize_examples(datasets.Dataset.from_list(pairs), tokenizer, registry, max_input_length,
-                                     max_target_length, mode)
+    tokenized, _ = tokenize_examples(
+        datasets.Dataset.from_list(pairs), tokenizer, registry, max_input_length, max_target_length, mode
+    )
     collate = Collator(tokenizer.pad_token_id, mode, "right" if mode == "seq2seq" else "left")
     was_training = model.training
     model.eval()
     scores = []
     table = tokenized.to_list()  # plain rows, converted once
     for start in range(0, len(tokenized), batch_size):
-        batch = collate(table[start:start + batch_size])
+        batch = collate(table[start : start + batch_size])
         batch = {k: v.to(device) for k, v in batch.items()}
-        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"],
-                    task_type_ids=batch["task_type_ids"], task_ids=batch["task_ids"])
+        out = model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            labels=batch["labels"],
+            task_type_ids=batch["task_type_ids"],
+            task_ids=batch["task_ids"],
+        )
         logits, target = out.logits.float(), batch["labels"]
         if mode == "causal":
             logits, target = logits[:, :-1], target[:, 1:]

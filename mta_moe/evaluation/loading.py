@@ -1,4 +1,5 @@
 """An export loaded for scoring: the model on a device, its tokenizer, its tasks in the order it routes them."""
+
 from __future__ import annotations
 
 import json
@@ -41,10 +42,10 @@ def resolve_device(name: str = "auto") -> torch.device:
         device = torch.device(name)
     except RuntimeError:
         raise ValueError(f"--device: expected auto, cpu, cuda or cuda:N, got {name!r}") from None
-    if device.type == "cuda" and (not torch.cuda.is_available()
-                                  or (device.index or 0) >= torch.cuda.device_count()):
-        raise ValueError(f"--device {name}: no such CUDA device is visible "
-                         f"({torch.cuda.device_count()} visible); use --device cpu")
+    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+        raise ValueError(
+            f"--device {name}: no such CUDA device is visible ({torch.cuda.device_count()} visible); use --device cpu"
+        )
     if device.type not in ("cpu", "cuda"):
         raise ValueError(f"--device: expected auto, cpu, cuda or cuda:N, got {name!r}")
     return device

@@ -1,6 +1,7 @@
 """The negative-transfer report: every system's per-task test scores, deltas against a baseline with
 negative transfer flagged, per-task routing heatmaps with collapse warnings, calibration of the
 classification tasks, and per-task loss curves. Written as report.md + report.json + PNG figures."""
+
 from __future__ import annotations
 
 import json
@@ -56,8 +57,7 @@ def export_dir(path: str | Path, checkpoint: str = "export") -> Path:
         return path
     if (path / checkpoint / "tasks.json").is_file():
         return path / checkpoint
-    raise FileNotFoundError(f"{path}: neither an export (tasks.json) nor a run directory with "
-                            f"{checkpoint}/tasks.json")
+    raise FileNotFoundError(f"{path}: neither an export (tasks.json) nor a run directory with {checkpoint}/tasks.json")
 
 
 def build_report(cfg: ReportConfig, out_dir: str | Path) -> dict[str, Any]:
@@ -80,12 +80,19 @@ def build_report(cfg: ReportConfig, out_dir: str | Path) -> dict[str, Any]:
             entry["loss_curve_png"] = _loss_curves(name, metrics_file, out)
         systems[name] = entry
     baseline = _baseline_scores(cfg.baseline, systems)
-    report = {"systems": systems, "baseline": cfg.baseline if isinstance(cfg.baseline, str) else cfg.baseline_name,
-              "baseline_given": cfg.baseline is not None and not isinstance(cfg.baseline, str),
-              "baseline_scores": baseline, "threshold": cfg.threshold, "chance": cfg.chance,
-              "deltas": _deltas(systems, baseline), "warnings": warnings}
-    report["negative_transfer"] = {name: [t for t, d in deltas.items() if d < -cfg.threshold]
-                                   for name, deltas in report["deltas"].items()}
+    report = {
+        "systems": systems,
+        "baseline": cfg.baseline if isinstance(cfg.baseline, str) else cfg.baseline_name,
+        "baseline_given": cfg.baseline is not None and not isinstance(cfg.baseline, str),
+        "baseline_scores": baseline,
+        "threshold": cfg.threshold,
+        "chance": cfg.chance,
+        "deltas": _deltas(systems, baseline),
+        "warnings": warnings,
+    }
+    report["negative_transfer"] = {
+        name: [t for t, d in deltas.items() if d < -cfg.threshold] for name, deltas in report["deltas"].items()
+    }
     if cfg.protocol is not None:
         report["protocol"] = cfg.protocol
     entries = {n: {**e, "row_scores": rows[n]["scores"], "row_tasks": rows[n]["tasks"]} for n, e in systems.items()}
@@ -105,9 +112,16 @@ def _scored(export, cfg: ReportConfig) -> tuple[dict[str, Any], datasets.Dataset
     """One export's scores on the test file (its trained tasks), with each row's primary score and task."""
     test, untrained = _known_rows(cfg.test, export)
     result = evaluate_rows(export, test, cfg.batch_size, cfg.max_input_length, cfg.max_new_tokens)
-    entry = {"scores": {t: m["primary"] for t, m in result["tasks"].items()}, "metrics": result["tasks"],
-             "kinds": result["kinds"], "macro": result["macro"], "by_type": result.get("by_type", {}),
-             "untrained_tasks": untrained, "row_scores": result["row_scores"], "row_tasks": list(test["task"])}
+    entry = {
+        "scores": {t: m["primary"] for t, m in result["tasks"].items()},
+        "metrics": result["tasks"],
+        "kinds": result["kinds"],
+        "macro": result["macro"],
+        "by_type": result.get("by_type", {}),
+        "untrained_tasks": untrained,
+        "row_scores": result["row_scores"],
+        "row_tasks": list(test["task"]),
+    }
     return entry, test
 
 
@@ -119,15 +133,17 @@ def _fixed_budget(cfg: ReportConfig, rows: dict[str, Any]) -> dict[str, Any]:
         entries[name] = entry
         rows[f"{name}@fixed_budget"] = {"tasks": entry["row_tasks"], "scores": entry["row_scores"]}
     summary = system_summary(entries, cfg.seed_groups, cfg.reference)
-    return {"title": cfg.fixed_budget_title, "exports": dict(cfg.fixed_budget or {}),
-            "runs": {n: {"scores": e["scores"], "macro": e["macro"]} for n, e in entries.items()},
-            "summary": summary}
+    return {
+        "title": cfg.fixed_budget_title,
+        "exports": dict(cfg.fixed_budget or {}),
+        "runs": {n: {"scores": e["scores"], "macro": e["macro"]} for n, e in entries.items()},
+        "summary": summary,
+    }
 
 
 def _affinity(record: Mapping[str, Any], out: Path) -> dict[str, Any]:
     png = figures.affinity_heatmap(out / "affinity.png", record["tasks"], record["normalised"], record["groups"])
-    return {"tasks": record["tasks"], "normalised": record["normalised"], "groups": record["groups"],
-            "png": png.name}
+    return {"tasks": record["tasks"], "normalised": record["normalised"], "groups": record["groups"], "png": png.name}
 
 
 def _known_rows(path: str, export) -> tuple[datasets.Dataset, list[str]]:
@@ -154,26 +170,36 @@ def _baseline_scores(baseline: str | Mapping[str, float] | None, systems: Mappin
 
 
 def _deltas(systems: Mapping[str, Any], baseline: Mapping[str, float]) -> dict[str, dict[str, float]]:
-    return {name: {t: s - baseline[t] for t, s in entry["scores"].items() if t in baseline}
-            for name, entry in systems.items()}
+    return {
+        name: {t: s - baseline[t] for t, s in entry["scores"].items() if t in baseline}
+        for name, entry in systems.items()
+    }
 
 
 def _routing(name: str, export, test: datasets.Dataset, cfg: ReportConfig, out: Path, warnings: list[str]) -> dict:
-    tokenized, _ = tokenize_examples(test, export.tokenizer, export.registry, cfg.max_input_length,
-                                     cfg.max_new_tokens, export.mode)
+    tokenized, _ = tokenize_examples(
+        test, export.tokenizer, export.registry, cfg.max_input_length, cfg.max_new_tokens, export.mode
+    )
     layers = {}
-    for layer, table in routing_by_task(export.model, tokenized, export.collator(), cfg.batch_size,
-                                          export.device).items():
-        png = figures.routing_heatmap(out / f"routing_{name}_{_slug(layer)}.png", f"{name}: {layer}", table.tasks,
-                                      table.mean_weights, table.counts)
+    for layer, table in routing_by_task(
+        export.model, tokenized, export.collator(), cfg.batch_size, export.device
+    ).items():
+        png = figures.routing_heatmap(
+            out / f"routing_{name}_{_slug(layer)}.png",
+            f"{name}: {layer}",
+            table.tasks,
+            table.mean_weights,
+            table.counts,
+        )
         found = collapse_warnings(f"{name} {layer}", table.counts, table.sequences)
         warnings.extend(found)
         layers[layer] = {**asdict(table), "png": png.name, "warnings": found}
     return layers
 
 
-def _calibration(name: str, export, validation: datasets.Dataset, test: datasets.Dataset, cfg: ReportConfig,
-                 out: Path) -> dict:
+def _calibration(
+    name: str, export, validation: datasets.Dataset, test: datasets.Dataset, cfg: ReportConfig, out: Path
+) -> dict:
     results = {}
     for task, profile in sorted(export.profiles.items()):
         if profile["kind"] != "classification" or task not in set(test["task"]):
@@ -182,13 +208,27 @@ def _calibration(name: str, export, validation: datasets.Dataset, test: datasets
         logits, gold = {}, {}
         for split, rows in (("validation", validation), ("test", test)):
             subset = rows.filter(lambda r: r["task"] == task)
-            logits[split] = label_logits(export.model, export.tokenizer, export.registry, subset, labels,
-                                         cfg.max_input_length, cfg.max_new_tokens, cfg.batch_size, export.device)
+            logits[split] = label_logits(
+                export.model,
+                export.tokenizer,
+                export.registry,
+                subset,
+                labels,
+                cfg.max_input_length,
+                cfg.max_new_tokens,
+                cfg.batch_size,
+                export.device,
+            )
             gold[split] = torch.tensor([_label_index(labels, t, task) for t in subset["target"]])
         result = calibrate(logits["validation"], gold["validation"], logits["test"], gold["test"])
-        png = figures.reliability_diagram(out / f"reliability_{name}_{task}.png", f"{name}: {task}",
-                                          {"before": result["reliability_before"],
-                                           f"after (T={result['temperature']:.2f})": result["reliability_after"]})
+        png = figures.reliability_diagram(
+            out / f"reliability_{name}_{task}.png",
+            f"{name}: {task}",
+            {
+                "before": result["reliability_before"],
+                f"after (T={result['temperature']:.2f})": result["reliability_after"],
+            },
+        )
         results[task] = {**result, "png": png.name}
     return results
 

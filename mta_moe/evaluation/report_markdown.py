@@ -1,6 +1,7 @@
 """report.md from the report's JSON: the score table (one column per system, mean ± sd over seeds, paired-test
 marks, when runs are grouped into systems; one column per run with Δ against the baseline otherwise), the budget,
 the fixed-budget table, affinity, and each run's curves, routing and calibration."""
+
 from __future__ import annotations
 
 import math
@@ -19,21 +20,30 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     lines += _protocol_lines(report.get("protocol"))
     if "affinity" in report:
         aff = report["affinity"]
-        lines += ["## Task affinity", "",
-                  "Lookahead affinity of a fully shared probe (normalised; negative: a step on one task raises the "
-                  "other's loss). Tasks in one box share an adapter.", "", f"![affinity]({aff['png']})", ""]
+        lines += [
+            "## Task affinity",
+            "",
+            "Lookahead affinity of a fully shared probe (normalised; negative: a step on one task raises the "
+            "other's loss). Tasks in one box share an adapter.",
+            "",
+            f"![affinity]({aff['png']})",
+            "",
+        ]
         lines += [f"- adapter {g}: {', '.join(members)}" for g, members in enumerate(aff["groups"])] + [""]
     for name, entry in systems.items():
         lines += [f"## {name}", "", f"![loss]({entry['loss_curve_png']})" if "loss_curve_png" in entry else "", ""]
         if entry.get("untrained_tasks"):
             lines.append(f"- not trained on {', '.join(entry['untrained_tasks'])}: left out of its scores and macro")
         for layer, table in entry["routing"].items():
-            lines.append(f"- routing `{layer}`: ![routing]({table['png']})" +
-                         ("".join(f" — ⚠ {w}" for w in table["warnings"])))
+            lines.append(
+                f"- routing `{layer}`: ![routing]({table['png']})" + ("".join(f" — ⚠ {w}" for w in table["warnings"]))
+            )
         for task, cal in entry.get("calibration", {}).items():
-            lines.append(f"- calibration `{task}`: T = {cal['temperature']:.2f}, NLL {cal['nll_before']:.3f} → "
-                         f"{cal['nll_after']:.3f}, ECE {cal['ece_before']:.3f} → {cal['ece_after']:.3f} "
-                         f"([reliability]({cal['png']}))")
+            lines.append(
+                f"- calibration `{task}`: T = {cal['temperature']:.2f}, NLL {cal['nll_before']:.3f} → "
+                f"{cal['nll_after']:.3f}, ECE {cal['ece_before']:.3f} → {cal['ece_after']:.3f} "
+                f"([reliability]({cal['png']}))"
+            )
         lines.append("")
     if report["warnings"]:
         lines += ["## Warnings", ""] + [f"- {w}" for w in report["warnings"]] + [""]
@@ -46,12 +56,23 @@ def _run_table(report: Mapping[str, Any]) -> list[str]:
     names = list(systems)
     tasks = sorted({t for entry in systems.values() for t in entry["scores"]})
     with_delta = bool(baseline)
-    lines = [_metric_line() + (f" Δ is the score minus the baseline ({report['baseline']}); ⚠ marks negative "
-                               f"transfer (Δ < −{report['threshold']})." if with_delta else ""), ""]
+    lines = [
+        _metric_line()
+        + (
+            f" Δ is the score minus the baseline ({report['baseline']}); ⚠ marks negative "
+            f"transfer (Δ < −{report['threshold']})."
+            if with_delta
+            else ""
+        ),
+        "",
+    ]
     given = report.get("baseline_given", False)
-    header = ("| task | kind |" + (f" {report['baseline']} |" if given else "")
-              + "".join(f" {n} |" + (f" Δ {n} |" if with_delta else "") for n in names)
-              + (" chance |" if report["chance"] else ""))
+    header = (
+        "| task | kind |"
+        + (f" {report['baseline']} |" if given else "")
+        + "".join(f" {n} |" + (f" Δ {n} |" if with_delta else "") for n in names)
+        + (" chance |" if report["chance"] else "")
+    )
     lines += [header, "|" + "---|" * (header.count("|") - 1)]
     for task in tasks:
         kind = next(e["kinds"][task] for e in systems.values() if task in e["kinds"])
@@ -78,12 +99,16 @@ def _grouped_tables(report: Mapping[str, Any]) -> list[str]:
     models) as the first column."""
     kinds = {t: k for e in report["systems"].values() for t, k in e["kinds"].items()}
     checkpoint = report.get("checkpoint", "export")
-    title = ("At each run's best validation checkpoint" if checkpoint == "best" else
-             f"At each run's `{checkpoint}`")
+    title = "At each run's best validation checkpoint" if checkpoint == "best" else f"At each run's `{checkpoint}`"
     lines = [_metric_line(), ""]
-    for summary, heading in ((report["summary"], title),
-                             *(((report["fixed_budget"]["summary"], report["fixed_budget"]["title"]),)
-                               if report.get("fixed_budget") else ())):
+    for summary, heading in (
+        (report["summary"], title),
+        *(
+            ((report["fixed_budget"]["summary"], report["fixed_budget"]["title"]),)
+            if report.get("fixed_budget")
+            else ()
+        ),
+    ):
         summary = _with_baseline(summary, report)
         lines += render_system_table(summary, kinds, report["chance"], heading)
     return lines
@@ -93,14 +118,18 @@ def _with_baseline(summary: Mapping[str, Any], report: Mapping[str, Any]) -> dic
     if not report.get("baseline_given"):
         return dict(summary)
     scores = report["baseline_scores"]
-    column = {"runs": [], "macro": spread([_mean(scores.values())]),
-              "tasks": {t: spread([v]) for t, v in scores.items()}}
+    column = {
+        "runs": [],
+        "macro": spread([_mean(scores.values())]),
+        "tasks": {t: spread([v]) for t, v in scores.items()},
+    }
     return {**summary, "systems": {report["baseline"]: column, **summary["systems"]}}
 
 
 def _metric_line() -> str:
-    return ("Primary metric per task (accuracy for classification, exact match for extraction, ROUGE-L F for "
-            "generation).")
+    return (
+        "Primary metric per task (accuracy for classification, exact match for extraction, ROUGE-L F for generation)."
+    )
 
 
 def _protocol_lines(protocol: Mapping[str, Any] | None) -> list[str]:
@@ -108,17 +137,25 @@ def _protocol_lines(protocol: Mapping[str, Any] | None) -> list[str]:
         return []
     lines = ["## Budget", ""]
     if protocol.get("best_checkpoint"):
-        lines.append(f"Every multi-task system trains up to {protocol['multi_task_steps']} steps, validating every "
-                     f"{protocol.get('eval_every')} steps; " + (
-                         f"it stops after {protocol['patience']} validations without a better validation macro, "
-                         if protocol.get("patience") else "") +
-                     "and is scored at its best validation checkpoint. The fixed-budget table scores each run at "
-                     f"step {protocol['fixed_budget']} (its checkpoint there; a run that stopped earlier, at its "
-                     "last step).")
+        lines.append(
+            f"Every multi-task system trains up to {protocol['multi_task_steps']} steps, validating every "
+            f"{protocol.get('eval_every')} steps; "
+            + (
+                f"it stops after {protocol['patience']} validations without a better validation macro, "
+                if protocol.get("patience")
+                else ""
+            )
+            + "and is scored at its best validation checkpoint. The fixed-budget table scores each run at "
+            f"step {protocol['fixed_budget']} (its checkpoint there; a run that stopped earlier, at its "
+            "last step)."
+        )
         lines.append("")
     if protocol.get("single_task_steps"):
-        how = ("as many examples of its task as the multi-task mixture drew (its sampler replayed)"
-               if protocol["single_task_budget"] == "examples" else "as many steps as the multi-task run")
+        how = (
+            "as many examples of its task as the multi-task mixture drew (its sampler replayed)"
+            if protocol["single_task_budget"] == "examples"
+            else "as many steps as the multi-task run"
+        )
         lines.append(f"Each single-task model sees {how} at the fixed budget:")
         lines += ["", "| task | examples in the mixture | single-task steps |", "|---|---|---|"]
         for task, steps in protocol["single_task_steps"].items():
@@ -127,10 +164,12 @@ def _protocol_lines(protocol: Mapping[str, Any] | None) -> list[str]:
     for name, what in protocol.get("matched", {}).items():
         lines.append(f"- `{name}`: {what}")
     if protocol.get("stage2"):
-        lines.append("- `shared_stage2`: the shared model through the same stage 2 as MTA (same steps, same "
-                     "trainable parts); `mta_stage1_more`: MTA stage 1 trained on for stage 2's steps (same data, "
-                     "learning rate and schedule, every part trainable, no stage-2 parts), the reference for stage "
-                     "2's gain")
+        lines.append(
+            "- `shared_stage2`: the shared model through the same stage 2 as MTA (same steps, same "
+            "trainable parts); `mta_stage1_more`: MTA stage 1 trained on for stage 2's steps (same data, "
+            "learning rate and schedule, every part trainable, no stage-2 parts), the reference for stage "
+            "2's gain"
+        )
     return lines + [""]
 
 

@@ -1,5 +1,6 @@
 """Routing per *task* (the gate itself only sees task types): run the model over labelled rows and
 read each MTA layer's decision for every sequence; detect routing collapse."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -24,8 +25,13 @@ class TaskRouting:
 
 
 @torch.no_grad()
-def routing_by_task(model: torch.nn.Module, tokenized: datasets.Dataset, collate: Collator, batch_size: int = 64,
-                    device: torch.device | str = "cpu") -> dict[str, TaskRouting]:
+def routing_by_task(
+    model: torch.nn.Module,
+    tokenized: datasets.Dataset,
+    collate: Collator,
+    batch_size: int = 64,
+    device: torch.device | str = "cpu",
+) -> dict[str, TaskRouting]:
     """Teacher-forced forwards over ``tokenized`` (rows of ``tokenize_examples``); per layer name."""
     tasks = sorted(set(tokenized["task"]))
     task_index = {t: i for i, t in enumerate(tasks)}
@@ -34,17 +40,27 @@ def routing_by_task(model: torch.nn.Module, tokenized: datasets.Dataset, collate
     model.eval()
     table = tokenized.to_list()  # plain rows, converted once
     for start in range(0, len(tokenized), batch_size):
-        rows = table[start:start + batch_size]
+        rows = table[start : start + batch_size]
         batch = {k: v.to(device) for k, v in collate(rows).items()}
-        model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"],
-              task_type_ids=batch["task_type_ids"], task_ids=batch["task_ids"])
+        model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            labels=batch["labels"],
+            task_type_ids=batch["task_type_ids"],
+            task_ids=batch["task_ids"],
+        )
         ids = torch.tensor([task_index[r["task"]] for r in rows])
         for name, layer in model.mta_layers.items():
             decision = layer.last_routing
             dense = decision.selection.dense_weights().double().cpu()
-            acc = sums.setdefault(name, {"n": torch.zeros(len(tasks), dtype=torch.float64),
-                                         "counts": torch.zeros(len(tasks), dense.size(1), dtype=torch.float64),
-                                         "weights": torch.zeros(len(tasks), dense.size(1), dtype=torch.float64)})
+            acc = sums.setdefault(
+                name,
+                {
+                    "n": torch.zeros(len(tasks), dtype=torch.float64),
+                    "counts": torch.zeros(len(tasks), dense.size(1), dtype=torch.float64),
+                    "weights": torch.zeros(len(tasks), dense.size(1), dtype=torch.float64),
+                },
+            )
             acc["n"].index_add_(0, ids, torch.ones(len(rows), dtype=torch.float64))
             acc["counts"].index_add_(0, ids, (dense > 0).double())
             acc["weights"].index_add_(0, ids, dense)
@@ -55,13 +71,19 @@ def routing_by_task(model: torch.nn.Module, tokenized: datasets.Dataset, collate
     out = {}
     for name, acc in sums.items():
         n = acc["n"].clamp(min=1).unsqueeze(1)
-        out[name] = TaskRouting(tasks, [int(v) for v in acc["n"]], acc["counts"].long().tolist(),
-                                (acc["weights"] / n).tolist(), (acc["mix"] / n).tolist() if "mix" in acc else None)
+        out[name] = TaskRouting(
+            tasks,
+            [int(v) for v in acc["n"]],
+            acc["counts"].long().tolist(),
+            (acc["weights"] / n).tolist(),
+            (acc["mix"] / n).tolist() if "mix" in acc else None,
+        )
     return out
 
 
-def collapse_warnings(layer: str, counts: list[list[float]], sequences: list[float],
-                      share: float = COLLAPSE_SHARE) -> list[str]:
+def collapse_warnings(
+    layer: str, counts: list[list[float]], sequences: list[float], share: float = COLLAPSE_SHARE
+) -> list[str]:
     """Routing collapse in one layer's [rows][adapters] sequence counts: while a sequence picks fewer
     adapters than exist, one adapter serves at least ``share`` of all sequences, or an adapter is never used."""
     total = sum(sequences)

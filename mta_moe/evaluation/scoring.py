@@ -1,4 +1,5 @@
 """Standalone evaluation of an export: load it, generate for canonical-format data, score per task."""
+
 from __future__ import annotations
 
 import json
@@ -15,8 +16,9 @@ from .loading import LoadedExport, load_export
 from .stock import is_stock_folder, load_stock_folder
 
 
-def evaluate_rows(export: LoadedExport, rows: datasets.Dataset, batch_size: int, max_input_length: int,
-                  max_new_tokens: int) -> dict[str, Any]:
+def evaluate_rows(
+    export: LoadedExport, rows: datasets.Dataset, batch_size: int, max_input_length: int, max_new_tokens: int
+) -> dict[str, Any]:
     """Generate for ``rows`` (canonical columns) and score them; adds ``kinds``, ``predictions`` and ``row_scores``
     (each row's primary score, in row order)."""
     profiles = dict(export.profiles)
@@ -24,25 +26,46 @@ def evaluate_rows(export: LoadedExport, rows: datasets.Dataset, batch_size: int,
     if missing:  # an export from before task profiles were recorded: infer them from these rows
         subset = rows.filter(lambda r: r["task"] in missing)
         profiles.update(profile_tasks(list(subset["task"]), list(subset["input"]), list(subset["target"])))
-    tokenized, _ = tokenize_examples(rows, export.tokenizer, export.registry, max_input_length, max_new_tokens,
-                                     export.mode)
-    predictions = generate_predictions(export.model, tokenized, export.tokenizer, export.collator(), batch_size,
-                                       max_new_tokens, lockstep=False, device=export.device,
-                                       prompt_only=causal_prompt if export.mode == "causal" else None)
+    tokenized, _ = tokenize_examples(
+        rows, export.tokenizer, export.registry, max_input_length, max_new_tokens, export.mode
+    )
+    predictions = generate_predictions(
+        export.model,
+        tokenized,
+        export.tokenizer,
+        export.collator(),
+        batch_size,
+        max_new_tokens,
+        lockstep=False,
+        device=export.device,
+        prompt_only=causal_prompt if export.mode == "causal" else None,
+    )
     tasks = sorted(set(rows["task"]))
-    result = score_predictions(list(rows["task"]), list(rows["target"]), predictions,
-                               {t: profiles[t]["kind"] for t in tasks}, export.registry.type_of,
-                               {t: profiles[t]["labels"] for t in tasks})
+    result = score_predictions(
+        list(rows["task"]),
+        list(rows["target"]),
+        predictions,
+        {t: profiles[t]["kind"] for t in tasks},
+        export.registry.type_of,
+        {t: profiles[t]["labels"] for t in tasks},
+    )
     result["kinds"] = {t: profiles[t]["kind"] for t in tasks}
     result["predictions"] = predictions
-    result["row_scores"] = [row_scores(result["kinds"][task], [p], [g])[0]
-                            for task, g, p in zip(rows["task"], rows["target"], predictions)]
+    result["row_scores"] = [
+        row_scores(result["kinds"][task], [p], [g])[0] for task, g, p in zip(rows["task"], rows["target"], predictions)
+    ]
     return result
 
 
-def evaluate_export(model_dir: str | Path, data_path: str | Path, batch_size: int = 64, max_input_length: int = 128,
-                    max_new_tokens: int = 32, predictions_path: str | Path | None = None,
-                    device: str | torch.device = "cpu") -> dict[str, Any]:
+def evaluate_export(
+    model_dir: str | Path,
+    data_path: str | Path,
+    batch_size: int = 64,
+    max_input_length: int = 128,
+    max_new_tokens: int = 32,
+    predictions_path: str | Path | None = None,
+    device: str | torch.device = "cpu",
+) -> dict[str, Any]:
     """Score an MTA export on every row of ``data_path``, or a per-task stock folder (``mta-moe export``) on the
     rows of its task."""
     if is_stock_folder(model_dir):  # a per-task folder of `mta-moe export`: its task's rows only
@@ -54,9 +77,13 @@ def evaluate_export(model_dir: str | Path, data_path: str | Path, batch_size: in
         export.registry.check_known(str(data_path), rows["task"])
     result = evaluate_rows(export, rows, batch_size, max_input_length, max_new_tokens)
     if predictions_path:
-        Path(predictions_path).write_text("".join(
-            json.dumps({"task": row["task"], "input": row["input"], "target": row["target"], "prediction": text}) + "\n"
-            for row, text in zip(rows, result["predictions"])))
+        Path(predictions_path).write_text(
+            "".join(
+                json.dumps({"task": row["task"], "input": row["input"], "target": row["target"], "prediction": text})
+                + "\n"
+                for row, text in zip(rows, result["predictions"])
+            )
+        )
     return result
 
 

@@ -8,6 +8,7 @@ each task (so every task keeps its size in the macro) and recomputes each task's
 difference (the mean over tasks). The p-value is two-sided: twice the share of resamples on the other side of 0
 than the observed difference (at least one resample's worth, ``1 / resamples``).
 """
+
 from __future__ import annotations
 
 from typing import Mapping, Sequence
@@ -18,15 +19,22 @@ RESAMPLES = 2000
 ALPHA = 0.05
 
 
-def paired_bootstrap(first: Sequence[Sequence[float]], second: Sequence[Sequence[float]], tasks: Sequence[str],
-                     resamples: int = RESAMPLES, seed: int = 0) -> dict:
+def paired_bootstrap(
+    first: Sequence[Sequence[float]],
+    second: Sequence[Sequence[float]],
+    tasks: Sequence[str],
+    resamples: int = RESAMPLES,
+    seed: int = 0,
+) -> dict:
     """``first`` / ``second``: one list of per-row scores per seed (same seeds, same rows, same order); ``tasks``:
     each row's task. Returns ``{"macro": test, "tasks": {task: test}}``, each test with ``delta`` (first − second),
     ``low`` / ``high`` (95 % percentile interval) and ``p``."""
     a, b = np.asarray(first, dtype=np.float64), np.asarray(second, dtype=np.float64)
     if a.ndim != 2 or a.shape != b.shape or a.shape[1] != len(tasks) or a.shape[0] == 0:
-        raise ValueError(f"paired_bootstrap: need [seeds, rows] scores of equal shape with one task per row; got "
-                         f"{a.shape}, {b.shape} and {len(tasks)} tasks")
+        raise ValueError(
+            f"paired_bootstrap: need [seeds, rows] scores of equal shape with one task per row; got "
+            f"{a.shape}, {b.shape} and {len(tasks)} tasks"
+        )
     diff = (a - b).mean(axis=0)  # per row, averaged over the paired seeds
     rng = np.random.default_rng(seed)
     names = sorted(set(tasks))
@@ -37,8 +45,10 @@ def paired_bootstrap(first: Sequence[Sequence[float]], second: Sequence[Sequence
         observed[name] = float(rows.mean())
         boots[name] = rows[rng.integers(0, len(rows), size=(resamples, len(rows)))].mean(axis=1)
     macro = float(np.mean([observed[n] for n in names]))
-    return {"macro": _summary(macro, np.mean([boots[n] for n in names], axis=0), resamples),
-            "tasks": {n: _summary(observed[n], boots[n], resamples) for n in names}}
+    return {
+        "macro": _summary(macro, np.mean([boots[n] for n in names], axis=0), resamples),
+        "tasks": {n: _summary(observed[n], boots[n], resamples) for n in names},
+    }
 
 
 def _summary(delta: float, boot: np.ndarray, resamples: int) -> dict[str, float]:
@@ -51,8 +61,12 @@ def _summary(delta: float, boot: np.ndarray, resamples: int) -> dict[str, float]
     return {"delta": float(delta), "low": float(low), "high": float(high), "p": float(p)}
 
 
-def compare_systems(row_scores: Mapping[str, Mapping[str, Sequence[float]]], tasks: Sequence[str],
-                    reference: str, resamples: int = RESAMPLES) -> dict[str, dict]:
+def compare_systems(
+    row_scores: Mapping[str, Mapping[str, Sequence[float]]],
+    tasks: Sequence[str],
+    reference: str,
+    resamples: int = RESAMPLES,
+) -> dict[str, dict]:
     """Every system against ``reference``: ``row_scores[system][seed key]`` are one run's per-row scores; only the
     seeds both systems ran are paired. Returns ``{system: {"seeds": n, **paired_bootstrap(...)}}`` (systems without
     a seed in common with the reference are left out)."""
@@ -63,6 +77,8 @@ def compare_systems(row_scores: Mapping[str, Mapping[str, Sequence[float]]], tas
             continue
         seeds = [s for s in runs if s in base]
         if seeds:
-            out[system] = {"seeds": len(seeds), **paired_bootstrap([runs[s] for s in seeds], [base[s] for s in seeds],
-                                                                   tasks, resamples)}
+            out[system] = {
+                "seeds": len(seeds),
+                **paired_bootstrap([runs[s] for s in seeds], [base[s] for s in seeds], tasks, resamples),
+            }
     return out

@@ -1,5 +1,6 @@
 """Scoring a per-task stock folder written by ``mta-moe export``: the rows of its task (or task type) through the
 stock Hugging Face model, exactly as an MTA export's rows go through the MTA model."""
+
 from __future__ import annotations
 
 import json

@@ -1,6 +1,7 @@
 """Runs grouped into systems (one run per seed): mean ± sample standard deviation per task and of the macro, and
 paired tests of every system against a reference system (:mod:`.significance`), rendered as one column per
 system."""
+
 from __future__ import annotations
 
 import math
@@ -15,7 +16,7 @@ def group_runs(runs: Sequence[str], groups: Mapping[str, str]) -> dict[str, dict
     out: dict[str, dict[str, str]] = {}
     for run in runs:
         system = groups.get(run, run)
-        key = run[len(system):] if run.startswith(system) else run
+        key = run[len(system) :] if run.startswith(system) else run
         out.setdefault(system, {})[key] = run
     return out
 
@@ -28,8 +29,9 @@ def spread(values: Sequence[float]) -> dict[str, float]:
     return {"mean": mean, "std": std, "min": min(values), "max": max(values), "n": len(values)}
 
 
-def system_summary(entries: Mapping[str, Mapping[str, Any]], groups: Mapping[str, str],
-                   reference: str | None) -> dict[str, Any]:
+def system_summary(
+    entries: Mapping[str, Mapping[str, Any]], groups: Mapping[str, str], reference: str | None
+) -> dict[str, Any]:
     """``entries``: run name → ``{"scores", "macro", "row_scores", "row_tasks"}``. Per system: its runs, each
     task's and the macro's spread over seeds; ``tests``: each system against ``reference`` (None: no tests),
     pairing the runs of equal seed keys that scored the same rows."""
@@ -38,15 +40,20 @@ def system_summary(entries: Mapping[str, Mapping[str, Any]], groups: Mapping[str
     for system, runs in members.items():
         names = list(runs.values())
         tasks = sorted({t for n in names for t in entries[n]["scores"]})
-        systems[system] = {"runs": names, "macro": spread([entries[n]["macro"] for n in names]),
-                           "tasks": {t: spread([entries[n]["scores"][t] for n in names if t in entries[n]["scores"]])
-                                     for t in tasks}}
+        systems[system] = {
+            "runs": names,
+            "macro": spread([entries[n]["macro"] for n in names]),
+            "tasks": {t: spread([entries[n]["scores"][t] for n in names if t in entries[n]["scores"]]) for t in tasks},
+        }
     tests: dict[str, Any] = {}
     if reference is not None and reference in members:
         rows = entries[next(iter(members[reference].values()))].get("row_tasks")
-        comparable = {system: {key: entries[run]["row_scores"] for key, run in runs.items()
-                               if entries[run].get("row_tasks") == rows}
-                      for system, runs in members.items()}
+        comparable = {
+            system: {
+                key: entries[run]["row_scores"] for key, run in runs.items() if entries[run].get("row_tasks") == rows
+            }
+            for system, runs in members.items()
+        }
         if rows:
             tests = compare_systems(comparable, rows, reference)
     return {"reference": reference, "systems": systems, "tests": tests, "alpha": ALPHA}
@@ -64,25 +71,38 @@ def recommendation(summary: Mapping[str, Any]) -> str:
     test = tests.get(best)
     gain = systems[best]["macro"]["mean"] - systems[reference]["macro"]["mean"]
     if test is not None and test["macro"]["p"] < summary["alpha"]:
-        return (f"pick `{best}`: {gain:+.3f} macro over `{reference}` (paired bootstrap p = {test['macro']['p']:.3f}, "
-                f"{test['seeds']} seeds)")
+        return (
+            f"pick `{best}`: {gain:+.3f} macro over `{reference}` (paired bootstrap p = {test['macro']['p']:.3f}, "
+            f"{test['seeds']} seeds)"
+        )
     p = "" if test is None else f", p = {test['macro']['p']:.3f}"
-    return (f"pick `{reference}`: the best system, `{best}`, is {gain:+.3f} macro above it, but the paired test "
-            f"does not separate them (p ≥ {summary['alpha']}{p}); more seeds or more test rows could")
+    return (
+        f"pick `{reference}`: the best system, `{best}`, is {gain:+.3f} macro above it, but the paired test "
+        f"does not separate them (p ≥ {summary['alpha']}{p}); more seeds or more test rows could"
+    )
 
 
-def render_system_table(summary: Mapping[str, Any], kinds: Mapping[str, str], chance: Mapping[str, float],
-                        title: str) -> list[str]:
+def render_system_table(
+    summary: Mapping[str, Any], kinds: Mapping[str, str], chance: Mapping[str, float], title: str
+) -> list[str]:
     """Markdown: one row per task and a macro row, one column per system (mean ± sd over its seeds); ▲ / ▼ mark
     a paired-test difference from the reference at p < alpha; then the paired tests' table."""
     systems, tests, reference = summary["systems"], summary["tests"], summary["reference"]
     names = list(systems)
     tasks = sorted({t for s in systems.values() for t in s["tasks"]})
     seeds = max((s["macro"]["n"] for s in systems.values()), default=1)
-    lines = [f"## {title}", "",
-             (f"Mean ± sample standard deviation over {seeds} seeds. " if seeds > 1 else "")
-             + (f"▲ / ▼: above / below `{reference}` in a paired bootstrap over test rows pooled over seeds "
-                f"(p < {summary['alpha']}; tests below)." if tests else ""), ""]
+    lines = [
+        f"## {title}",
+        "",
+        (f"Mean ± sample standard deviation over {seeds} seeds. " if seeds > 1 else "")
+        + (
+            f"▲ / ▼: above / below `{reference}` in a paired bootstrap over test rows pooled over seeds "
+            f"(p < {summary['alpha']}; tests below)."
+            if tests
+            else ""
+        ),
+        "",
+    ]
     header = "| task | kind |" + "".join(f" {n} |" for n in names) + (" chance |" if chance else "")
     lines += [header, "|" + "---|" * (header.count("|") - 1)]
     for task in tasks:
@@ -90,20 +110,28 @@ def render_system_table(summary: Mapping[str, Any], kinds: Mapping[str, str], ch
         for name in names:
             row += f" {_cell(systems[name]['tasks'].get(task), tests.get(name, {}).get('tasks', {}).get(task))} |"
         lines.append(row + (f" {chance[task]:.3f} |" if task in chance else (" |" if chance else "")))
-    lines.append("| **macro** | |" + "".join(f" **{_cell(systems[n]['macro'], tests.get(n, {}).get('macro'))}** |"
-                                             for n in names) + (" |" if chance else ""))
+    lines.append(
+        "| **macro** | |"
+        + "".join(f" **{_cell(systems[n]['macro'], tests.get(n, {}).get('macro'))}** |" for n in names)
+        + (" |" if chance else "")
+    )
     lines.append("")
     if tests:
-        lines += [f"Paired tests against `{reference}` (Δ = system − {reference}; 95 % bootstrap interval):", "",
-                  "| system | paired seeds | Δ macro | 95 % interval | p | tasks above | tasks below |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += [
+            f"Paired tests against `{reference}` (Δ = system − {reference}; 95 % bootstrap interval):",
+            "",
+            "| system | paired seeds | Δ macro | 95 % interval | p | tasks above | tasks below |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for name, test in tests.items():
             macro = test["macro"]
             above = [t for t, r in test["tasks"].items() if r["p"] < summary["alpha"] and r["delta"] > 0]
             below = [t for t, r in test["tasks"].items() if r["p"] < summary["alpha"] and r["delta"] < 0]
-            lines.append(f"| {name} | {test['seeds']} | {macro['delta']:+.3f} | [{macro['low']:+.3f}, "
-                         f"{macro['high']:+.3f}] | {macro['p']:.3f} | {', '.join(above) or '—'} | "
-                         f"{', '.join(below) or '—'} |")
+            lines.append(
+                f"| {name} | {test['seeds']} | {macro['delta']:+.3f} | [{macro['low']:+.3f}, "
+                f"{macro['high']:+.3f}] | {macro['p']:.3f} | {', '.join(above) or '—'} | "
+                f"{', '.join(below) or '—'} |"
+            )
         lines += ["", f"**Verdict:** {recommendation(summary)}.", ""]
     return lines
 

@@ -15,6 +15,7 @@ sqrt(Z̄[i, i]·Z̄[j, j])`` (``Z̄ = (Z + Zᵀ)/2``, clipped to [−1, 1]), a c
 while every pair of their tasks has ``R`` above the threshold, so tasks that hurt each other (``R < 0``) never
 share one.
 """
+
 from __future__ import annotations
 
 import copy
@@ -51,23 +52,38 @@ class Affinity:
 
     def warnings(self) -> list[str]:
         own = [self.lookahead[i][i] for i in range(len(self.tasks))]
-        return [f"{task}: training on it for the lookahead horizon did not lower its own probe loss "
-                f"(Z = {value:+.4f}); its affinities are set to 0, so it gets an adapter of its own"
-                for task, value in zip(self.tasks, own) if value <= 0]
+        return [
+            f"{task}: training on it for the lookahead horizon did not lower its own probe loss "
+            f"(Z = {value:+.4f}); its affinities are set to 0, so it gets an adapter of its own"
+            for task, value in zip(self.tasks, own)
+            if value <= 0
+        ]
 
     def as_dict(self) -> dict:
-        return {"tasks": self.tasks, "lookahead": self.lookahead, "cosine": self.cosine,
-                "normalised": self.normalised(), "points": self.points, "steps": self.steps,
-                "warnings": self.warnings()}
+        return {
+            "tasks": self.tasks,
+            "lookahead": self.lookahead,
+            "cosine": self.cosine,
+            "normalised": self.normalised(),
+            "points": self.points,
+            "steps": self.steps,
+            "warnings": self.warnings(),
+        }
 
 
 LossFn = Callable[[nn.Module, dict[str, Tensor]], Tensor]
 BatchSource = Callable[[str, int], dict[str, Tensor]]  # (task, step) -> a training batch of that task
 
 
-def measure(model: nn.Module, probe: Mapping[str, dict[str, Tensor]], loss_fn: LossFn,
-            params: Sequence[nn.Parameter], train_batch: BatchSource, optimizer: torch.optim.Optimizer,
-            horizon: int = 10) -> tuple[Tensor, Tensor]:
+def measure(
+    model: nn.Module,
+    probe: Mapping[str, dict[str, Tensor]],
+    loss_fn: LossFn,
+    params: Sequence[nn.Parameter],
+    train_batch: BatchSource,
+    optimizer: torch.optim.Optimizer,
+    horizon: int = 10,
+) -> tuple[Tensor, Tensor]:
     """One measurement: (lookahead Z [T, T], gradient cosine [T, T]) at the model's current parameters.
     ``probe``: held-out rows per task; ``train_batch(task, s)``: the s-th training batch of a task for the
     lookahead, taken with ``optimizer`` from its current state (warm Adam moments make a step the size of a
@@ -78,8 +94,9 @@ def measure(model: nn.Module, probe: Mapping[str, dict[str, Tensor]], loss_fn: L
     grads = []
     for task in tasks:
         g = torch.autograd.grad(loss_fn(model, probe[task]), params, allow_unused=True)
-        grads.append(torch.cat([(x if x is not None else torch.zeros_like(p)).reshape(-1).double()
-                                for x, p in zip(g, params)]))
+        grads.append(
+            torch.cat([(x if x is not None else torch.zeros_like(p)).reshape(-1).double() for x, p in zip(g, params)])
+        )
     flat = torch.stack(grads)
     cosine = F.normalize(flat, dim=1) @ F.normalize(flat, dim=1).t()
     saved = [p.detach().clone() for p in params]
@@ -109,8 +126,9 @@ def average(tasks: Sequence[str], measurements: Sequence[tuple[Tensor, Tensor]],
     return Affinity(list(tasks), lookahead.tolist(), cosine.tolist(), len(measurements), list(steps))
 
 
-def group_tasks(tasks: Sequence[str], normalised: Sequence[Sequence[float]], threshold: float = 0.1,
-                max_groups: int | None = None) -> list[list[str]]:
+def group_tasks(
+    tasks: Sequence[str], normalised: Sequence[Sequence[float]], threshold: float = 0.1, max_groups: int | None = None
+) -> list[list[str]]:
     """Complete-linkage groups: merge the two groups whose weakest pair is strongest, while that pair's
     affinity exceeds ``threshold``; with ``max_groups``, keep merging past the threshold but never a pair
     with negative affinity (then a ValueError says why the groups cannot be fewer)."""
@@ -121,15 +139,19 @@ def group_tasks(tasks: Sequence[str], normalised: Sequence[Sequence[float]], thr
         return min(float(r[i, j]) for i in a for j in b)
 
     while len(groups) > 1:
-        best = max(((link(a, b), x, y) for x, a in enumerate(groups) for y, b in enumerate(groups) if x < y),
-                   key=lambda item: item[0])
+        best = max(
+            ((link(a, b), x, y) for x, a in enumerate(groups) for y, b in enumerate(groups) if x < y),
+            key=lambda item: item[0],
+        )
         value, x, y = best
         over = max_groups is not None and len(groups) > max_groups
         if value <= threshold and not (over and value >= 0):
             if over:
                 names = [[tasks[i] for i in g] for g in groups]
-                raise ValueError(f"--max-groups {max_groups}: the tasks cannot share fewer than {len(groups)} "
-                                 f"adapters without putting tasks of negative affinity together (groups {names})")
+                raise ValueError(
+                    f"--max-groups {max_groups}: the tasks cannot share fewer than {len(groups)} "
+                    f"adapters without putting tasks of negative affinity together (groups {names})"
+                )
             break
         groups[x] = sorted(groups[x] + groups[y])
         del groups[y]
@@ -141,5 +163,10 @@ def assignment_config(groups: Sequence[Sequence[str]], ep_size: int = 1) -> dict
     ``num_experts`` (padded to a multiple of ``ep_size``), ``task_adapter_assignment`` and ``k`` = 1."""
     tasks = [t for g in groups for t in g]
     experts = len(groups) + (-len(groups)) % ep_size
-    return {"route_by": "task", "tasks": sorted(tasks), "num_experts": experts, "k": 1,
-            "task_adapter_assignment": {t: [gi] for gi, g in enumerate(groups) for t in g}}
+    return {
+        "route_by": "task",
+        "tasks": sorted(tasks),
+        "num_experts": experts,
+        "k": 1,
+        "task_adapter_assignment": {t: [gi] for gi, g in enumerate(groups) for t in g},
+    }

@@ -1,5 +1,6 @@
 """Equal-budget arithmetic for comparisons: how many examples of each task a multi-task run draws, and how many
 steps a single-task run needs to see as many."""
+
 from __future__ import annotations
 
 import math

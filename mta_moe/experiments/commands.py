@@ -1,4 +1,5 @@
 """``mta-moe compare`` and ``mta-moe affinity``."""
+
 from __future__ import annotations
 
 import argparse
@@ -28,20 +29,37 @@ def compare_command(args: argparse.Namespace, overrides: Sequence[str]) -> int:
             stage2 = read_config_file(Path(args.stage2))
             apply_overrides(stage2, overrides)
             build_run_config(_with_init_from(stage2), "compare --stage2")
-        from .compare import Variant, compare
+        from .compare import compare
+        from .plan import Variant
+
         temperatures = [float(t) for t in args.ablate_temperature.split(",") if t.strip()]
         seeds = [_seed(s) for s in args.seeds.split(",") if s.strip()]
         variants = [_variant(name, words, Variant) for name, words in args.variant]
         launcher = shlex.split(args.launcher) if args.launcher else [sys.executable]
-        report = compare(stage1, stage2, args.out, temperatures, args.ablate_freeze, args.threshold, launcher,
-                         variants=variants, single_task_budget=args.single_task_budget,
-                         single_task=not args.no_single_task, seeds=seeds, device=args.device, steps=args.steps,
-                         patience=args.patience, eval_every=args.eval_every, overwrite=args.overwrite)
+        report = compare(
+            stage1,
+            stage2,
+            args.out,
+            temperatures,
+            args.ablate_freeze,
+            args.threshold,
+            launcher,
+            variants=variants,
+            single_task_budget=args.single_task_budget,
+            single_task=not args.no_single_task,
+            seeds=seeds,
+            device=args.device,
+            steps=args.steps,
+            patience=args.patience,
+            eval_every=args.eval_every,
+            overwrite=args.overwrite,
+        )
     except (ConfigError, DataError, FileNotFoundError, ValueError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"wrote {args.out}/report/report.md")
     from ..evaluation.systems import recommendation
+
     verdict = recommendation(report["summary"])
     if verdict:
         print(f"on this data: {verdict}")
@@ -102,10 +120,20 @@ def affinity_command(args: argparse.Namespace, overrides: Sequence[str]) -> int:
         affinity = run_probe(cfg, out, settings, export=args.model)
         groups = group_tasks(affinity.tasks, affinity.normalised(), args.threshold, args.max_groups)
         layer_keys = assignment_config(groups, cfg.mta.ep_size)
-        path = write_affinity(affinity, groups, layer_keys,
-                              out, {"probe_steps": None if args.model else settings.steps, "every": settings.every,
-                                    "rows": settings.rows, "model": args.model, "threshold": args.threshold,
-                                    "horizon": settings.horizon})
+        path = write_affinity(
+            affinity,
+            groups,
+            layer_keys,
+            out,
+            {
+                "probe_steps": None if args.model else settings.steps,
+                "every": settings.every,
+                "rows": settings.rows,
+                "model": args.model,
+                "threshold": args.threshold,
+                "horizon": settings.horizon,
+            },
+        )
         raw["mta"].update(layer_keys)
         config = out / "stage1_affinity.json"
         config.write_text(json.dumps(raw, indent=2) + "\n")

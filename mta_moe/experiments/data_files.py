@@ -1,4 +1,5 @@
 """The comparison's own copies of its evaluation data, and chance levels for any data."""
+
 from __future__ import annotations
 
 import json
@@ -17,14 +18,16 @@ def write_split(rows: datasets.Dataset, path: Path) -> Path:
     """``rows`` (canonical columns) as JSONL at ``path``, written whole or not at all."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(json.dumps({k: row[k] for k in CANONICAL}, ensure_ascii=False) + "\n" for row in rows),
-                   encoding="utf-8")
+    tmp.write_text(
+        "".join(json.dumps({k: row[k] for k in CANONICAL}, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8"
+    )
     tmp.replace(path)
     return path
 
 
-def chance_levels(train: datasets.Dataset, test: datasets.Dataset, kinds: dict[str, str] | None = None
-                  ) -> dict[str, float]:
+def chance_levels(
+    train: datasets.Dataset, test: datasets.Dataset, kinds: dict[str, str] | None = None
+) -> dict[str, float]:
     """Per test task: the primary score of always answering the task's most frequent training target
     (the majority class for classification)."""
     profiles = profile_tasks(list(train["task"]), list(train["input"]), list(train["target"]), kinds)

@@ -1,5 +1,6 @@
 """The affinity probe: a fully shared model trained briefly on the uniform task mixture, measured along the way
 (or a trained export measured once). Plain PyTorch on one process: a measurement, not a training product."""
+
 from __future__ import annotations
 
 import json
@@ -31,13 +32,23 @@ class ProbeSettings:
 
 def token_loss(model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
     """Mean token cross-entropy of a batch (the model's own loss, routing aux loss excluded)."""
-    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"],
-                task_type_ids=batch["task_type_ids"], task_ids=batch["task_ids"])
+    out = model(
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        labels=batch["labels"],
+        task_type_ids=batch["task_type_ids"],
+        task_ids=batch["task_ids"],
+    )
     return out.loss - (model.last_aux_loss if model.last_aux_loss is not None else 0.0)
 
 
-def run_probe(cfg: RunConfig, out: Path, settings: ProbeSettings, export: str | None = None,
-              log: Callable[[str], None] | None = None) -> Affinity:
+def run_probe(
+    cfg: RunConfig,
+    out: Path,
+    settings: ProbeSettings,
+    export: str | None = None,
+    log: Callable[[str], None] | None = None,
+) -> Affinity:
     """Affinity of the configured data's tasks: along a shared probe run, or at ``export`` (a trained model);
     progress goes to ``log`` (default: the ``mta_moe`` logger)."""
     log = log or get_logger(__name__).info
@@ -45,6 +56,7 @@ def run_probe(cfg: RunConfig, out: Path, settings: ProbeSettings, export: str | 
     tasks = list(data.registry.names)
     if export is not None:
         from ..evaluation.scoring import load_export
+
         loaded = load_export(export)
         model, tokenizer = loaded.model, loaded.tokenizer
         unknown = sorted(set(tasks) - set(loaded.registry.names))
@@ -54,13 +66,15 @@ def run_probe(cfg: RunConfig, out: Path, settings: ProbeSettings, export: str | 
     else:
         texts = list(data.splits["train"]["input"]) + list(data.splits["train"]["target"])
         tokenizer = build_tokenizer(cfg.model, texts, out / "tokenizer")
-        model = MTAModel(build_backbone(cfg.model, tokenizer, cfg.train.seed),
-                         cfg.mta.replace(num_experts=1, k=1, ep_size=1, route_by="type", tasks=None,
-                                         task_adapter_assignment=None))
+        model = MTAModel(
+            build_backbone(cfg.model, tokenizer, cfg.train.seed),
+            cfg.mta.replace(num_experts=1, k=1, ep_size=1, route_by="type", tasks=None, task_adapter_assignment=None),
+        )
         registry = data.registry
     mode = model_mode(model.base_model)
-    train, _ = tokenize_examples(data.splits["train"], tokenizer, registry, cfg.data.max_input_length,
-                                 cfg.data.max_target_length, mode)
+    train, _ = tokenize_examples(
+        data.splits["train"], tokenizer, registry, cfg.data.max_input_length, cfg.data.max_target_length, mode
+    )
     collate = Collator(tokenizer.pad_token_id, mode, "right" if mode == "seq2seq" else "left")
     train = train.select_columns(["input_ids", "labels", "task_type_id", "task_id"]).to_list()
     rows = data.task_indices()

@@ -5,6 +5,7 @@ The folder loads with ``AutoModelForSeq2SeqLM`` / ``AutoModelForCausalLM`` / ``A
 routing key, each layer's adapters and weights, and the largest logit difference measured at export; ``README.md``
 is its model card (Hub metadata: base model, datasets, the task's validation score from the source card).
 """
+
 from __future__ import annotations
 
 import json
@@ -30,8 +31,9 @@ TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-9, torch.bfloat16: 2e-2, tor
 
 
 @torch.no_grad()
-def output_difference(model: MTAModel, plain: torch.nn.Module, route_id: int, batch: int = 4,
-                      length: int = 12, seed: int = 0) -> tuple[float, float]:
+def output_difference(
+    model: MTAModel, plain: torch.nn.Module, route_id: int, batch: int = 4, length: int = 12, seed: int = 0
+) -> tuple[float, float]:
     """(largest |output difference|, largest |output|) of the MTA model (routed to ``route_id``) against ``plain``
     on random ids."""
     config = plain.config
@@ -39,7 +41,7 @@ def output_difference(model: MTAModel, plain: torch.nn.Module, route_id: int, ba
     ref = next(plain.parameters())
     ids = torch.randint(4, config.vocab_size, (batch, length), generator=gen).to(ref.device)
     mask = torch.ones_like(ids)
-    mask[1, length // 2:] = 0  # one padded row: the gate reads the first position, the fold must not care
+    mask[1, length // 2 :] = 0  # one padded row: the gate reads the first position, the fold must not care
     kwargs: dict[str, Any] = {"input_ids": ids, "attention_mask": mask}
     if getattr(config, "is_encoder_decoder", False):
         decoder_ids = torch.randint(4, config.vocab_size, (batch, length // 2), generator=gen)
@@ -57,8 +59,14 @@ def output_difference(model: MTAModel, plain: torch.nn.Module, route_id: int, ba
     return float((expected - plain_out[0].float()).abs().max()), float(expected.abs().max())
 
 
-def export_task(model: MTAModel, out: str | Path, task: str | None = None, task_type: str | None = None,
-                tokenizer_dir: str | Path | None = None, source: str | None = None) -> dict[str, Any]:
+def export_task(
+    model: MTAModel,
+    out: str | Path,
+    task: str | None = None,
+    task_type: str | None = None,
+    tokenizer_dir: str | Path | None = None,
+    source: str | None = None,
+) -> dict[str, Any]:
     """Fold ``model`` for one task (or task type) and write the stock folder ``out`` (all files appear together).
 
     Args:
@@ -80,24 +88,33 @@ def export_task(model: MTAModel, out: str | Path, task: str | None = None, task_
     diff, scale = output_difference(model, result.model, route_id)
     tolerance = TOLERANCE.get(next(result.model.parameters()).dtype, 1e-4) * max(1.0, scale)
     if not diff <= tolerance:
-        raise MergeError(f"the folded model differs from the MTA model by {diff:.3g} (tolerance {tolerance:.3g}); "
-                         "nothing was written")
+        raise MergeError(
+            f"the folded model differs from the MTA model by {diff:.3g} (tolerance {tolerance:.3g}); "
+            "nothing was written"
+        )
     record = _record(result, diff, source)
     _write_folder(result, Path(out), record, tokenizer_dir, task_card(result.model, record, source))
     return record
 
 
 def _record(result: FoldResult, diff: float, source: str | None) -> dict[str, Any]:
-    return {"source": source, "route_by": result.route_by, "routing_key": result.key,
-            "architecture": type(result.model).__name__, "ffn_widths": result.widths,
-            "layers": {k: {"adapters": v.adapters, "weights": v.weights, "width": v.width}
-                       for k, v in result.layers.items()},
-            "parameters": sum(p.numel() for p in result.model.parameters()),
-            "max_abs_output_difference": diff}
+    return {
+        "source": source,
+        "route_by": result.route_by,
+        "routing_key": result.key,
+        "architecture": type(result.model).__name__,
+        "ffn_widths": result.widths,
+        "layers": {
+            k: {"adapters": v.adapters, "weights": v.weights, "width": v.width} for k, v in result.layers.items()
+        },
+        "parameters": sum(p.numel() for p in result.model.parameters()),
+        "max_abs_output_difference": diff,
+    }
 
 
-def _write_folder(result: FoldResult, out: Path, record: dict[str, Any], tokenizer_dir: str | Path | None,
-                  card: str) -> None:
+def _write_folder(
+    result: FoldResult, out: Path, record: dict[str, Any], tokenizer_dir: str | Path | None, card: str
+) -> None:
     if out.exists() and any(out.iterdir()):
         raise MergeError(f"{out}: exists and is not empty; choose a new directory")
 
@@ -134,8 +151,13 @@ def export_command(args, _=()) -> int:
         out = Path(args.out)
         if len(targets) == 1:
             task, task_type = targets[0]
-            _report(task or task_type, out, export_task(model, out, task=task, task_type=task_type,
-                                                        tokenizer_dir=tokenizer_dir, source=str(model_dir)))
+            _report(
+                task or task_type,
+                out,
+                export_task(
+                    model, out, task=task, task_type=task_type, tokenizer_dir=tokenizer_dir, source=str(model_dir)
+                ),
+            )
         else:
             _export_all(model, targets, out, tokenizer_dir, str(model_dir))
     except (MergeError, FileNotFoundError, ValueError) as exc:
@@ -144,8 +166,9 @@ def export_command(args, _=()) -> int:
     return 0
 
 
-def _export_all(model: MTAModel, targets: list[tuple[str | None, str | None]], out: Path,
-                tokenizer_dir: Path, source: str) -> None:
+def _export_all(
+    model: MTAModel, targets: list[tuple[str | None, str | None]], out: Path, tokenizer_dir: Path, source: str
+) -> None:
     """Every routing key into ``out/<key>``, all or nothing: the folders are written into a temporary folder beside
     ``out`` that becomes ``out`` once every one is checked and written."""
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -157,8 +180,14 @@ def _export_all(model: MTAModel, targets: list[tuple[str | None, str | None]], o
         for task, task_type in targets:
             name = task or task_type
             dest = child_path(staging, name)
-            records.append((name, export_task(model, dest, task=task, task_type=task_type,
-                                              tokenizer_dir=tokenizer_dir, source=source)))
+            records.append(
+                (
+                    name,
+                    export_task(
+                        model, dest, task=task, task_type=task_type, tokenizer_dir=tokenizer_dir, source=source
+                    ),
+                )
+            )
         if out.exists():
             out.rmdir()
         staging.rename(out)
@@ -170,8 +199,10 @@ def _export_all(model: MTAModel, targets: list[tuple[str | None, str | None]], o
 
 
 def _report(name: str, dest: Path, record: dict[str, Any]) -> None:
-    print(f"{name}: {dest} ({record['architecture']}, {record['parameters']:,} parameters, FFN widths "
-          f"{record['ffn_widths']}, max |Δ output| {record['max_abs_output_difference']:.2g})")
+    print(
+        f"{name}: {dest} ({record['architecture']}, {record['parameters']:,} parameters, FFN widths "
+        f"{record['ffn_widths']}, max |Δ output| {record['max_abs_output_difference']:.2g})"
+    )
 
 
 def _targets(model: MTAModel, args) -> list[tuple[str | None, str | None]]:

@@ -5,6 +5,7 @@ gated pair (T5 v1.1 ``wi_0``/``wi_1``, Llama/Qwen2 ``gate_proj``/``up_proj``). :
 ``nn.Linear`` layout (``[out, in]``; GPT-2's ``Conv1D`` stores the transpose) so that widening an FFN by extra
 hidden units is a concatenation along the hidden axis.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -21,11 +22,21 @@ WIDTH_KEYS = {
     "bert": {"encoder": "intermediate_size"},
 }
 # the config key holding the FFN activation of each family
-ACTIVATION_KEYS = {"t5": "dense_act_fn", "bart": "activation_function", "gpt2": "activation_function",
-                   "llama": "hidden_act", "bert": "hidden_act"}
+ACTIVATION_KEYS = {
+    "t5": "dense_act_fn",
+    "bart": "activation_function",
+    "gpt2": "activation_function",
+    "llama": "hidden_act",
+    "bert": "hidden_act",
+}
 # adapter activation (mta.adapter_activation) -> transformers activation names computing the same function
-SAME_ACTIVATION = {"relu": {"relu"}, "gelu": {"gelu"}, "gelu_new": {"gelu_new", "gelu_pytorch_tanh"},
-                   "silu": {"silu", "swish"}, "tanh": {"tanh"}}
+SAME_ACTIVATION = {
+    "relu": {"relu"},
+    "gelu": {"gelu"},
+    "gelu_new": {"gelu_new", "gelu_pytorch_tanh"},
+    "silu": {"silu", "swish"},
+    "tanh": {"tanh"},
+}
 
 
 @dataclass
@@ -55,8 +66,12 @@ class FFNWeights:
                 own = own if own is not None else self.inputs[0].new_zeros(self.width)
                 extra = extra if extra is not None else rows.new_zeros(rows.shape[0])
                 biases.append(torch.cat([own, extra]))
-        return FFNWeights([torch.cat([w, e]) for w, e in zip(self.inputs, inputs)], biases,
-                          torch.cat([self.output, output], dim=1), self.output_bias)
+        return FFNWeights(
+            [torch.cat([w, e]) for w, e in zip(self.inputs, inputs)],
+            biases,
+            torch.cat([self.output, output], dim=1),
+            self.output_bias,
+        )
 
     def padded(self, width: int) -> "FFNWeights":
         """Widened to ``width`` hidden units that contribute nothing (zero rows in, zero columns out)."""
@@ -113,8 +128,10 @@ def write_ffn(ffn: nn.Module, weights: FFNWeights) -> list[nn.Parameter]:
     for module, weight, bias in pairs:
         target = weight.t() if _is_conv1d(module) else weight
         if module.weight.shape != target.shape:
-            raise ValueError(f"{type(module).__name__}: weight of shape {tuple(module.weight.shape)} cannot take "
-                             f"{tuple(target.shape)}")
+            raise ValueError(
+                f"{type(module).__name__}: weight of shape {tuple(module.weight.shape)} cannot take "
+                f"{tuple(target.shape)}"
+            )
         with torch.no_grad():
             module.weight.copy_(target)
             written.append(module.weight)

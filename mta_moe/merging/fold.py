@@ -8,6 +8,7 @@ gated, that is the FFN with ``Σ r_e`` more hidden units (the ``D_e`` rows appen
 ``Σ_e w_e FFN_e(x)`` is one FFN of ``k · d_ff`` units (gated ones too). Blocks narrower than the widest of their
 stack are padded with units that contribute exactly zero, because a config holds one FFN width per stack.
 """
+
 from __future__ import annotations
 
 import copy
@@ -51,11 +52,12 @@ def routing_key_id(model: MTAModel, task: str | None = None, task_type: str | No
     cfg = model.mta_config
     if (task is None) == (task_type is None):
         raise MergeError("name exactly one of a task or a task type to export")
-    wanted, given, other = (("task", task, "task type") if cfg.route_by == "task"
-                            else ("type", task_type, "task"))
+    wanted, given, other = ("task", task, "task type") if cfg.route_by == "task" else ("type", task_type, "task")
     if given is None:
-        raise MergeError(f"this model routes by {wanted} (mta.route_by {cfg.route_by!r}): name a {wanted}, not a "
-                         f"{other}; its {wanted}s are {cfg.routing_keys}")
+        raise MergeError(
+            f"this model routes by {wanted} (mta.route_by {cfg.route_by!r}): name a {wanted}, not a "
+            f"{other}; its {wanted}s are {cfg.routing_keys}"
+        )
     if given not in cfg.routing_keys:
         raise MergeError(f"{wanted} {given!r} is not one of the model's {wanted}s {cfg.routing_keys}")
     return given, cfg.routing_keys.index(given)
@@ -67,16 +69,21 @@ def check_foldable(model: MTAModel, check_ranks: bool = True) -> None:
     units of the backbone's FFN."""
     cfg = model.mta_config
     if cfg.gate_mode != "task":
-        raise MergeError(f"mta.gate_mode is {cfg.gate_mode!r}: the adapter weights depend on each input, so no fixed "
-                         "per-task model equals it; only gate_mode 'task' folds exactly")
+        raise MergeError(
+            f"mta.gate_mode is {cfg.gate_mode!r}: the adapter weights depend on each input, so no fixed "
+            "per-task model equals it; only gate_mode 'task' folds exactly"
+        )
     activation = getattr(model.base_model.config, ACTIVATION_KEYS[model.family.name])
     for key, layer in model.mta_layers.items():
         if layer.shared_adapters is not None:
-            raise MergeError(f"layer {key} is a stage-2 layer with shared adapters: their gate network weighs them "
-                             "per input sequence, so no fixed per-task model equals it; export the stage-1 model")
+            raise MergeError(
+                f"layer {key} is a stage-2 layer with shared adapters: their gate network weighs them "
+                "per input sequence, so no fixed per-task model equals it; export the stage-1 model"
+            )
         if check_ranks and layer.ep_size > 1:
-            raise MergeError(f"layer {key} holds its adapters over {layer.ep_size} ranks; load the export with "
-                             "ep_size 1 to merge it")
+            raise MergeError(
+                f"layer {key} holds its adapters over {layer.ep_size} ranks; load the export with ep_size 1 to merge it"
+            )
         if cfg.expert_kind == "bottleneck":
             _check_bottleneck_fold(layer, read_ffn(layer.base_ffn), activation)
 
@@ -84,14 +91,20 @@ def check_foldable(model: MTAModel, check_ranks: bool = True) -> None:
 def _check_bottleneck_fold(layer: MTALayer, base: FFNWeights, activation: str) -> None:
     cfg = layer.config
     if base.gated:
-        raise MergeError(f"layer {layer.layer_id}: the backbone's FFN is gated (act(W_0 x) * W_1 x), so bottleneck "
-                         "adapters cannot become extra units of it; use expert_kind 'ffn' for exact per-task exports")
+        raise MergeError(
+            f"layer {layer.layer_id}: the backbone's FFN is gated (act(W_0 x) * W_1 x), so bottleneck "
+            "adapters cannot become extra units of it; use expert_kind 'ffn' for exact per-task exports"
+        )
     if activation not in SAME_ACTIVATION[cfg.adapter_activation]:
-        raise MergeError(f"mta.adapter_activation is {cfg.adapter_activation!r} but the backbone's FFN uses "
-                         f"{activation!r}: the adapters fold into the FFN only with the same activation")
+        raise MergeError(
+            f"mta.adapter_activation is {cfg.adapter_activation!r} but the backbone's FFN uses "
+            f"{activation!r}: the adapters fold into the FFN only with the same activation"
+        )
     if cfg.adapter_bias and (base.input_biases[0] is None or base.output_bias is None):
-        raise MergeError("the backbone's FFN has no bias vectors (T5) but the adapters do: train with "
-                         "mta.adapter_bias false for an exact per-task export")
+        raise MergeError(
+            "the backbone's FFN has no bias vectors (T5) but the adapters do: train with "
+            "mta.adapter_bias false for an exact per-task export"
+        )
 
 
 @torch.no_grad()
@@ -131,8 +144,7 @@ def _fold_ffn_experts(ffns: list[FFNWeights], weights: list[float]) -> FFNWeight
     return FFNWeights(inputs, biases, output, out_bias)
 
 
-def _fold_bottlenecks(layer: MTALayer, base: FFNWeights, experts: list[nn.Module], weights: list[float]
-                      ) -> FFNWeights:
+def _fold_bottlenecks(layer: MTALayer, base: FFNWeights, experts: list[nn.Module], weights: list[float]) -> FFNWeights:
     has_bias = layer.config.adapter_bias
     down = torch.cat([e.down.weight.detach() for e in experts])
     down_bias = torch.cat([e.down.bias.detach() for e in experts]) if has_bias else None

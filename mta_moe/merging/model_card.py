@@ -1,4 +1,5 @@
 """The model card (README.md) written into every export: tasks, routing table, scores, how to load and serve."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -13,8 +14,11 @@ from .fold import MergeError, check_foldable, route_of
 TAGS = ["mixture-of-task-adapters", "multi-task", "deepspeed-moe"]
 # the Hub's metric ids for each task kind's primary score
 METRIC_IDS = {"accuracy": "accuracy", "exact_match": "exact_match", "rouge_l": "rougeL"}
-PIPELINE_TAGS = {"AutoModelForSeq2SeqLM": "text2text-generation", "AutoModelForCausalLM": "text-generation",
-                 "AutoModelForSequenceClassification": "text-classification"}
+PIPELINE_TAGS = {
+    "AutoModelForSeq2SeqLM": "text2text-generation",
+    "AutoModelForCausalLM": "text-generation",
+    "AutoModelForSequenceClassification": "text-classification",
+}
 
 
 @dataclass
@@ -27,22 +31,43 @@ class CardSource:
     data: str = "validation split"
 
 
-def card_header(model_name: str, library: str, tags: list[str], source: CardSource,
-                tasks: Mapping[str, Mapping[str, Any]], pipeline_tag: str | None = None) -> str:
+def card_header(
+    model_name: str,
+    library: str,
+    tags: list[str],
+    source: CardSource,
+    tasks: Mapping[str, Mapping[str, Any]],
+    pipeline_tag: str | None = None,
+) -> str:
     """The YAML front matter (``huggingface_hub.ModelCardData``): library, tags, base model, datasets and a
     model-index with each task's validation score (the task is the dataset config, so each is its own entry).
     ``tasks``: task -> {"kind", "score"} (score None: not listed)."""
     from huggingface_hub import EvalResult, ModelCardData
 
-    results = [EvalResult(task_type=pipeline_tag or "text2text-generation", task_name=task, dataset_type="custom",
-                          dataset_name=source.data, dataset_config=task, dataset_split="validation",
-                          metric_type=METRIC_IDS[PRIMARY[info["kind"]]], metric_value=round(float(info["score"]), 4))
-               for task, info in sorted(tasks.items()) if info.get("score") is not None and info.get("kind") in PRIMARY]
-    data = ModelCardData(library_name=library, tags=tags, base_model=source.base_model,
-                         datasets=source.datasets or None, pipeline_tag=pipeline_tag, model_name=model_name,
-                         eval_results=results or None)
+    results = [
+        EvalResult(
+            task_type=pipeline_tag or "text2text-generation",
+            task_name=task,
+            dataset_type="custom",
+            dataset_name=source.data,
+            dataset_config=task,
+            dataset_split="validation",
+            metric_type=METRIC_IDS[PRIMARY[info["kind"]]],
+            metric_value=round(float(info["score"]), 4),
+        )
+        for task, info in sorted(tasks.items())
+        if info.get("score") is not None and info.get("kind") in PRIMARY
+    ]
+    data = ModelCardData(
+        library_name=library,
+        tags=tags,
+        base_model=source.base_model,
+        datasets=source.datasets or None,
+        pipeline_tag=pipeline_tag,
+        model_name=model_name,
+        eval_results=results or None,
+    )
     return f"---\n{data.to_yaml()}\n---"
-
 
 
 def routing_table(model: MTAModel) -> list[str] | None:
@@ -62,24 +87,41 @@ def routing_table(model: MTAModel) -> list[str] | None:
     return rows
 
 
-def model_card(model: MTAModel, tasks: Mapping[str, str], profiles: Mapping[str, Mapping[str, Any]],
-               scores: Mapping[str, float] | None = None, step: int | None = None,
-               source: CardSource | None = None) -> str:
+def model_card(
+    model: MTAModel,
+    tasks: Mapping[str, str],
+    profiles: Mapping[str, Mapping[str, Any]],
+    scores: Mapping[str, float] | None = None,
+    step: int | None = None,
+    source: CardSource | None = None,
+) -> str:
     """The card's markdown. ``tasks``: task -> task type; ``scores``: validation scores per task (+ macro)."""
     cfg = model.mta_config
     total = sum(p.numel() for p in model.parameters())
     indexed = {task: {"kind": profiles.get(task, {}).get("kind"), "score": (scores or {}).get(task)} for task in tasks}
     auto = auto_class_for(model.base_model.config)
-    header = card_header(f"mta-{model.base_model.config.model_type}", "mta_moe",
-                         [*TAGS, model.base_model.config.model_type], source or CardSource(), indexed,
-                         PIPELINE_TAGS.get(auto))
-    lines = [header,
-             f"# MTA model: {type(model.base_model).__name__} with {cfg.num_experts} task adapters per layer", "",
-             f"Stage {model.stage}{'' if step is None else f', step {step}'}; {total:,} parameters; "
-             f"{len(model.mta_layers)} MTA layers ({', '.join(model.mta_layers)}); expert kind `{cfg.expert_kind}` "
-             f"(adapter dim {cfg.adapter_dim}, {cfg.adapter_activation}); routed by **{cfg.route_by}**, "
-             f"gate mode `{cfg.gate_mode}`, k = {cfg.top_k}, T = {cfg.temperature}.", "",
-             "## Tasks", "", "| task | type | kind | validation score |", "|---|---|---|---|"]
+    header = card_header(
+        f"mta-{model.base_model.config.model_type}",
+        "mta_moe",
+        [*TAGS, model.base_model.config.model_type],
+        source or CardSource(),
+        indexed,
+        PIPELINE_TAGS.get(auto),
+    )
+    lines = [
+        header,
+        f"# MTA model: {type(model.base_model).__name__} with {cfg.num_experts} task adapters per layer",
+        "",
+        f"Stage {model.stage}{'' if step is None else f', step {step}'}; {total:,} parameters; "
+        f"{len(model.mta_layers)} MTA layers ({', '.join(model.mta_layers)}); expert kind `{cfg.expert_kind}` "
+        f"(adapter dim {cfg.adapter_dim}, {cfg.adapter_activation}); routed by **{cfg.route_by}**, "
+        f"gate mode `{cfg.gate_mode}`, k = {cfg.top_k}, T = {cfg.temperature}.",
+        "",
+        "## Tasks",
+        "",
+        "| task | type | kind | validation score |",
+        "|---|---|---|---|",
+    ]
     for task in sorted(tasks):
         kind = profiles.get(task, {}).get("kind", "")
         score = "" if not scores or task not in scores else f"{scores[task]:.3f}"
@@ -89,16 +131,25 @@ def model_card(model: MTAModel, tasks: Mapping[str, str], profiles: Mapping[str,
     table = routing_table(model)
     lines += ["", "## Routing", ""]
     lines += table if table is not None else ["The gate reads each input: the adapters depend on the sequence."]
-    lines += ["", "## Use", "", "```python", "import mta_moe  # registers the mta_moe model type with the Auto classes",
-              f"from transformers import {auto}, AutoTokenizer",
-              f"model = {auto}.from_pretrained(this_directory)  # = mta_moe.MTAModel.from_pretrained(this_directory)",
-              "tokenizer = AutoTokenizer.from_pretrained(this_directory)",
-              f"out = model.generate(**inputs, {'task_ids' if cfg.route_by == 'task' else 'task_type_ids'}=ids)",
-              "```", ""]
+    lines += [
+        "",
+        "## Use",
+        "",
+        "```python",
+        "import mta_moe  # registers the mta_moe model type with the Auto classes",
+        f"from transformers import {auto}, AutoTokenizer",
+        f"model = {auto}.from_pretrained(this_directory)  # = mta_moe.MTAModel.from_pretrained(this_directory)",
+        "tokenizer = AutoTokenizer.from_pretrained(this_directory)",
+        f"out = model.generate(**inputs, {'task_ids' if cfg.route_by == 'task' else 'task_type_ids'}=ids)",
+        "```",
+        "",
+    ]
     try:
         check_foldable(model, check_ranks=False)  # the export itself holds every adapter
-        lines.append("One stock Hugging Face model per task (no mta_moe needed to serve it): "
-                     f"`mta-moe export --model this_directory --{cfg.route_by} NAME --out DIR`.")
+        lines.append(
+            "One stock Hugging Face model per task (no mta_moe needed to serve it): "
+            f"`mta-moe export --model this_directory --{cfg.route_by} NAME --out DIR`."
+        )
     except MergeError as exc:
         lines.append(f"No exact per-task stock export: {exc}.")
     return "\n".join(lines) + "\n"
@@ -112,21 +163,40 @@ def task_card(model: Any, record: Mapping[str, Any], source: str | Path | None) 
     key, route_by = record["routing_key"], record["route_by"]
     meta = _source_metadata(source)
     tasks = meta["tasks"] if route_by == "type" else {key: key}
-    indexed = {t: {"kind": meta["profiles"].get(t, {}).get("kind"), "score": meta["scores"].get(t)}
-               for t, task_type in tasks.items() if route_by == "task" or task_type == key}
+    indexed = {
+        t: {"kind": meta["profiles"].get(t, {}).get("kind"), "score": meta["scores"].get(t)}
+        for t, task_type in tasks.items()
+        if route_by == "task" or task_type == key
+    }
     auto = auto_class_for(model.config)
     card_source = CardSource(meta["base_model"], meta["datasets"], meta["data"])
-    header = card_header(f"{key}", "transformers", ["mta_moe", "folded-task-adapters", key], card_source, indexed,
-                         PIPELINE_TAGS.get(auto))
-    lines = [header, f"# {key}: a stock {record['architecture']} folded from an MTA model", "",
-             f"The adapters of {route_by} `{key}` folded into the FFN weights of "
-             f"{'the MTA export ' + f'`{source}`' if source else 'an MTA export'} (FFN widths "
-             f"{record['ffn_widths']}, {record['parameters']:,} parameters); it computes what the MTA model computes "
-             f"for {key} (largest output difference at export {record['max_abs_output_difference']:.2g}). "
-             f"No mta_moe is needed to load or serve it; `mta_merge.json` records each layer's adapters.", "",
-             "## Use", "", "```python", f"from transformers import {auto}, AutoTokenizer",
-             f"model = {auto}.from_pretrained(this_directory)",
-             "tokenizer = AutoTokenizer.from_pretrained(this_directory)", "```", ""]
+    header = card_header(
+        f"{key}",
+        "transformers",
+        ["mta_moe", "folded-task-adapters", key],
+        card_source,
+        indexed,
+        PIPELINE_TAGS.get(auto),
+    )
+    lines = [
+        header,
+        f"# {key}: a stock {record['architecture']} folded from an MTA model",
+        "",
+        f"The adapters of {route_by} `{key}` folded into the FFN weights of "
+        f"{'the MTA export ' + f'`{source}`' if source else 'an MTA export'} (FFN widths "
+        f"{record['ffn_widths']}, {record['parameters']:,} parameters); it computes what the MTA model computes "
+        f"for {key} (largest output difference at export {record['max_abs_output_difference']:.2g}). "
+        f"No mta_moe is needed to load or serve it; `mta_merge.json` records each layer's adapters.",
+        "",
+        "## Use",
+        "",
+        "```python",
+        f"from transformers import {auto}, AutoTokenizer",
+        f"model = {auto}.from_pretrained(this_directory)",
+        "tokenizer = AutoTokenizer.from_pretrained(this_directory)",
+        "```",
+        "",
+    ]
     ModelCard("\n".join(lines))  # the front matter parses (raises otherwise)
     return "\n".join(lines)
 
@@ -137,8 +207,14 @@ def _source_metadata(source: str | Path | None) -> dict[str, Any]:
 
     from huggingface_hub import ModelCard
 
-    meta: dict[str, Any] = {"tasks": {}, "profiles": {}, "scores": {}, "base_model": None, "datasets": [],
-                            "data": CardSource().data}
+    meta: dict[str, Any] = {
+        "tasks": {},
+        "profiles": {},
+        "scores": {},
+        "base_model": None,
+        "datasets": [],
+        "data": CardSource().data,
+    }
     if source is None:
         return meta
     tasks = Path(source) / "tasks.json"

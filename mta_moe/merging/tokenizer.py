@@ -1,4 +1,5 @@
 """The export's tokenizer as a stock ``transformers`` tokenizer (no mta_moe needed to load it)."""
+
 from __future__ import annotations
 
 from pathlib import Path

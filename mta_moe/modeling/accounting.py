@@ -1,4 +1,5 @@
 """Parameter accounting: trainable and total parameters per component of an MTA model."""
+
 from __future__ import annotations
 
 from torch import nn

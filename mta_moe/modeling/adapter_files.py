@@ -6,6 +6,7 @@ plus biases). ``load_adapters`` loads the named backbone (a local directory or a
 injects the MTA layers and loads the adapters; it refuses a backbone whose weights are not the ones the adapters
 were trained with, because the adapters alone would then compute a different model.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -60,9 +61,14 @@ def save_adapters(model: MTAModel, directory: str | Path, backbone: str) -> Path
         ``directory``.
     """
     directory = Path(directory)
-    meta = {"format_version": ADAPTER_FORMAT_VERSION, "backbone": backbone,
-            "architecture": type(model.base_model).__name__, "stage": model.stage,
-            "mta": model.mta_config.replace(ep_size=1).to_dict(), "backbone_sha256": backbone_fingerprint(model)}
+    meta = {
+        "format_version": ADAPTER_FORMAT_VERSION,
+        "backbone": backbone,
+        "architecture": type(model.base_model).__name__,
+        "stage": model.stage,
+        "mta": model.mta_config.replace(ep_size=1).to_dict(),
+        "backbone_sha256": backbone_fingerprint(model),
+    }
     state = adapter_state(model)
 
     def write(tmp: Path) -> None:
@@ -79,8 +85,10 @@ def read_adapter_meta(directory: str | Path) -> dict:
             raise FileNotFoundError(f"{directory / name}: missing; not an adapter-only directory (save_adapters)")
     meta = json.loads((directory / ADAPTER_CONFIG_FILE).read_text(encoding="utf-8"))
     if meta.get("format_version") != ADAPTER_FORMAT_VERSION:
-        raise ValueError(f"{directory / ADAPTER_CONFIG_FILE}: format_version {meta.get('format_version')!r}, "
-                         f"expected {ADAPTER_FORMAT_VERSION}")
+        raise ValueError(
+            f"{directory / ADAPTER_CONFIG_FILE}: format_version {meta.get('format_version')!r}, "
+            f"expected {ADAPTER_FORMAT_VERSION}"
+        )
     return meta
 
 
@@ -100,8 +108,9 @@ def load_adapters(directory: str | Path, backbone: str | None = None) -> MTAMode
     name = backbone or meta["backbone"]
     model_cls = getattr(transformers, meta["architecture"], None)
     if model_cls is None:
-        raise ValueError(f"{directory / ADAPTER_CONFIG_FILE}: architecture {meta['architecture']!r} is not a "
-                         "transformers class")
+        raise ValueError(
+            f"{directory / ADAPTER_CONFIG_FILE}: architecture {meta['architecture']!r} is not a transformers class"
+        )
     model = MTAModel(model_cls.from_pretrained(name), MTAConfig.from_dict(meta["mta"]))
     check_backbone(model, meta, name, directory)
     if meta["stage"] == 2:
@@ -109,8 +118,10 @@ def load_adapters(directory: str | Path, backbone: str | None = None) -> MTAMode
     missing, unexpected = model.load_state_dict(read_weights(directory / ADAPTER_WEIGHTS_FILE), strict=False)
     missing = [k for k in missing if component_of(k) != "backbone"]
     if missing or unexpected:
-        raise ValueError(f"{directory / ADAPTER_WEIGHTS_FILE}: adapters do not match the model "
-                         f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
+        raise ValueError(
+            f"{directory / ADAPTER_WEIGHTS_FILE}: adapters do not match the model "
+            f"(missing {missing[:5]}, unexpected {unexpected[:5]})"
+        )
     return model.eval()
 
 
@@ -118,9 +129,11 @@ def check_backbone(model: MTAModel, meta: dict, name: str, directory: Path) -> N
     """Refuse a backbone whose weights differ from those the adapters were saved with."""
     found = backbone_fingerprint(model)
     if found != meta["backbone_sha256"]:
-        raise ValueError(f"{name}: its weights are not the backbone the adapters in {directory} were saved with "
-                         f"(sha256 {found[:12]}… vs {meta['backbone_sha256'][:12]}…); adapters alone only "
-                         "reproduce the model on that backbone: use the full export")
+        raise ValueError(
+            f"{name}: its weights are not the backbone the adapters in {directory} were saved with "
+            f"(sha256 {found[:12]}… vs {meta['backbone_sha256'][:12]}…); adapters alone only "
+            "reproduce the model on that backbone: use the full export"
+        )
 
 
 def save_adapters_command(args, _=()) -> int:
@@ -136,8 +149,10 @@ def save_adapters_command(args, _=()) -> int:
         model = MTAModel.from_saved(saved, saved.mta.replace(ep_size=1))
         base = saved.model_cls.from_pretrained(args.backbone)
         if backbone_fingerprint(MTAModel(base, model.mta_config)) != backbone_fingerprint(model):
-            raise ValueError(f"{args.model}: its backbone weights are not {args.backbone}'s (a stage 1 that trains the "
-                             "backbone changes them), so adapters alone would not reproduce it; share the full export")
+            raise ValueError(
+                f"{args.model}: its backbone weights are not {args.backbone}'s (a stage 1 that trains the "
+                "backbone changes them), so adapters alone would not reproduce it; share the full export"
+            )
         out = save_adapters(model, args.out, args.backbone)
     except (FileNotFoundError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)

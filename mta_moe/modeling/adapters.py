@@ -1,4 +1,5 @@
 """Task adapters: the experts of the MTA layer, and the stage-2 shared adapters."""
+
 from __future__ import annotations
 
 import copy
@@ -59,8 +60,9 @@ class BottleneckAdapter(nn.Module):
         return F.linear(h, torch.cat([self.up.weight, self.up.bias.unsqueeze(1)], dim=1))
 
 
-def make_expert_template(kind: str, hidden_size: int, adapter_dim: int, activation: str,
-                         ffn: nn.Module | None, bias: bool = True) -> nn.Module:
+def make_expert_template(
+    kind: str, hidden_size: int, adapter_dim: int, activation: str, ffn: nn.Module | None, bias: bool = True
+) -> nn.Module:
     """The module DeepSpeed copies once per local expert.
 
     ``bottleneck``: a fresh :class:`BottleneckAdapter`. ``ffn``: a copy of the backbone's FFN

@@ -8,6 +8,7 @@ so every weight starts at 1: at initialisation the layer is the shared model (``
 and training can move each task towards its own adapter (``w_0 → 1+S``) or towards the shared ones. Up-projections
 start at zero, so the layer still computes exactly ``FFN(x)`` at initialisation.
 """
+
 from __future__ import annotations
 
 import torch
@@ -20,11 +21,20 @@ from .adapters import BottleneckAdapter
 class AlwaysOnAdapters(nn.Module):
     """The always-on adapters of one layer and their per-routing-key mixing logits ``mix_logits`` [rows, 1+S]."""
 
-    def __init__(self, hidden_size: int, count: int, adapter_dim: int, activation: str, bias: bool,
-                 rows: int, generator: torch.Generator | None = None) -> None:
+    def __init__(
+        self,
+        hidden_size: int,
+        count: int,
+        adapter_dim: int,
+        activation: str,
+        bias: bool,
+        rows: int,
+        generator: torch.Generator | None = None,
+    ) -> None:
         super().__init__()
-        self.adapters = nn.ModuleList(BottleneckAdapter(hidden_size, adapter_dim, activation, bias)
-                                      for _ in range(count))
+        self.adapters = nn.ModuleList(
+            BottleneckAdapter(hidden_size, adapter_dim, activation, bias) for _ in range(count)
+        )
         for adapter in self.adapters:
             adapter.reset_parameters(generator)
         self.mix_logits = nn.Parameter(torch.zeros(rows, 1 + count))

@@ -1,4 +1,5 @@
 """Where each supported Hugging Face family keeps its FFN sub-layer, and how to swap it for an MTA layer."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -85,14 +86,27 @@ class BackboneFamily:
 
 
 FAMILIES = [
-    BackboneFamily("t5", ("t5", "mt5"), {"encoder": "encoder.block", "decoder": "decoder.block"},
-                   _t5_get, _t5_set, "d_model", encoder_decoder=True),
-    BackboneFamily("bart", ("bart", "mbart"), {"encoder": "encoder.layers", "decoder": "decoder.layers"},
-                   _bart_get, _bart_set, "d_model", encoder_decoder=True),
-    BackboneFamily("gpt2", ("gpt2", ), {"decoder": "h"}, _mlp_get, _mlp_set, "n_embd"),
+    BackboneFamily(
+        "t5",
+        ("t5", "mt5"),
+        {"encoder": "encoder.block", "decoder": "decoder.block"},
+        _t5_get,
+        _t5_set,
+        "d_model",
+        encoder_decoder=True,
+    ),
+    BackboneFamily(
+        "bart",
+        ("bart", "mbart"),
+        {"encoder": "encoder.layers", "decoder": "decoder.layers"},
+        _bart_get,
+        _bart_set,
+        "d_model",
+        encoder_decoder=True,
+    ),
+    BackboneFamily("gpt2", ("gpt2",), {"decoder": "h"}, _mlp_get, _mlp_set, "n_embd"),
     BackboneFamily("llama", ("llama", "qwen2"), {"decoder": "layers"}, _mlp_get, _mlp_set, "hidden_size"),
-    BackboneFamily("bert", ("bert", "roberta"), {"encoder": "encoder.layer"}, _bert_get, _bert_set,
-                   "hidden_size"),
+    BackboneFamily("bert", ("bert", "roberta"), {"encoder": "encoder.layer"}, _bert_get, _bert_set, "hidden_size"),
 ]
 SUPPORTED_MODEL_TYPES = sorted(t for f in FAMILIES for t in f.model_types)
 
@@ -108,9 +122,13 @@ def family_for(model: nn.Module) -> BackboneFamily:
 
 def find_stack(model: nn.Module, suffix: str) -> tuple[str, nn.ModuleList]:
     """The ModuleList of blocks whose qualified name is ``suffix`` or ends with ``.suffix``."""
-    matches = [(n, m) for n, m in model.named_modules()
-               if isinstance(m, nn.ModuleList) and (n == suffix or n.endswith("." + suffix))]
+    matches = [
+        (n, m)
+        for n, m in model.named_modules()
+        if isinstance(m, nn.ModuleList) and (n == suffix or n.endswith("." + suffix))
+    ]
     if len(matches) != 1:
-        raise ValueError(f"expected one block list named '*{suffix}' in {type(model).__name__}, "
-                         f"found {[n for n, _ in matches]}")
+        raise ValueError(
+            f"expected one block list named '*{suffix}' in {type(model).__name__}, found {[n for n, _ in matches]}"
+        )
     return matches[0]

@@ -17,6 +17,7 @@ limit (many sequences: the weights are gathered once per route, not once per ada
 grouped`` takes it where grouped GEMMs are not usable (:func:`.dispatch.choose_form`); ``mta.dispatch:
 gathered_weights`` always. Measured on 2 CPU cores (``benchmarks/layer_dispatch.py``): see the README.
 """
+
 from __future__ import annotations
 
 import torch
@@ -38,8 +39,9 @@ def preferred(experts: nn.ModuleList, hidden_states: Tensor, routes_per_sequence
     return 2 * rank <= seq_len and grouped_gemm.fits_cpu_eager(gathered, hidden_states.device)
 
 
-def gathered_weight_mixture(hidden_states: Tensor, indices: Tensor, weights: Tensor,
-                            experts: nn.ModuleList) -> tuple[Tensor, Tensor]:
+def gathered_weight_mixture(
+    hidden_states: Tensor, indices: Tensor, weights: Tensor, experts: nn.ModuleList
+) -> tuple[Tensor, Tensor]:
     """``Σ_j w_bj · A_{i_bj}(x_b)`` per sequence with ``indices``/``weights`` [B, k]; also tokens per expert [E]."""
     batch, seq_len, hidden = hidden_states.shape
     k, num_experts = indices.size(1), len(experts)

@@ -13,6 +13,7 @@ grouped GEMMs (:mod:`.grouped_gemm`) wherever ``torch._grouped_mm`` supports the
 per-sequence gathered weights and two batched matmuls (:mod:`.batched_adapters`) where the gathered weights
 are no larger than the gathered tokens (:func:`choose_form`).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -62,7 +63,7 @@ class SequenceGather(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, *block_grads):  # type: ignore[override]
-        (sequences, ) = ctx.saved_tensors
+        (sequences,) = ctx.saved_tensors
         if all(g is None for g in block_grads):
             return None, None, None
         return _scatter_blocks(sequences, ctx.counts, ctx.shape, block_grads), None, None
@@ -94,7 +95,7 @@ class SequenceCombine(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):  # type: ignore[override]
-        (sequences, ) = ctx.saved_tensors
+        (sequences,) = ctx.saved_tensors
         grads = tuple(grad_out.index_select(0, idx) for idx in sequences.split(ctx.counts))
         return (None, None, None, *grads)
 
@@ -102,8 +103,9 @@ class SequenceCombine(torch.autograd.Function):
 FORMS = ("gathered_weights", "grouped_gemm", "loop")
 
 
-def choose_form(experts: nn.ModuleList, hidden_states: Tensor, k: int, ep_size: int = 1,
-                forced: str | None = None) -> str:
+def choose_form(
+    experts: nn.ModuleList, hidden_states: Tensor, k: int, ep_size: int = 1, forced: str | None = None
+) -> str:
     """Which computation runs the mixture: ``forced`` (one of :data:`FORMS`, checked to apply) or, with None,
     grouped GEMMs where usable, else per-sequence gathered weights where preferred, else the per-adapter loop.
     ``ep_size`` > 1 always takes the loop (tokens travel to the adapters' ranks).
@@ -116,26 +118,38 @@ def choose_form(experts: nn.ModuleList, hidden_states: Tensor, k: int, ep_size: 
         raise ValueError(f"dispatch form must be one of {list(FORMS)} or None (chosen per call), got {forced!r}")
     if ep_size > 1 or forced == "loop":
         if forced not in (None, "loop"):
-            raise ValueError(f"dispatch form {forced!r} needs ep_size 1 (got {ep_size}): only the loop exchanges "
-                             "tokens between ranks")
+            raise ValueError(
+                f"dispatch form {forced!r} needs ep_size 1 (got {ep_size}): only the loop exchanges "
+                "tokens between ranks"
+            )
         return "loop"
     if forced == "gathered_weights":
         if not grouped_gemm.bottlenecks_like(experts, hidden_states):
-            raise ValueError("dispatch form 'gathered_weights' needs bottleneck experts in the input's dtype and "
-                             "device")
+            raise ValueError(
+                "dispatch form 'gathered_weights' needs bottleneck experts in the input's dtype and device"
+            )
         return forced
     if forced == "grouped_gemm":
         if not grouped_gemm.usable(experts, hidden_states, k):
-            raise ValueError("dispatch form 'grouped_gemm' is not usable here (see mta_moe.modeling.grouped_gemm."
-                             "usable: bottleneck experts, a kernel for the device and dtype, aligned widths)")
+            raise ValueError(
+                "dispatch form 'grouped_gemm' is not usable here (see mta_moe.modeling.grouped_gemm."
+                "usable: bottleneck experts, a kernel for the device and dtype, aligned widths)"
+            )
         return forced
     if grouped_gemm.usable(experts, hidden_states, k):
         return "grouped_gemm"
     return "gathered_weights" if batched_adapters.preferred(experts, hidden_states, k) else "loop"
 
 
-def grouped_dispatch(hidden_states: Tensor, routing: SequenceRouting, experts: nn.ModuleList, num_experts: int,
-                     ep_size: int = 1, ep_group=None, form: str | None = None) -> tuple[Tensor, Tensor]:
+def grouped_dispatch(
+    hidden_states: Tensor,
+    routing: SequenceRouting,
+    experts: nn.ModuleList,
+    num_experts: int,
+    ep_size: int = 1,
+    ep_group=None,
+    form: str | None = None,
+) -> tuple[Tensor, Tensor]:
     """``Σ_j w_bj · A_{i_bj}(x_b)`` for every sequence b; returns (output [B, L, d], tokens per global expert [E]).
 
     ``form``: see :func:`choose_form` (None: chosen per call). The loop runs each adapter once on its gathered
@@ -157,7 +171,7 @@ def grouped_dispatch(hidden_states: Tensor, routing: SequenceRouting, experts: n
             return _scatter_blocks(plan.sequences, plan.counts, hidden_states.shape, outs), token_counts
         outs = [_run_expert(expert, block, w) for expert, block, w in zip(experts, blocks, weights)]
         return SequenceCombine.apply(plan.sequences, plan.counts, batch, *outs), token_counts
-    (tokens, ) = SequenceGather.apply(hidden_states, plan.sequences, [len(plan.sequences)])
+    (tokens,) = SequenceGather.apply(hidden_states, plan.sequences, [len(plan.sequences)])
     expert_out = _exchange_and_run(tokens.reshape(-1, tokens.size(-1)), token_counts, experts, ep_size, ep_group)
     weighted = expert_out.view(tokens.shape) * plan.weights.to(expert_out.dtype).view(-1, 1, 1)
     return SequenceCombine.apply(plan.sequences, [len(plan.sequences)], batch, weighted), token_counts
@@ -182,8 +196,7 @@ def _run_local_experts(tokens: Tensor, counts: list[int], experts: nn.ModuleList
     return torch.cat(outs, dim=0)
 
 
-def _exchange_and_run(tokens: Tensor, token_counts: Tensor, experts: nn.ModuleList, ep_size: int,
-                      ep_group) -> Tensor:
+def _exchange_and_run(tokens: Tensor, token_counts: Tensor, experts: nn.ModuleList, ep_size: int, ep_group) -> Tensor:
     """Send each expert's tokens to the rank holding it, run the local experts, send the results back."""
     num_local = len(experts)
     # counts[src, j]: tokens rank src sends to my local expert j

@@ -1,4 +1,5 @@
 """Task Weight Selector: a per-sequence, task-biased top-k gate in DeepSpeed's ``TopKGate`` contract."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -25,8 +26,13 @@ class SequenceRouting:
 
     def detach(self) -> "SequenceRouting":
         tt = None if self.route_ids is None else self.route_ids.detach()
-        return SequenceRouting(self.indices.detach(), self.weights.detach(), self.probs.detach(), tt,
-                               torch.zeros_like(self.aux_loss.detach()))
+        return SequenceRouting(
+            self.indices.detach(),
+            self.weights.detach(),
+            self.probs.detach(),
+            tt,
+            torch.zeros_like(self.aux_loss.detach()),
+        )
 
     def dense_weights(self) -> Tensor:
         """[B, E] weights with zeros on the adapters a sequence does not use."""
@@ -39,8 +45,10 @@ def sequence_representation(hidden_states: Tensor, attention_mask: Tensor | None
     if hidden_states.dim() != 3:
         raise ValueError(f"hidden_states must be [batch, seq_len, hidden], got shape {tuple(hidden_states.shape)}")
     if attention_mask is not None and attention_mask.shape != hidden_states.shape[:2]:
-        raise ValueError(f"attention_mask must be [batch, seq_len] = {tuple(hidden_states.shape[:2])}, "
-                         f"got {tuple(attention_mask.shape)}")
+        raise ValueError(
+            f"attention_mask must be [batch, seq_len] = {tuple(hidden_states.shape[:2])}, "
+            f"got {tuple(attention_mask.shape)}"
+        )
     if mode == "first":
         if attention_mask is None:
             return hidden_states[:, 0]
@@ -66,9 +74,17 @@ class TaskWeightSelector(TopKGate):
     """
 
     def __init__(self, config: MTAConfig, hidden_size: int) -> None:
-        super().__init__(hidden_size, config.num_experts, k=config.top_k, capacity_factor=1.0,
-                         eval_capacity_factor=1.0, min_capacity=0, noisy_gate_policy=None,
-                         drop_tokens=False, use_rts=False)
+        super().__init__(
+            hidden_size,
+            config.num_experts,
+            k=config.top_k,
+            capacity_factor=1.0,
+            eval_capacity_factor=1.0,
+            min_capacity=0,
+            noisy_gate_policy=None,
+            drop_tokens=False,
+            use_rts=False,
+        )
         self.num_experts = config.num_experts
         self.route_by = config.route_by
         self.routing_keys = config.routing_keys
@@ -87,8 +103,11 @@ class TaskWeightSelector(TopKGate):
 
     def unused_parameters(self) -> list[nn.Parameter]:
         """Terms the gate mode does not use (W in 'task', β in 'learned'): never trained."""
-        return [p for p, unused in ((self.wg.weight, self.gate_mode == "task"),
-                                    (self.task_bias, self.gate_mode == "learned")) if unused]
+        return [
+            p
+            for p, unused in ((self.wg.weight, self.gate_mode == "task"), (self.task_bias, self.gate_mode == "learned"))
+            if unused
+        ]
 
     def set_trainable(self, trainable: bool) -> None:
         """(Un)freeze the selector; a term its mode does not use (W in 'task', β in 'learned') stays frozen."""
@@ -117,14 +136,17 @@ class TaskWeightSelector(TopKGate):
         aux = self._aux_loss(scaled, probs, top_idx)
         return SequenceRouting(top_idx, weights, probs, route_ids, aux)
 
-    def _check_route_ids(self, route_ids: Tensor | None, batch: int, device: torch.device,
-                         ids_checked: bool) -> Tensor | None:
+    def _check_route_ids(
+        self, route_ids: Tensor | None, batch: int, device: torch.device, ids_checked: bool
+    ) -> Tensor | None:
         name = "task_type_ids" if self.route_by == "type" else "task_ids"
         if route_ids is None:
             if self.gate_mode == "learned":
                 return None
-            raise ValueError(f"{name}: required when mta.gate_mode is {self.gate_mode!r} "
-                             "(use gate_mode 'learned' to route without task ids)")
+            raise ValueError(
+                f"{name}: required when mta.gate_mode is {self.gate_mode!r} "
+                "(use gate_mode 'learned' to route without task ids)"
+            )
         route_ids = torch.as_tensor(route_ids, device=device).long().reshape(-1)
         if route_ids.numel() != batch:
             raise ValueError(f"{name}: need one id per sequence ({batch}), got {route_ids.numel()}")
@@ -144,14 +166,22 @@ class TaskWeightSelector(TopKGate):
         return aux
 
     # ----------------------------------------------------------- DeepSpeed path
-    def forward(self, input: Tensor, used_token: SequenceRouting | None = None, sparse_routes: bool = True,
-                use_tutel: bool = False):  # type: ignore[override]
+    def forward(
+        self,
+        input: Tensor,
+        used_token: SequenceRouting | None = None,
+        sparse_routes: bool = True,
+        use_tutel: bool = False,
+    ):  # type: ignore[override]
         if not isinstance(used_token, SequenceRouting):
-            raise TypeError("TaskWeightSelector routes whole sequences: call MTALayer, which passes the "
-                            "per-sequence routing, rather than the gate or MOELayer directly")
+            raise TypeError(
+                "TaskWeightSelector routes whole sequences: call MTALayer, which passes the "
+                "per-sequence routing, rather than the gate or MOELayer directly"
+            )
         if not sparse_routes or use_tutel:
-            raise ValueError("TaskWeightSelector returns sparse routes only "
-                             "(DeepSpeed 0.19.8 index dispatch, no Tutel)")
+            raise ValueError(
+                "TaskWeightSelector returns sparse routes only (DeepSpeed 0.19.8 index dispatch, no Tutel)"
+            )
         return expand_to_tokens(used_token, input.size(0), self.num_experts, self.ep_group)
 
 
@@ -160,8 +190,9 @@ def check_route_id_range(route_ids: Tensor, route_by: str, routing_keys: list[st
     name, keys = ("task_type_ids", "task_types") if route_by == "type" else ("task_ids", "tasks")
     bad = route_ids[(route_ids < 0) | (route_ids >= len(routing_keys))]
     if bad.numel():
-        raise ValueError(f"{name}: ids must be in [0, {len(routing_keys) - 1}] "
-                         f"(mta.{keys} = {routing_keys}), got {bad[0].item()}")
+        raise ValueError(
+            f"{name}: ids must be in [0, {len(routing_keys) - 1}] (mta.{keys} = {routing_keys}), got {bad[0].item()}"
+        )
 
 
 def expand_to_tokens(routing: SequenceRouting, num_tokens: int, num_experts: int, ep_group=None):
@@ -179,8 +210,15 @@ def expand_to_tokens(routing: SequenceRouting, num_tokens: int, num_experts: int
     capacity = exp_counts.max().detach().clone()
     if pg_utils.is_parallel(ep_group):
         ds_comm.all_reduce(capacity, op=ds_comm.ReduceOp.MAX, group=ep_group)
-    return (routing.aux_loss, capacity, num_experts, token_idx.t().contiguous().to(torch.int32),
-            locations.t().contiguous().to(torch.int32), token_w.t().contiguous().float(), exp_counts.detach())
+    return (
+        routing.aux_loss,
+        capacity,
+        num_experts,
+        token_idx.t().contiguous().to(torch.int32),
+        locations.t().contiguous().to(torch.int32),
+        token_w.t().contiguous().float(),
+        exp_counts.detach(),
+    )
 
 
 def softmax_t_bias(config: MTAConfig) -> Tensor:

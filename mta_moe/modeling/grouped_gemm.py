@@ -12,6 +12,7 @@ capability 9.0; when compiling, its shape rules accept bfloat16 only) or the dim
 the caller takes the gathered-weight form of :mod:`.batched_adapters` or the per-adapter loop of :mod:`.dispatch`
 (:func:`.dispatch.choose_form`).
 """
+
 from __future__ import annotations
 
 import torch
@@ -78,8 +79,11 @@ def kernel_supported(device: torch.device, dtype: torch.dtype) -> bool:
     if key not in _PROBED:
         # the first call may come from inference (no_grad), from inside an activation-checkpointed block (its
         # saved-tensor hooks) or under autocast: the probe runs apart from all three
-        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(_keep, _keep), \
-                torch.autocast(device.type, enabled=False):
+        with (
+            torch.enable_grad(),
+            torch.autograd.graph.saved_tensors_hooks(_keep, _keep),
+            torch.autocast(device.type, enabled=False),
+        ):
             _PROBED[key] = _probe(device, dtype)
     return _PROBED[key]
 
@@ -101,8 +105,10 @@ def _probe(device: torch.device, dtype: torch.dtype) -> bool:
     tol = 1e-2 if dtype in (torch.bfloat16, torch.float16) else 1e-4
     agree = all(torch.allclose(x.float(), y.float(), atol=tol, rtol=tol) for x, y in zip(result, reference))
     if not agree:
-        log.warning(f"torch._grouped_mm disagrees with per-group matmuls on {device.type} in {dtype}: "
-                    "not used; the layer takes another form")
+        log.warning(
+            f"torch._grouped_mm disagrees with per-group matmuls on {device.type} in {dtype}: "
+            "not used; the layer takes another form"
+        )
     return agree
 
 
@@ -127,8 +133,10 @@ def _kernel_product(a: Tensor, b: Tensor, ends: list[int], grad: Tensor) -> tupl
         out = torch._grouped_mm(a, b, offs=torch.tensor(ends, device=a.device, dtype=torch.int32))
         return (out, *torch.autograd.grad(out, (a, b), grad))
     except (RuntimeError, NotImplementedError) as exc:  # missing_kernel() found none missing, yet the call failed
-        raise RuntimeError(f"torch._grouped_mm failed on {a.device.type} in {a.dtype} ({str(exc).splitlines()[0]}); "
-                           "set mta.dispatch to 'gathered_weights' or 'loop' to run without it") from exc
+        raise RuntimeError(
+            f"torch._grouped_mm failed on {a.device.type} in {a.dtype} ({str(exc).splitlines()[0]}); "
+            "set mta.dispatch to 'gathered_weights' or 'loop' to run without it"
+        ) from exc
 
 
 def route_counts(flat_indices: Tensor, num_experts: int) -> Tensor:
@@ -157,8 +165,9 @@ def stacked_weights(experts: nn.ModuleList) -> tuple[Tensor, Tensor | None, Tens
     return down, down_b, up, up_b
 
 
-def grouped_gemm_mixture(hidden_states: Tensor, indices: Tensor, weights: Tensor,
-                         experts: nn.ModuleList) -> tuple[Tensor, Tensor]:
+def grouped_gemm_mixture(
+    hidden_states: Tensor, indices: Tensor, weights: Tensor, experts: nn.ModuleList
+) -> tuple[Tensor, Tensor]:
     """``Σ_j w_bj · A_{i_bj}(x_b)`` per sequence with ``indices``/``weights`` [B, k]; also tokens per expert [E]."""
     batch, seq_len, hidden = hidden_states.shape
     k, num_experts = indices.size(1), len(experts)

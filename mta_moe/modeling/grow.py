@@ -8,6 +8,7 @@ the model before growing. A new row starts either Softmax-T style (``bias_init``
 assigned adapters) or as a copy of an existing type's row (warm start) with the new adapters just above
 that row's best adapter. Training then touches only the new rows (gradient mask) and the new adapters.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -40,20 +41,29 @@ class Growth:
     warm_start: dict[str, str | None] = field(default_factory=dict)
 
 
-def grown_config(old: MTAConfig, new_keys: Sequence[str], new_adapters: int,
-                 warm_start: Mapping[str, str | None], task_types: Sequence[str] | None = None) -> MTAConfig:
+def grown_config(
+    old: MTAConfig,
+    new_keys: Sequence[str],
+    new_adapters: int,
+    warm_start: Mapping[str, str | None],
+    task_types: Sequence[str] | None = None,
+) -> MTAConfig:
     """``old`` with new routing keys (task types, or tasks with ``route_by: task``) and adapters; a new key favours
     the new adapters, else its warm-start key's adapters, else all of them. ``task_types``: the grown model's
     task types when routing by task (the trained ones first)."""
     what = "task type" if old.route_by == "type" else "task"
     if old.gate_mode == "learned":
-        raise ConfigError(f"mta.train.add_task_types: gate_mode 'learned' routes without {what}s; adding a {what} "
-                          "needs gate_mode 'task' or 'both'")
+        raise ConfigError(
+            f"mta.train.add_task_types: gate_mode 'learned' routes without {what}s; adding a {what} "
+            "needs gate_mode 'task' or 'both'"
+        )
     keys = old.routing_keys
     clash = sorted(set(new_keys) & set(keys))
     if clash or not new_keys:
-        raise ConfigError(f"mta.{'task_types' if old.route_by == 'type' else 'tasks'}: the new {what}s must be "
-                          f"appended after the trained ones {keys}; got new {list(new_keys)}")
+        raise ConfigError(
+            f"mta.{'task_types' if old.route_by == 'type' else 'tasks'}: the new {what}s must be "
+            f"appended after the trained ones {keys}; got new {list(new_keys)}"
+        )
     assignment = dict(zip(keys, old.assignment()))
     added = list(range(old.num_experts, old.num_experts + new_adapters))
     for name in new_keys:
@@ -69,8 +79,9 @@ def grown_config(old: MTAConfig, new_keys: Sequence[str], new_adapters: int,
         raise ConfigError(f"mta.train.add_task_types: the grown model is invalid: {exc}") from None
 
 
-def grow_state(state: Mapping[str, Tensor], old: MTAConfig, new: MTAConfig,
-               warm_start: Mapping[str, str | None]) -> dict[str, Tensor]:
+def grow_state(
+    state: Mapping[str, Tensor], old: MTAConfig, new: MTAConfig, warm_start: Mapping[str, str | None]
+) -> dict[str, Tensor]:
     """The saved state with every selector's bias table (and W) grown for ``new``."""
     out = dict(state)
     t_old, e_old = old.num_routes, old.num_experts
@@ -91,15 +102,22 @@ def grow_state(state: Mapping[str, Tensor], old: MTAConfig, new: MTAConfig,
         elif key.endswith(_WG):
             out[key] = torch.cat([value, value.new_zeros(new.num_experts - e_old, value.size(1))])
         elif key.endswith(_MIX):  # always-on mixing rows: the warm-start key's, else all weights 1 (zeros)
-            rows = [value[old_keys.index(warm_start[name])] if warm_start.get(name) else value.new_zeros(value.size(1))
-                    for name in new_keys[t_old:]]
+            rows = [
+                value[old_keys.index(warm_start[name])] if warm_start.get(name) else value.new_zeros(value.size(1))
+                for name in new_keys[t_old:]
+            ]
             out[key] = torch.cat([value, torch.stack(rows)])
     return out
 
 
-def grow_saved_model(directory: str | Path, new_types: Sequence[str], new_adapters: int = 0,
-                     warm_start: Mapping[str, str | None] | None = None,
-                     ep_size: int | None = None, task_types: Sequence[str] | None = None) -> tuple[MTAModel, Growth]:
+def grow_saved_model(
+    directory: str | Path,
+    new_types: Sequence[str],
+    new_adapters: int = 0,
+    warm_start: Mapping[str, str | None] | None = None,
+    ep_size: int | None = None,
+    task_types: Sequence[str] | None = None,
+) -> tuple[MTAModel, Growth]:
     """Load a saved model with routing keys (task types, or tasks with ``route_by: task``) and adapters added;
     the old keys compute exactly as before."""
     saved = read_saved_model(directory)
@@ -107,17 +125,25 @@ def grow_saved_model(directory: str | Path, new_types: Sequence[str], new_adapte
     keys = saved.mta.routing_keys
     unknown = sorted(s for s in warm_start.values() if s and s not in keys)
     if unknown:
-        raise ConfigError(f"mta.train.add_task_types.warm_start: {unknown[0]!r} is not a trained "
-                          f"{'task type' if saved.mta.route_by == 'type' else 'task'} {keys}")
+        raise ConfigError(
+            f"mta.train.add_task_types.warm_start: {unknown[0]!r} is not a trained "
+            f"{'task type' if saved.mta.route_by == 'type' else 'task'} {keys}"
+        )
     new = grown_config(saved.mta, new_types, new_adapters, warm_start, task_types)
     if ep_size is not None:
         new = new.replace(ep_size=ep_size)
     state = grow_state(saved.state, saved.mta, new, warm_start)
 
-    model = MTAModel.from_saved(saved, new, state,
-                              allow_missing=lambda m, key: _is_new_expert(m, key, saved.mta.num_experts))
-    growth = Growth(list(keys), list(new_types), saved.mta.num_experts,
-                    list(range(saved.mta.num_experts, new.num_experts)), {t: warm_start.get(t) for t in new_types})
+    model = MTAModel.from_saved(
+        saved, new, state, allow_missing=lambda m, key: _is_new_expert(m, key, saved.mta.num_experts)
+    )
+    growth = Growth(
+        list(keys),
+        list(new_types),
+        saved.mta.num_experts,
+        list(range(saved.mta.num_experts, new.num_experts)),
+        {t: warm_start.get(t) for t in new_types},
+    )
     return model, growth
 
 
@@ -126,7 +152,7 @@ def _is_new_expert(model: MTAModel, key: str, old_experts: int) -> bool:
     match = _EXPERT_KEY.match(key)
     if match is None:
         return False
-    layer = model.get_submodule(match.group(1)[:-len(".deepspeed_moe.experts.deepspeed_experts.")])
+    layer = model.get_submodule(match.group(1)[: -len(".deepspeed_moe.experts.deepspeed_experts.")])
     return layer.global_expert_ids()[int(match.group(2))] >= old_experts
 
 
@@ -155,8 +181,9 @@ def new_parameters(model: MTAModel, growth: Growth) -> tuple[list[nn.Parameter],
 
 
 @torch.no_grad()
-def closest_task_types(model: MTAModel, batches: Mapping[str, Iterable[dict[str, Tensor]]],
-                       old_types: Sequence[str]) -> dict[str, str]:
+def closest_task_types(
+    model: MTAModel, batches: Mapping[str, Iterable[dict[str, Tensor]]], old_types: Sequence[str]
+) -> dict[str, str]:
     """For each new routing key, the trained key (task type, or task) under whose routing the model already fits
     its sequences best (lowest teacher-forced token cross-entropy on ``batches[new_key]``)."""
     was_training = model.training
@@ -169,8 +196,13 @@ def closest_task_types(model: MTAModel, batches: Mapping[str, Iterable[dict[str,
             total, count = 0.0, 0
             for batch in rows:
                 ids = torch.full_like(batch["task_type_ids"], type_id)
-                out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                            labels=batch["labels"], task_type_ids=ids, task_ids=ids)
+                out = model(
+                    input_ids=batch["input_ids"],
+                    attention_mask=batch["attention_mask"],
+                    labels=batch["labels"],
+                    task_type_ids=ids,
+                    task_ids=ids,
+                )
                 logits, labels = out.logits, batch["labels"]
                 if not model.config.is_encoder_decoder:
                     logits, labels = logits[:, :-1], labels[:, 1:]

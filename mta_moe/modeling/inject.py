@@ -1,4 +1,5 @@
 """Turn a ``transformers`` model into an MTA model: replace chosen FFN sub-layers, plumb task ids."""
+
 from __future__ import annotations
 
 import contextlib
@@ -54,10 +55,13 @@ class MTAFeedForward(nn.Module):
         route_ids = ctx.rows(ctx.route_ids, batch, "task ids")
         mask = ctx.rows(ctx.masks.get(self.stack), batch, "attention_mask")
         if routing is None and mask is not None and mask.shape[1] != hidden_states.shape[1]:
-            raise ValueError(f"attention_mask covers {mask.shape[1]} positions but the {self.stack} sees "
-                             f"{hidden_states.shape[1]}: route the full sequence first (generate() does)")
-        out, l_aux, _ = self.mta(hidden_states, route_ids, mask, routing=routing, track=not ctx.recomputing,
-                                 ids_checked=True)
+            raise ValueError(
+                f"attention_mask covers {mask.shape[1]} positions but the {self.stack} sees "
+                f"{hidden_states.shape[1]}: route the full sequence first (generate() does)"
+            )
+        out, l_aux, _ = self.mta(
+            hidden_states, route_ids, mask, routing=routing, track=not ctx.recomputing, ids_checked=True
+        )
         if cache is not None and routing is None:
             cache[self.key] = self.mta.last_routing
         ctx.aux_losses.append(l_aux)
@@ -110,8 +114,10 @@ class MTAModel(nn.Module):
         if wanted == "both":
             return available
         if wanted not in available:
-            raise ConfigError(f"mta.inject_stacks: {wanted!r} is not a stack of {self.family.name} models "
-                              f"(stacks: {available}, or 'both')")
+            raise ConfigError(
+                f"mta.inject_stacks: {wanted!r} is not a stack of {self.family.name} models "
+                f"(stacks: {available}, or 'both')"
+            )
         return [wanted]
 
     def _inject(self) -> dict[str, MTALayer]:
@@ -164,8 +170,10 @@ class MTAModel(nn.Module):
         """The ids the selectors key on: task-type ids, or task ids with ``mta.route_by: task``."""
         if self.mta_config.route_by == "task":
             if task_ids is None and task_type_ids is not None and self.mta_config.gate_mode != "learned":
-                raise ValueError("task_ids: this model routes by task (mta.route_by 'task'); pass task_ids "
-                                 f"(positions in mta.tasks = {self.mta_config.tasks}), not task_type_ids")
+                raise ValueError(
+                    "task_ids: this model routes by task (mta.route_by 'task'); pass task_ids "
+                    f"(positions in mta.tasks = {self.mta_config.tasks}), not task_type_ids"
+                )
             ids = task_ids
         else:
             ids = task_type_ids
@@ -193,8 +201,10 @@ class MTAModel(nn.Module):
         then). ``options`` (e.g. ``every_n_layers``) go to the backbone's method."""
         kwargs = dict(activation_checkpointing_kwargs or {})
         if kwargs.get("use_reentrant", False):
-            raise ValueError("activation_checkpointing_kwargs: use_reentrant=True cannot restore the task ids when a "
-                             "block is recomputed; MTAModel uses non-reentrant checkpoints")
+            raise ValueError(
+                "activation_checkpointing_kwargs: use_reentrant=True cannot restore the task ids when a "
+                "block is recomputed; MTAModel uses non-reentrant checkpoints"
+            )
         kwargs.update(use_reentrant=False, context_fn=self._checkpoint_contexts)
         enable = getattr(self.base_model, "activation_checkpointing_enable", None)
         if enable is not None:  # transformers >= 5.23; the older name is deprecated there
@@ -249,8 +259,13 @@ class MTAModel(nn.Module):
         return cls.from_saved(saved, mta if ep_size is None else mta.replace(ep_size=ep_size))
 
     @classmethod
-    def from_saved(cls, saved: SavedModel, mta: MTAConfig, state: dict | None = None,
-                   allow_missing: Callable[["MTAModel", str], bool] | None = None) -> "MTAModel":
+    def from_saved(
+        cls,
+        saved: SavedModel,
+        mta: MTAConfig,
+        state: dict | None = None,
+        allow_missing: Callable[["MTAModel", str], bool] | None = None,
+    ) -> "MTAModel":
         """The model for ``mta`` on ``saved``'s backbone and stage, with ``state`` (default: the saved weights)
         loaded; ``allow_missing`` names keys that may be absent (left at their initial values)."""
         model = cls(saved.model_cls(saved.base_config), mta)

@@ -1,4 +1,5 @@
 """The MTA layer: task adapters as the experts of a DeepSpeed MoE layer, routed per sequence."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -60,11 +61,21 @@ class MTALayer(MoE):
     def __init__(self, config: MTAConfig, hidden_size: int, ffn: nn.Module, layer_id: int = 0) -> None:
         if ffn is None:
             raise ValueError("MTALayer needs the FFN module it extends (bottleneck) or copies (ffn)")
-        template = make_expert_template(config.expert_kind, hidden_size, config.adapter_dim,
-                                        config.adapter_activation, ffn, config.adapter_bias)
-        super().__init__(hidden_size, template, num_experts=config.num_experts, ep_size=config.ep_size, k=1,
-                         capacity_factor=1.0, eval_capacity_factor=1.0, min_capacity=0, drop_tokens=False,
-                         use_rts=False)
+        template = make_expert_template(
+            config.expert_kind, hidden_size, config.adapter_dim, config.adapter_activation, ffn, config.adapter_bias
+        )
+        super().__init__(
+            hidden_size,
+            template,
+            num_experts=config.num_experts,
+            ep_size=config.ep_size,
+            k=1,
+            capacity_factor=1.0,
+            eval_capacity_factor=1.0,
+            min_capacity=0,
+            drop_tokens=False,
+            use_rts=False,
+        )
         self.config = config
         self.hidden_size = hidden_size
         self.layer_id = layer_id
@@ -77,10 +88,14 @@ class MTALayer(MoE):
         self.always_on: AlwaysOnAdapters | None = None
         if config.always_on_adapters:
             self.always_on = AlwaysOnAdapters(
-                hidden_size, config.always_on_adapters, config.always_on_dim or config.adapter_dim,
-                config.adapter_activation, config.adapter_bias,
+                hidden_size,
+                config.always_on_adapters,
+                config.always_on_dim or config.adapter_dim,
+                config.adapter_activation,
+                config.adapter_bias,
                 1 if config.gate_mode == "learned" else config.num_routes,
-                expert_generator(config.init_seed, layer_id, _ALWAYS_ON_SEED_OFFSET))
+                expert_generator(config.init_seed, layer_id, _ALWAYS_ON_SEED_OFFSET),
+            )
         self.shared_adapters: nn.ModuleList | None = None
         self.gate_network: GateNetwork | None = None
         self.routing_stats = RoutingStatistics(config.routing_keys, config.num_experts)
@@ -113,9 +128,11 @@ class MTALayer(MoE):
         super().set_deepspeed_parallelism(use_data_before_expert_parallel_)
         actual = groups._get_expert_parallel_rank(self.expert_group_name)
         if actual != self._ep_rank:
-            raise RuntimeError(f"MTA layer {self.layer_id}: initialised experts for ep rank {self._ep_rank} but "
-                               f"DeepSpeed placed this process at ep rank {actual} (use_data_before_expert_parallel "
-                               "is not supported)")
+            raise RuntimeError(
+                f"MTA layer {self.layer_id}: initialised experts for ep rank {self._ep_rank} but "
+                f"DeepSpeed placed this process at ep rank {actual} (use_data_before_expert_parallel "
+                "is not supported)"
+            )
 
     def enable_stage2(self) -> None:
         """Add the shared adapters and gate network; the layer's output is unchanged at this moment."""
@@ -125,11 +142,17 @@ class MTALayer(MoE):
         ref = next(self.selector.parameters())
         if cfg.num_shared_adapters > 0:
             gen = expert_generator(cfg.init_seed, self.layer_id, _SHARED_SEED_OFFSET)
-            self.shared_adapters = build_shared_adapters(self.hidden_size, cfg.num_shared_adapters,
-                                                         cfg.shared_adapter_dim, cfg.adapter_activation, gen,
-                                                         cfg.adapter_bias)
-            self.gate_network = GateNetwork(self.hidden_size, 1 + cfg.num_shared_adapters,
-                                            cfg.gate_network_hidden or self.hidden_size)
+            self.shared_adapters = build_shared_adapters(
+                self.hidden_size,
+                cfg.num_shared_adapters,
+                cfg.shared_adapter_dim,
+                cfg.adapter_activation,
+                gen,
+                cfg.adapter_bias,
+            )
+            self.gate_network = GateNetwork(
+                self.hidden_size, 1 + cfg.num_shared_adapters, cfg.gate_network_hidden or self.hidden_size
+            )
             self.gate_network.reset_parameters(gen)
             dtype = self._compute_dtype()
             self.shared_adapters.to(device=ref.device, dtype=dtype)
@@ -141,15 +164,26 @@ class MTALayer(MoE):
         return expert_param.dtype
 
     # ---------------------------------------------------------------- forward
-    def route(self, hidden_states: Tensor, route_ids: Tensor | None = None,
-              attention_mask: Tensor | None = None, ids_checked: bool = False) -> SequenceRouting:
+    def route(
+        self,
+        hidden_states: Tensor,
+        route_ids: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        ids_checked: bool = False,
+    ) -> SequenceRouting:
         """The per-sequence adapter choice for ``hidden_states`` [B, L, d]."""
         seq_repr = sequence_representation(hidden_states, attention_mask, self.config.sequence_repr)
         return self.selector.route(seq_repr, route_ids, ids_checked)
 
-    def forward(self, hidden_states: Tensor, route_ids: Tensor | None = None,
-                attention_mask: Tensor | None = None, routing: LayerRouting | None = None,
-                track: bool = True, ids_checked: bool = False) -> tuple[Tensor, Tensor, Tensor]:  # type: ignore[override]
+    def forward(
+        self,
+        hidden_states: Tensor,
+        route_ids: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        routing: LayerRouting | None = None,
+        track: bool = True,
+        ids_checked: bool = False,
+    ) -> tuple[Tensor, Tensor, Tensor]:  # type: ignore[override]
         """``hidden_states`` [B, L, d] → ``(output, l_aux, exp_counts)``; ``route_ids`` are one routing-key id per
         sequence (task-type ids, or task ids with ``route_by: task``); ``routing`` reuses an earlier decision;
         ``track=False`` leaves the routing statistics alone (a recomputation of a forward already counted);
@@ -160,8 +194,11 @@ class MTALayer(MoE):
         """
         if hidden_states.dim() != 3:
             raise ValueError(f"MTALayer expects [batch, seq_len, hidden], got shape {tuple(hidden_states.shape)}")
-        selection = routing.selection if routing is not None else self.route(hidden_states, route_ids,
-                                                                              attention_mask, ids_checked)
+        selection = (
+            routing.selection
+            if routing is not None
+            else self.route(hidden_states, route_ids, attention_mask, ids_checked)
+        )
         out = self._dispatch(hidden_states, selection)
         if self.always_on is not None:
             out = self.always_on(hidden_states, out, selection.route_ids)
@@ -173,10 +210,16 @@ class MTALayer(MoE):
         mix = None
         if self.stage == 2 and self.shared_adapters is not None:
             official = self.config.stage2_form == "official"
-            out, mix = mix_with_shared(hidden_states, out, self.shared_adapters, self.gate_network,
-                                       attention_mask, self.config.sequence_repr,
-                                       None if routing is None else routing.mix_weights,
-                                       base_out=base if official else None)
+            out, mix = mix_with_shared(
+                hidden_states,
+                out,
+                self.shared_adapters,
+                self.gate_network,
+                attention_mask,
+                self.config.sequence_repr,
+                None if routing is None else routing.mix_weights,
+                base_out=base if official else None,
+            )
         self.last_routing = LayerRouting(selection.detach(), None if mix is None else mix.detach())
         if self.config.track_routing and track:
             self.routing_stats.update(selection, mix)
@@ -188,13 +231,16 @@ class MTALayer(MoE):
             return self.deepspeed_moe(hidden_states, selection)
         moe = self.deepspeed_moe
         if self.ep_size > 1 and moe.ep_group is None:
-            raise RuntimeError(f"MTA layer {self.layer_id}: ep_size={self.ep_size} has no expert-parallel group yet; "
-                               "wrap the model with deepspeed.initialize before the forward")
+            raise RuntimeError(
+                f"MTA layer {self.layer_id}: ep_size={self.ep_size} has no expert-parallel group yet; "
+                "wrap the model with deepspeed.initialize before the forward"
+            )
         form = self.dispatch_form
         if form is None and self.config.dispatch != "grouped":
             form = self.config.dispatch
-        out, counts = grouped_dispatch(hidden_states, selection, self.local_experts, self.num_experts,
-                                       self.ep_size, moe.ep_group, form)
+        out, counts = grouped_dispatch(
+            hidden_states, selection, self.local_experts, self.num_experts, self.ep_size, moe.ep_group, form
+        )
         moe.l_aux, moe.exp_counts = selection.aux_loss, counts.detach()
         return out
 
@@ -214,8 +260,10 @@ class MTALayer(MoE):
 
     def extra_repr(self) -> str:
         c = self.config
-        return (f"kind={c.expert_kind}, experts={c.num_experts} (local {self.num_local_experts}), k={c.top_k}, "
-                f"mode={c.gate_mode}, T={c.temperature}, stage={self.stage}")
+        return (
+            f"kind={c.expert_kind}, experts={c.num_experts} (local {self.num_local_experts}), k={c.top_k}, "
+            f"mode={c.gate_mode}, T={c.temperature}, stage={self.stage}"
+        )
 
 
 def component_of(param_name: str) -> str:
@@ -232,8 +280,10 @@ def _expected_ep_rank(ep_size: int) -> int:
     if ep_size == 1:
         return 0
     if not (dist.is_available() and dist.is_initialized()):
-        raise ConfigError(f"mta.ep_size={ep_size} needs an initialised process group (launch with deepspeed or "
-                         "torchrun and call deepspeed.init_distributed() first); use ep_size=1 in a single process")
+        raise ConfigError(
+            f"mta.ep_size={ep_size} needs an initialised process group (launch with deepspeed or "
+            "torchrun and call deepspeed.init_distributed() first); use ep_size=1 in a single process"
+        )
     world = dist.get_world_size()
     if world % ep_size != 0:
         raise ConfigError(f"mta.ep_size={ep_size}: the world size ({world}) must be divisible by ep_size")

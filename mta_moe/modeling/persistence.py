@@ -1,4 +1,5 @@
 """Save and load MTA models: backbone config + MTA settings + safetensors weights; no launcher needed."""
+
 from __future__ import annotations
 
 import json
@@ -44,15 +45,21 @@ def write_model_files(model: MTAModel, folder: Path, state: dict | None = None) 
     into a temporary folder of its own)."""
     if state is None:
         if any(layer.ep_size > 1 for layer in model.mta_layers.values()):
-            raise ValueError("save_pretrained needs every adapter in this process (ep_size 1); with expert "
-                             "parallelism pass the state from gathered_state()")
+            raise ValueError(
+                "save_pretrained needs every adapter in this process (ep_size 1); with expert "
+                "parallelism pass the state from gathered_state()"
+            )
         state = unique_state(model)
     model.base_model.config.save_pretrained(folder)
     (folder / "config.json").replace(folder / BACKBONE_CONFIG_FILE)
     (folder / "config.json").write_text(json.dumps(export_marker(type(model.base_model).__name__), indent=2) + "\n")
     (folder / REMOTE_CODE_FILE).write_text(remote_code_source())
-    meta = {"format_version": FORMAT_VERSION, "architecture": type(model.base_model).__name__,
-            "stage": model.stage, "mta": model.mta_config.replace(ep_size=1).to_dict()}
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "architecture": type(model.base_model).__name__,
+        "stage": model.stage,
+        "mta": model.mta_config.replace(ep_size=1).to_dict(),
+    }
     (folder / MTA_CONFIG_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
     save_file(state, str(folder / WEIGHTS_FILE), metadata={"format": "pt"})
 
@@ -75,13 +82,18 @@ def write_files_together(directory: str | Path, write: Callable[[Path], None]) -
 
 def export_marker(architecture: str) -> dict[str, Any]:
     """``config.json`` of an export: a model type no transformers release knows, and how to load the folder."""
-    return {"model_type": MODEL_TYPE, "architectures": ["MTAModel"], "backbone_architecture": architecture,
-            "mta_moe_format_version": FORMAT_VERSION, "auto_map": auto_map(),
-            "how_to_load": "pip install mta_moe; import mta_moe, then the Auto class of the backbone (e.g. "
-                           "AutoModelForSeq2SeqLM.from_pretrained(this_directory); without the import, pass "
-                           "trust_remote_code=True) or "
-                           "mta_moe.MTAModel.from_pretrained(this_directory); the backbone's "
-                           f"own config is {BACKBONE_CONFIG_FILE}"}
+    return {
+        "model_type": MODEL_TYPE,
+        "architectures": ["MTAModel"],
+        "backbone_architecture": architecture,
+        "mta_moe_format_version": FORMAT_VERSION,
+        "auto_map": auto_map(),
+        "how_to_load": "pip install mta_moe; import mta_moe, then the Auto class of the backbone (e.g. "
+        "AutoModelForSeq2SeqLM.from_pretrained(this_directory); without the import, pass "
+        "trust_remote_code=True) or "
+        "mta_moe.MTAModel.from_pretrained(this_directory); the backbone's "
+        f"own config is {BACKBONE_CONFIG_FILE}",
+    }
 
 
 def gathered_state(model: MTAModel) -> dict | None:
@@ -89,8 +101,11 @@ def gathered_state(model: MTAModel) -> dict | None:
     (the layout of an ep_size-1 model), the other ranks ``None``."""
     import torch.distributed as dist
 
-    prefixes = {f"{name}.deepspeed_moe.experts.deepspeed_experts.": module.global_expert_ids()
-                for name, module in model.named_modules() if isinstance(module, MTALayer)}
+    prefixes = {
+        f"{name}.deepspeed_moe.experts.deepspeed_experts.": module.global_expert_ids()
+        for name, module in model.named_modules()
+        if isinstance(module, MTALayer)
+    }
     state = unique_state(model)
     experts, shared = {}, {}
     for key, value in state.items():
@@ -116,8 +131,11 @@ def unique_state(model: MTAModel, include: Callable[[str], bool] | None = None, 
     refuses to write)."""
     every = {name for name, _ in model.named_parameters(remove_duplicate=False)}
     unique = {name for name, _ in model.named_parameters()}
-    return {k: v.detach().clone().contiguous() if copy else v for k, v in model.state_dict().items()
-            if (k not in every or k in unique) and (include is None or include(k))}
+    return {
+        k: v.detach().clone().contiguous() if copy else v
+        for k, v in model.state_dict().items()
+        if (k not in every or k in unique) and (include is None or include(k))
+    }
 
 
 @dataclass
@@ -138,8 +156,10 @@ def _read_meta(directory: Path) -> dict[str, Any]:
             raise FileNotFoundError(f"{directory / name}: missing; not a saved MTA model directory")
     meta = json.loads((directory / MTA_CONFIG_FILE).read_text(encoding="utf-8"))
     if meta.get("format_version") not in READABLE_VERSIONS:
-        raise ValueError(f"{directory / MTA_CONFIG_FILE}: format_version {meta.get('format_version')!r}, "
-                         f"expected one of {list(READABLE_VERSIONS)}")
+        raise ValueError(
+            f"{directory / MTA_CONFIG_FILE}: format_version {meta.get('format_version')!r}, "
+            f"expected one of {list(READABLE_VERSIONS)}"
+        )
     backbone = _backbone_config_path(directory, meta["format_version"])
     if not backbone.is_file():
         raise FileNotFoundError(f"{backbone}: missing; not a saved MTA model directory")
@@ -165,9 +185,16 @@ def read_saved_model(directory: str | Path) -> SavedModel:
     if model_cls is None:
         raise ValueError(f"{directory / MTA_CONFIG_FILE}: architecture {arch!r} is not a transformers class")
     backbone_config = transformers.AutoConfig.from_pretrained(
-        str(_backbone_config_path(directory, meta["format_version"])))
-    return SavedModel(directory, meta["stage"], MTAConfig.from_dict(meta["mta"]), model_cls, backbone_config,
-                      read_weights(directory / WEIGHTS_FILE))
+        str(_backbone_config_path(directory, meta["format_version"]))
+    )
+    return SavedModel(
+        directory,
+        meta["stage"],
+        MTAConfig.from_dict(meta["mta"]),
+        model_cls,
+        backbone_config,
+        read_weights(directory / WEIGHTS_FILE),
+    )
 
 
 def read_weights(path: Path) -> dict:
@@ -177,12 +204,14 @@ def read_weights(path: Path) -> dict:
     try:
         return load_file(str(path))
     except (SafetensorError, OSError) as exc:
-        raise ValueError(f"{path}: not a readable safetensors file ({exc}); the file is damaged — export "
-                         "the model again") from None
+        raise ValueError(
+            f"{path}: not a readable safetensors file ({exc}); the file is damaged — export the model again"
+        ) from None
 
 
-def load_saved_state(model: MTAModel, saved: SavedModel, state: dict,
-                     allow_missing: Callable[[MTAModel, str], bool] | None = None) -> MTAModel:
+def load_saved_state(
+    model: MTAModel, saved: SavedModel, state: dict, allow_missing: Callable[[MTAModel, str], bool] | None = None
+) -> MTAModel:
     """Load ``state`` (a full, all-adapters state dict) into ``model``, built for ``saved``'s backbone and stage
     (its ep_size decides which adapters this rank keeps); ``allow_missing`` names keys that may be absent (left at
     their initial values). Shapes or keys that do not fit are a ValueError naming the files."""
@@ -191,12 +220,16 @@ def load_saved_state(model: MTAModel, saved: SavedModel, state: dict,
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # shapes that do not fit (e.g. an edited num_experts or adapter_dim)
         first = next((line.strip() for line in str(exc).splitlines() if "size mismatch" in line), str(exc)[:200])
-        raise ValueError(f"{saved.directory / WEIGHTS_FILE}: weights do not fit the model that "
-                         f"{saved.directory / MTA_CONFIG_FILE} describes ({first})") from None
+        raise ValueError(
+            f"{saved.directory / WEIGHTS_FILE}: weights do not fit the model that "
+            f"{saved.directory / MTA_CONFIG_FILE} describes ({first})"
+        ) from None
     missing = [k for k in _untied(model, missing, state) if allow_missing is None or not allow_missing(model, k)]
     if missing or unexpected:
-        raise ValueError(f"{saved.directory / WEIGHTS_FILE}: weights do not match the model "
-                         f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
+        raise ValueError(
+            f"{saved.directory / WEIGHTS_FILE}: weights do not match the model "
+            f"(missing {missing[:5]}, unexpected {unexpected[:5]})"
+        )
     return model
 
 
@@ -212,9 +245,11 @@ def _untied(model: MTAModel, missing: list[str], state: dict) -> list[str]:
 def _local_experts_only(model: MTAModel, state: dict) -> dict:
     """Map a full (all-experts) state dict onto this rank's local expert ids."""
     # "<layer path>.deepspeed_moe.experts.deepspeed_experts." -> {global id: local id}
-    local = {f"{name}.deepspeed_moe.experts.deepspeed_experts.": {g: i for i, g in
-                                                                  enumerate(module.global_expert_ids())}
-             for name, module in model.named_modules() if isinstance(module, MTALayer)}
+    local = {
+        f"{name}.deepspeed_moe.experts.deepspeed_experts.": {g: i for i, g in enumerate(module.global_expert_ids())}
+        for name, module in model.named_modules()
+        if isinstance(module, MTALayer)
+    }
     out = {}
     for key, value in state.items():
         m = _EXPERT_KEY.match(key)

@@ -1,4 +1,5 @@
 """Routing statistics of one MTA layer: which adapters each routing key's (task type or task) sequences use."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -66,16 +67,20 @@ class RoutingStatistics:
         if self.sequences.device != device:
             self._to(device)
         batch = routing.indices.size(0)
-        rows = (routing.route_ids if routing.route_ids is not None
-                else torch.full((batch, ), len(self.row_names) - 1, device=device, dtype=torch.long))
+        rows = (
+            routing.route_ids
+            if routing.route_ids is not None
+            else torch.full((batch,), len(self.row_names) - 1, device=device, dtype=torch.long)
+        )
         dense = routing.dense_weights().double()
         self.sequences.index_add_(0, rows, torch.ones(batch, dtype=torch.float64, device=device))
         self.adapter_counts.index_add_(0, rows, (dense > 0).double())
         self.weight_sums.index_add_(0, rows, dense)
         if mix_weights is not None:
             if self.mix_sums is None:
-                self.mix_sums = torch.zeros(len(self.row_names), mix_weights.size(1), dtype=torch.float64,
-                                            device=device)
+                self.mix_sums = torch.zeros(
+                    len(self.row_names), mix_weights.size(1), dtype=torch.float64, device=device
+                )
             self.mix_sums.index_add_(0, rows, mix_weights.double())
 
     def snapshot(self, all_reduce: bool = False, group=None) -> RoutingSnapshot:

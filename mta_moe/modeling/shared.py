@@ -10,6 +10,7 @@ official code) and the output is ``Σ_j g_j S_j``. Two forms (``mta.stage2_form`
   the output is ``g_0·M + Σ_{j≥1} g_j·(FFN(x) + A_j(x))``, the official code's form: the gate can down-weight
   the task mixture. At the switch the output moves from ``M`` to ``g_0·M + (1 − g_0)·FFN(x)``.
 """
+
 from __future__ import annotations
 
 import math
@@ -26,8 +27,9 @@ class GateNetwork(nn.Sequential):
     """MLP over the concatenated sequence representations of the 1+S candidates → mixing logits."""
 
     def __init__(self, hidden_size: int, num_candidates: int, gate_hidden: int) -> None:
-        super().__init__(nn.Linear(num_candidates * hidden_size, gate_hidden), nn.ReLU(),
-                         nn.Linear(gate_hidden, num_candidates))
+        super().__init__(
+            nn.Linear(num_candidates * hidden_size, gate_hidden), nn.ReLU(), nn.Linear(gate_hidden, num_candidates)
+        )
 
     def reset_parameters(self, generator: torch.Generator) -> None:
         with torch.no_grad():
@@ -37,18 +39,25 @@ class GateNetwork(nn.Sequential):
                 linear.bias.uniform_(-bound, bound, generator=generator)
 
 
-def build_shared_adapters(hidden_size: int, num_shared: int, adapter_dim: int, activation: str,
-                          generator: torch.Generator, bias: bool = True) -> nn.ModuleList:
-    adapters = nn.ModuleList(BottleneckAdapter(hidden_size, adapter_dim, activation, bias)
-                             for _ in range(num_shared))
+def build_shared_adapters(
+    hidden_size: int, num_shared: int, adapter_dim: int, activation: str, generator: torch.Generator, bias: bool = True
+) -> nn.ModuleList:
+    adapters = nn.ModuleList(BottleneckAdapter(hidden_size, adapter_dim, activation, bias) for _ in range(num_shared))
     for adapter in adapters:
         adapter.reset_parameters(generator)
     return adapters
 
 
-def mix_with_shared(hidden_states: Tensor, mixture_out: Tensor, shared_adapters: nn.ModuleList,
-                    gate_network: GateNetwork, attention_mask: Tensor | None, repr_mode: str,
-                    mix_weights: Tensor | None = None, base_out: Tensor | None = None) -> tuple[Tensor, Tensor]:
+def mix_with_shared(
+    hidden_states: Tensor,
+    mixture_out: Tensor,
+    shared_adapters: nn.ModuleList,
+    gate_network: GateNetwork,
+    attention_mask: Tensor | None,
+    repr_mode: str,
+    mix_weights: Tensor | None = None,
+    base_out: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
     """Return (stage-2 output, mixing weights [B, 1+S]); pass ``mix_weights`` to reuse a decision.
     ``base_out``: the base FFN's output ``FFN(x)`` for the ``official`` form (None: the ``residual`` form)."""
     deltas = [adapter(hidden_states) for adapter in shared_adapters]

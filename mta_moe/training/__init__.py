@@ -1,5 +1,6 @@
 """Training: the run config, the trainer, launchers. ``optimizer_param_groups`` (DeepSpeed MoE parameter groups)
 loads on first use, so reading and checking a config does not import DeepSpeed."""
+
 from __future__ import annotations
 
 from typing import Any

@@ -12,6 +12,7 @@ first use outside any run directory, readable by the user only). DeepSpeed then 
 copied run directory needs a new manifest, and a new manifest needs the key, so a checkpoint from elsewhere (or
 edited) is refused unless ``--trust-checkpoint`` is given.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -53,9 +54,11 @@ def check_free_space(out: Path, parameters: int) -> None:
     existing = out if out.exists() else next(p for p in out.parents if p.exists())
     free, needed = shutil.disk_usage(existing).free, parameters * BYTES_PER_PARAMETER
     if free < needed:
-        raise CheckpointError(f"mta.train.output_dir: {existing} has {free / 2**20:.0f} MiB free; a checkpoint and "
-                              f"the exports of this model ({parameters:,} parameters) need about "
-                              f"{needed / 2**20:.0f} MiB")
+        raise CheckpointError(
+            f"mta.train.output_dir: {existing} has {free / 2**20:.0f} MiB free; a checkpoint and "
+            f"the exports of this model ({parameters:,} parameters) need about "
+            f"{needed / 2**20:.0f} MiB"
+        )
 
 
 def new_run_id(out: Path) -> str:
@@ -105,8 +108,10 @@ def _key(create: bool) -> bytes | None:
     except FileExistsError:
         return path.read_bytes()
     except OSError as exc:
-        raise CheckpointError(f"cannot create the checkpoint-signing key {path} ({exc.strerror}); set "
-                              "MTA_MOE_CHECKPOINT_KEY to a writable path") from None
+        raise CheckpointError(
+            f"cannot create the checkpoint-signing key {path} ({exc.strerror}); set "
+            "MTA_MOE_CHECKPOINT_KEY to a writable path"
+        ) from None
     with os.fdopen(fd, "wb") as handle:
         handle.write(os.urandom(32))
     return path.read_bytes()
@@ -121,8 +126,11 @@ def commit(checkpoints: Path, tag: str, step: int, run_id: str) -> None:
     """After DeepSpeed wrote ``checkpoints/tag``: its signed manifest, then ``latest`` (rank 0, every rank's files
     on a shared file system)."""
     folder = checkpoints / tag
-    files = {str(p.relative_to(folder)): {"bytes": p.stat().st_size, "sha256": _digest(p)}
-             for p in sorted(folder.rglob("*")) if p.is_file() and p.name != MANIFEST}
+    files = {
+        str(p.relative_to(folder)): {"bytes": p.stat().st_size, "sha256": _digest(p)}
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != MANIFEST
+    }
     manifest = {"tag": tag, "step": step, "run_id": run_id, "files": files}
     manifest["signature"] = _signature(manifest, _key(create=True))
     write_text_atomically(folder / MANIFEST, json.dumps(manifest, indent=1) + "\n")
@@ -136,44 +144,61 @@ def verify(out: Path, checkpoints: Path, trust: bool = False) -> str:
         raise CheckpointError(f"--resume: no checkpoint to resume from ({latest} is missing)")
     folder = checkpoints / tag
     if not tag or not folder.is_dir():
-        raise CheckpointError(f"--resume: {latest} names {tag!r}, but {folder} is missing; point {latest} at "
-                              f"an existing tag or start again without --resume")
+        raise CheckpointError(
+            f"--resume: {latest} names {tag!r}, but {folder} is missing; point {latest} at "
+            f"an existing tag or start again without --resume"
+        )
     manifest_path = folder / MANIFEST
     if not manifest_path.is_file():
         if trust:
             return tag
-        raise CheckpointError(f"--resume: {manifest_path} is missing, so {folder} was not written by mta_moe "
-                              "(or by a version before manifests); pass --trust-checkpoint to load it anyway "
-                              "(DeepSpeed unpickles its files: trust only checkpoints you wrote)")
+        raise CheckpointError(
+            f"--resume: {manifest_path} is missing, so {folder} was not written by mta_moe "
+            "(or by a version before manifests); pass --trust-checkpoint to load it anyway "
+            "(DeepSpeed unpickles its files: trust only checkpoints you wrote)"
+        )
     try:
         manifest = json.loads(manifest_path.read_text())
         files = dict(manifest["files"])
     except (ValueError, KeyError, TypeError) as exc:
         raise CheckpointError(f"--resume: {manifest_path} is not a checkpoint manifest ({exc})") from None
     if not files:
-        raise CheckpointError(f"--resume: {manifest_path} lists no files; a checkpoint holds at least the model "
-                              "states — restore the manifest or point latest at an earlier tag")
+        raise CheckpointError(
+            f"--resume: {manifest_path} lists no files; a checkpoint holds at least the model "
+            "states — restore the manifest or point latest at an earlier tag"
+        )
     for name, expected in files.items():
         path = folder / name
         if not path.is_file():
-            raise CheckpointError(f"--resume: {path} is missing (listed in {manifest_path}); the checkpoint is "
-                                  "incomplete — restore the file or point latest at an earlier tag")
+            raise CheckpointError(
+                f"--resume: {path} is missing (listed in {manifest_path}); the checkpoint is "
+                "incomplete — restore the file or point latest at an earlier tag"
+            )
         size = path.stat().st_size
         if size != expected["bytes"] or _digest(path) != expected["sha256"]:
-            raise CheckpointError(f"--resume: {path} changed since it was saved ({size} bytes, {expected['bytes']} "
-                                  "written; SHA-256 differs): truncated or replaced — restore it or point latest "
-                                  "at an earlier tag")
+            raise CheckpointError(
+                f"--resume: {path} changed since it was saved ({size} bytes, {expected['bytes']} "
+                "written; SHA-256 differs): truncated or replaced — restore it or point latest "
+                "at an earlier tag"
+            )
     key = _key(create=False)
     signed = key is not None and hmac.compare_digest(str(manifest.get("signature", "")), _signature(manifest, key))
     if not signed and not trust:
-        where = ("it has no signature: written by an mta_moe from before checkpoints were signed, or not by "
-                 "mta_moe" if "signature" not in manifest else "written elsewhere, or edited since")
-        raise CheckpointError(f"--resume: {manifest_path} is not signed with this user's key "
-                              f"({checkpoint_key_path()}): {where}; DeepSpeed unpickles checkpoint files, so pass "
-                              "--trust-checkpoint only if you trust where it came from")
+        where = (
+            "it has no signature: written by an mta_moe from before checkpoints were signed, or not by mta_moe"
+            if "signature" not in manifest
+            else "written elsewhere, or edited since"
+        )
+        raise CheckpointError(
+            f"--resume: {manifest_path} is not signed with this user's key "
+            f"({checkpoint_key_path()}): {where}; DeepSpeed unpickles checkpoint files, so pass "
+            "--trust-checkpoint only if you trust where it came from"
+        )
     own = read_run_id(out)
     if manifest.get("run_id") != own and not trust:
-        raise CheckpointError(f"--resume: {folder} was written by run {manifest.get('run_id')}, not by this output "
-                              f"directory's run ({own or f'no {out / RUN_ID}'}); DeepSpeed unpickles checkpoint "
-                              "files, so pass --trust-checkpoint only if you trust where it came from")
+        raise CheckpointError(
+            f"--resume: {folder} was written by run {manifest.get('run_id')}, not by this output "
+            f"directory's run ({own or f'no {out / RUN_ID}'}); DeepSpeed unpickles checkpoint "
+            "files, so pass --trust-checkpoint only if you trust where it came from"
+        )
     return tag

@@ -2,6 +2,7 @@
 starts (keys, values, the data settings that name tasks), or the resolved config with every default, without
 training anything. ``mta-moe config schema`` / ``docs [--write DIR]``: the reference of every key, generated from
 the typed sections."""
+
 from __future__ import annotations
 
 import argparse
@@ -31,10 +32,13 @@ def config_command(args: argparse.Namespace, overrides: Sequence[str]) -> int:
         if cfg.train.init_from:  # a run from an export (stage 2, continuation) takes the layer from it
             layer = f"the layer of {cfg.train.init_from}"
         else:
-            layer = f"{cfg.mta.num_experts} adapters" + (f", {cfg.mta.always_on_adapters} always-on"
-                                                          if cfg.mta.always_on_adapters else "")
-        print(f"{args.file}: ok (stage {cfg.train.stage}, {cfg.train.steps} steps, {layer}, "
-              f"output {cfg.train.output_dir})")
+            layer = f"{cfg.mta.num_experts} adapters" + (
+                f", {cfg.mta.always_on_adapters} always-on" if cfg.mta.always_on_adapters else ""
+            )
+        print(
+            f"{args.file}: ok (stage {cfg.train.stage}, {cfg.train.steps} steps, {layer}, "
+            f"output {cfg.train.output_dir})"
+        )
     return 0
 
 

@@ -1,4 +1,5 @@
 """Process-group setup for every launch path: deepspeed, torchrun, SLURM (srun) and plain python."""
+
 from __future__ import annotations
 
 import os
@@ -19,13 +20,18 @@ def slurm_to_torch_env(env: MutableMapping[str, str]) -> dict[str, str]:
     """
     if "SLURM_PROCID" not in env or "RANK" in env:
         return {}
-    derived = {"RANK": env["SLURM_PROCID"], "WORLD_SIZE": env.get("SLURM_NTASKS", "1"),
-               "LOCAL_RANK": env.get("SLURM_LOCALID", "0")}
+    derived = {
+        "RANK": env["SLURM_PROCID"],
+        "WORLD_SIZE": env.get("SLURM_NTASKS", "1"),
+        "LOCAL_RANK": env.get("SLURM_LOCALID", "0"),
+    }
     nodes = int(env.get("SLURM_NNODES", env.get("SLURM_JOB_NUM_NODES", "1")))
     if "MASTER_ADDR" not in env:
         if nodes > 1:
-            raise RuntimeError("SLURM run on several nodes without MASTER_ADDR: export it in the batch script "
-                               "(the first host of `scontrol show hostnames $SLURM_JOB_NODELIST`)")
+            raise RuntimeError(
+                "SLURM run on several nodes without MASTER_ADDR: export it in the batch script "
+                "(the first host of `scontrol show hostnames $SLURM_JOB_NODELIST`)"
+            )
         derived["MASTER_ADDR"] = "127.0.0.1"
     if "MASTER_PORT" not in env:
         derived["MASTER_PORT"] = str(29500 + int(env.get("SLURM_JOB_ID", "0")) % 20000)
@@ -38,8 +44,15 @@ def init_process_group(timeout_s: float | None = None) -> tuple[int, int]:
     ``timeout_s``: how long a collective waits for a rank that stopped answering before it fails."""
     slurm_to_torch_env(os.environ)
     if "RANK" not in os.environ:  # plain `python launchers/train.py`: a group of one
-        os.environ.update({"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
-                           "MASTER_PORT": str(_free_port())})
+        os.environ.update(
+            {
+                "RANK": "0",
+                "WORLD_SIZE": "1",
+                "LOCAL_RANK": "0",
+                "MASTER_ADDR": "127.0.0.1",
+                "MASTER_PORT": str(_free_port()),
+            }
+        )
     if not dist.is_initialized():
         kwargs = {}
         if timeout_s is not None:

@@ -1,5 +1,6 @@
 """A run's exports (``export/``, ``best/``, ``export_step<N>/``): the consolidated model, its tokenizer, the task
 record (with the tokenizer's fingerprint) and the model card, written together or not at all."""
+
 from __future__ import annotations
 
 import json
@@ -31,10 +32,20 @@ def card_source(cfg) -> CardSource:
     return CardSource(base, hub, f"{what}, validation split")
 
 
-def write_export(directory: Path, model, state: dict, tokenizer, registry, profiles: dict[str, Any],
-                 scores: dict[str, float] | None, step: int, source: CardSource | None = None) -> None:
+def write_export(
+    directory: Path,
+    model,
+    state: dict,
+    tokenizer,
+    registry,
+    profiles: dict[str, Any],
+    scores: dict[str, float] | None,
+    step: int,
+    source: CardSource | None = None,
+) -> None:
     """Write one export of ``model`` (``state``: its gathered, ep-size-independent weights) into ``directory``;
     a failed write leaves the previous export there as it was (raises :class:`CheckpointError`)."""
+
     def write(folder: Path) -> None:
         write_model_files(model, folder, state)
         tokenizer.save_pretrained(folder)
@@ -46,5 +57,6 @@ def write_export(directory: Path, model, state: dict, tokenizer, registry, profi
     try:  # all files together
         write_files_together(directory, write)
     except (OSError, RuntimeError, SafetensorError) as exc:
-        raise CheckpointError(f"could not write {directory} ({str(exc).splitlines()[0]}); the previous export "
-                              "there is intact") from None
+        raise CheckpointError(
+            f"could not write {directory} ({str(exc).splitlines()[0]}); the previous export there is intact"
+        ) from None

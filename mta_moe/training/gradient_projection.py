@@ -6,6 +6,7 @@ Per-task gradients come from ``torch.autograd.grad``; the engine receives the re
 :mod:`.objective`. Each rank projects its own micro-batch's gradients before DeepSpeed averages them
 (per-device PCGrad).
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -32,8 +33,9 @@ def project_conflicts(grads: Sequence[Tensor], generator: torch.Generator) -> tu
     return projected, conflicts
 
 
-def pcgrad_gradient(task_losses: Sequence[Tensor], params: Sequence[nn.Parameter],
-                    generator: torch.Generator) -> tuple[list[Tensor | None], dict[str, float]]:
+def pcgrad_gradient(
+    task_losses: Sequence[Tensor], params: Sequence[nn.Parameter], generator: torch.Generator
+) -> tuple[list[Tensor | None], dict[str, float]]:
     """The PCGrad combination of the tasks' gradients w.r.t. ``params`` (None where no task reaches a
     parameter), and the share of conflicting task pairs.
 
@@ -43,14 +45,15 @@ def pcgrad_gradient(task_losses: Sequence[Tensor], params: Sequence[nn.Parameter
     for loss in task_losses:
         grads = torch.autograd.grad(loss, list(params), retain_graph=True, allow_unused=True)
         reached = [r or g is not None for r, g in zip(reached, grads)]
-        flats.append(torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1).double()
-                                for p, g in zip(params, grads)]))
+        flats.append(
+            torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1).double() for p, g in zip(params, grads)])
+        )
     projected, conflicts = project_conflicts(flats, generator)
     total = projected.sum(0)
     out: list[Tensor | None] = []
     offset = 0
     for p, used in zip(params, reached):
-        out.append(total[offset:offset + p.numel()].view_as(p).to(p.dtype) if used else None)
+        out.append(total[offset : offset + p.numel()].view_as(p).to(p.dtype) if used else None)
         offset += p.numel()
     pairs = len(task_losses) * (len(task_losses) - 1)
     return out, {"conflicts": conflicts / pairs if pairs else 0.0}

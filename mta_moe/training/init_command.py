@@ -5,6 +5,7 @@ per task (``route_by: task``), the training budget and evaluation cadence (scale
 length limits (from the rows' lengths in words); everything else is the shipped config's. The bundled suite and
 its curriculum are dropped. Both files are written together or not at all, and checked as ``train`` would check
 them before anything is written."""
+
 from __future__ import annotations
 
 import argparse
@@ -45,8 +46,10 @@ def profile_rows(files: dict[str, list[str]]) -> dict[str, Any]:
             for row in data:
                 known = tasks.setdefault(row["task"], row["type"])
                 if known != row["type"]:
-                    raise ValueError(f"{path}: task {row['task']!r} has rows of type {known!r} and "
-                                     f"{row['type']!r}; a task has one type")
+                    raise ValueError(
+                        f"{path}: task {row['task']!r} has rows of type {known!r} and "
+                        f"{row['type']!r}; a task has one type"
+                    )
                 seen.setdefault(split, set()).add(row["task"])
                 if split == "train":
                     inputs.append(len(row["input"].split()))
@@ -55,8 +58,13 @@ def profile_rows(files: dict[str, list[str]]) -> dict[str, Any]:
         unseen = sorted(seen.get(split, set()) - seen.get("train", set()))
         if unseen:
             raise ValueError(f"{files[split][0]}: task {unseen[0]!r} has no training rows")
-    return {"tasks": [t for t in tasks if t in seen.get("train", ())], "types": list(dict.fromkeys(tasks.values())),
-            "rows": rows, "input_words": _percentile(inputs, 0.99), "target_words": _percentile(targets, 0.99)}
+    return {
+        "tasks": [t for t in tasks if t in seen.get("train", ())],
+        "types": list(dict.fromkeys(tasks.values())),
+        "rows": rows,
+        "input_words": _percentile(inputs, 0.99),
+        "target_words": _percentile(targets, 0.99),
+    }
 
 
 def _percentile(values: list[int], q: float) -> int:
@@ -68,8 +76,9 @@ def _round(value: float, to: int) -> int:
     return int(math.ceil(value / to) * to)
 
 
-def derive(stage1: dict[str, Any], stage2: dict[str, Any], files: dict[str, list[str]], profile: dict[str, Any],
-           out: Path) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
+def derive(
+    stage1: dict[str, Any], stage2: dict[str, Any], files: dict[str, list[str]], profile: dict[str, Any], out: Path
+) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
     """The two configs for this data, and one line per setting the data decided (what and why)."""
     s1, s2 = copy.deepcopy(stage1), copy.deepcopy(stage2)
     batch = s1.get("train_micro_batch_size_per_gpu", 32) * s1.get("gradient_accumulation_steps", 1)
@@ -81,27 +90,45 @@ def derive(stage1: dict[str, Any], stage2: dict[str, Any], files: dict[str, list
     max_out = min(256, max(8, _round(PIECES_PER_WORD * profile["target_words"] + 4, 8)))
     data = {"suite": None, "curriculum": None, "files": files, "max_input_length": max_in, "max_target_length": max_out}
     mta = s1["mta"]
-    mta.update(task_types=profile["types"], route_by="task", tasks=profile["tasks"], num_experts=n_tasks,
-               task_adapter_assignment=None)
+    mta.update(
+        task_types=profile["types"],
+        route_by="task",
+        tasks=profile["tasks"],
+        num_experts=n_tasks,
+        task_adapter_assignment=None,
+    )
     mta["data"].update(data)
-    mta["train"].update(steps=steps, eval_every=every, save_every=every, output_dir=str(out / "stage1"),
-                        warmup_steps=min(mta["train"].get("warmup_steps", 50), steps // 20))
+    mta["train"].update(
+        steps=steps,
+        eval_every=every,
+        save_every=every,
+        output_dir=str(out / "stage1"),
+        warmup_steps=min(mta["train"].get("warmup_steps", 50), steps // 20),
+    )
     s2["mta"]["data"].update(data)
-    s2["mta"]["train"].update(steps=stage2_steps, eval_every=max(50, stage2_steps // 2),
-                              save_every=max(50, stage2_steps // 2), output_dir=str(out / "stage2"),
-                              init_from=str(out / "stage1" / "export"))
-    why = [f"tasks: {n_tasks} ({', '.join(profile['tasks'])}), one adapter each (mta.route_by task, "
-           f"mta.num_experts {n_tasks})",
-           f"task types: {profile['types']}",
-           "rows: " + ", ".join(f"{s} {n}" for s, n in profile["rows"].items()),
-           f"stage 1: {steps} steps of {batch} (about {EPOCHS} passes over the training rows, within "
-           f"{MIN_STEPS}-{MAX_STEPS}), validation and checkpoints every {every}",
-           f"stage 2: {stage2_steps} steps from stage 1's export",
-           f"length limits: input {max_in}, target {max_out} tokens (99th percentile {profile['input_words']} / "
-           f"{profile['target_words']} words x {PIECES_PER_WORD} pieces; rows over them are truncated)"]
+    s2["mta"]["train"].update(
+        steps=stage2_steps,
+        eval_every=max(50, stage2_steps // 2),
+        save_every=max(50, stage2_steps // 2),
+        output_dir=str(out / "stage2"),
+        init_from=str(out / "stage1" / "export"),
+    )
+    why = [
+        f"tasks: {n_tasks} ({', '.join(profile['tasks'])}), one adapter each (mta.route_by task, "
+        f"mta.num_experts {n_tasks})",
+        f"task types: {profile['types']}",
+        "rows: " + ", ".join(f"{s} {n}" for s, n in profile["rows"].items()),
+        f"stage 1: {steps} steps of {batch} (about {EPOCHS} passes over the training rows, within "
+        f"{MIN_STEPS}-{MAX_STEPS}), validation and checkpoints every {every}",
+        f"stage 2: {stage2_steps} steps from stage 1's export",
+        f"length limits: input {max_in}, target {max_out} tokens (99th percentile {profile['input_words']} / "
+        f"{profile['target_words']} words x {PIECES_PER_WORD} pieces; rows over them are truncated)",
+    ]
     if "validation" not in files:
-        why.append("no validation file: no validation scores during training and no best checkpoint; pass "
-                   "--validation to have them")
+        why.append(
+            "no validation file: no validation scores during training and no best checkpoint; pass "
+            "--validation to have them"
+        )
     return s1, s2, why
 
 
@@ -137,11 +164,13 @@ def init_command(args: argparse.Namespace, _: Sequence[str] = ()) -> int:
             raise ConfigError("init: --from and --from-stage2 go together (the stage-1 and stage-2 configs)")
         templates = (Path(args.from_stage1), Path(args.from_stage2)) if args.from_stage1 else shipped_configs()
         if templates is None:
-            raise ConfigError("init: no shipped configs next to this installation; pass --from STAGE1.json "
-                              "--from-stage2 STAGE2.json")
+            raise ConfigError(
+                "init: no shipped configs next to this installation; pass --from STAGE1.json --from-stage2 STAGE2.json"
+            )
         stage1, stage2 = (read_config_file(p) for p in templates)
-        files = {split: [str(Path(p).resolve()) for p in getattr(args, split)] for split in SPLITS
-                 if getattr(args, split)}
+        files = {
+            split: [str(Path(p).resolve()) for p in getattr(args, split)] for split in SPLITS if getattr(args, split)
+        }
         out = Path(args.out).resolve()
         s1, s2, why = derive(stage1, stage2, files, profile_rows(files), out)
         for cfg, path in ((s1, out / "stage1.json"), (s2, out / "stage2.json")):
@@ -152,8 +181,10 @@ def init_command(args: argparse.Namespace, _: Sequence[str] = ()) -> int:
         return 2
     print(f"wrote {out / 'stage1.json'} and {out / 'stage2.json'}:")
     print("\n".join(f"  {line}" for line in why))
-    print("next:\n"
-          f"  mta-moe train --deepspeed {out / 'stage1.json'}\n"
-          f"  mta-moe train --deepspeed {out / 'stage2.json'}   # optional: see README, Stage 2\n"
-          f"  mta-moe export --model {out / 'stage1' / 'export'} --all --out {out / 'per_task'}")
+    print(
+        "next:\n"
+        f"  mta-moe train --deepspeed {out / 'stage1.json'}\n"
+        f"  mta-moe train --deepspeed {out / 'stage2.json'}   # optional: see README, Stage 2\n"
+        f"  mta-moe export --model {out / 'stage1' / 'export'} --all --out {out / 'per_task'}"
+    )
     return 0

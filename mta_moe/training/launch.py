@@ -1,4 +1,5 @@
 """``mta-moe train``: one MTA stage from a DeepSpeed JSON with an ``mta`` section, plus dotted overrides."""
+
 from __future__ import annotations
 
 import argparse
@@ -31,8 +32,13 @@ def train_command(args: argparse.Namespace, overrides: Sequence[str]) -> int:
         out = Path(cfg.train.output_dir)
         fresh = not out.exists()
         try:
-            run = build_run(cfg, resume=args.resume, trust_checkpoint=args.trust_checkpoint,
-                            overwrite=args.overwrite, resume_with_changes=_keys(args.resume_with_changes))
+            run = build_run(
+                cfg,
+                resume=args.resume,
+                trust_checkpoint=args.trust_checkpoint,
+                overwrite=args.overwrite,
+                resume_with_changes=_keys(args.resume_with_changes),
+            )
         except BaseException:
             if fresh and _rank() == 0:  # nothing of a run that never started stays behind
                 shutil.rmtree(out, ignore_errors=True)
@@ -60,6 +66,7 @@ def _keys(text: str | None) -> tuple[str, ...]:
     """``--resume-with-changes mta.train.lr,train.seed``: full dotted keys (``train.`` is short for
     ``mta.train.``, as in overrides)."""
     from ..config import RUN_SECTIONS
+
     keys = []
     for key in (text or "").split(","):
         key = key.strip()

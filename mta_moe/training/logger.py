@@ -1,6 +1,7 @@
 """Run logging on rank 0: one JSON object per line in ``metrics.jsonl``, the same scalars in TensorBoard, and,
 when the DeepSpeed config enables monitors (``tensorboard``, ``csv_monitor``, ``wandb``, ``comet``), the same
 scalars through DeepSpeed's monitor too."""
+
 from __future__ import annotations
 
 import copy
@@ -45,8 +46,11 @@ class RunLogger:
             return
         with self.path.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps({"kind": kind, "step": step, **values}) + "\n")
-        events = [(f"{kind}/{name}", float(value), step) for name, value in _flatten(values)
-                  if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)]
+        events = [
+            (f"{kind}/{name}", float(value), step)
+            for name, value in _flatten(values)
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        ]
         for name, value, _ in events:
             self._tb.add_scalar(name, value, step)
         self._tb.flush()

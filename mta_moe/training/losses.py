@@ -10,6 +10,7 @@ tasks, and static per-task weights (``mta.train.loss_reduction`` / ``mta.train.t
 Task weights multiply each sequence's (or task's) share; with all weights 1 the reductions are
 the plain means above.
 """
+
 from __future__ import annotations
 
 from typing import Mapping, Sequence
@@ -21,16 +22,22 @@ from ..typed_config import check_known_tasks
 from .train_checks import REDUCTIONS
 
 
-def task_weight_vector(weights: Mapping[str, float], task_names: Sequence[str],
-                       key: str = "mta.train.task_weights") -> torch.Tensor:
+def task_weight_vector(
+    weights: Mapping[str, float], task_names: Sequence[str], key: str = "mta.train.task_weights"
+) -> torch.Tensor:
     """Weights in task-id order (1.0 for tasks not named); unknown task names are a ConfigError."""
     check_known_tasks(weights, task_names, key)
     return torch.tensor([float(weights.get(name, 1.0)) for name in task_names])
 
 
-def reduce_loss(token_losses: torch.Tensor, mask: torch.Tensor, task_ids: torch.Tensor, reduction: str,
-                weights: torch.Tensor | None = None, normalizer: float | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+def reduce_loss(
+    token_losses: torch.Tensor,
+    mask: torch.Tensor,
+    task_ids: torch.Tensor,
+    reduction: str,
+    weights: torch.Tensor | None = None,
+    normalizer: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``token_losses``, ``mask``: [B, T]; ``task_ids``: [B]; ``weights``: [num_tasks] or None; ``normalizer``:
     the ``token`` reduction's divisor instead of this batch's token count (length-grouped batches pass the
     window's mean count, so a token weighs the same in a batch of short targets as in one of long targets).

@@ -1,4 +1,5 @@
 """Tokenizer and backbone from the ``mta.model`` section: a hub name or directory, or a from-scratch config."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -20,8 +21,9 @@ def model_mode(model: PreTrainedModel) -> str:
     return "seq2seq" if model.config.is_encoder_decoder else "causal"
 
 
-def build_tokenizer(cfg: ModelConfig, train_texts: Sequence[str], out_dir: Path,
-                    train_here: bool = True) -> PreTrainedTokenizerBase:
+def build_tokenizer(
+    cfg: ModelConfig, train_texts: Sequence[str], out_dir: Path, train_here: bool = True
+) -> PreTrainedTokenizerBase:
     """The backbone's tokenizer, or a SentencePiece tokenizer trained on ``train_texts`` into ``out_dir``
     (``train_here=False``: another rank trains it; just load it)."""
     if cfg.tokenizer == "backbone":
@@ -47,9 +49,14 @@ def build_backbone(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase, seed: i
     model_type = values.pop("model_type")
     _check_text_to_text(model_type)
     try:
-        config = AutoConfig.for_model(model_type, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
-                                      eos_token_id=tokenizer.eos_token_id,
-                                      decoder_start_token_id=tokenizer.pad_token_id, **values)
+        config = AutoConfig.for_model(
+            model_type,
+            vocab_size=len(tokenizer),
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            decoder_start_token_id=tokenizer.pad_token_id,
+            **values,
+        )
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"mta.model.from_scratch: {exc}") from None
     auto = transformers.AutoModelForSeq2SeqLM if config.is_encoder_decoder else transformers.AutoModelForCausalLM
@@ -58,5 +65,7 @@ def build_backbone(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase, seed: i
 
 def _check_text_to_text(model_type: str) -> None:
     if model_type in ENCODER_ONLY:
-        raise ConfigError(f"mta.model: {model_type} is encoder-only; the text-to-text trainer needs an "
-                          f"encoder-decoder (t5, bart) or decoder-only (gpt2, llama, qwen2) backbone")
+        raise ConfigError(
+            f"mta.model: {model_type} is encoder-only; the text-to-text trainer needs an "
+            f"encoder-decoder (t5, bart) or decoder-only (gpt2, llama, qwen2) backbone"
+        )

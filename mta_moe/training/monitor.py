@@ -1,5 +1,6 @@
 """Warnings during training: a task's validation score falling below its best so far or below a known
 single-task baseline (by more than a margin), and routing collapse."""
+
 from __future__ import annotations
 
 from typing import Any, Mapping
@@ -25,21 +26,36 @@ class TrainingMonitor:
                 continue
             best = self.best.get(task)
             if best is not None and score < best - self.margin:
-                warnings.append({"task": task, "reason": "below_best", "score": score, "reference": best,
-                                 "message": f"{task}: {score:.3f} is {best - score:.3f} below its best {best:.3f}"})
+                warnings.append(
+                    {
+                        "task": task,
+                        "reason": "below_best",
+                        "score": score,
+                        "reference": best,
+                        "message": f"{task}: {score:.3f} is {best - score:.3f} below its best {best:.3f}",
+                    }
+                )
             baseline = self.baselines.get(task)
             if baseline is not None and score < baseline - self.margin:
-                warnings.append({"task": task, "reason": "below_baseline", "score": score, "reference": baseline,
-                                 "message": f"{task}: {score:.3f} is {baseline - score:.3f} below its single-task "
-                                            f"baseline {baseline:.3f}"})
+                warnings.append(
+                    {
+                        "task": task,
+                        "reason": "below_baseline",
+                        "score": score,
+                        "reference": baseline,
+                        "message": f"{task}: {score:.3f} is {baseline - score:.3f} below its single-task "
+                        f"baseline {baseline:.3f}",
+                    }
+                )
             self.best[task] = score if best is None else max(best, score)
         return warnings
 
     def add_routing(self, layers: Mapping[str, Mapping[str, Any]]) -> None:
         """Accumulate routing records (``RoutingSnapshot.as_dict`` per layer) until the next check."""
         for name, snapshot in layers.items():
-            sequences, counts = self._window.setdefault(name, ([0.0] * len(snapshot["sequences"]),
-                                                               [[0.0] * len(r) for r in snapshot["adapter_counts"]]))
+            sequences, counts = self._window.setdefault(
+                name, ([0.0] * len(snapshot["sequences"]), [[0.0] * len(r) for r in snapshot["adapter_counts"]])
+            )
             for i, value in enumerate(snapshot["sequences"]):
                 sequences[i] += value
             for row, new in zip(counts, snapshot["adapter_counts"]):

@@ -10,6 +10,7 @@ those two the model's forward runs outside the engine, the final gradient ``g`` 
 and back-propagates that with ``engine.backward``: accumulation, ZeRO 1/2 reduction, partitioning and
 clipping all happen in DeepSpeed as for a plain loss.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -37,8 +38,12 @@ class MicroBatchLoss:
 def model_inputs(model, batch: dict[str, Tensor], mode: str) -> dict[str, Tensor]:
     """The forward's inputs without ``labels``: the loss is computed once, here, not also by the backbone.
     Seq2seq models get the decoder inputs the backbone would have built from the labels."""
-    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"],
-              "task_type_ids": batch["task_type_ids"], "task_ids": batch["task_ids"]}
+    inputs = {
+        "input_ids": batch["input_ids"],
+        "attention_mask": batch["attention_mask"],
+        "task_type_ids": batch["task_type_ids"],
+        "task_ids": batch["task_ids"],
+    }
     if mode == "seq2seq":
         inputs["decoder_input_ids"] = model.prepare_decoder_input_ids_from_labels(labels=batch["labels"])
     return inputs
@@ -59,8 +64,9 @@ class Objective:
     def custom_gradient(self) -> bool:
         return self.projection is not None or self.gradnorm_params is not None
 
-    def __call__(self, engine, model, batch: dict[str, Tensor], step: int,
-                 token_normalizer: float | None = None) -> MicroBatchLoss:
+    def __call__(
+        self, engine, model, batch: dict[str, Tensor], step: int, token_normalizer: float | None = None
+    ) -> MicroBatchLoss:
         forward = model if self.custom_gradient else engine
         out = forward(**model_inputs(model, batch, self.mode))
         logits, labels = out.logits, batch["labels"]
@@ -73,8 +79,12 @@ class Objective:
         loss = loss + self.balance.regulariser(task_ids)
         aux = model.last_aux_loss
         total = loss if aux is None else loss + aux.to(loss.dtype)
-        result = MicroBatchLoss(total, total.detach(), per_sample,
-                                torch.zeros_like(total.detach()) if aux is None else aux.detach().to(total.dtype))
+        result = MicroBatchLoss(
+            total,
+            total.detach(),
+            per_sample,
+            torch.zeros_like(total.detach()) if aux is None else aux.detach().to(total.dtype),
+        )
         if not self.custom_gradient:
             return result
         params = engine.module.trainable_parameters()
@@ -109,13 +119,23 @@ class Objective:
 
     def _gradnorm(self, per_sample: Tensor, task_ids: Tensor) -> None:
         local, anywhere = self.presence(task_ids)
-        means = [per_sample[task_ids == t].sum() / max(1, int((task_ids == t).sum()))
-                 for t in range(len(self.balance.task_names))]
+        means = [
+            per_sample[task_ids == t].sum() / max(1, int((task_ids == t).sum()))
+            for t in range(len(self.balance.task_names))
+        ]
         self.balance.gradnorm_step(torch.stack(means), local, anywhere, self.gradnorm_params, self.world)
 
     # ------------------------------------------------------------------ PCGrad
-    def _pcgrad(self, tokens: Tensor, mask: Tensor, task_ids: Tensor, weights: Tensor, params: list[Tensor],
-                step: int, normalizer: float | None) -> list[Tensor | None]:
+    def _pcgrad(
+        self,
+        tokens: Tensor,
+        mask: Tensor,
+        task_ids: Tensor,
+        weights: Tensor,
+        params: list[Tensor],
+        step: int,
+        normalizer: float | None,
+    ) -> list[Tensor | None]:
         """Each present task's share of the weighted loss (the shares sum to the loss), projected."""
         present = task_ids.unique().tolist()
         shares = []
@@ -155,7 +175,8 @@ class TrainingModule(nn.Module):
             return self.model(*args, **kwargs)
         params = self.trainable_parameters()
         if len(params) != len(parameter_gradients):
-            raise ValueError(f"parameter_gradients: {len(parameter_gradients)} given for {len(params)} trainable "
-                             f"parameters")
+            raise ValueError(
+                f"parameter_gradients: {len(parameter_gradients)} given for {len(params)} trainable parameters"
+            )
         terms = [(p * g.detach().to(p.dtype)).sum() for p, g in zip(params, parameter_gradients) if g is not None]
         return torch.stack(terms).sum() if terms else params[0].sum() * 0

@@ -1,4 +1,5 @@
 """Optimizer parameter groups split the way DeepSpeed's MoE engine requires, optionally from name patterns."""
+
 from __future__ import annotations
 
 from fnmatch import fnmatchcase
@@ -10,8 +11,9 @@ from torch import nn
 from ..config import ConfigError
 
 
-def optimizer_param_groups(model: nn.Module, lr: float, weight_decay: float = 0.0,
-                           name: str = "trainable") -> list[dict[str, Any]]:
+def optimizer_param_groups(
+    model: nn.Module, lr: float, weight_decay: float = 0.0, name: str = "trainable"
+) -> list[dict[str, Any]]:
     """Trainable parameters as optimizer groups, expert params split into their expert-parallel groups.
 
     ``deepspeed.initialize`` asserts on a client optimizer whose groups mix expert and
@@ -24,17 +26,28 @@ def optimizer_param_groups(model: nn.Module, lr: float, weight_decay: float = 0.
     return [g for g in split_params_into_different_moe_groups_for_optimizer(group) if g["params"]]
 
 
-def pattern_param_groups(model: nn.Module, patterns: Sequence[Mapping[str, Any]], lr: float,
-                         weight_decay: float, key: str = "mta.train.trainable",
-                         keep_frozen: Sequence[nn.Parameter] = ()) -> list[dict[str, Any]]:
+def pattern_param_groups(
+    model: nn.Module,
+    patterns: Sequence[Mapping[str, Any]],
+    lr: float,
+    weight_decay: float,
+    key: str = "mta.train.trainable",
+    keep_frozen: Sequence[nn.Parameter] = (),
+) -> list[dict[str, Any]]:
     """Freeze every parameter no pattern matches; one group per pattern (first match wins) with its lr,
     each split into MoE / non-MoE groups. A pattern that matches no parameter is an error unless it is marked
     ``"optional": true`` (e.g. parts that only some models have).
     ``keep_frozen`` stay frozen even when matched (e.g. selector terms the gate mode does not use)."""
     frozen = {id(p) for p in keep_frozen}
     groups: list[dict[str, Any]] = [
-        {"params": [], "name": f"trainable[{i}]", "lr": float(p.get("lr", lr)),
-         "weight_decay": float(p.get("weight_decay", weight_decay))} for i, p in enumerate(patterns)]
+        {
+            "params": [],
+            "name": f"trainable[{i}]",
+            "lr": float(p.get("lr", lr)),
+            "weight_decay": float(p.get("weight_decay", weight_decay)),
+        }
+        for i, p in enumerate(patterns)
+    ]
     for name, param in model.named_parameters():
         index = next((i for i, p in enumerate(patterns) if fnmatchcase(name, p["pattern"])), None)
         if index is not None and id(param) not in frozen:
@@ -44,8 +57,9 @@ def pattern_param_groups(model: nn.Module, patterns: Sequence[Mapping[str, Any]]
         matched = any(fnmatchcase(n, patterns[i]["pattern"]) for n, _ in model.named_parameters())
         if not matched and not patterns[i].get("optional", False):
             example = next(n for n, _ in model.named_parameters())
-            raise ConfigError(f"{key}[{i}].pattern: {patterns[i]['pattern']!r} matches no parameter "
-                              f"(names look like {example!r})")
+            raise ConfigError(
+                f"{key}[{i}].pattern: {patterns[i]['pattern']!r} matches no parameter (names look like {example!r})"
+            )
     out = []
     for group in (g for g in groups if g["params"]):
         out += [g for g in split_params_into_different_moe_groups_for_optimizer(group) if g["params"]]

@@ -6,6 +6,7 @@ DeepSpeed key that acts in training) is refused with the keys named; ``--resume-
 named ones on purpose (they are logged; ``data_files`` accepts changed data files). Keys that only change what is
 observed or when the run stops may change freely: ``RESUME_FREE``.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -17,13 +18,30 @@ from ..config import ConfigError
 from ..files import write_text_atomically
 
 DATA_HASHES = "data_sha256.json"
-RESUME_FREE = frozenset({
-    "mta.train.output_dir", "mta.train.stop_at_step", "mta.train.log_every", "mta.train.save_every",
-    "mta.train.eval_every",
-    "mta.train.eval_batch_size", "mta.train.max_new_tokens", "mta.train.distributed_timeout_s",
-    "mta.train.export_steps", "mta.train.early_stopping", "mta.train.warn_margin", "mta.train.skip_nonfinite_batches",
-    "mta.train.activation_checkpointing", "mta.track_routing", "steps_per_print", "wall_clock_breakdown",
-    "tensorboard", "csv_monitor", "wandb", "comet"})
+RESUME_FREE = frozenset(
+    {
+        "mta.train.output_dir",
+        "mta.train.stop_at_step",
+        "mta.train.log_every",
+        "mta.train.save_every",
+        "mta.train.eval_every",
+        "mta.train.eval_batch_size",
+        "mta.train.max_new_tokens",
+        "mta.train.distributed_timeout_s",
+        "mta.train.export_steps",
+        "mta.train.early_stopping",
+        "mta.train.warn_margin",
+        "mta.train.skip_nonfinite_batches",
+        "mta.train.activation_checkpointing",
+        "mta.track_routing",
+        "steps_per_print",
+        "wall_clock_breakdown",
+        "tensorboard",
+        "csv_monitor",
+        "wandb",
+        "comet",
+    }
+)
 
 
 def flat(node: Any, prefix: str = "") -> dict[str, Any]:
@@ -76,8 +94,10 @@ def check_resume(out: Path, cfg, accepted: Iterable[str] = ()) -> list[str]:
     accepted = set(accepted)
     previous_file = out / "run_config.json"
     if not previous_file.is_file():
-        raise ConfigError(f"--resume: {previous_file} is missing, so the run's settings cannot be compared; start "
-                          "again without --resume")
+        raise ConfigError(
+            f"--resume: {previous_file} is missing, so the run's settings cannot be compared; start "
+            "again without --resume"
+        )
     changed = changed_keys(json.loads(previous_file.read_text()), cfg.to_json())
     hashes_file = out / DATA_HASHES
     if hashes_file.is_file():
@@ -85,10 +105,12 @@ def check_resume(out: Path, cfg, accepted: Iterable[str] = ()) -> list[str]:
         changed += [f"data file {p}" for p in sorted(set(before) | set(now)) if before.get(p) != now.get(p)]
     refused = [k for k in changed if k not in accepted and not (k.startswith("data file") and "data_files" in accepted)]
     if refused:
-        raise ConfigError(f"--resume: this run changes {', '.join(refused[:6])}"
-                          f"{' and more' if len(refused) > 6 else ''} since it started, which changes what it trains; "
-                          "resume with the run's own settings, start a new run, or accept named keys with "
-                          f"--resume-with-changes {','.join(_names(refused))}")
+        raise ConfigError(
+            f"--resume: this run changes {', '.join(refused[:6])}"
+            f"{' and more' if len(refused) > 6 else ''} since it started, which changes what it trains; "
+            "resume with the run's own settings, start a new run, or accept named keys with "
+            f"--resume-with-changes {','.join(_names(refused))}"
+        )
     return [k for k in changed if k not in refused]
 
 

@@ -1,6 +1,7 @@
 """One training stage's parts, as a plain object: :class:`Run` holds what :func:`.setup.build_run` builds (the data,
 model, engine, samplers) and :class:`TrainState`, what the loop changes; the checkpoint of both (saved and loaded
 here, with the state passed explicitly) and the export."""
+
 from __future__ import annotations
 
 import math
@@ -81,16 +82,23 @@ def info(message: str) -> None:
 def save_checkpoint(run: Run) -> None:
     """A DeepSpeed checkpoint tagged by step, with the train state, sampler, monitor and RNG; its manifest, then
     ``latest``, once every file is written."""
-    state = {**asdict(run.state), "monitor": run.monitor.state_dict(), "sampler": run.sampler.state_dict(),
-             "torch_rng": torch.get_rng_state(), "stage": run.cfg.train.stage}
+    state = {
+        **asdict(run.state),
+        "monitor": run.monitor.state_dict(),
+        "sampler": run.sampler.state_dict(),
+        "torch_rng": torch.get_rng_state(),
+        "stage": run.cfg.train.stage,
+    }
     tag = f"step{run.state.step}"
     directory = run.out / CHECKPOINTS
     try:
         run.engine.save_checkpoint(str(directory), tag=tag, client_state=state, save_latest=False)
     except (OSError, RuntimeError) as exc:  # torch.save reports a failed write as a RuntimeError
         kept = latest_tag(directory) or "no checkpoint"
-        raise CheckpointError(f"could not write checkpoint {directory / tag} "
-                              f"({str(exc).splitlines()[0]}); latest still names {kept}, intact") from None
+        raise CheckpointError(
+            f"could not write checkpoint {directory / tag} "
+            f"({str(exc).splitlines()[0]}); latest still names {kept}, intact"
+        ) from None
     barrier()  # every rank's files are written
     if run.rank == 0:
         commit(directory, tag, run.state.step, run.run_id)
@@ -104,15 +112,22 @@ def load_checkpoint(run: Run) -> None:
     try:
         path, state = run.engine.load_checkpoint(str(directory), tag=run.resume_tag)
     except Exception as exc:  # noqa: BLE001 - DeepSpeed and torch.load raise many types for a bad file
-        raise CheckpointError(f"--resume: DeepSpeed could not load {directory / run.resume_tag} "
-                              f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+        raise CheckpointError(
+            f"--resume: DeepSpeed could not load {directory / run.resume_tag} "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+        ) from None
     if path is None:
         raise CheckpointError(f"--resume: DeepSpeed could not load {directory / run.resume_tag}")
     if state.get("stage") != run.cfg.train.stage:
-        raise ConfigError(f"--resume: {path} is a stage-{state.get('stage')} checkpoint; this run is stage "
-                          f"{run.cfg.train.stage}")
-    run.state = TrainState(step=int(state["step"]), best=float(state["best"]), skipped=int(state.get("skipped", 0)),
-                           evals_since_best=int(state.get("evals_since_best", 0)))
+        raise ConfigError(
+            f"--resume: {path} is a stage-{state.get('stage')} checkpoint; this run is stage {run.cfg.train.stage}"
+        )
+    run.state = TrainState(
+        step=int(state["step"]),
+        best=float(state["best"]),
+        skipped=int(state.get("skipped", 0)),
+        evals_since_best=int(state.get("evals_since_best", 0)),
+    )
     run.monitor.load_state_dict(state.get("monitor", {}))
     run.sampler.load_state_dict(state["sampler"])
     torch.set_rng_state(state["torch_rng"])
@@ -124,8 +139,17 @@ def export(run: Run, directory: Path, scores: dict[str, float] | None = None) ->
     ``MTAModel.from_pretrained`` at any ep size; ``scores``: the validation scores the card lists."""
     state = gathered_state(run.model)  # every rank takes part; rank 0 gets all adapters
     if run.rank == 0:
-        write_export(directory, run.model, state, run.tokenizer, run.data.registry, run.profiles, scores,
-                     run.state.step, card_source(run.cfg))
+        write_export(
+            directory,
+            run.model,
+            state,
+            run.tokenizer,
+            run.data.registry,
+            run.profiles,
+            scores,
+            run.state.step,
+            card_source(run.cfg),
+        )
     barrier()
 
 
@@ -135,7 +159,12 @@ def apply_unfreeze(run: Run) -> None:
         return
     newly = run.unfreeze.apply(run.state.step, run.engine.optimizer)
     if newly:
-        run.logger.log("unfreeze", run.state.step, {"blocks": newly, "unfrozen": run.unfreeze.unfrozen,
-                                                    "of": len(run.unfreeze.units)})
-        info(f"step {run.state.step}: unfroze {', '.join(newly)} "
-             f"({run.unfreeze.unfrozen}/{len(run.unfreeze.units)} blocks)")
+        run.logger.log(
+            "unfreeze",
+            run.state.step,
+            {"blocks": newly, "unfrozen": run.unfreeze.unfrozen, "of": len(run.unfreeze.units)},
+        )
+        info(
+            f"step {run.state.step}: unfroze {', '.join(newly)} "
+            f"({run.unfreeze.unfrozen}/{len(run.unfreeze.units)} blocks)"
+        )

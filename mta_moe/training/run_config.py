@@ -1,6 +1,7 @@
 """One run's configuration: a DeepSpeed JSON whose ``"mta"`` section holds the layer keys plus
 ``model``, ``data`` and ``train`` subsections (``ModelConfig`` and ``TrainConfig`` live in train_config); dotted
 command-line overrides; checks that name the key."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -34,8 +35,15 @@ class RunConfig:
 
     def to_json(self) -> dict[str, Any]:
         """The full resolved config (DeepSpeed keys plus the complete ``mta`` section)."""
-        return {**self.ds, "mta": {**self.mta.to_dict(), "model": dataclasses.asdict(self.model),
-                                   "data": self.data.to_dict(), "train": dataclasses.asdict(self.train)}}
+        return {
+            **self.ds,
+            "mta": {
+                **self.mta.to_dict(),
+                "model": dataclasses.asdict(self.model),
+                "data": self.data.to_dict(),
+                "train": dataclasses.asdict(self.train),
+            },
+        }
 
     def check_task_names(self, names: Sequence[str]) -> None:
         """The training settings keyed by task name name tasks of the data (run by ``load_task_data`` before
@@ -53,8 +61,9 @@ def build_run_config(raw: Mapping[str, Any], source: str = "<dict>") -> RunConfi
         sub = {name: section.pop(name, {}) for name in SUBSECTIONS}
         mta = MTAConfig.from_dict(section)
         model_raw = sub["model"]
-        if isinstance(model_raw, Mapping) and model_raw.get("backbone") is not None \
-                and "from_scratch" not in model_raw:  # a backbone replaces the default from-scratch model
+        if (
+            isinstance(model_raw, Mapping) and model_raw.get("backbone") is not None and "from_scratch" not in model_raw
+        ):  # a backbone replaces the default from-scratch model
             model_raw = {**model_raw, "from_scratch": None}
         model = build_section(ModelConfig, model_raw)
         data = DataConfig.from_dict(sub["data"])
@@ -69,13 +78,16 @@ def build_run_config(raw: Mapping[str, Any], source: str = "<dict>") -> RunConfi
                 raise ConfigError(f"mta.data.recipes: type {kind!r} is not in mta.task_types {mta.task_types}")
         for task, kind in data.type_overrides.items():
             if kind not in mta_types:
-                raise ConfigError(f"mta.data.type_overrides.{task}: type {kind!r} is not in mta.task_types "
-                                  f"{mta.task_types}")
+                raise ConfigError(
+                    f"mta.data.type_overrides.{task}: type {kind!r} is not in mta.task_types {mta.task_types}"
+                )
         train_keys = frozenset(sub["train"]) if isinstance(sub["train"], Mapping) else frozenset()
         if "scheduler" in ds and "warmup_steps" in train_keys:
-            raise ConfigError("mta.train.warmup_steps: the DeepSpeed \"scheduler\" section sets the learning-rate "
-                              "schedule; remove warmup_steps (or the scheduler section, for the trainer's own warm-up "
-                              "and linear decay)")
+            raise ConfigError(
+                'mta.train.warmup_steps: the DeepSpeed "scheduler" section sets the learning-rate '
+                "schedule; remove warmup_steps (or the scheduler section, for the trainer's own warm-up "
+                "and linear decay)"
+            )
         return RunConfig(ds, mta, model, data, train, source, frozenset(section), train_keys)
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
@@ -128,11 +140,12 @@ def set_config_key(raw: dict[str, Any], key: str, value: Any, shown: str | None 
     for depth, part in enumerate(parts[:-1]):
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
-            raise ConfigError(f"{shown}: {'.'.join(parts[:depth + 1])} is not a section")
+            raise ConfigError(f"{shown}: {'.'.join(parts[: depth + 1])} is not a section")
         node = child
     if len(parts) == 1 and parts[0] not in raw:
-        raise ConfigError(f"{shown}: unknown DeepSpeed key (not in the config); "
-                          f"our keys are under mta., model., data., train.")
+        raise ConfigError(
+            f"{shown}: unknown DeepSpeed key (not in the config); our keys are under mta., model., data., train."
+        )
     node[parts[-1]] = value
 
 
@@ -144,29 +157,41 @@ def _check_deepspeed(ds: Mapping[str, Any], mta: MTAConfig) -> None:
     stage = zero.get("stage", 0) if isinstance(zero, Mapping) else None
     if stage not in (0, 1, 2):
         if stage == 3:
-            raise ConfigError("zero_optimization.stage: 3 is refused by DeepSpeed for MoE layers (the MTA "
-                              "adapters are MoE experts); use ZeRO stage 1 or 2")
+            raise ConfigError(
+                "zero_optimization.stage: 3 is refused by DeepSpeed for MoE layers (the MTA "
+                "adapters are MoE experts); use ZeRO stage 1 or 2"
+            )
         raise ConfigError(f"zero_optimization.stage: must be 0, 1 or 2, got {stage!r}")
     if stage == 2 and zero.get("reduce_scatter", True) is not True:
-        raise ConfigError("zero_optimization.reduce_scatter: must be true (or left out) at ZeRO stage 2: "
-                          "DeepSpeed supports MoE layers (the MTA adapters) only with reduce-scatter")
+        raise ConfigError(
+            "zero_optimization.reduce_scatter: must be true (or left out) at ZeRO stage 2: "
+            "DeepSpeed supports MoE layers (the MTA adapters) only with reduce-scatter"
+        )
     if stage == 2 and zero.get("contiguous_gradients", True) is not True:
-        raise ConfigError("zero_optimization.contiguous_gradients: must be true (or left out) at ZeRO stage 2: "
-                          "DeepSpeed supports MoE layers (the MTA adapters) only with contiguous gradients")
+        raise ConfigError(
+            "zero_optimization.contiguous_gradients: must be true (or left out) at ZeRO stage 2: "
+            "DeepSpeed supports MoE layers (the MTA adapters) only with contiguous gradients"
+        )
     if "optimizer" in ds:
-        raise ConfigError("optimizer: leave it out; the trainer builds AdamW over the configured parameter "
-                          "groups (mta.train.lr / mta.train.trainable)")
+        raise ConfigError(
+            "optimizer: leave it out; the trainer builds AdamW over the configured parameter "
+            "groups (mta.train.lr / mta.train.trainable)"
+        )
     check_int(ds.get("train_micro_batch_size_per_gpu"), "train_micro_batch_size_per_gpu", 1)
     if ds.get("zero_allow_untested_optimizer", True) is not True and stage in (1, 2):
-        raise ConfigError("zero_allow_untested_optimizer: must be true (or left out) under ZeRO: the trainer's "
-                          "optimizer is torch's AdamW over its parameter groups, which DeepSpeed calls untested")
+        raise ConfigError(
+            "zero_allow_untested_optimizer: must be true (or left out) under ZeRO: the trainer's "
+            "optimizer is torch's AdamW over its parameter groups, which DeepSpeed calls untested"
+        )
     _check_monitors(ds)
 
 
 def _check_skipping(ds: Mapping[str, Any], train: "TrainConfig") -> None:
     if train.skip_nonfinite_batches and ds.get("gradient_accumulation_steps", 1) != 1:
-        raise ConfigError("mta.train.skip_nonfinite_batches: needs gradient_accumulation_steps 1 (a step's earlier "
-                          "micro-batches would already have accumulated their gradients); set one of them back")
+        raise ConfigError(
+            "mta.train.skip_nonfinite_batches: needs gradient_accumulation_steps 1 (a step's earlier "
+            "micro-batches would already have accumulated their gradients); set one of them back"
+        )
 
 
 def _check_monitors(ds: Mapping[str, Any]) -> None:
@@ -180,12 +205,13 @@ def _check_monitors(ds: Mapping[str, Any]) -> None:
             continue
         section = ds[name]
         if not isinstance(section, Mapping):
-            raise ConfigError(f"{name}: expected an object like {{\"enabled\": true, ...}}, got {section!r}")
+            raise ConfigError(f'{name}: expected an object like {{"enabled": true, ...}}, got {section!r}')
         enabled = section.get("enabled", False)
         if not isinstance(enabled, bool):
             raise ConfigError(f"{name}.enabled: expected true or false, got {enabled!r}")
         package = MONITOR_PACKAGES.get(name)
         if enabled and package and importlib.util.find_spec(package) is None:
-            raise ConfigError(f"{name}.enabled: true needs the {package} package, which is not installed "
-                              f"(pip install {package}), or set {name}.enabled to false")
-
+            raise ConfigError(
+                f"{name}.enabled: true needs the {package} package, which is not installed "
+                f"(pip install {package}), or set {name}.enabled to false"
+            )

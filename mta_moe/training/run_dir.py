@@ -7,6 +7,7 @@ directory would interleave metrics and overwrite each other's checkpoints); a lo
 its files are removed before the new run writes anything. The lock file (``.lock``: pid, host, start time) is
 removed when the run ends, also on an error.
 """
+
 from __future__ import annotations
 
 import json
@@ -71,8 +72,10 @@ def claim(out: Path, resume: bool, overwrite: bool) -> RunDirLock:
     try:
         held = held_run(out)
         if held and not resume and not overwrite:
-            raise RunDirError(f"mta.train.output_dir: {out} holds {held}; continue it with --resume, train into "
-                              "another directory, or pass --overwrite to replace it")
+            raise RunDirError(
+                f"mta.train.output_dir: {out} holds {held}; continue it with --resume, train into "
+                "another directory, or pass --overwrite to replace it"
+            )
         if held and overwrite:
             for child in out.iterdir():
                 if child.name != LOCK:
@@ -106,12 +109,16 @@ def _refuse_or_clear(path: Path, remove_stale: bool = True) -> None:
     except (OSError, ValueError, KeyError, TypeError):
         raise RunDirError(f"{path}: a lock that cannot be read; if no run uses {path.parent}, delete it") from None
     if host != socket.gethostname():
-        raise RunDirError(f"{path.parent} is in use by pid {pid} on host {host} (lock {path}); if that run is over, "
-                          "delete the lock file")
+        raise RunDirError(
+            f"{path.parent} is in use by pid {pid} on host {host} (lock {path}); if that run is over, "
+            "delete the lock file"
+        )
     if _alive(pid):
         started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(holder.get("started", 0)))
-        raise RunDirError(f"{path.parent} is in use by a run of pid {pid} on this host since {started}; wait for "
-                          "it to end or train into another directory")
+        raise RunDirError(
+            f"{path.parent} is in use by a run of pid {pid} on this host since {started}; wait for "
+            "it to end or train into another directory"
+        )
     if remove_stale:
         path.unlink(missing_ok=True)  # stale: its process is gone
 

@@ -2,6 +2,7 @@
 from which checkpoint the run resumes, loads the data, builds the model (fresh, from an export, or grown), its
 parameter groups and the DeepSpeed engine, and returns the plain :class:`~.run.Run` that :func:`.trainer.train`
 runs. A failure here leaves no run record (run_config.json, metrics, run_id) behind."""
+
 from __future__ import annotations
 
 import json
@@ -9,8 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-import deepspeed
-import pydantic
 import torch
 import torch.distributed as dist
 
@@ -20,17 +19,17 @@ from ..data import IGNORE_INDEX, Collator, load_task_data, load_tokenizer, make_
 from ..data.tokenizer import check_tokenizer
 from ..logs import get_logger
 from ..metrics import profile_tasks
-from ..modeling import MTAModel, format_parameter_counts
+from ..modeling import MTAModel
 from ..modeling.persistence import read_saved_config
-from .add_task import grow_for_training, growth_param_groups
+from .add_task import grow_for_training
 from .checkpoints import CheckpointError, check_free_space, check_output_dir, new_run_id, read_run_id, verify
 from .distributed import barrier, init_process_group
-from .logger import RunLogger, monitor_config
+from .engine import build_engine, param_groups
+from .logger import RunLogger
 from .losses import task_weight_vector
 from .model_factory import build_backbone, build_tokenizer, model_mode
 from .monitor import TrainingMonitor
-from .objective import Objective, TrainingModule
-from .param_groups import optimizer_param_groups, pattern_param_groups
+from .objective import Objective
 from .resume_check import check_resume, record_data
 from .run import CHECKPOINTS, EXPORT, Run, apply_unfreeze, info, load_checkpoint
 from .run_config import RunConfig
@@ -38,14 +37,18 @@ from .run_dir import RunDirError, claim
 from .stages import restart_config
 from .step_health import StepHealth
 from .task_balance import TaskBalance
-from .unfreezing import UnfreezeSchedule
 
 __all__ = ["EXPORT", "build_run"]
 log = get_logger(__name__)
 
 
-def build_run(cfg: RunConfig, resume: bool = False, trust_checkpoint: bool = False, overwrite: bool = False,
-              resume_with_changes: tuple[str, ...] = ()) -> Run:
+def build_run(
+    cfg: RunConfig,
+    resume: bool = False,
+    trust_checkpoint: bool = False,
+    overwrite: bool = False,
+    resume_with_changes: tuple[str, ...] = (),
+) -> Run:
     """Everything before the first step. ``resume``: the checkpoint is checked first (see :mod:`.checkpoints`)
     and loaded once the engine is built; the output directory is locked for the run's life and another run in it
     is refused unless ``overwrite`` (:mod:`.run_dir`); ``Run.release_output_dir`` unlocks it. A resumed run must
@@ -56,8 +59,9 @@ def build_run(cfg: RunConfig, resume: bool = False, trust_checkpoint: bool = Fal
     lock = agreed(lambda: claim(out, resume, overwrite), rank, world, out, ranks=(0,))
     try:
         # resuming is decided here, once: the verified checkpoint tag (None: a fresh start)
-        resume_tag = agreed(lambda: verify(out, out / CHECKPOINTS, trust_checkpoint), rank, world, out) \
-            if resume else None
+        resume_tag = (
+            agreed(lambda: verify(out, out / CHECKPOINTS, trust_checkpoint), rank, world, out) if resume else None
+        )
         return _build(cfg, rank, world, out, lock, resume_tag, resume_with_changes)
     except BaseException:
         if lock is not None:
@@ -95,13 +99,30 @@ class _Parts:
     sampled: list[str]  # the tasks training batches come from
 
 
-def _build(cfg: RunConfig, rank: int, world: int, out: Path, lock: Any, resume_tag: str | None,
-           resume_with_changes: tuple[str, ...]) -> Run:
+def _build(
+    cfg: RunConfig,
+    rank: int,
+    world: int,
+    out: Path,
+    lock: Any,
+    resume_tag: str | None,
+    resume_with_changes: tuple[str, ...],
+) -> Run:
     resuming = resume_tag is not None
     changes = check_resume(out, cfg, resume_with_changes) if resuming else []
     logger = RunLogger(out, enabled=rank == 0)
-    logger.log("run", 0, {"stage": cfg.train.stage, "world_size": world, "ep_size": cfg.mta.ep_size,
-                          "resume": resuming, "config": cfg.source, "changed_on_resume": changes})
+    logger.log(
+        "run",
+        0,
+        {
+            "stage": cfg.train.stage,
+            "world_size": world,
+            "ep_size": cfg.mta.ep_size,
+            "resume": resuming,
+            "config": cfg.source,
+            "changed_on_resume": changes,
+        },
+    )
     parts, tokenised = _data_and_model(cfg, rank, out, logger, resuming)
     d = cfg.data
     mode = model_mode(parts.model.base_model)
@@ -121,26 +142,53 @@ def _build(cfg: RunConfig, rank: int, world: int, out: Path, lock: Any, resume_t
         validated = set(val_set["task"]) if val_set is not None else set()
         missing = [t for t in parts.sampled if t not in validated]
         if missing:
-            raise ConfigError("mta.data.sampling.strategy: 'dynamic' re-weights the mixture after each "
-                              f"validation, but tasks {missing} have no validation rows")
+            raise ConfigError(
+                "mta.data.sampling.strategy: 'dynamic' re-weights the mixture after each "
+                f"validation, but tasks {missing} have no validation rows"
+            )
     names = parts.data.registry.names
     balance = TaskBalance(cfg.train.weighting, names, task_weight_vector(cfg.train.task_weights, names))
     train, suite = parts.data.splits["train"], d.suite_tasks()
     declared = {name: suite[name].kind for name in names if name in suite}
-    profiles = profile_tasks(list(train["task"]), list(train["input"]), list(train["target"]),
-                             {**declared, **d.task_kinds})
+    profiles = profile_tasks(
+        list(train["task"]), list(train["input"]), list(train["target"]), {**declared, **d.task_kinds}
+    )
     check_free_space(out, sum(p.numel() for p in model.parameters()))
-    groups, unfreeze = _param_groups(cfg, model, parts.growth, balance)
-    engine, scheduler = _engine(cfg, model, groups, balance, out, logger, world)
+    groups, unfreeze = param_groups(cfg, model, parts.growth, balance)
+    engine, scheduler = build_engine(cfg, model, groups, balance, out, logger, world)
     objective = Objective(cfg.train, balance, mode, world)
     if balance.method == "gradnorm":
         waiting = [p for u in unfreeze.units for p in u.params] if unfreeze else []
         named = balance.gradnorm_parameters(model, exclude=waiting)
         objective.gradnorm_params = [p for _, p in named]
         info(f"GradNorm: gradient norms w.r.t. {[n for n, _ in named]}")
-    run = Run(cfg, rank, world, out, lock, logger, resume_tag, parts.data, parts.tokenizer, model, mode, collate,
-              train_rows, task_rows, val_set, val_rows, profiles, sampler, balance, engine, scheduler, unfreeze,
-              objective, StepHealth(engine.device), TrainingMonitor(cfg.train.warn_margin, cfg.train.baseline_scores))
+    run = Run(
+        cfg,
+        rank,
+        world,
+        out,
+        lock,
+        logger,
+        resume_tag,
+        parts.data,
+        parts.tokenizer,
+        model,
+        mode,
+        collate,
+        train_rows,
+        task_rows,
+        val_set,
+        val_rows,
+        profiles,
+        sampler,
+        balance,
+        engine,
+        scheduler,
+        unfreeze,
+        objective,
+        StepHealth(engine.device),
+        TrainingMonitor(cfg.train.warn_margin, cfg.train.baseline_scores),
+    )
     if resuming:  # the engine, sampler and monitor are built: their state comes from the checkpoint
         load_checkpoint(run)
     apply_unfreeze(run)
@@ -186,14 +234,21 @@ def _data_and_model(cfg: RunConfig, rank: int, out: Path, logger: RunLogger, res
 
     def tokenised(mode: str, collate: Collator):
         d = cfg.data
-        train_set, report = tokenize_examples(data.splits["train"], tokenizer, data.registry, d.max_input_length,
-                                              d.max_target_length, mode)
+        train_set, report = tokenize_examples(
+            data.splits["train"], tokenizer, data.registry, d.max_input_length, d.max_target_length, mode
+        )
         info(report.summary())
         logger.log("truncation", 0, {"train": report.counts})
         val_set, val_rows = None, []
         if "validation" in data.splits:
-            val_set, _ = tokenize_examples(data.splits["validation"], tokenizer, data.registry, d.max_input_length,
-                                           d.max_target_length, "seq2seq" if mode == "seq2seq" else "causal")
+            val_set, _ = tokenize_examples(
+                data.splits["validation"],
+                tokenizer,
+                data.registry,
+                d.max_input_length,
+                d.max_target_length,
+                "seq2seq" if mode == "seq2seq" else "causal",
+            )
             val_rows = val_set.select_columns(["input_ids", "labels", "task_type_id", "task_id"]).to_list()
         # the collated columns as plain Python rows, read once: indexing a datasets.Dataset formats a row per call
         train_rows = train_set.select_columns(["input_ids", "labels", "task_type_id", "task_id"]).to_list()
@@ -212,9 +267,11 @@ def _layer_config(layer: MTAConfig, registry: Any) -> tuple[MTAConfig, Any]:
         registry = registry.in_order(mta.tasks)
     shared = sharing_adapters(mta)
     if shared:
-        log.warning(f"{mta.num_routes} routing keys (mta.route_by {mta.route_by!r}) on {mta.num_experts} adapters: "
-                    + "; ".join(f"adapter {a} starts shared by {', '.join(keys)}" for a, keys in shared.items())
-                    + " (set mta.num_experts to the number of keys, or mta.task_adapter_assignment, to change it)")
+        log.warning(
+            f"{mta.num_routes} routing keys (mta.route_by {mta.route_by!r}) on {mta.num_experts} adapters: "
+            + "; ".join(f"adapter {a} starts shared by {', '.join(keys)}" for a, keys in shared.items())
+            + " (set mta.num_experts to the number of keys, or mta.task_adapter_assignment, to change it)"
+        )
     return mta, registry
 
 
@@ -222,8 +279,10 @@ def _restart_config(cfg: RunConfig, source: Path) -> MTAConfig:
     """The layer config of a run that starts from an export: the export's, with this run's keys applied where
     they can take effect (:func:`.stages.restart_config`); a key that cannot is refused by name."""
     if not (source / "mta_config.json").is_file():
-        raise ConfigError(f"mta.train.init_from: {source} is not a stage-1 export (no mta_config.json); "
-                          f"run stage 1 first or point to its {EXPORT}/ directory")
+        raise ConfigError(
+            f"mta.train.init_from: {source} is not a stage-1 export (no mta_config.json); "
+            f"run stage 1 first or point to its {EXPORT}/ directory"
+        )
     saved_stage, saved = read_saved_config(source)
     growing = cfg.train.add_task_types is not None
     return restart_config(saved, saved_stage, cfg.mta, cfg.mta_keys | {"ep_size"}, str(source), growing)
@@ -235,20 +294,30 @@ def _load_init_from(cfg: RunConfig, source: Path, layer: MTAConfig, data: Any) -
     task types to a by-task model)."""
     growing = cfg.train.add_task_types is not None
     # (adding task types moves tasks to the new types on purpose: mta.data.type_overrides)
-    trained_types = json.loads((source / "tasks.json").read_text())["tasks"] \
-        if (source / "tasks.json").is_file() and not growing else {}
-    changed = {t: (trained_types[t], ty) for t, ty in data.registry.type_of.items()
-               if t in trained_types and trained_types[t] != ty}
+    trained_types = (
+        json.loads((source / "tasks.json").read_text())["tasks"]
+        if (source / "tasks.json").is_file() and not growing
+        else {}
+    )
+    changed = {
+        t: (trained_types[t], ty)
+        for t, ty in data.registry.type_of.items()
+        if t in trained_types and trained_types[t] != ty
+    }
     if changed:
         task, (was, now) = sorted(changed.items())[0]
-        raise ConfigError(f"mta.data: task {task!r} has type {now!r} in this run's data but the export at {source} "
-                          f"was trained with it as {was!r}; use the same mta.data.type_overrides as that run")
+        raise ConfigError(
+            f"mta.data: task {task!r} has type {now!r} in this run's data but the export at {source} "
+            f"was trained with it as {was!r}; use the same mta.data.type_overrides as that run"
+        )
     tokenizer = load_tokenizer(source)
     check_tokenizer(tokenizer, source, f"mta.train.init_from {source}: the tokenizer files")
     model = MTAModel.from_pretrained(source, ep_size=cfg.mta.ep_size, config=layer)
     if cfg.train.stage == 1 and not growing and model.stage != 1:
-        raise ConfigError(f"mta.train.init_from: {source} is a stage-{model.stage} export; a stage-1 run "
-                          "continues stage-1 exports only")
+        raise ConfigError(
+            f"mta.train.init_from: {source} is a stage-{model.stage} export; a stage-1 run "
+            "continues stage-1 exports only"
+        )
     if model.stage == 1 and not growing and cfg.train.stage == 2:
         model.enable_stage2()
     new_tasks: list[str] = []
@@ -259,8 +328,14 @@ def _load_init_from(cfg: RunConfig, source: Path, layer: MTAConfig, data: Any) -
     return tokenizer, model, new_tasks
 
 
-def _grown(cfg: RunConfig, parts: _Parts, train_rows: list[dict[str, Any]], task_rows: dict[str, list[int]],
-           collate: Collator, logger: RunLogger) -> _Parts:
+def _grown(
+    cfg: RunConfig,
+    parts: _Parts,
+    train_rows: list[dict[str, Any]],
+    task_rows: dict[str, list[int]],
+    collate: Collator,
+    logger: RunLogger,
+) -> _Parts:
     """``add_task_types``: the init_from export with the new task types added; training batches come from their
     tasks only. Otherwise ``parts`` with every task sampled."""
     if cfg.train.add_task_types is None:
@@ -273,89 +348,27 @@ def _grown(cfg: RunConfig, parts: _Parts, train_rows: list[dict[str, Any]], task
         trained = parts.model.mta_config.task_types
         new_types = [ty for ty in cfg.mta.task_types if ty not in trained]
         tasks = [t for t in registry.names if registry.type_of[t] in new_types]
-        rows = {ty: [train_rows[i] for t in tasks if registry.type_of[t] == ty for i in task_rows[t]]
-                for ty in new_types}
-    model, growth = grow_for_training(Path(cfg.train.init_from), cfg.mta.task_types, cfg.train.add_task_types,
-                                      cfg.mta.ep_size, rows, collate, info, new_keys=tasks)
-    logger.log("add_task_types", 0, {"new_types": growth.new_types, "tasks": tasks, "new_adapters": growth.new_experts,
-                                     "warm_start": growth.warm_start})
+        rows = {
+            ty: [train_rows[i] for t in tasks if registry.type_of[t] == ty for i in task_rows[t]] for ty in new_types
+        }
+    model, growth = grow_for_training(
+        Path(cfg.train.init_from),
+        cfg.mta.task_types,
+        cfg.train.add_task_types,
+        cfg.mta.ep_size,
+        rows,
+        collate,
+        info,
+        new_keys=tasks,
+    )
+    logger.log(
+        "add_task_types",
+        0,
+        {
+            "new_types": growth.new_types,
+            "tasks": tasks,
+            "new_adapters": growth.new_experts,
+            "warm_start": growth.warm_start,
+        },
+    )
     return _Parts(parts.data, parts.tokenizer, model, growth, tasks)
-
-
-def _param_groups(cfg: RunConfig, model: MTAModel, growth: Any, balance: TaskBalance
-                  ) -> tuple[list[dict[str, Any]], UnfreezeSchedule | None]:
-    """The optimizer's parameter groups (what trains, at which lr) and the gradual-unfreezing schedule (or None)."""
-    t, unfreeze = cfg.train, None
-    if growth is not None:
-        groups = growth_param_groups(model, growth, t.lr, t.weight_decay)
-    elif t.trainable is not None:
-        unused = [p for layer in model.mta_layers.values() for p in layer.selector.unused_parameters()]
-        groups = pattern_param_groups(model, t.trainable, t.lr, t.weight_decay, keep_frozen=unused)
-    elif t.unfreeze is not None:
-        unfreeze = UnfreezeSchedule(model, t.unfreeze.get("start_step", 0), t.unfreeze["every"])
-        groups = unfreeze.param_groups(t.lr, t.weight_decay)
-    else:
-        if t.stage == 2:
-            model.freeze_all_but_mta()
-        groups = optimizer_param_groups(model, t.lr, t.weight_decay)
-    zero = cfg.ds.get("zero_optimization", {}).get("stage", 0)
-    if zero in (1, 2) and not any(g.get("moe") for g in groups):
-        raise ConfigError("mta.train.trainable: no trainable adapter (MoE expert) parameter; DeepSpeed's ZeRO "
-                          f"stage {zero} needs at least one (add a pattern such as '*deepspeed_experts*'), or "
-                          "set zero_optimization.stage to 0 to train without them")
-    return groups + balance.param_groups(), unfreeze
-
-
-def _engine(cfg: RunConfig, model: MTAModel, groups: list[dict[str, Any]], balance: TaskBalance, out: Path,
-            logger: RunLogger, world: int) -> tuple[Any, Any]:
-    """The DeepSpeed engine over AdamW on ``groups`` and the learning-rate schedule (the trainer's warm-up and
-    linear decay, or DeepSpeed's from a ``scheduler`` section); the engine's view of its keys is logged."""
-    t = cfg.train
-    info(format_parameter_counts(model))
-    optimizer = torch.optim.AdamW(groups, lr=t.lr, weight_decay=t.weight_decay)
-    warmup, total = t.warmup_steps, t.steps
-
-    def schedule(step: int) -> float:  # linear warmup, then linear decay to 10 %
-        if step < warmup:
-            return (step + 1) / warmup
-        return max(0.1, 1.0 - 0.9 * (step - warmup) / max(1, total - warmup))
-
-    # a DeepSpeed "scheduler" section (WarmupLR, WarmupDecayLR, WarmupCosineLR, OneCycle...) is DeepSpeed's
-    # to build over this optimizer; without one, the trainer's own warm-up / linear decay
-    scheduler = None if "scheduler" in cfg.ds else torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    ds = monitor_config(cfg.ds, out)
-    ds.setdefault("zero_allow_untested_optimizer", True)
-    ds.setdefault("steps_per_print", 10**9)
-    try:
-        engine, _, _, scheduler = deepspeed.initialize(model=TrainingModule(model, balance), optimizer=optimizer,
-                                                       lr_scheduler=scheduler, config=ds)
-    except pydantic.ValidationError as exc:  # DeepSpeed's own config models: one line naming the key
-        first = exc.errors()[0]
-        loc = [str(part) for part in first.get("loc", ())]
-        sections = [k for k, v in ds.items() if isinstance(v, dict) and loc and loc[0] in v]
-        where = ".".join(sections[:1] + loc) if len(sections) == 1 else ".".join(loc) or exc.title
-        raise ConfigError(f"{where}: {first.get('msg')} (DeepSpeed's {exc.title})") from None
-    if engine.monitor.enabled and logger.enabled:  # the training records through DeepSpeed's monitors too
-        logger.monitor = engine.monitor.write_events
-    _log_engine(engine, model, logger, world)
-    return engine, scheduler
-
-
-def _log_engine(engine: Any, model: MTAModel, logger: RunLogger, world: int) -> None:
-    """The engine's own view of the DeepSpeed keys, as it applies them (the ``engine`` record)."""
-    e = engine
-    dtypes = sorted({str(p.dtype).replace("torch.", "") for p in e.module.parameters()})
-    checkpointed = sum(getattr(m, "gradient_checkpointing", False) is True for m in model.modules())
-    logger.log("engine", 0, {"device": str(e.device), "param_dtypes": dtypes,
-                             "zero_stage": e.zero_optimization_stage(),
-                             "activation_checkpointed_modules": checkpointed,
-                             "train_micro_batch_size_per_gpu": e.train_micro_batch_size_per_gpu(),
-                             "gradient_accumulation_steps": e.gradient_accumulation_steps(),
-                             "gradient_clipping": e.gradient_clipping(), "bf16": e.bfloat16_enabled(),
-                             "fp16": e.fp16_enabled(), "overlap_comm": e.zero_overlap_comm(),
-                             "contiguous_gradients": e.zero_contiguous_gradients(),
-                             "steps_per_print": e.steps_per_print()})
-    info(f"engine: {e.device}, parameters in {', '.join(dtypes)}, ZeRO stage {e.zero_optimization_stage()}")
-    if world == 1 and e.zero_optimization_stage() > 0:
-        info("one process: ZeRO partitions nothing here but adds a gradient hook per parameter; "
-             "--zero_optimization.stage 0 starts faster (the shipped configs keep 2 for multi-rank runs)")

@@ -5,6 +5,7 @@ A per-step ``float(loss)`` makes the host wait for the device every step. Instea
 was not, with its loss and norm; the trainer reads it (one synchronisation, summed over ranks) before
 anything is logged, validated or saved, so nothing from a non-finite step ever reaches a record or a file.
 """
+
 from __future__ import annotations
 
 import torch
@@ -28,8 +29,11 @@ class StepHealth:
     def observe(self, step: int, loss: Tensor, grad_norm: Tensor | float | None, tasks: list[str]) -> None:
         """Fold one step in (no synchronisation: ``loss`` and ``grad_norm`` stay where they are)."""
         loss = loss.detach().to(self.device, torch.float64).reshape(())
-        norm = (torch.zeros((), dtype=torch.float64, device=self.device) if grad_norm is None
-                else torch.as_tensor(grad_norm).detach().to(self.device, torch.float64).reshape(()))
+        norm = (
+            torch.zeros((), dtype=torch.float64, device=self.device)
+            if grad_norm is None
+            else torch.as_tensor(grad_norm).detach().to(self.device, torch.float64).reshape(())
+        )
         new = ~(torch.isfinite(loss) & torch.isfinite(norm)) & (self.first == _NONE)
         self.first = torch.where(new, torch.full_like(self.first, step), self.first)
         self.values = torch.where(new, torch.stack([loss, norm]), self.values)

@@ -1,6 +1,7 @@
 """SIGTERM / SIGINT end a run at the next step boundary with a checkpoint, instead of losing up to ``save_every``
 steps (a scheduler's time limit, a preemption, Ctrl-C). Every rank takes part in the decision, so all of them
 save the same step and exit together."""
+
 from __future__ import annotations
 
 import signal
@@ -19,8 +20,9 @@ class StopRequested(RuntimeError):
 
     def __init__(self, signum: int, step: int, tag: str) -> None:
         self.signum = signum
-        super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}; checkpoint {tag} written; "
-                         "continue with --resume")
+        super().__init__(
+            f"stopped by {signal.Signals(signum).name} at step {step}; checkpoint {tag} written; continue with --resume"
+        )
 
 
 class StopSignals:

@@ -15,6 +15,7 @@
 
 The current weights are logged every step (``task_weights`` records).
 """
+
 from __future__ import annotations
 
 from fnmatch import fnmatchcase
@@ -62,8 +63,14 @@ class TaskBalance(nn.Module):
         """The optimizer group for the log-variances (no weight decay), or none."""
         if self.log_vars is None:
             return []
-        return [{"params": [self.log_vars], "name": "task_log_vars", "weight_decay": 0.0,
-                 **({"lr": float(self.options["lr"])} if self.options.get("lr") else {})}]
+        return [
+            {
+                "params": [self.log_vars],
+                "name": "task_log_vars",
+                "weight_decay": 0.0,
+                **({"lr": float(self.options["lr"])} if self.options.get("lr") else {}),
+            }
+        ]
 
     def current(self) -> dict[str, float]:
         return {name: float(w) for name, w in zip(self.task_names, self.weights().detach().cpu())}
@@ -88,8 +95,9 @@ class TaskBalance(nn.Module):
         self.dynamic.copy_(weights / weights.mean())
 
     # ------------------------------------------------------------------ GradNorm
-    def gradnorm_parameters(self, model: nn.Module, exclude: Sequence[nn.Parameter] = ()
-                            ) -> list[tuple[str, nn.Parameter]]:
+    def gradnorm_parameters(
+        self, model: nn.Module, exclude: Sequence[nn.Parameter] = ()
+    ) -> list[tuple[str, nn.Parameter]]:
         """``W``: the parameters the ``parameter`` glob names, else the last trainable 2-D weight that every
         task shares (not an adapter expert, not an embedding). ``exclude``: parameters that are not trainable
         for the whole run (blocks waiting to be unfrozen)."""
@@ -102,15 +110,24 @@ class TaskBalance(nn.Module):
                 raise ConfigError(f"mta.train.weighting.parameter: {pattern!r} matches no trainable parameter")
             return chosen
         embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
-        candidates = [(n, p) for n, p in named if p.dim() == 2 and id(p) not in embeddings
-                      and getattr(p, "allreduce", True) and "deepspeed_experts" not in n]
+        candidates = [
+            (n, p)
+            for n, p in named
+            if p.dim() == 2
+            and id(p) not in embeddings
+            and getattr(p, "allreduce", True)
+            and "deepspeed_experts" not in n
+        ]
         if not candidates:
-            raise ConfigError("mta.train.weighting: gradnorm found no shared trainable weight; name one in "
-                              "mta.train.weighting.parameter")
+            raise ConfigError(
+                "mta.train.weighting: gradnorm found no shared trainable weight; name one in "
+                "mta.train.weighting.parameter"
+            )
         return candidates[-1:]
 
-    def gradnorm_step(self, task_losses: Tensor, local: Tensor, anywhere: Tensor, shared: Sequence[Tensor],
-                      world: int) -> None:
+    def gradnorm_step(
+        self, task_losses: Tensor, local: Tensor, anywhere: Tensor, shared: Sequence[Tensor], world: int
+    ) -> None:
         """One GradNorm update of the weights from each task's mean loss ``task_losses[t]`` (in the graph)
         and its gradient w.r.t. ``shared``. ``local``: tasks in this rank's batch; ``anywhere``: in any
         rank's (every rank takes the same backward passes). Every rank computes the same update."""

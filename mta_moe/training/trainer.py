@@ -1,6 +1,7 @@
 """One training stage under a DeepSpeed engine, top to bottom: :func:`train` runs the loop over the
 :class:`~.run.Run` that :func:`.setup.build_run` built: sample a batch, one optimizer step (:func:`train_step`),
 log, validate, save; the checkpoints (resumable, sampler and RNG included) and exports are in :mod:`.run`."""
+
 from __future__ import annotations
 
 import json
@@ -75,8 +76,9 @@ def train(run: Run) -> dict[str, float]:
     return scores
 
 
-def _loop(run: Run, bar: tqdm, end: int, micro: int, accum: int, scores: dict[str, float],
-          signals: StopSignals) -> None:
+def _loop(
+    run: Run, bar: tqdm, end: int, micro: int, accum: int, scores: dict[str, float], signals: StopSignals
+) -> None:
     """Steps until ``end``: sample, train, log, validate (``scores`` holds the last validation), save."""
     t, state = run.cfg.train, run.state
     window_seconds, window_tokens = 0.0, None  # training time and tokens since the last train record
@@ -115,8 +117,10 @@ def _loop(run: Run, bar: tqdm, end: int, micro: int, accum: int, scores: dict[st
         if state.step in t.export_steps:
             export(run, run.out / f"{EXPORT}_step{state.step}", scores)
         if eval_now and patience_spent(run):
-            info(f"step {state.step}: no better validation macro in {state.evals_since_best} validations "
-                 f"(best {state.best:.3f}); stopping early (mta.train.early_stopping)")
+            info(
+                f"step {state.step}: no better validation macro in {state.evals_since_best} validations "
+                f"(best {state.best:.3f}); stopping early (mta.train.early_stopping)"
+            )
             run.logger.log("early_stop", state.step, {"best": state.best, "evals_since_best": state.evals_since_best})
             save_now = True
         if save_now:
@@ -144,7 +148,7 @@ def train_step(run: Run, picks: list[tuple[str, int]], micro: int, accum: int) -
     share = micro * run.world
     normalizer = token_normalizer(run, accum)
     for a in range(accum):
-        mine = rank_slice(picks[a * share:(a + 1) * share], run.rank, run.world)
+        mine = rank_slice(picks[a * share : (a + 1) * share], run.rank, run.world)
         batch = run.collate([run.train_rows[run.task_rows[task][i]] for task, i in mine])
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         result = run.objective(engine, run.model, batch, run.state.step, normalizer)
@@ -177,13 +181,16 @@ def _step_stats(run: Run, step: StepTensors, window_tokens: torch.Tensor) -> dic
         all_reduce(packed)
     packed = packed.cpu()
     n, ranks = len(names), step.accum * run.world
-    task_loss, task_count, totals = packed[:n], packed[n:2 * n], packed[2 * n:2 * n + 3]
+    task_loss, task_count, totals = packed[:n], packed[n : 2 * n], packed[2 * n : 2 * n + 3]
     norm = step.grad_norm
-    stats = {"loss": totals[0].item() / ranks, "aux_loss": totals[1].item() / ranks,
-             "lr": run.scheduler.get_last_lr()[0], "grad_norm": None if norm is None else float(norm),
-             "task_loss": {t: task_loss[i].item() / task_count[i].item() for i, t in enumerate(names)
-                           if task_count[i] > 0},
-             "tokens": packed[-1].item()}
+    stats = {
+        "loss": totals[0].item() / ranks,
+        "aux_loss": totals[1].item() / ranks,
+        "lr": run.scheduler.get_last_lr()[0],
+        "grad_norm": None if norm is None else float(norm),
+        "task_loss": {t: task_loss[i].item() / task_count[i].item() for i, t in enumerate(names) if task_count[i] > 0},
+        "tokens": packed[-1].item(),
+    }
     conflicts = run.objective.pop_conflicts()
     if conflicts is not None:
         stats["pcgrad_conflicts"] = conflicts
@@ -213,11 +220,17 @@ def _skipped_batch(run: Run, picks: list[tuple[str, int]]) -> None:
     allowed = run.cfg.train.skip_nonfinite_batches
     run.logger.log("skipped_batch", state.step + 1, {"tasks": tasks, "skipped": state.skipped, "allowed": allowed})
     if state.skipped > allowed:
-        _diverged(run, {"loss": float("nan"), "grad_norm": None}, tasks,
-                  f"{state.skipped} batches with a non-finite loss, more than "
-                  f"mta.train.skip_nonfinite_batches ({allowed}) allows")
-    log.warning(f"step {state.step + 1}: non-finite loss on a batch of tasks {tasks}; skipped it "
-                f"({state.skipped} of {allowed} allowed)")
+        _diverged(
+            run,
+            {"loss": float("nan"), "grad_norm": None},
+            tasks,
+            f"{state.skipped} batches with a non-finite loss, more than "
+            f"mta.train.skip_nonfinite_batches ({allowed}) allows",
+        )
+    log.warning(
+        f"step {state.step + 1}: non-finite loss on a batch of tasks {tasks}; skipped it "
+        f"({state.skipped} of {allowed} allowed)"
+    )
 
 
 def _diverged(run: Run, stats: dict[str, Any], tasks: list[str], why: str = "", step: int | None = None) -> None:
@@ -226,11 +239,13 @@ def _diverged(run: Run, stats: dict[str, Any], tasks: list[str], why: str = "", 
     run.logger.log("diverged", step, {"loss": stats["loss"], "grad_norm": stats["grad_norm"]})
     run.logger.close()
     last = latest_tag(run.out / CHECKPOINTS) or "none"
-    raise DivergedError(f"step {step}: {why + '; ' if why else ''}loss {stats['loss']}, gradient norm "
-                        f"{stats['grad_norm']} on a "
-                        f"batch of tasks {tasks}; stopped before saving anything "
-                        f"from it (last checkpoint: {last}; export/ and best/ hold only earlier, finite models). "
-                        "Lower mta.train.lr or raise gradient_clipping, then --resume or start again")
+    raise DivergedError(
+        f"step {step}: {why + '; ' if why else ''}loss {stats['loss']}, gradient norm "
+        f"{stats['grad_norm']} on a "
+        f"batch of tasks {tasks}; stopped before saving anything "
+        f"from it (last checkpoint: {last}; export/ and best/ hold only earlier, finite models). "
+        "Lower mta.train.lr or raise gradient_clipping, then --resume or start again"
+    )
 
 
 def _log_routing(run: Run) -> None:
@@ -255,22 +270,39 @@ def validate(run: Run) -> dict[str, float]:
     ``macro`` (what selects the best export); ``metrics`` all of them."""
     t, state, val_set = run.cfg.train, run.state, run.val_set
     prompt_only = None if run.mode == "seq2seq" else causal_prompt
-    predictions = generate_predictions(run.model, val_set, run.tokenizer, run.collate, t.eval_batch_size,
-                                       t.max_new_tokens, lockstep=run.cfg.mta.ep_size > 1, device=run.engine.device,
-                                       prompt_only=prompt_only)
-    result = score_predictions(list(val_set["task"]), list(val_set["target"]), predictions,
-                               {k: v["kind"] for k, v in run.profiles.items()}, run.data.registry.type_of,
-                               {k: v["labels"] for k, v in run.profiles.items()})
+    predictions = generate_predictions(
+        run.model,
+        val_set,
+        run.tokenizer,
+        run.collate,
+        t.eval_batch_size,
+        t.max_new_tokens,
+        lockstep=run.cfg.mta.ep_size > 1,
+        device=run.engine.device,
+        prompt_only=prompt_only,
+    )
+    result = score_predictions(
+        list(val_set["task"]),
+        list(val_set["target"]),
+        predictions,
+        {k: v["kind"] for k, v in run.profiles.items()},
+        run.data.registry.type_of,
+        {k: v["labels"] for k, v in run.profiles.items()},
+    )
     scores = {task: m["primary"] for task, m in result["tasks"].items()}
     scores["macro"] = result["macro"]
-    run.logger.log("validation", state.step, {"scores": scores, "metrics": result["tasks"],
-                                              "by_type": result["by_type"]})
+    run.logger.log(
+        "validation", state.step, {"scores": scores, "metrics": result["tasks"], "by_type": result["by_type"]}
+    )
     if run.rank == 0:  # what each validation example generated, for inspection and comparison
         folder = run.out / "predictions"
         folder.mkdir(exist_ok=True)
         rows = zip(val_set["task"], val_set["target"], predictions)
-        (folder / f"step{state.step}.jsonl").write_text("".join(
-            json.dumps({"task": task, "target": target, "prediction": text}) + "\n" for task, target, text in rows))
+        (folder / f"step{state.step}.jsonl").write_text(
+            "".join(
+                json.dumps({"task": task, "target": target, "prediction": text}) + "\n" for task, target, text in rows
+            )
+        )
     info(f"step {state.step} validation: " + ", ".join(f"{k} {v:.3f}" for k, v in scores.items()))
     _warn(run, run.monitor.check_validation(scores) + run.monitor.check_routing())
     run.balance.after_validation(scores, t.baseline_scores)
@@ -297,8 +329,15 @@ def _update_sampling(run: Run, scores: dict[str, float]) -> None:
     if sampling.strategy != "dynamic":
         return
     if sampling.dynamic_signal == "loss":
-        signal = task_losses(run.model, run.val_rows, run.data.registry.names, run.collate,
-                             run.cfg.train.eval_batch_size, run.engine.device, run.mode == "causal")
+        signal = task_losses(
+            run.model,
+            run.val_rows,
+            run.data.registry.names,
+            run.collate,
+            run.cfg.train.eval_batch_size,
+            run.engine.device,
+            run.mode == "causal",
+        )
     else:
         signal = {task: scores[task] for task in run.sampler.tasks}
     rates = run.sampler.update_dynamic({task: signal[task] for task in run.sampler.tasks})

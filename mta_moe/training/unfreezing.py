@@ -10,6 +10,7 @@ turn has ``requires_grad`` off (no gradient, so Adam's update is exactly zero) a
 decay at 0 (so decoupled decay does not shrink it either); both are restored when it unfreezes, and its Adam
 state restarts then.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -61,10 +62,22 @@ class UnfreezeSchedule:
         for unit in self.units:
             for param in unit.params:
                 param.requires_grad_(True)
-        rest = {"params": [p for p in self.model.parameters() if p.requires_grad and id(p) not in scheduled],
-                "name": "trainable", "lr": lr, "weight_decay": weight_decay}
-        blocks = [{"params": unit.params, "name": GROUP_PREFIX + unit.name, "lr": lr, "weight_decay": weight_decay,
-                   "unfreeze_weight_decay": weight_decay} for unit in self.units]
+        rest = {
+            "params": [p for p in self.model.parameters() if p.requires_grad and id(p) not in scheduled],
+            "name": "trainable",
+            "lr": lr,
+            "weight_decay": weight_decay,
+        }
+        blocks = [
+            {
+                "params": unit.params,
+                "name": GROUP_PREFIX + unit.name,
+                "lr": lr,
+                "weight_decay": weight_decay,
+                "unfreeze_weight_decay": weight_decay,
+            }
+            for unit in self.units
+        ]
         return [g for g in split_params_into_different_moe_groups_for_optimizer(rest) if g["params"]] + blocks
 
     def count(self, step: int) -> int:
@@ -89,7 +102,7 @@ class UnfreezeSchedule:
             group["weight_decay"] = group["unfreeze_weight_decay"] if live else 0.0
             if i in starting:
                 _restart_adam(base, group)
-        newly = [u.name for u in self.units[max(self.unfrozen, 0):n]]
+        newly = [u.name for u in self.units[max(self.unfrozen, 0) : n]]
         self.unfrozen = n
         return newly
 

@@ -1,5 +1,6 @@
 """Teacher-forced validation loss per task (what ``sampling.strategy: dynamic`` with ``dynamic_signal: loss``
 re-weights the mixture by), sharded over ranks in lockstep so expert-parallel all-to-alls always pair up."""
+
 from __future__ import annotations
 
 import math
@@ -14,8 +15,15 @@ from ..data import IGNORE_INDEX, Collator
 
 
 @torch.no_grad()
-def task_losses(model: torch.nn.Module, rows: Sequence[dict], tasks: Sequence[str], collate: Collator,
-                batch_size: int, device: torch.device, causal: bool) -> dict[str, float]:
+def task_losses(
+    model: torch.nn.Module,
+    rows: Sequence[dict],
+    tasks: Sequence[str],
+    collate: Collator,
+    batch_size: int,
+    device: torch.device,
+    causal: bool,
+) -> dict[str, float]:
     """Mean token cross-entropy of each task's rows (``rows[i]["task_id"]`` indexes ``tasks``), over all ranks."""
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     mine = list(range(rank, len(rows), world))
@@ -24,12 +32,17 @@ def task_losses(model: torch.nn.Module, rows: Sequence[dict], tasks: Sequence[st
     was_training = model.training
     model.eval()
     for b in range(batches):
-        chunk = mine[b * batch_size:(b + 1) * batch_size]
+        chunk = mine[b * batch_size : (b + 1) * batch_size]
         real = len(chunk)
         batch = collate([rows[i] for i in (chunk or [0])])  # a rank out of rows runs a stand-in, uncounted
         batch = {k: v.to(device) for k, v in batch.items()}
-        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"],
-                    task_type_ids=batch["task_type_ids"], task_ids=batch["task_ids"])
+        out = model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            labels=batch["labels"],
+            task_type_ids=batch["task_type_ids"],
+            task_ids=batch["task_ids"],
+        )
         logits, labels = out.logits.float(), batch["labels"]
         if causal:
             logits, labels = logits[:, :-1], labels[:, 1:]

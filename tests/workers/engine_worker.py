@@ -1,4 +1,5 @@
 """Runs under torchrun: DeepSpeed-engine scenarios for the MTA layer; each rank writes <out>/rank<R>.json."""
+
 from __future__ import annotations
 
 import argparse
@@ -24,9 +25,13 @@ def build_engine(cfg: MTAConfig, zero_stage: int | None, lr: float = 1e-2, seed:
     model = ToyMTAModel(cfg)
     opt = torch.optim.AdamW(optimizer_param_groups(model, lr=lr), lr=lr, weight_decay=0.0)
     if ds_config is None:
-        ds_config = {"train_micro_batch_size_per_gpu": 8, "gradient_accumulation_steps": 1,
-                     "zero_optimization": {"stage": zero_stage}, "zero_allow_untested_optimizer": True,
-                     "steps_per_print": 10**9}
+        ds_config = {
+            "train_micro_batch_size_per_gpu": 8,
+            "gradient_accumulation_steps": 1,
+            "zero_optimization": {"stage": zero_stage},
+            "zero_allow_untested_optimizer": True,
+            "steps_per_print": 10**9,
+        }
     engine, *_ = deepspeed.initialize(model=model, optimizer=opt, config=ds_config)
     return engine
 
@@ -51,8 +56,7 @@ def zero2_updates() -> dict:
     """
     ds_config, mta = load_ds_config(REPO / "ds_configs" / "stage1.json")
     assert ds_config["zero_optimization"]["stage"] == 2
-    cfg = mta.replace(num_experts=4, k=2, gate_mode="both", adapter_dim=8, task_types=["a", "b", "c"],
-                      tasks=["a", "b", "c"])
+    cfg = mta.replace(num_experts=4, k=2, gate_mode="both", adapter_dim=8, task_types=["a", "b", "c"], tasks=["a", "b", "c"])
     engine = build_engine(cfg, zero_stage=None, ds_config=ds_config)
     before = {n: p.detach().clone() for n, p in engine.module.named_parameters()}
     changed = {}
@@ -69,8 +73,7 @@ def ep_equivalence() -> dict:
     out = {}
     for zero_stage in (1, 2):
         for ep in (1, 2):
-            cfg = MTAConfig(num_experts=4, k=2, ep_size=ep, gate_mode="both", adapter_dim=8,
-                            task_types=["a", "b", "c"], load_balance_coef=0.01)
+            cfg = MTAConfig(num_experts=4, k=2, ep_size=ep, gate_mode="both", adapter_dim=8, task_types=["a", "b", "c"], load_balance_coef=0.01)
             engine = build_engine(cfg, zero_stage)
             out[f"zero{zero_stage}_ep{ep}"] = train_steps(engine, 4, lambda s: make_batch(1000 * s + rank))
             out[f"layout_ep{ep}"] = engine.module.mta.global_expert_ids()
@@ -83,12 +86,11 @@ def ep_equivalence() -> dict:
 def empty_expert(dispatch: str = "grouped") -> dict:
     """ep_size 2, k 1: rank 0 sends every sequence to adapter 0, rank 1 to adapter 1; adapters 2, 3 get none."""
     rank = dist.get_rank()
-    cfg = MTAConfig(num_experts=4, k=1, ep_size=2, gate_mode="task", adapter_dim=8,
-                    task_types=["t0", "t1", "t2", "t3"], dispatch=dispatch)
+    cfg = MTAConfig(num_experts=4, k=1, ep_size=2, gate_mode="task", adapter_dim=8, task_types=["t0", "t1", "t2", "t3"], dispatch=dispatch)
 
     def batch(step):
         ids, _ = make_batch(10 * step + rank)
-        return ids, torch.full((ids.size(0), ), rank, dtype=torch.long)
+        return ids, torch.full((ids.size(0),), rank, dtype=torch.long)
 
     engine = build_engine(cfg, zero_stage=2)
     losses = train_steps(engine, 3, batch)
@@ -103,12 +105,11 @@ def long_unbalanced(steps: int = 60) -> dict:
     rank = dist.get_rank()
     out = {}
     for ep in (1, 2):
-        cfg = MTAConfig(num_experts=4, k=1, ep_size=ep, gate_mode="task", adapter_dim=8,
-                        task_types=["t0", "t1", "t2", "t3"])
+        cfg = MTAConfig(num_experts=4, k=1, ep_size=ep, gate_mode="task", adapter_dim=8, task_types=["t0", "t1", "t2", "t3"])
 
         def batch(step):
             ids, _ = make_batch(1000 * step + rank)
-            return ids, torch.full((ids.size(0), ), step % 2, dtype=torch.long)
+            return ids, torch.full((ids.size(0),), step % 2, dtype=torch.long)
 
         engine = build_engine(cfg, zero_stage=2)
         out[f"ep{ep}"] = train_steps(engine, steps, batch)
@@ -116,8 +117,13 @@ def long_unbalanced(steps: int = 60) -> dict:
     return out
 
 
-SCENARIOS = {"zero2_updates": zero2_updates, "long_unbalanced": long_unbalanced, "ep_equivalence": ep_equivalence, "empty_expert": empty_expert,
-             "empty_expert_deepspeed": lambda: empty_expert("deepspeed")}
+SCENARIOS = {
+    "zero2_updates": zero2_updates,
+    "long_unbalanced": long_unbalanced,
+    "ep_equivalence": ep_equivalence,
+    "empty_expert": empty_expert,
+    "empty_expert_deepspeed": lambda: empty_expert("deepspeed"),
+}
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()

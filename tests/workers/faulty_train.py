@@ -8,6 +8,7 @@
 
 Run as ``python faulty_train.py train --deepspeed CFG`` or under torchrun; everything else is the real trainer.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -34,6 +35,7 @@ def _inject(fault: str) -> None:
             if tag == arg:  # the launcher and every rank, as a lost node would
                 kill_tree(os.getppid() if os.environ.get("TORCHELASTIC_RUN_ID") else os.getpid())
             real_commit(checkpoints, tag, step, run_id)
+
         run_module.commit = commit
     elif kind == "nan_loss":
         poisoned, calls = {int(n) for n in arg.split(",")}, [0]
@@ -46,6 +48,7 @@ def _inject(fault: str) -> None:
                 nan = float("nan")
                 return dataclasses.replace(result, backward=result.backward * nan, loss=nan)
             return result
+
         objective_module.Objective.__call__ = call
     elif kind in ("die_rank", "stall_rank"):
         rank, step = (int(x) for x in arg.split(":"))
@@ -57,6 +60,7 @@ def _inject(fault: str) -> None:
                     os.kill(os.getpid(), signal.SIGKILL)
                 time.sleep(3600)
             return real_step(run, picks, micro, accum)
+
         trainer_module.train_step = train_step
     elif fault:
         raise SystemExit(f"unknown MTA_TEST_FAULT {fault!r}")

@@ -1,5 +1,6 @@
 """Runs under torchrun: each rank folds its own steps into a StepHealth; rank 1 alone sees a non-finite loss at
 step 3 and rank 0 at step 5; every rank writes what ``first_bad`` names to <out>/rank<R>.json."""
+
 from __future__ import annotations
 
 import json

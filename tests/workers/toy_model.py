@@ -1,4 +1,5 @@
 """A small token model with one MTA layer, shared by the single-process and multi-rank tests."""
+
 from __future__ import annotations
 
 import torch
@@ -33,7 +34,7 @@ class ToyMTAModel(nn.Module):
 def make_batch(seed: int, batch: int = 8, seq_len: int = 12, vocab: int = 64, num_task_types: int = 3):
     gen = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, vocab, (batch, seq_len), generator=gen)
-    tasks = torch.randint(0, num_task_types, (batch, ), generator=gen)
+    tasks = torch.randint(0, num_task_types, (batch,), generator=gen)
     # make the first token depend on the task so a learned gate has something to read
     ids[:, 0] = tasks
     return ids, tasks

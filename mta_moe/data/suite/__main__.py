@@ -1,4 +1,5 @@
 """``python -m mta_moe.data.suite --out DIR [--suite confirm]``: write a bundled suite's splits and data card."""
+
 import argparse
 import sys
 
@@ -12,13 +13,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train", type=int, default=SuiteSizes.train, help="training examples per task")
     parser.add_argument("--validation", type=int, default=SuiteSizes.validation)
     parser.add_argument("--test", type=int, default=SuiteSizes.test)
-    parser.add_argument("--suite", default=DEFAULT_SUITE, choices=list(SUITES),
-                        help="which suite: bundled (settings are chosen on it) or confirm (they are confirmed on it)")
+    parser.add_argument(
+        "--suite",
+        default=DEFAULT_SUITE,
+        choices=list(SUITES),
+        help="which suite: bundled (settings are chosen on it) or confirm (they are confirmed on it)",
+    )
     parser.add_argument("--tasks", nargs="*", default=None, help="a subset of the suite's tasks")
     args = parser.parse_args(argv)
     try:
-        paths = write_suite(args.out, args.seed, SuiteSizes(args.train, args.validation, args.test), args.tasks,
-                            args.suite)
+        paths = write_suite(
+            args.out, args.seed, SuiteSizes(args.train, args.validation, args.test), args.tasks, args.suite
+        )
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -1,4 +1,5 @@
 """Sentence makers of the bundled suite: facts (who did what, where, when) and short reviews."""
+
 from __future__ import annotations
 
 import random
@@ -34,8 +35,14 @@ class Fact:
 def random_fact(rng: random.Random, avoid: Fact | None = None) -> Fact:
     """A fact; with ``avoid``, one whose person, object and place all differ from it."""
     while True:
-        fact = Fact(rng.choice(vocab.NAMES), rng.choice(vocab.VERBS), rng.choice(vocab.OBJECT_ADJECTIVES),
-                    rng.choice(vocab.OBJECTS), rng.choice(vocab.PLACES), rng.choice(vocab.DAYS + vocab.MONTHS))
+        fact = Fact(
+            rng.choice(vocab.NAMES),
+            rng.choice(vocab.VERBS),
+            rng.choice(vocab.OBJECT_ADJECTIVES),
+            rng.choice(vocab.OBJECTS),
+            rng.choice(vocab.PLACES),
+            rng.choice(vocab.DAYS + vocab.MONTHS),
+        )
         if avoid is None or (fact.name != avoid.name and fact.obj != avoid.obj and fact.place != avoid.place):
             return fact
 
@@ -43,8 +50,13 @@ def random_fact(rng: random.Random, avoid: Fact | None = None) -> Fact:
 def change_one_slot(rng: random.Random, fact: Fact, slots: tuple[str, ...]) -> Fact:
     """The same fact with one of ``slots`` replaced by a different value."""
     slot = rng.choice(slots)
-    pools = {"name": vocab.NAMES, "obj": vocab.OBJECTS, "place": vocab.PLACES, "adjective": vocab.OBJECT_ADJECTIVES,
-             "when": vocab.DAYS + vocab.MONTHS}
+    pools = {
+        "name": vocab.NAMES,
+        "obj": vocab.OBJECTS,
+        "place": vocab.PLACES,
+        "adjective": vocab.OBJECT_ADJECTIVES,
+        "when": vocab.DAYS + vocab.MONTHS,
+    }
     value = rng.choice([v for v in pools[slot] if v != getattr(fact, slot)])
     return replace(fact, **{slot: value})
 
@@ -78,6 +90,7 @@ def passive(fact: Fact) -> str:
 
 # ----------------------------------------------------------------------------- reviews
 NEGATED_CLAUSE_RATE = 0.2
+
 
 def review_clause(rng: random.Random, aspect: str, positive: bool) -> str:
     """One clause about ``aspect`` whose polarity is ``positive`` (sometimes through a negation)."""

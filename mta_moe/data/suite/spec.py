@@ -1,5 +1,6 @@
 """What a bundled task suite is: its tasks (type, labels, metric, generator), the pairs that conflict or help,
 and the text of its data card."""
+
 from __future__ import annotations
 
 import random

@@ -1,4 +1,5 @@
 """The tasks of the bundled suite: what each asks, its type, labels, metric, and how it relates to the others."""
+
 from __future__ import annotations
 
 import random
@@ -24,23 +25,39 @@ def _with_distractor(rng: random.Random, fact: s.Fact, distractor_rate: float) -
 def sentiment(rng: random.Random) -> tuple[str, str]:
     label = rng.choice(["positive", "negative"])
     text, _ = s.review(rng, [label == "positive"] * rng.choice([1, 2]))
-    ask = _pick(rng, ["Is this review positive or negative?", "Sentiment of the review, positive or negative?",
-                      "Does the customer sound positive or negative?"])
+    ask = _pick(
+        rng,
+        [
+            "Is this review positive or negative?",
+            "Sentiment of the review, positive or negative?",
+            "Does the customer sound positive or negative?",
+        ],
+    )
     return f"{ask} Review: {text}", label
 
 
 def irony(rng: random.Random) -> tuple[str, str]:
     label = rng.choice(["positive", "negative"])
     text, _ = s.review(rng, [label != "positive"] * rng.choice([1, 2]))  # the surface says the opposite
-    ask = _pick(rng, ["This review is sarcastic. Is the writer's real opinion positive or negative?",
-                      "Read the ironic review. Is what the writer means positive or negative?"])
+    ask = _pick(
+        rng,
+        [
+            "This review is sarcastic. Is the writer's real opinion positive or negative?",
+            "Read the ironic review. Is what the writer means positive or negative?",
+        ],
+    )
     return f"{ask} Review: {text}", label
 
 
 def topic(rng: random.Random) -> tuple[str, str]:
     label = rng.choice(sorted(vocab.TOPICS))
-    ask = _pick(rng, ["What is the topic of this headline: sports, science, business, travel or food?",
-                      "Headline topic (sports, science, business, travel, food)?"])
+    ask = _pick(
+        rng,
+        [
+            "What is the topic of this headline: sports, science, business, travel or food?",
+            "Headline topic (sports, science, business, travel, food)?",
+        ],
+    )
     return f"{ask} Headline: {s.headline(rng, label)}", label
 
 
@@ -62,17 +79,25 @@ def fact_entail(rng: random.Random) -> tuple[str, str]:
     if label == "no":
         fact = s.change_one_slot(rng, fact, (("name", "obj"), ("name", "place", "when"), ("name", "obj"))[form])
     if label == "maybe":
-        hypothesis = _pick(rng, [f"{fact.name} {fact.verb[2]} the {fact.obj} for a friend.",
-                                 f"{fact.name} was happy with the {fact.obj}.",
-                                 f"{fact.name} {fact.verb[2]} the {fact.obj} before lunch.",
-                                 f"{fact.name} paid a lot for the {fact.obj}.",
-                                 f"{fact.name} lives in {fact.place}."])
+        hypothesis = _pick(
+            rng,
+            [
+                f"{fact.name} {fact.verb[2]} the {fact.obj} for a friend.",
+                f"{fact.name} was happy with the {fact.obj}.",
+                f"{fact.name} {fact.verb[2]} the {fact.obj} before lunch.",
+                f"{fact.name} paid a lot for the {fact.obj}.",
+                f"{fact.name} lives in {fact.place}.",
+            ],
+        )
     else:
-        hypothesis = (f"{fact.name} {fact.verb[2]} the {fact.obj}.",
-                      f"{fact.name} was in {fact.place} {fact.time}.",
-                      f"The {fact.obj} was {fact.verb[3]} by {fact.name}.")[form]
-    return (f"Premise: {premise} Hypothesis: {hypothesis} Does the premise entail the hypothesis? "
-            f"Answer yes, no or maybe."), label
+        hypothesis = (
+            f"{fact.name} {fact.verb[2]} the {fact.obj}.",
+            f"{fact.name} was in {fact.place} {fact.time}.",
+            f"The {fact.obj} was {fact.verb[3]} by {fact.name}.",
+        )[form]
+    return (
+        f"Premise: {premise} Hypothesis: {hypothesis} Does the premise entail the hypothesis? Answer yes, no or maybe."
+    ), label
 
 
 def same_meaning(rng: random.Random) -> tuple[str, str]:
@@ -112,34 +137,88 @@ def negate(rng: random.Random) -> tuple[str, str]:
     return f"Rewrite as a negative sentence: {s.present(fact, fronted)}", s.negated(fact, fronted)
 
 
-SUITE_TASKS: dict[str, SuiteTask] = {t.name: t for t in [
-    SuiteTask("sentiment", "classify", "accuracy", ("positive", "negative"),
-              "Polarity of a one- or two-clause review of a restaurant, hotel, phone, film or book; "
-              "some clauses carry the polarity through a negation (\"was not bland\").", sentiment),
-    SuiteTask("irony", "classify", "accuracy", ("positive", "negative"),
-              "The same kind of review, declared sarcastic: the label is the opposite of the surface polarity.",
-              irony),
-    SuiteTask("topic", "classify", "accuracy", ("sports", "science", "business", "travel", "food"),
-              "Topic of a headline built from a subject, verb and object; in half of them one of the three "
-              "comes from another topic, and the majority decides.", topic),
-    SuiteTask("review_claim", "nli", "accuracy", ("yes", "no"),
-              "Premise: a one-clause review of one aspect; hypothesis: the writer liked or disliked that "
-              "aspect. Does the premise support it? (The label is the polarity read through the claim.)",
-              review_claim),
-    SuiteTask("fact_entail", "nli", "accuracy", ("yes", "no", "maybe"),
-              "Premise: one or two event sentences; hypothesis: a restatement (yes), a restatement with one "
-              "slot changed (no), or a claim the text does not settle (maybe).", fact_entail),
-    SuiteTask("same_meaning", "nli", "accuracy", ("yes", "no"),
-              "Paraphrase detection: an event sentence and its passive or time-fronted paraphrase (yes); "
-              "the paraphrase with one slot changed (person, object or place) or negated (no).", same_meaning),
-    SuiteTask("answer", "generate", "exact_match", None,
-              "Extractive question answering (who / where / when / what) over one or two event sentences.",
-              answer),
-    SuiteTask("past_tense", "generate", "rouge_l", None,
-              "Rewrite a present-tense event sentence in the past tense.", past_tense),
-    SuiteTask("negate", "generate", "rouge_l", None,
-              "Rewrite the same kind of present-tense sentence as its negation (\"does not ...\").", negate),
-]}
+SUITE_TASKS: dict[str, SuiteTask] = {
+    t.name: t
+    for t in [
+        SuiteTask(
+            "sentiment",
+            "classify",
+            "accuracy",
+            ("positive", "negative"),
+            "Polarity of a one- or two-clause review of a restaurant, hotel, phone, film or book; "
+            'some clauses carry the polarity through a negation ("was not bland").',
+            sentiment,
+        ),
+        SuiteTask(
+            "irony",
+            "classify",
+            "accuracy",
+            ("positive", "negative"),
+            "The same kind of review, declared sarcastic: the label is the opposite of the surface polarity.",
+            irony,
+        ),
+        SuiteTask(
+            "topic",
+            "classify",
+            "accuracy",
+            ("sports", "science", "business", "travel", "food"),
+            "Topic of a headline built from a subject, verb and object; in half of them one of the three "
+            "comes from another topic, and the majority decides.",
+            topic,
+        ),
+        SuiteTask(
+            "review_claim",
+            "nli",
+            "accuracy",
+            ("yes", "no"),
+            "Premise: a one-clause review of one aspect; hypothesis: the writer liked or disliked that "
+            "aspect. Does the premise support it? (The label is the polarity read through the claim.)",
+            review_claim,
+        ),
+        SuiteTask(
+            "fact_entail",
+            "nli",
+            "accuracy",
+            ("yes", "no", "maybe"),
+            "Premise: one or two event sentences; hypothesis: a restatement (yes), a restatement with one "
+            "slot changed (no), or a claim the text does not settle (maybe).",
+            fact_entail,
+        ),
+        SuiteTask(
+            "same_meaning",
+            "nli",
+            "accuracy",
+            ("yes", "no"),
+            "Paraphrase detection: an event sentence and its passive or time-fronted paraphrase (yes); "
+            "the paraphrase with one slot changed (person, object or place) or negated (no).",
+            same_meaning,
+        ),
+        SuiteTask(
+            "answer",
+            "generate",
+            "exact_match",
+            None,
+            "Extractive question answering (who / where / when / what) over one or two event sentences.",
+            answer,
+        ),
+        SuiteTask(
+            "past_tense",
+            "generate",
+            "rouge_l",
+            None,
+            "Rewrite a present-tense event sentence in the past tense.",
+            past_tense,
+        ),
+        SuiteTask(
+            "negate",
+            "generate",
+            "rouge_l",
+            None,
+            'Rewrite the same kind of present-tense sentence as its negation ("does not ...").',
+            negate,
+        ),
+    ]
+}
 
 # Pairs and why; the data card prints these.
 CONFLICTS = [
@@ -154,15 +233,24 @@ HELPS = [
 ]
 
 BUNDLED = SuiteSpec(
-    name="bundled", tasks=SUITE_TASKS, conflicts=CONFLICTS, helps=HELPS, version=3,
+    name="bundled",
+    tasks=SUITE_TASKS,
+    conflicts=CONFLICTS,
+    helps=HELPS,
+    version=3,
     card_title="The bundled task suite",
-    card_conflict_note=("A single shared model must tell each conflicting pair apart from the instruction alone. "
-                        "Under `gate_mode: task` the routing key is the task type, so the cross-type pair "
-                        "(`irony` / `review_claim`) starts on different adapters while the within-type pairs "
-                        "(`sentiment` / `irony`, `past_tense` / `negate`) share theirs; giving a task its own entry in "
-                        "`mta.task_types` (and its rows that `type`) separates those too."),
-    card_vocabulary=("Names, cities, weekdays and months, 40 verbs with their inflections, 58 objects, 32 object "
-                     "adjectives, 5 review domains with their aspects, 16 positive and 16 negative adjectives, "
-                     "10 intensifiers and 5 headline topics: about 550 distinct words "
-                     "(`mta_moe/data/suite/vocab.py`)."),
-    module="mta_moe/data/suite/tasks.py")
+    card_conflict_note=(
+        "A single shared model must tell each conflicting pair apart from the instruction alone. "
+        "Under `gate_mode: task` the routing key is the task type, so the cross-type pair "
+        "(`irony` / `review_claim`) starts on different adapters while the within-type pairs "
+        "(`sentiment` / `irony`, `past_tense` / `negate`) share theirs; giving a task its own entry in "
+        "`mta.task_types` (and its rows that `type`) separates those too."
+    ),
+    card_vocabulary=(
+        "Names, cities, weekdays and months, 40 verbs with their inflections, 58 objects, 32 object "
+        "adjectives, 5 review domains with their aspects, 16 positive and 16 negative adjectives, "
+        "10 intensifiers and 5 headline topics: about 550 distinct words "
+        "(`mta_moe/data/suite/vocab.py`)."
+    ),
+    module="mta_moe/data/suite/tasks.py",
+)

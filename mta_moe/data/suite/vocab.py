@@ -13,25 +13,44 @@ MONTHS = "January February March April May June July August September October No
 
 # (base, third person singular, past, past participle)
 VERBS = [
-    ("buy", "buys", "bought", "bought"), ("paint", "paints", "painted", "painted"),
-    ("repair", "repairs", "repaired", "repaired"), ("sell", "sells", "sold", "sold"),
-    ("borrow", "borrows", "borrowed", "borrowed"), ("find", "finds", "found", "found"),
-    ("carry", "carries", "carried", "carried"), ("clean", "cleans", "cleaned", "cleaned"),
-    ("order", "orders", "ordered", "ordered"), ("build", "builds", "built", "built"),
-    ("wash", "washes", "washed", "washed"), ("deliver", "delivers", "delivered", "delivered"),
-    ("return", "returns", "returned", "returned"), ("pack", "packs", "packed", "packed"),
-    ("hide", "hides", "hid", "hidden"), ("choose", "chooses", "chose", "chosen"),
-    ("draw", "draws", "drew", "drawn"), ("fix", "fixes", "fixed", "fixed"),
-    ("move", "moves", "moved", "moved"), ("polish", "polishes", "polished", "polished"),
-    ("measure", "measures", "measured", "measured"), ("inspect", "inspects", "inspected", "inspected"),
-    ("lose", "loses", "lost", "lost"), ("keep", "keeps", "kept", "kept"),
-    ("bring", "brings", "brought", "brought"), ("send", "sends", "sent", "sent"),
-    ("rent", "rents", "rented", "rented"), ("wrap", "wraps", "wrapped", "wrapped"),
-    ("break", "breaks", "broke", "broken"), ("sketch", "sketches", "sketched", "sketched"),
-    ("collect", "collects", "collected", "collected"), ("donate", "donates", "donated", "donated"),
-    ("photograph", "photographs", "photographed", "photographed"), ("steal", "steals", "stole", "stolen"),
-    ("weigh", "weighs", "weighed", "weighed"), ("sew", "sews", "sewed", "sewn"),
-    ("test", "tests", "tested", "tested"), ("lift", "lifts", "lifted", "lifted"),
+    ("buy", "buys", "bought", "bought"),
+    ("paint", "paints", "painted", "painted"),
+    ("repair", "repairs", "repaired", "repaired"),
+    ("sell", "sells", "sold", "sold"),
+    ("borrow", "borrows", "borrowed", "borrowed"),
+    ("find", "finds", "found", "found"),
+    ("carry", "carries", "carried", "carried"),
+    ("clean", "cleans", "cleaned", "cleaned"),
+    ("order", "orders", "ordered", "ordered"),
+    ("build", "builds", "built", "built"),
+    ("wash", "washes", "washed", "washed"),
+    ("deliver", "delivers", "delivered", "delivered"),
+    ("return", "returns", "returned", "returned"),
+    ("pack", "packs", "packed", "packed"),
+    ("hide", "hides", "hid", "hidden"),
+    ("choose", "chooses", "chose", "chosen"),
+    ("draw", "draws", "drew", "drawn"),
+    ("fix", "fixes", "fixed", "fixed"),
+    ("move", "moves", "moved", "moved"),
+    ("polish", "polishes", "polished", "polished"),
+    ("measure", "measures", "measured", "measured"),
+    ("inspect", "inspects", "inspected", "inspected"),
+    ("lose", "loses", "lost", "lost"),
+    ("keep", "keeps", "kept", "kept"),
+    ("bring", "brings", "brought", "brought"),
+    ("send", "sends", "sent", "sent"),
+    ("rent", "rents", "rented", "rented"),
+    ("wrap", "wraps", "wrapped", "wrapped"),
+    ("break", "breaks", "broke", "broken"),
+    ("sketch", "sketches", "sketched", "sketched"),
+    ("collect", "collects", "collected", "collected"),
+    ("donate", "donates", "donated", "donated"),
+    ("photograph", "photographs", "photographed", "photographed"),
+    ("steal", "steals", "stole", "stolen"),
+    ("weigh", "weighs", "weighed", "weighed"),
+    ("sew", "sews", "sewed", "sewn"),
+    ("test", "tests", "tested", "tested"),
+    ("lift", "lifts", "lifted", "lifted"),
     ("paint over", "paints over", "painted over", "painted over"),
     ("give away", "gives away", "gave away", "given away"),
 ]
@@ -63,32 +82,62 @@ spotless fresh gripping elegant friendly comfortable""".split()
 NEGATIVE = """awful dreadful bland broken rude dirty noisy boring flimsy stale sluggish cramped dull clumsy
 greasy shabby""".split()
 INTENSIFIERS = "really truly quite rather absolutely surprisingly remarkably very genuinely utterly".split()
-REVIEW_OPENERS = ["", "Honestly, ", "I have to say ", "In short, ", "To be fair, ", "After two visits, ",
-                  "As expected, ", "Frankly, ", "Overall, ", "My verdict: ", "Well, ", "For the price, "]
+REVIEW_OPENERS = [
+    "",
+    "Honestly, ",
+    "I have to say ",
+    "In short, ",
+    "To be fair, ",
+    "After two visits, ",
+    "As expected, ",
+    "Frankly, ",
+    "Overall, ",
+    "My verdict: ",
+    "Well, ",
+    "For the price, ",
+]
 
 # topic classification: label -> (subjects, objects, verbs)
 TOPICS = {
-    "sports": ("the striker|the coach|the home team|the referee|the captain|the goalkeeper|the league|the cyclists",
-               "the final|a penalty|the championship|the season|a medal|the title|the tournament|the match",
-               "won|lost|secured|missed|celebrated|dominated|reached|defended"),
-    "science": ("researchers|the laboratory|astronomers|the biologists|a chemist|the physicists|engineers"
-                "|the team of geologists",
-                "a new fossil|the molecule|a distant galaxy|the vaccine trial|a gene|the experiment|an ancient comet"
-                "|the climate model",
-                "discovered|measured|published|observed|analysed|sequenced|confirmed|simulated"),
-    "business": ("investors|the bank|the startup|shareholders|the retailer|the board|analysts|the airline group",
-                 "record profits|the merger|quarterly earnings|new shares|the takeover|its market share|a loan"
-                 "|the budget",
-                 "announced|reported|approved|cut|raised|doubled|rejected|forecast"),
-    "travel": ("tourists|backpackers|the ferry company|the new hostel|pilgrims|the tour guide|cruise passengers"
-               "|the museum",
-               "cheap flights|the coastal trail|a night train|the old harbour|visa rules|the ski resort|a walking tour"
-               "|the beaches",
-               "explored|booked|reopened|recommended|crowded|visited|mapped|promoted"),
-    "food": ("the chef|bakers|the vineyard|a street vendor|the cheesemaker|farmers|the cafe|food critics",
-             "a new recipe|the harvest|sourdough bread|the tasting menu|spicy noodles|aged cheese|fresh oysters"
-             "|a vegan dessert",
-             "cooked|praised|served|baked|tasted|grew|invented|sold"),
+    "sports": (
+        "the striker|the coach|the home team|the referee|the captain|the goalkeeper|the league|the cyclists",
+        "the final|a penalty|the championship|the season|a medal|the title|the tournament|the match",
+        "won|lost|secured|missed|celebrated|dominated|reached|defended",
+    ),
+    "science": (
+        "researchers|the laboratory|astronomers|the biologists|a chemist|the physicists|engineers"
+        "|the team of geologists",
+        "a new fossil|the molecule|a distant galaxy|the vaccine trial|a gene|the experiment|an ancient comet"
+        "|the climate model",
+        "discovered|measured|published|observed|analysed|sequenced|confirmed|simulated",
+    ),
+    "business": (
+        "investors|the bank|the startup|shareholders|the retailer|the board|analysts|the airline group",
+        "record profits|the merger|quarterly earnings|new shares|the takeover|its market share|a loan|the budget",
+        "announced|reported|approved|cut|raised|doubled|rejected|forecast",
+    ),
+    "travel": (
+        "tourists|backpackers|the ferry company|the new hostel|pilgrims|the tour guide|cruise passengers|the museum",
+        "cheap flights|the coastal trail|a night train|the old harbour|visa rules|the ski resort|a walking tour"
+        "|the beaches",
+        "explored|booked|reopened|recommended|crowded|visited|mapped|promoted",
+    ),
+    "food": (
+        "the chef|bakers|the vineyard|a street vendor|the cheesemaker|farmers|the cafe|food critics",
+        "a new recipe|the harvest|sourdough bread|the tasting menu|spicy noodles|aged cheese|fresh oysters"
+        "|a vegan dessert",
+        "cooked|praised|served|baked|tasted|grew|invented|sold",
+    ),
 }
-TOPIC_TIMES = ["this week", "on Sunday", "last night", "after months of work", "for the first time", "again",
-               "despite the weather", "ahead of the holidays", "earlier today", "in the spring"]
+TOPIC_TIMES = [
+    "this week",
+    "on Sunday",
+    "last night",
+    "after months of work",
+    "for the first time",
+    "again",
+    "despite the weather",
+    "ahead of the holidays",
+    "earlier today",
+    "in the spring",
+]

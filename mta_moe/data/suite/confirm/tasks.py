@@ -1,6 +1,7 @@
 """The confirmation suite's tasks: short T5-style prefixes, four pairs that read the same surface text under
 crossing rules, and tasks that stay hard for a small model at convergence (three word maps over one vocabulary,
 two orderings of one item list). Written apart from the bundled suite: other tasks, templates and words."""
+
 from __future__ import annotations
 
 import random
@@ -48,8 +49,11 @@ def habitat(rng: random.Random) -> tuple[str, str]:
 def sky(rng: random.Random) -> tuple[str, str]:
     label = rng.choice(sorted(v.SKY))
     cues = rng.sample(v.SKY[label], 2)
-    third = rng.choice(v.SKY[rng.choice([k for k in v.SKY if k != label])] if rng.random() < 0.6 else
-                       [c for c in v.SKY[label] if c not in cues])
+    third = rng.choice(
+        v.SKY[rng.choice([k for k in v.SKY if k != label])]
+        if rng.random() < 0.6
+        else [c for c in v.SKY[label] if c not in cues]
+    )
     cues.append(third)
     rng.shuffle(cues)
     return f"sky: {cues[0]}, {cues[1]} and {cues[2]} in {rng.choice(v.TOWNS)}", label
@@ -94,6 +98,7 @@ def _coder(name: str):
     def code(rng: random.Random) -> tuple[str, str]:
         words = _phrase(rng)
         return f"code {name}: {' '.join(words)}", " ".join(table.get(w, w) for w in words)
+
     return code
 
 
@@ -105,34 +110,98 @@ def colour(rng: random.Random) -> tuple[str, str]:
     return f"colour: {items[target]}? {listing}", paints[target]
 
 
-CONFIRM_TASKS: dict[str, SuiteTask] = {t.name: t for t in [
-    SuiteTask("mood", "classify", "accuracy", (GLAD, GLOOMY),
-              "Mood of a diary line (12 glad and 12 gloomy adjectives; a quarter negated: \"not hopeful\").", mood),
-    SuiteTask("contrary", "classify", "accuracy", (GLAD, GLOOMY),
-              "The same diary lines; the label is the opposite of the mood.", contrary),
-    SuiteTask("tone", "classify", "accuracy", (GLAD, GLOOMY),
-              "The same diary lines; half end with a sarcasm marker (\"Yeah, right.\"), which flips the mood.", tone),
-    SuiteTask("habitat", "classify", "accuracy", ("air", "land", "water"),
-              "Where a named creature lives (36 creatures to remember); the place in the line is no clue.", habitat),
-    SuiteTask("sky", "classify", "accuracy", ("rainy", "snowy", "sunny", "windy"),
-              "Weather of a report with three cues; in 60 % of them one cue belongs to other weather, and the "
-              "majority decides.", sky),
-    SuiteTask("larger", "nli", "accuracy", ("yes", "no"),
-              "Is the first of two items (40 in all) larger than the second?", larger),
-    SuiteTask("costlier", "nli", "accuracy", ("yes", "no"),
-              "The same item pairs: is the first costlier? (prices follow a fixed list, not size)", costlier),
-    SuiteTask("contains", "nli", "accuracy", ("yes", "no"),
-              "Does a list of 3–5 items contain the probe item?", contains),
-    SuiteTask("code_a", "generate", "rouge_l", None,
-              "Rewrite a 6–10 word phrase word for word through word map a (46 words, each to another of its "
-              "class).", _coder("a")),
-    SuiteTask("code_b", "generate", "rouge_l", None,
-              "The same phrases through map b, which agrees with map a on a third of the words.", _coder("b")),
-    SuiteTask("code_c", "generate", "rouge_l", None,
-              "The same phrases through map c, drawn on its own.", _coder("c")),
-    SuiteTask("colour", "generate", "exact_match", None,
-              "Extraction: the colour given to the named item in a list of 3–4 coloured items.", colour),
-]}
+CONFIRM_TASKS: dict[str, SuiteTask] = {
+    t.name: t
+    for t in [
+        SuiteTask(
+            "mood",
+            "classify",
+            "accuracy",
+            (GLAD, GLOOMY),
+            'Mood of a diary line (12 glad and 12 gloomy adjectives; a quarter negated: "not hopeful").',
+            mood,
+        ),
+        SuiteTask(
+            "contrary",
+            "classify",
+            "accuracy",
+            (GLAD, GLOOMY),
+            "The same diary lines; the label is the opposite of the mood.",
+            contrary,
+        ),
+        SuiteTask(
+            "tone",
+            "classify",
+            "accuracy",
+            (GLAD, GLOOMY),
+            'The same diary lines; half end with a sarcasm marker ("Yeah, right."), which flips the mood.',
+            tone,
+        ),
+        SuiteTask(
+            "habitat",
+            "classify",
+            "accuracy",
+            ("air", "land", "water"),
+            "Where a named creature lives (36 creatures to remember); the place in the line is no clue.",
+            habitat,
+        ),
+        SuiteTask(
+            "sky",
+            "classify",
+            "accuracy",
+            ("rainy", "snowy", "sunny", "windy"),
+            "Weather of a report with three cues; in 60 % of them one cue belongs to other weather, and the "
+            "majority decides.",
+            sky,
+        ),
+        SuiteTask(
+            "larger",
+            "nli",
+            "accuracy",
+            ("yes", "no"),
+            "Is the first of two items (40 in all) larger than the second?",
+            larger,
+        ),
+        SuiteTask(
+            "costlier",
+            "nli",
+            "accuracy",
+            ("yes", "no"),
+            "The same item pairs: is the first costlier? (prices follow a fixed list, not size)",
+            costlier,
+        ),
+        SuiteTask(
+            "contains", "nli", "accuracy", ("yes", "no"), "Does a list of 3–5 items contain the probe item?", contains
+        ),
+        SuiteTask(
+            "code_a",
+            "generate",
+            "rouge_l",
+            None,
+            "Rewrite a 6–10 word phrase word for word through word map a (46 words, each to another of its class).",
+            _coder("a"),
+        ),
+        SuiteTask(
+            "code_b",
+            "generate",
+            "rouge_l",
+            None,
+            "The same phrases through map b, which agrees with map a on a third of the words.",
+            _coder("b"),
+        ),
+        SuiteTask(
+            "code_c", "generate", "rouge_l", None, "The same phrases through map c, drawn on its own.", _coder("c")
+        ),
+        SuiteTask(
+            "colour",
+            "generate",
+            "exact_match",
+            None,
+            "Extraction: the colour given to the named item in a list of 3–4 coloured items.",
+            colour,
+        ),
+    ]
+}
 
 CONFIRM_CONFLICTS = [
     ("mood", "contrary", "the same diary lines under opposite labelling rules: an exact label flip"),

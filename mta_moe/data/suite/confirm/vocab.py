@@ -1,15 +1,41 @@
 """Word banks of the confirmation suite; none of its content words is a word of the bundled suite's banks."""
+
 import random
 
 # diary lines (mood, contrary, tone)
-SUBJECTS = ["I", "We", "My brother", "The twins", "Our neighbour", "The skipper", "Grandpa", "The new intern",
-            "My aunt", "The whole crew", "Our teacher", "The ward nurse"]
+SUBJECTS = [
+    "I",
+    "We",
+    "My brother",
+    "The twins",
+    "Our neighbour",
+    "The skipper",
+    "Grandpa",
+    "The new intern",
+    "My aunt",
+    "The whole crew",
+    "Our teacher",
+    "The ward nurse",
+]
 GLAD = """cheerful hopeful calm proud relieved content thrilled grateful joyful relaxed eager merry""".split()
 GLOOMY = """anxious lonely gloomy furious miserable exhausted homesick nervous bitter restless grumpy weary""".split()
 HEDGES = ["", "a bit ", "deeply ", "oddly ", "so ", "fairly ", "hugely ", "mildly "]
-OCCASIONS = ["after the storm", "at the quay", "during the exam", "on the long voyage", "at the wedding",
-             "before the hearing", "after the long hike", "at the village dance", "during the blackout",
-             "on the barge", "after the interview", "at the reunion", "in the waiting hall", "at the bazaar"]
+OCCASIONS = [
+    "after the storm",
+    "at the quay",
+    "during the exam",
+    "on the long voyage",
+    "at the wedding",
+    "before the hearing",
+    "after the long hike",
+    "at the village dance",
+    "during the blackout",
+    "on the barge",
+    "after the interview",
+    "at the reunion",
+    "in the waiting hall",
+    "at the bazaar",
+]
 SARCASM = ["Yeah, right.", "Sure, sure.", "As if.", "Such joy, eh."]
 
 # habitat: creature -> land | water | air
@@ -18,10 +44,28 @@ CREATURES = {
     "water": "trout eel carp squid octopus walrus shrimp jellyfish herring lobster salmon manatee".split(),
     "air": "swift falcon owl hawk sparrow kestrel albatross condor bat swallow moth crane".split(),
 }
-CREATURE_ACTS = ["was seen", "was spotted at dawn", "rested", "appeared again", "was counted", "was heard",
-                 "was recorded", "was tagged"]
-CREATURE_PLACES = ["near the river", "by the old mill", "beyond the dunes", "close to the cliffs", "over the marsh",
-                   "in the reserve", "along the canal", "below the ridge", "near the pier", "by the quarry road"]
+CREATURE_ACTS = [
+    "was seen",
+    "was spotted at dawn",
+    "rested",
+    "appeared again",
+    "was counted",
+    "was heard",
+    "was recorded",
+    "was tagged",
+]
+CREATURE_PLACES = [
+    "near the river",
+    "by the old mill",
+    "beyond the dunes",
+    "close to the cliffs",
+    "over the marsh",
+    "in the reserve",
+    "along the canal",
+    "below the ridge",
+    "near the pier",
+    "by the quarry road",
+]
 
 # sky: label -> cues; towns for the reports
 SKY = {
@@ -49,7 +93,7 @@ COLOURS = "crimson teal ochre violet ivory coral navy olive scarlet jade".split(
 CODE_CLASSES = {
     "adjective": "brisk hollow silent crooked gentle dusty narrow gilded muddy frozen lanky humble".split(),
     "noun": "miller baker raven goblet meadow cellar wagon pony weaver orchard anvil cottage quarry beacon kitten "
-            "tailor".split(),
+    "tailor".split(),
     "verb": "guards scolds follows nudges watches mends praises pulls greets fears tickles chases".split(),
     "preposition": "near behind under beside past above".split(),
 }
@@ -73,7 +117,7 @@ def _code_maps() -> dict[str, dict[str, str]]:
         a = _derangement(words, rng)
         order = list(words)
         rng.shuffle(order)
-        kept = set(order[:len(order) // 3])
+        kept = set(order[: len(order) // 3])
         while True:  # b: a's image on the kept third, another image elsewhere
             rest = [w for w in words if w not in kept]
             images = [a[w] for w in rest]
