@@ -17,9 +17,9 @@ from .typed_config import (
     check_section,
     reject_nonfinite,
     reject_unknown_keys,
+    setting,
     typed_section,
 )
-from .typed_config import setting as _field
 
 EXPERT_KINDS = ("bottleneck", "ffn")
 GATE_MODES = ("task", "learned", "both")
@@ -57,82 +57,82 @@ class MTAConfig:
     a checked copy with some fields changed.
     """
 
-    num_experts: int = _field(5, "task adapters (MoE experts) per layer", ge=1)
-    k: int | None = _field(None, "adapters per sequence; `null` = all (dense mixture)", ge=1)
-    expert_kind: Literal[EXPERT_KINDS] = _field(  # type: ignore[valid-type]
+    num_experts: int = setting(5, "task adapters (MoE experts) per layer", ge=1)
+    k: int | None = setting(None, "adapters per sequence; `null` = all (dense mixture)", ge=1)
+    expert_kind: Literal[EXPERT_KINDS] = setting(  # type: ignore[valid-type]
         "bottleneck", "`bottleneck` (an adapter beside the FFN) or `ffn` (a copy of the FFN per expert)"
     )
-    adapter_dim: int = _field(64, "bottleneck width of a task adapter", ge=1)
-    adapter_activation: Literal[ACTIVATIONS] = _field(  # type: ignore[valid-type]
+    adapter_dim: int = setting(64, "bottleneck width of a task adapter", ge=1)
+    adapter_activation: Literal[ACTIVATIONS] = setting(  # type: ignore[valid-type]
         "relu", "activation inside the adapters"
     )
-    adapter_bias: bool = _field(
+    adapter_bias: bool = setting(
         True,
         "bias vectors in the adapters (task and shared); `false` lets a T5 model fold "
         "into a stock T5 per task (`mta-moe export`)",
     )
-    ep_size: int = _field(1, "expert-parallel size; must divide `num_experts` and the world size", ge=1)
-    task_types: list[_Name] = _field(
+    ep_size: int = setting(1, "expert-parallel size; must divide `num_experts` and the world size", ge=1)
+    task_types: list[_Name] = setting(
         list(DEFAULT_TASK_TYPES),
         "task type names, unique; ids are their positions",
         min_length=1,
         must="a non-empty list of non-empty names",
         item_must="a non-empty name",
     )
-    route_by: Literal[ROUTE_BY] = _field(  # type: ignore[valid-type]
+    route_by: Literal[ROUTE_BY] = setting(  # type: ignore[valid-type]
         "type", "what the selector keeps a bias row for: `type` (the paper) or `task`"
     )
-    tasks: list[_Name] | None = _field(
+    tasks: list[_Name] | None = setting(
         None,
         "task names in task-id order (the routing keys with `route_by: task`); `null`: the training data's, sorted",
         min_length=1,
         must="a non-empty list of unique task names or null",
         item_must="a non-empty task name",
     )
-    task_adapter_assignment: Any = _field(
+    task_adapter_assignment: Any = setting(
         None,
         '`{routing key: [adapter ids]}`; `null` = contiguous split; `"official"` = the official code\'s '
         "overlapping rows (classify [0, 1], nli [1, 2], generate [3, 4]; 5 adapters, the three default types)",
         must="an object {routing key: [adapter ids]}, 'official' or null",
     )
-    gate_mode: Literal[GATE_MODES] = _field(  # type: ignore[valid-type]
+    gate_mode: Literal[GATE_MODES] = setting(  # type: ignore[valid-type]
         "task", "`task` (the Task Weight Selector), `learned` (a gate on the hidden states) or `both`"
     )
-    temperature: float = _field(0.1, "Softmax-T temperature", gt=0)
-    bias_init: float = _field(0.20, "Softmax-T initial task bias of the adapters a routing key does not favour")
-    bias_margin: float = _field(0.02, "how much higher the favoured adapters' initial biases are")
-    selector_init_std: float = _field(0.0, "std of the selector's W at init (0: zeros)", ge=0)
-    sequence_repr: Literal[SEQUENCE_REPRS] = _field(  # type: ignore[valid-type]
+    temperature: float = setting(0.1, "Softmax-T temperature", gt=0)
+    bias_init: float = setting(0.20, "Softmax-T initial task bias of the adapters a routing key does not favour")
+    bias_margin: float = setting(0.02, "how much higher the favoured adapters' initial biases are")
+    selector_init_std: float = setting(0.0, "std of the selector's W at init (0: zeros)", ge=0)
+    sequence_repr: Literal[SEQUENCE_REPRS] = setting(  # type: ignore[valid-type]
         "first", "the sequence's representation a learned gate reads: `first` token or `mean`"
     )
-    load_balance_coef: float = _field(0.0, "load-balancing aux-loss coefficient (returned as `l_aux`)", ge=0)
-    z_loss_coef: float = _field(0.0, "router z-loss coefficient (returned as `l_aux`)", ge=0)
-    always_on_adapters: int = _field(
+    load_balance_coef: float = setting(0.0, "load-balancing aux-loss coefficient (returned as `l_aux`)", ge=0)
+    z_loss_coef: float = setting(0.0, "router z-loss coefficient (returned as `l_aux`)", ge=0)
+    always_on_adapters: int = setting(
         0,
         "adapters every sequence uses beside its task adapters, from stage 1 on, mixed with the task mixture per "
         "routing key by learned weights that start at 1 (bottleneck experts only)",
         ge=0,
     )
-    always_on_dim: int | None = _field(None, "width of the always-on adapters; `null`: `adapter_dim`", ge=1)
-    num_shared_adapters: int = _field(1, "stage-2 shared adapters", ge=0)
-    shared_adapter_dim: int = _field(64, "stage-2 shared adapter width", ge=1)
-    gate_network_hidden: int | None = _field(None, "stage-2 gate network width; `null` = hidden size", ge=1)
-    stage2_form: Literal[STAGE2_FORMS] = _field(  # type: ignore[valid-type]
+    always_on_dim: int | None = setting(None, "width of the always-on adapters; `null`: `adapter_dim`", ge=1)
+    num_shared_adapters: int = setting(1, "stage-2 shared adapters", ge=0)
+    shared_adapter_dim: int = setting(64, "stage-2 shared adapter width", ge=1)
+    gate_network_hidden: int | None = setting(None, "stage-2 gate network width; `null` = hidden size", ge=1)
+    stage2_form: Literal[STAGE2_FORMS] = setting(  # type: ignore[valid-type]
         "residual",
         "stage-2 output: `residual` `M + Σ g_j A_j(x)` (exact at the switch) or `official` "
         "`g_0·M + Σ g_j (FFN(x) + A_j(x))`",
     )
-    init_seed: int = _field(0, "seed of the adapter initialisation", ge=0)
-    track_routing: bool = _field(True, "accumulate routing statistics")
-    inject_layers: Any = _field(
+    init_seed: int = setting(0, "seed of the adapter initialisation", ge=0)
+    track_routing: bool = setting(True, "accumulate routing statistics")
+    inject_layers: Any = setting(
         "last:1",
         "blocks to inject into: `all`, `last:N` or a list of block indices",
         must="'all', 'last:N' (N >= 1) or a non-empty list of block indices",
     )
-    inject_stacks: Literal[INJECT_STACKS] = _field(  # type: ignore[valid-type]
+    inject_stacks: Literal[INJECT_STACKS] = setting(  # type: ignore[valid-type]
         "both", "`encoder`, `decoder` or `both` (every stack the model has)"
     )
-    dispatch: Literal[DISPATCH_MODES] = _field(  # type: ignore[valid-type]
+    dispatch: Literal[DISPATCH_MODES] = setting(  # type: ignore[valid-type]
         "grouped",
         "`grouped`: whole sequences per adapter, exact split sizes across ranks, the computation chosen "
         "per call (*Dispatch*); `gathered_weights` / `grouped_gemm` / `loop`: that computation always "
