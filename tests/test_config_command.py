@@ -31,6 +31,25 @@ def test_validate_and_show(tmp_path, capsys):
     assert f"(stage 2, 30 steps, the layer of {tmp_path / 'run' / 'export'}, " in capsys.readouterr().out
 
 
+def test_validate_checks_the_settings_that_name_tasks_against_the_data_and_writes_nothing(tmp_path, capsys):
+    """As train does before it generates anything: the task names of the files and the suite's settings; a setting
+    naming another task fails with its key; the data files are read, nothing is written."""
+    rows = tmp_path / "own.jsonl"
+    rows.write_text("".join(json.dumps({"input": f"x {i}", "target": "yes", "type": "classify", "task": "mine"}) + "\n" for i in range(3)))
+    cfg = tiny_config(tmp_path / "run")
+    cfg["mta"]["data"]["files"] = {"train": [str(rows)]}
+    assert main(["config", "validate", str(write_config(tmp_path / "c.json", cfg))]) == 0
+    assert "; 4 tasks)" in capsys.readouterr().out  # the suite's three and the file's one
+    for key, value, message in [
+        ("data.curriculum", '[{"start_step": 0, "tasks": ["mine", "theirs"]}]', "mta.data.curriculum[0].tasks: unknown task 'theirs'"),
+        ("data.task_kinds", '{"theirs": "generation"}', "mta.data.task_kinds.theirs: unknown task"),
+        ("train.baseline_scores", '{"theirs": 0.5}', "mta.train.baseline_scores.theirs: unknown task"),
+    ]:
+        assert main(["config", "validate", str(tmp_path / "c.json"), f"--{key}", value]) == 2
+        assert message in capsys.readouterr().err, key
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.json", "own.jsonl"]  # no run dir, no generated suite
+
+
 def test_version():
     run = subprocess.run([sys.executable, "-m", "mta_moe.cli", "--version"], capture_output=True, text=True, cwd=REPO, timeout=60)
     assert run.returncode == 0 and run.stdout.strip() == f"mta-moe {__version__}"

@@ -38,33 +38,30 @@ class TaskData:
         return {name: rows for name, rows in out.items() if rows}
 
 
-def load_task_data(
-    config: DataConfig,
-    task_types: Sequence[str],
-    work_dir: str | Path,
-    check_names: Callable[[list[str]], None] | None = None,
-) -> TaskData:
-    """Load every configured source: user files and recipes first, then ``check_names(task names)`` (checks
-    that need only the config and the names, before anything is generated), then the bundled suite, generated
-    into ``work_dir/suite`` (once per seed and sizes) and read back through the same strict reader."""
-    parts: dict[str, list[datasets.Dataset]] = {split: [] for split in SPLIT_KEYS}
-    sources: dict[str, dict[str, set[str]]] = {split: {} for split in SPLIT_KEYS}  # split -> task -> sources
-    reports: list[LoadReport] = []
+@dataclass
+class _Sources:
+    """The datasets loaded so far per split, which source gave each task, and the load reports."""
 
-    def add(split: str, dataset: datasets.Dataset, report: LoadReport, source: str, first: bool = False) -> None:
-        parts[split].insert(0 if first else len(parts[split]), dataset)
-        reports.insert(0 if first else len(reports), report)
+    parts: dict[str, list[datasets.Dataset]] = field(default_factory=lambda: {split: [] for split in SPLIT_KEYS})
+    sources: dict[str, dict[str, set[str]]] = field(default_factory=lambda: {split: {} for split in SPLIT_KEYS})
+    reports: list[LoadReport] = field(default_factory=list)
+
+    def add(self, split: str, dataset: datasets.Dataset, report: LoadReport, source: str, first: bool = False) -> None:
+        self.parts[split].insert(0 if first else len(self.parts[split]), dataset)
+        self.reports.insert(0 if first else len(self.reports), report)
         for task in set(dataset["task"]):
-            sources[split].setdefault(task, set()).add(source)
+            self.sources[split].setdefault(task, set()).add(source)
 
+
+def _load_files_and_recipes(config: DataConfig, task_types: Sequence[str], loaded: _Sources) -> None:
     for split, paths in config.files.items():
         for path in paths:
-            add(split, *load_examples(path, task_types, config.on_bad_rows), "mta.data.files")
+            loaded.add(split, *load_examples(path, task_types, config.on_bad_rows), "mta.data.files")
     for index, recipe in enumerate(config.recipes):
         splits = {**DEFAULT_RECIPE_SPLITS, **recipe.get("splits", {})}
         local = recipe.get("data_files", {})
         for split in local or splits:
-            add(
+            loaded.add(
                 split,
                 *load_recipe(
                     recipe["name"],
@@ -76,6 +73,38 @@ def load_task_data(
                 ),
                 f"mta.data.recipes[{index}] ({recipe['name']})",
             )
+
+
+def check_task_settings(
+    config: DataConfig, task_types: Sequence[str], check_names: Callable[[list[str]], None] | None = None
+) -> list[str] | None:
+    """The checks :func:`load_task_data` runs before it generates anything (the settings that name tasks, against
+    the tasks of the training data), reading the data files but writing nothing; the task names. None: not
+    checked, because a recipe reads from the hub (``mta-moe train`` checks them when it has loaded it)."""
+    if any(not recipe.get("data_files") for recipe in config.recipes):
+        return None
+    loaded = _Sources()
+    _load_files_and_recipes(config, task_types, loaded)
+    names = _task_names(config, loaded.sources["train"])
+    _check_names(config, names)
+    if check_names is not None:
+        check_names(names)
+    return names
+
+
+def load_task_data(
+    config: DataConfig,
+    task_types: Sequence[str],
+    work_dir: str | Path,
+    check_names: Callable[[list[str]], None] | None = None,
+) -> TaskData:
+    """Load every configured source: user files and recipes first, then ``check_names(task names)`` (checks
+    that need only the config and the names, before anything is generated), then the bundled suite, generated
+    into ``work_dir/suite`` (once per seed and sizes) and read back through the same strict reader."""
+    loaded = _Sources()
+    _load_files_and_recipes(config, task_types, loaded)
+    parts, sources, reports = loaded.parts, loaded.sources, loaded.reports
+    add = loaded.add
     names = _task_names(config, sources["train"])  # before anything is generated: the checks on names
     _check_names(config, names)
     if check_names is not None:

@@ -28,18 +28,35 @@ def config_command(args: argparse.Namespace, overrides: Sequence[str]) -> int:
         return 2
     if args.action == "show":
         print(json.dumps(cfg.to_json(), indent=2))
+        return 0
+    try:
+        names = _task_names_checked(cfg)
+    except (ConfigError, ValueError) as exc:  # ConfigError, or the data files' DataError
+        print(f"error: {args.file}: {exc}", file=sys.stderr)
+        return 2
+    if cfg.train.init_from:  # a run from an export (stage 2, continuation) takes the layer from it
+        layer = f"the layer of {cfg.train.init_from}"
     else:
-        if cfg.train.init_from:  # a run from an export (stage 2, continuation) takes the layer from it
-            layer = f"the layer of {cfg.train.init_from}"
-        else:
-            layer = f"{cfg.mta.num_experts} adapters" + (
-                f", {cfg.mta.always_on_adapters} always-on" if cfg.mta.always_on_adapters else ""
-            )
-        print(
-            f"{args.file}: ok (stage {cfg.train.stage}, {cfg.train.steps} steps, {layer}, "
-            f"output {cfg.train.output_dir})"
+        layer = f"{cfg.mta.num_experts} adapters" + (
+            f", {cfg.mta.always_on_adapters} always-on" if cfg.mta.always_on_adapters else ""
         )
+    checked = f"{len(names)} tasks" if names is not None else "task names checked when training loads the data"
+    print(
+        f"{args.file}: ok (stage {cfg.train.stage}, {cfg.train.steps} steps, {layer}, "
+        f"output {cfg.train.output_dir}; {checked})"
+    )
     return 0
+
+
+def _task_names_checked(cfg) -> list[str] | None:
+    """The settings that name tasks, checked against the training data's tasks as ``train`` checks them before it
+    generates anything (data files read, nothing written). None: not checked here, for a run from an export
+    (its task types are the export's) or with recipes from the hub."""
+    if cfg.train.init_from:
+        return None
+    from ..data.pipeline import check_task_settings
+
+    return check_task_settings(cfg.data, cfg.mta.task_types, cfg.check_task_names)
 
 
 def _reference(args: argparse.Namespace) -> int:
