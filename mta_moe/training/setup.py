@@ -96,7 +96,8 @@ class _Parts:
     tokenizer: Any
     model: MTAModel
     growth: Any  # add_task_types: what grew (None otherwise)
-    sampled: list[str]  # the tasks training batches come from
+    new_tasks: list[str]  # adding task types to a by-task model: the data's tasks the export lacks
+    sampled: list[str] | None = None  # the tasks training batches come from (set by _grown)
 
 
 def _build(
@@ -339,10 +340,10 @@ def _grown(
     """``add_task_types``: the init_from export with the new task types added; training batches come from their
     tasks only. Otherwise ``parts`` with every task sampled."""
     if cfg.train.add_task_types is None:
-        return _Parts(parts.data, parts.tokenizer, parts.model, None, list(task_rows))
+        return _Parts(parts.data, parts.tokenizer, parts.model, None, parts.new_tasks, list(task_rows))
     registry = parts.data.registry
     if parts.model.mta_config.route_by == "task":  # the new routing keys are the data's new tasks
-        tasks = parts.sampled
+        tasks = parts.new_tasks
         rows = {t: [train_rows[i] for i in task_rows[t]] for t in tasks}
     else:
         trained = parts.model.mta_config.task_types
@@ -371,4 +372,4 @@ def _grown(
             "warm_start": growth.warm_start,
         },
     )
-    return _Parts(parts.data, parts.tokenizer, model, growth, tasks)
+    return _Parts(parts.data, parts.tokenizer, model, growth, parts.new_tasks, tasks)
