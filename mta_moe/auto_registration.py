@@ -81,9 +81,14 @@ def loader_class(auto_name: str):
 
 
 def auto_class_for(backbone_config: Any) -> str:
-    """The name of the Auto class that loads an export of a backbone with this config (first of AUTO_CLASSES)."""
+    """The name of the Auto class that loads an export of a backbone with this config (first of AUTO_CLASSES); a
+    config of a sequence classifier (a per-task folder of an encoder with task heads): its Auto class."""
     import transformers
 
+    if any(
+        name.endswith("ForSequenceClassification") for name in getattr(backbone_config, "architectures", None) or []
+    ):
+        return "AutoModelForSequenceClassification"
     for name in AUTO_CLASSES:
         if type(backbone_config) in getattr(transformers, name)._model_mapping:
             return name

@@ -31,6 +31,7 @@ DISPATCH_MODES = ("grouped", "deepspeed", "gathered_weights", "grouped_gemm", "l
 FIXED_SHAPE_DISPATCH = ("gathered_weights", "grouped_gemm")
 ROUTE_BY = ("type", "task")
 STAGE2_FORMS = ("residual", "official")
+POOLINGS = ("pooler", "cls", "mean")
 # the official ALTER Softmax-T rows for 5 adapters and (classify, nli, generate): overlapping pairs
 OFFICIAL_ASSIGNMENT = {"classify": [0, 1], "nli": [1, 2], "generate": [3, 4]}
 RUN_SECTIONS = ("model", "data", "train")
@@ -122,6 +123,16 @@ class MTAConfig:
         "stage-2 output: `residual` `M + Σ g_j A_j(x)` (exact at the switch) or `official` "
         "`g_0·M + Σ g_j (FFN(x) + A_j(x))`",
     )
+    task_heads: dict[_Name, Annotated[list[_Name], Field(min_length=2)]] | None = setting(
+        None,
+        "encoder backbones (bert, roberta): one classification head per task, its labels in head order "
+        "(the trainer fills it from the training data); `null` for text-to-text backbones",
+    )
+    pooling: Literal[POOLINGS] = setting(  # type: ignore[valid-type]
+        "pooler",
+        "encoder backbones: what a task head reads, `pooler` (the backbone's pooler on the first token, as "
+        "BertForSequenceClassification), `cls` (the first token) or `mean` (the mean over real tokens)",
+    )
     init_seed: int = setting(0, "seed of the adapter initialisation", ge=0)
     track_routing: bool = setting(True, "accumulate routing statistics")
     inject_layers: Any = setting(
@@ -169,7 +180,15 @@ class MTAConfig:
                 f"mta.ep_size: num_experts ({self.num_experts}) must be divisible by ep_size, "
                 f"got ep_size={self.ep_size}"
             )
-        for key, names in (("task_types", self.task_types), ("tasks", self.tasks or [])):
+        heads = list(self.task_heads or {})
+        if self.task_heads is not None and self.route_by == "task" and self.tasks is not None and heads != self.tasks:
+            raise ConfigError(
+                f"mta.task_heads: must name the tasks of mta.tasks in their order {self.tasks}, got {heads}"
+            )
+        for task, labels in (self.task_heads or {}).items():
+            if len(set(labels)) != len(labels):
+                raise ConfigError(f"mta.task_heads.{task}: labels must be unique, got {labels!r}")
+        for key, names in (("task_types", self.task_types), ("tasks", self.tasks or []), ("task_heads", heads)):
             if len(set(names)) != len(names):
                 raise ConfigError(f"mta.{key}: names must be unique, got {names!r}")
             problem = next((name_problem(n) for n in names if name_problem(n)), None)

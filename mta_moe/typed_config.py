@@ -97,7 +97,8 @@ def _expected_type(tp: Any, metadata: list[Any]) -> str | None:
     elif tp is bool:
         text = "true or false"
     elif typing.get_origin(tp) in (list, tuple):
-        text = "a non-empty list" if any(getattr(m, "min_length", 0) for m in metadata) else "a list"
+        least = max((getattr(m, "min_length", 0) or 0 for m in metadata), default=0)
+        text = "a list" if not least else "a non-empty list" if least == 1 else f"a list of at least {least} items"
     elif typing.get_origin(tp) in (dict, Mapping):
         text = "an object"
     elif named_fields(tp) is not None:

@@ -356,6 +356,8 @@ def test_sampling_key_changes_the_mixing_rates(key, tmp_path):
 # ----------------------------------------------------------------------------- training and model keys
 
 TRAIN_EVIDENCE = {  # key -> the test that shows it acting on a run (or refused)
+    "mta.task_heads": "test_encoder_mode.py::test_heads_save_and_load_with_the_model",  # (encoder backbones only)
+    "mta.pooling": "test_encoder_mode.py::test_each_row_is_scored_by_its_own_tasks_head",
     "mta.train.stage": "test_stage_settings.py::test_stage2_settings_take_effect_in_the_run",
     "mta.train.steps": "test_training.py::test_seed_lr_warmup_and_run_length_keys_shape_the_run",
     "mta.train.lr": "test_training.py::test_seed_lr_warmup_and_run_length_keys_shape_the_run",

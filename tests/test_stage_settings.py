@@ -71,6 +71,8 @@ def test_every_layer_key_is_classified():
         "inject_stacks",
         "always_on_adapters",
         "always_on_dim",
+        "task_heads",
+        "pooling",
     }
     assert set(MTAConfig().to_dict()) == fixed | set(APPLY_AT_RESTART) | set(STAGE2_PARTS)
 

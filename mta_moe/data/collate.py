@@ -2,22 +2,24 @@
 
 ``seq2seq``: encoder input = the tokenizer's special-token frame around the input (``[START] … </s>``
 with the project tokenizer), labels = target + ``</s>``. ``causal``: one sequence
-``frame(input) + target + eos``, with the prompt part masked out of the labels. Too long inputs or
+``frame(input) + target + eos``, with the prompt part masked out of the labels. ``classify`` (encoders with one
+head per task): the framed input, and one label: the target's index among its task's labels. Too long inputs or
 targets are cut at the end (the special tokens are kept) and counted, never silently.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import datasets
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from ..metrics import normalise
 from .registry import TaskRegistry
 
-MODES = ("seq2seq", "causal")
+MODES = ("seq2seq", "causal", "classify")
 IGNORE_INDEX = -100
 
 
@@ -69,10 +71,17 @@ def tokenize_examples(
     max_input_length: int,
     max_target_length: int,
     mode: str = "seq2seq",
+    heads: Mapping[str, Sequence[str]] | None = None,
 ) -> tuple[datasets.Dataset, TruncationReport]:
-    """Add ``input_ids``, ``labels``, ``task_id``, ``task_type_id`` columns; returns the report of cuts."""
+    """Add ``input_ids``, ``labels``, ``task_id``, ``task_type_id`` columns; returns the report of cuts.
+    ``classify``: ``heads`` gives each task's labels; a target that is none of them gets the ignored label."""
     if mode not in MODES:
         raise ValueError(f"mode: must be one of {list(MODES)}, got {mode!r}")
+    label_ids = {t: {normalise(name): i for i, name in enumerate(names)} for t, names in (heads or {}).items()}
+    if mode == "classify":
+        headless = sorted(set(dataset["task"]) - set(label_ids))
+        if headless:
+            raise ValueError(f"tasks {headless} have no classification head (the model's heads: {sorted(label_ids)})")
     frame = tokenizer.num_special_tokens_to_add(pair=False)
     if max_input_length <= frame or max_target_length < 2:
         raise ValueError(f"max_input_length must exceed the {frame} special tokens and max_target_length be >= 2")
@@ -90,19 +99,22 @@ def tokenize_examples(
             "task_id": [],
             "task_type_id": [],
         }
-        for task, text, target in zip(batch["task"], inputs, targets):
+        for task, text, target, gold in zip(batch["task"], inputs, targets, batch["target"]):
             keep_in = max_input_length - frame
             keep_out = max_target_length - len(eos)
             prompt = framed(text[:keep_in])
             answer = target[:keep_out] + eos
-            if mode == "seq2seq":
+            if mode == "classify":
+                out["input_ids"].append(prompt)
+                out["labels"].append([label_ids[task].get(normalise(gold), IGNORE_INDEX)])
+            elif mode == "seq2seq":
                 out["input_ids"].append(prompt)
                 out["labels"].append(answer)
             else:
                 out["input_ids"].append(prompt + answer)
                 out["labels"].append([IGNORE_INDEX] * len(prompt) + answer)
             out["input_truncated"].append(len(text) > keep_in)
-            out["target_truncated"].append(len(target) > keep_out)
+            out["target_truncated"].append(mode != "classify" and len(target) > keep_out)
             out["task_id"].append(registry.task_id(task))
             out["task_type_id"].append(registry.type_id(task))
         return out

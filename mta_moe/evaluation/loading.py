@@ -23,14 +23,22 @@ class LoadedExport:
 
     @property
     def mode(self) -> str:
+        if self.heads is not None:
+            return "classify"
         return "seq2seq" if self.model.config.is_encoder_decoder else "causal"
+
+    @property
+    def heads(self) -> dict[str, list[str]] | None:
+        """Each task's labels in head order (encoder models with task heads), else None."""
+        heads = getattr(self.model, "task_heads", None)
+        return None if heads is None else heads.labels
 
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
     def collator(self) -> Collator:
-        return Collator(self.tokenizer.pad_token_id, self.mode, "right" if self.mode == "seq2seq" else "left")
+        return Collator(self.tokenizer.pad_token_id, self.mode, "left" if self.mode == "causal" else "right")
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -60,7 +68,9 @@ def load_export(directory: str | Path, device: str | torch.device = "cpu") -> Lo
     tasks = json.loads(tasks_file.read_text())
     model = MTAModel.from_pretrained(directory).to(resolve_device(device) if isinstance(device, str) else device)
     # task ids as the model was trained with them (a model that routes by task keys on them)
-    order = model.mta_config.tasks if model.mta_config.route_by == "task" else list(tasks["tasks"])
+    # (a model with task heads: the head order)
+    heads = model.mta_config.task_heads
+    order = model.mta_config.tasks if model.mta_config.route_by == "task" else list(heads or tasks["tasks"])
     registry = TaskRegistry(tasks["task_types"], tasks["tasks"], order=order)
     tokenizer = load_tokenizer(directory)
     check_tokenizer(tokenizer, directory, f"{directory}: the tokenizer files")

@@ -11,7 +11,7 @@ import torch
 
 from ..data import load_examples, tokenize_examples
 from ..metrics import PRIMARY, profile_tasks, row_scores, score_predictions
-from .generation import causal_prompt, generate_predictions
+from .generation import causal_prompt, predict_texts
 from .loading import LoadedExport, load_export
 from .stock import is_stock_folder, load_stock_folder
 
@@ -27,9 +27,9 @@ def evaluate_rows(
         subset = rows.filter(lambda r: r["task"] in missing)
         profiles.update(profile_tasks(list(subset["task"]), list(subset["input"]), list(subset["target"])))
     tokenized, _ = tokenize_examples(
-        rows, export.tokenizer, export.registry, max_input_length, max_new_tokens, export.mode
+        rows, export.tokenizer, export.registry, max_input_length, max_new_tokens, export.mode, export.heads
     )
-    predictions = generate_predictions(
+    predictions = predict_texts(
         export.model,
         tokenized,
         export.tokenizer,

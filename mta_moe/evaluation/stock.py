@@ -15,13 +15,26 @@ from ..data.formats import DataError
 from .loading import LoadedExport, resolve_device
 
 
-class StockModel(torch.nn.Module):
-    """A stock model behind the MTA model's ``generate`` signature: the task ids are accepted and not needed (the
-    task's adapters are folded into its weights)."""
+class StockHeads:
+    """The one head of a stock sequence classifier, read like :class:`~mta_moe.modeling.task_heads.TaskHeads`."""
 
-    def __init__(self, model: torch.nn.Module) -> None:
+    def __init__(self, task: str, labels: list[str]) -> None:
+        self.tasks, self.labels = [task], {task: labels}
+
+    def label_names(self, task_ids: torch.Tensor, classes: torch.Tensor) -> list[str]:
+        return [self.labels[self.tasks[int(t)]][int(c)] for t, c in zip(task_ids.tolist(), classes.tolist())]
+
+
+class StockModel(torch.nn.Module):
+    """A stock model behind the MTA model's ``generate`` / ``forward`` signature: the task ids are accepted and not
+    needed (the task's adapters are folded into its weights). A sequence classifier has ``task_heads``: its labels."""
+
+    def __init__(self, model: torch.nn.Module, heads: StockHeads | None = None) -> None:
         super().__init__()
-        self.model, self.config = model, model.config
+        self.model, self.config, self.task_heads = model, model.config, heads
+
+    def forward(self, *args: Any, task_type_ids: Any = None, task_ids: Any = None, **kwargs: Any):
+        return self.model(*args, **kwargs)
 
     def generate(self, *args: Any, task_type_ids: Any = None, task_ids: Any = None, **kwargs: Any):
         return self.model.generate(*args, **kwargs)
@@ -55,4 +68,8 @@ def load_stock_folder(directory: str | Path, rows: datasets.Dataset, data: str, 
     tokenizer = transformers.AutoTokenizer.from_pretrained(directory)
     task_to_type = dict(zip(kept["task"], kept["type"]))
     registry = TaskRegistry(list(dict.fromkeys(task_to_type.values())), task_to_type)
-    return LoadedExport(StockModel(model), tokenizer, registry, {}), kept
+    heads, profiles = None, {}
+    if record["architecture"].endswith("ForSequenceClassification"):  # labels in class order: all the task has
+        heads = StockHeads(key, [config.id2label[i] for i in range(config.num_labels)])
+        profiles = {key: {"kind": "classification", "labels": heads.labels[key]}}
+    return LoadedExport(StockModel(model, heads), tokenizer, registry, profiles), kept

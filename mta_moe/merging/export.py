@@ -1,6 +1,7 @@
 """Write a per-task stock Hugging Face folder from an MTA export: config, safetensors, tokenizer; checked on write.
 
-The folder loads with ``AutoModelForSeq2SeqLM`` / ``AutoModelForCausalLM`` / ``AutoModel`` and
+The folder loads with ``AutoModelForSeq2SeqLM`` / ``AutoModelForCausalLM`` / ``AutoModel`` (an encoder with task
+heads: ``AutoModelForSequenceClassification``) and
 ``AutoTokenizer`` alone (no mta_moe, no custom code). ``mta_merge.json`` beside them records the source, the
 routing key, each layer's adapters and weights, and the largest logit difference measured at export; ``README.md``
 is its model card (Hub metadata: base model, datasets, the task's validation score from the source card).
@@ -20,6 +21,7 @@ from ..data.tokenizer import check_tokenizer, load_tokenizer
 from ..modeling.inject import MTAModel
 from ..modeling.persistence import write_files_together
 from ..names import child_path
+from .classifier import check_classifier_foldable, stock_classifier
 from .fold import FoldResult, MergeError, fold_task
 from .model_card import task_card
 from .tokenizer import stock_tokenizer
@@ -54,9 +56,9 @@ def output_difference(
         mta_out = model(**kwargs, task_ids=routes if by_task else None, task_type_ids=None if by_task else routes)
     finally:
         model.train(was_training)
-    plain_out = plain(**kwargs)
-    expected = mta_out[0].float()
-    return float((expected - plain_out[0].float()).abs().max()), float(expected.abs().max())
+    plain_out = plain(**kwargs)[0].float()
+    expected = mta_out[0].float()[..., : plain_out.shape[-1]]  # (task heads: the task's own classes)
+    return float((expected - plain_out).abs().max()), float(expected.abs().max())
 
 
 def export_task(
@@ -83,7 +85,11 @@ def export_task(
         MergeError: no exact fold exists, or the folded model's outputs differ from the MTA model's by more than
             :data:`TOLERANCE` of the parameters' dtype (relative to the largest output); nothing is written.
     """
+    if model.task_heads is not None:
+        check_classifier_foldable(model)
     result = fold_task(model, task=task, task_type=task_type)
+    if model.task_heads is not None:  # an encoder with task heads: the task's stock sequence classifier
+        result.model = stock_classifier(model, result.model, result.key)
     route_id = model.mta_config.routing_keys.index(result.key)
     diff, scale = output_difference(model, result.model, route_id)
     tolerance = TOLERANCE.get(next(result.model.parameters()).dtype, 1e-4) * max(1.0, scale)

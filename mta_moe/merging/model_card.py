@@ -9,6 +9,7 @@ from typing import Any, Mapping
 from ..auto_registration import auto_class_for
 from ..metrics import PRIMARY
 from ..modeling.inject import MTAModel
+from .classifier import check_classifier_foldable
 from .fold import MergeError, check_foldable, route_of
 
 TAGS = ["mixture-of-task-adapters", "multi-task", "deepspeed-moe"]
@@ -99,7 +100,8 @@ def model_card(
     cfg = model.mta_config
     total = sum(p.numel() for p in model.parameters())
     indexed = {task: {"kind": profiles.get(task, {}).get("kind"), "score": (scores or {}).get(task)} for task in tasks}
-    auto = auto_class_for(model.base_model.config)
+    heads = model.task_heads is not None
+    auto = "AutoModelForSequenceClassification" if heads else auto_class_for(model.base_model.config)
     header = card_header(
         f"mta-{model.base_model.config.model_type}",
         "mta_moe",
@@ -140,12 +142,16 @@ def model_card(
         f"from transformers import {auto}, AutoTokenizer",
         f"model = {auto}.from_pretrained(this_directory)  # = mta_moe.MTAModel.from_pretrained(this_directory)",
         "tokenizer = AutoTokenizer.from_pretrained(this_directory)",
-        f"out = model.generate(**inputs, {'task_ids' if cfg.route_by == 'task' else 'task_type_ids'}=ids)",
+        "out = model(**inputs, task_ids=ids).logits  # ids: positions in mta_config.json's task_heads"
+        if heads
+        else f"out = model.generate(**inputs, {'task_ids' if cfg.route_by == 'task' else 'task_type_ids'}=ids)",
         "```",
         "",
     ]
     try:
         check_foldable(model, check_ranks=False)  # the export itself holds every adapter
+        if heads:
+            check_classifier_foldable(model)
         lines.append(
             "One stock Hugging Face model per task (no mta_moe needed to serve it): "
             f"`mta-moe export --model this_directory --{cfg.route_by} NAME --out DIR`."

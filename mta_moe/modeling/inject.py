@@ -7,13 +7,18 @@ from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+from transformers.modeling_outputs import SequenceClassifierOutput
 
 from ..config import ConfigError, MTAConfig
 from .backbones import BackboneFamily, family_for, find_stack
 from .gate import check_route_id_range
 from .layer import LayerRouting, MTALayer, component_of
 from .persistence import SavedModel, load_saved_state, read_saved_model, save_mta_model
+from .task_heads import TaskHeads, pool
+
+HEAD_SEED_OFFSET = 3_000  # the task heads' init seed: mta.init_seed + this (the layers use their own offsets)
 
 
 @dataclass
@@ -106,6 +111,7 @@ class MTAModel(nn.Module):
         self._context = MTAContext()
         self.last_aux_loss: Tensor | None = None
         self.mta_layers = self._inject()
+        self.task_heads = self._heads()
 
     # -------------------------------------------------------------- injection
     def _stacks(self) -> list[str]:
@@ -135,6 +141,32 @@ class MTAModel(nn.Module):
                 self.family.set_ffn(block, MTAFeedForward(layer, stack, key, self._context))
                 layers[key] = layer
         return layers
+
+    def _heads(self) -> TaskHeads | None:
+        """``mta.task_heads``: one classifier per task over the bare encoder's pooled output (encoder backbones)."""
+        labels = self.mta_config.task_heads
+        if labels is None:
+            return None
+        base_config = self.base_model.config
+        if (
+            self.family.name != "bert"
+            or hasattr(self.base_model, "classifier")
+            or hasattr(self.base_model, "cls")
+            or hasattr(self.base_model, "lm_head")
+        ):
+            raise ConfigError(
+                f"mta.task_heads: task heads sit on a bare encoder (BertModel, RobertaModel, AutoModel); "
+                f"got {type(self.base_model).__name__}"
+            )
+        heads = TaskHeads(
+            labels,
+            base_config.hidden_size,
+            base_config.hidden_dropout_prob,
+            base_config.initializer_range,
+            seed=self.mta_config.init_seed + HEAD_SEED_OFFSET,
+        )
+        ref = next(self.base_model.parameters())
+        return heads.to(device=ref.device, dtype=ref.dtype)
 
     def __getattr__(self, name: str):
         try:
@@ -234,16 +266,27 @@ class MTAModel(nn.Module):
         return contextlib.nullcontext(), recompute()
 
     def forward(self, *args, task_type_ids: Tensor | None = None, task_ids: Tensor | None = None, **kwargs):
+        labels = kwargs.pop("labels", None) if self.task_heads is not None else None
         self._begin(task_type_ids, task_ids, kwargs)
         try:
             outputs = self.base_model(*args, **kwargs)
         finally:
             self._end()
+        if self.task_heads is not None:
+            outputs = self._classify(outputs, kwargs.get("attention_mask"), task_ids, labels)
         aux = torch.stack(self._context.aux_losses).sum() if self._context.aux_losses else None
         self.last_aux_loss = aux
         if aux is not None and getattr(outputs, "loss", None) is not None:
             outputs.loss = outputs.loss + aux.to(outputs.loss.dtype)
         return outputs
+
+    def _classify(self, outputs, attention_mask, task_ids, labels) -> SequenceClassifierOutput:
+        pooled = pool(outputs.last_hidden_state, attention_mask, self.mta_config.pooling, outputs.pooler_output)
+        logits = self.task_heads(pooled, task_ids)
+        loss = None if labels is None else F.cross_entropy(logits.float(), torch.as_tensor(labels).reshape(-1))
+        return SequenceClassifierOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
 
     # ------------------------------------------------------------- persistence
     def save_pretrained(self, directory) -> None:
@@ -276,6 +319,8 @@ class MTAModel(nn.Module):
     @torch.no_grad()
     def generate(self, *args, task_type_ids: Tensor | None = None, task_ids: Tensor | None = None, **kwargs):
         """``base_model.generate`` with each sequence's routing decided at its first forward and reused."""
+        if self.task_heads is not None:
+            raise ValueError("generate: this model classifies with task heads (mta.task_heads); call it instead")
         self._begin(task_type_ids, task_ids, kwargs)
         self._context.routing_cache = {}
         try:

