@@ -94,6 +94,20 @@ def test_model_step_benchmark_runs_in_bf16(tmp_path):
 
 
 @pytest.mark.slow
+def test_encoder_step_benchmark_reports_tokens_per_second_and_memory(tmp_path):
+    out = tmp_path / "encoder.json"
+    args = [sys.executable, "benchmarks/encoder_step.py", "--batch", "2", "--length", "8", "--repeats", "1", "--warmup", "0", "--out", str(out)]
+    proc = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300, env={**os.environ, "DS_ACCELERATOR": "cpu"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert set(result["step_ms"]) == {"stock", "shared", "mta"} and result["weights"] == "installed all-MiniLM-L6-v2"
+    for name, ms in result["step_ms"].items():
+        assert result["tokens_per_s"][name] == 2 * 8 / (ms / 1e3) and result["peak_mib"][name] > 0
+    # one adapter per block, then one per task per block: more parameters each time (6 heads beside the stock one)
+    assert result["parameters"]["stock"] < result["parameters"]["shared"] < result["parameters"]["mta"]
+
+
+@pytest.mark.slow
 def test_trainer_throughput_benchmark_times_the_tree(tmp_path):
     """A short and a long run of this tree; the per-step time is their difference (two trees run alike)."""
     out = tmp_path / "throughput.json"

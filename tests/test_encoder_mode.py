@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from test_training import REPO, launch, write_config
 from tolerances import assert_close_to_scale
 
-from mta_moe import MTAConfig, MTAModel
+from mta_moe import MTAConfig, MTAModel, load_adapters, save_adapters
 from mta_moe.config import ConfigError
 from mta_moe.data import IGNORE_INDEX, DataConfig, TaskRegistry, load_task_data, tokenize_examples
 from mta_moe.evaluation.scoring import evaluate_export, evaluate_rows, load_export
@@ -82,7 +82,20 @@ def test_heads_save_and_load_with_the_model(tmp_path):
     inputs, task_ids = _inputs(), torch.tensor([0, 1, 1, 0])
     with torch.no_grad():
         assert torch.equal(loaded(**inputs, task_ids=task_ids).logits, model(**inputs, task_ids=task_ids).logits)
-    assert loaded.mta_config.task_heads == HEADS and component_of("task_heads.weight") == "backbone"
+    assert loaded.mta_config.task_heads == HEADS and component_of("task_heads.weight") == "task_heads"
+
+
+def test_heads_travel_with_the_adapter_only_files(tmp_path):
+    """save_adapters keeps the heads with the adapters (not the backbone's fingerprint); load_adapters rebuilds them."""
+    _encoder().save_pretrained(tmp_path / "encoder")  # the stock encoder _model() injects into
+    model = _perturbed(_model())
+    save_adapters(model, tmp_path / "adapters", str(tmp_path / "encoder"))
+    saved = set(load_file(str(tmp_path / "adapters" / "adapters.safetensors")))
+    assert {"task_heads.weight", "task_heads.bias"} <= saved and {component_of(k) for k in saved} == {"adapters", "selector", "task_heads"}
+    loaded = load_adapters(tmp_path / "adapters").eval()
+    inputs, task_ids = _inputs(), torch.tensor([1, 0, 1, 0])
+    with torch.no_grad():
+        assert torch.equal(loaded(**inputs, task_ids=task_ids).logits, model(**inputs, task_ids=task_ids).logits)
 
 
 def test_head_settings_are_checked():
@@ -205,7 +218,7 @@ def test_encoder_stage2_trains_only_the_stage2_parts(encoder_stage1, tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     before = load_file(str(encoder_stage1 / "export" / "model.safetensors"))
     after = load_file(str(tmp_path / "run" / "export" / "model.safetensors"))
-    frozen = [k for k in before if component_of(k) == "backbone"]
+    frozen = [k for k in before if component_of(k) in ("backbone", "task_heads")]
     assert "task_heads.weight" in frozen and all(torch.equal(before[k], after[k]) for k in frozen)
     assert {component_of(k) for k in after if k not in before} == {"shared_adapters", "gate_network"}
     assert load_export(tmp_path / "run" / "export").heads == load_export(encoder_stage1 / "export").heads
@@ -238,3 +251,19 @@ def test_two_rank_expert_parallel_encoder_run_equals_ep1(tmp_path):
     assert_close_to_scale(losses[2], losses[1], rtol=1e-5)
     data = load_task_data(DataConfig.from_dict(encoder_config(tmp_path)["mta"]["data"]), ["classify", "nli", "generate"], tmp_path / "ep2" / "data")
     assert evaluate_rows(load_export(tmp_path / "ep2" / "export"), data.splits["validation"], 8, 64, 4)["tasks"]
+
+
+@pytest.mark.slow
+def test_encoder_kill_and_resume_reproduces_the_losses(encoder_stage1, tmp_path):
+    cfg = write_config(tmp_path / "cfg.json", encoder_config(tmp_path / "run"))
+    first = launch(["--deepspeed", str(cfg), "--train.stop_at_step", "15"])  # the job's time runs out at step 15
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert (tmp_path / "run" / "checkpoints" / "latest").read_text().strip() == "step15"
+    second = launch(["--deepspeed", str(cfg), "--resume"])
+    assert second.returncode == 0, second.stderr[-3000:]
+    losses = {}
+    for run_dir in (tmp_path / "run", encoder_stage1):
+        records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        losses[run_dir] = {r["step"]: r["loss"] for r in records if r["kind"] == "train"}
+    assert losses[tmp_path / "run"] == losses[encoder_stage1]  # steps 1..30: the same computation, repeated
+    assert load_export(tmp_path / "run" / "export").heads == load_export(encoder_stage1 / "export").heads

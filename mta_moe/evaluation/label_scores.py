@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data import IGNORE_INDEX, Collator, TaskRegistry, tokenize_examples
+from ..metrics import normalise
 
 
 @torch.no_grad()
@@ -23,7 +24,10 @@ def label_logits(
     batch_size: int = 64,
     device: torch.device | str = "cpu",
 ) -> torch.Tensor:
-    """[len(rows), len(labels)]: log P(label | input) summed over the label's tokens (end token included)."""
+    """[len(rows), len(labels)]: log P(label | input) summed over the label's tokens (end token included); for a
+    model with task heads, the log-softmax of the row's head, its columns in the order of ``labels``."""
+    if getattr(model, "task_heads", None) is not None:
+        return _head_log_probs(model, tokenizer, registry, rows, labels, max_input_length, batch_size, device)
     mode = "seq2seq" if model.config.is_encoder_decoder else "causal"
     pairs = [
         {"input": row["input"], "target": label, "type": row["type"], "task": row["task"]}
@@ -57,3 +61,28 @@ def label_logits(
         scores.append((token_ll * (target != IGNORE_INDEX)).sum(1).cpu())
     model.train(was_training)
     return torch.cat(scores).view(len(rows), len(labels))
+
+
+@torch.no_grad()
+def _head_log_probs(model, tokenizer, registry, rows, labels, max_input_length, batch_size, device) -> torch.Tensor:
+    heads = model.task_heads.labels
+    tokenized, _ = tokenize_examples(rows, tokenizer, registry, max_input_length, 2, "classify", heads)
+    collate = Collator(tokenizer.pad_token_id, "classify", "right")
+    was_training = model.training
+    model.eval()
+    parts = []
+    table = tokenized.to_list()
+    for start in range(0, len(table), batch_size):
+        batch = {k: v.to(device) for k, v in collate(table[start : start + batch_size]).items()}
+        logits = model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            task_type_ids=batch["task_type_ids"],
+            task_ids=batch["task_ids"],
+        ).logits.float()
+        log_probs = F.log_softmax(logits, dim=-1).cpu()
+        for row, task_id in zip(log_probs, batch["task_ids"].tolist()):
+            own = {normalise(name): i for i, name in enumerate(heads[registry.names[task_id]])}
+            parts.append(torch.stack([row[own[normalise(label)]] for label in labels]))
+    model.train(was_training)
+    return torch.stack(parts) if parts else torch.zeros(0, len(labels))

@@ -178,7 +178,7 @@ def _deltas(systems: Mapping[str, Any], baseline: Mapping[str, float]) -> dict[s
 
 def _routing(name: str, export, test: datasets.Dataset, cfg: ReportConfig, out: Path, warnings: list[str]) -> dict:
     tokenized, _ = tokenize_examples(
-        test, export.tokenizer, export.registry, cfg.max_input_length, cfg.max_new_tokens, export.mode
+        test, export.tokenizer, export.registry, cfg.max_input_length, cfg.max_new_tokens, export.mode, export.heads
     )
     layers = {}
     for layer, table in routing_by_task(

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from ..data import Collator, MixtureSampler, SamplingConfig, load_task_data, tokenize_examples
 from ..logs import get_logger
 from ..modeling import MTAModel
+from ..training.heads_setup import task_profiles, with_task_heads
 from ..training.model_factory import build_backbone, build_tokenizer, model_mode
 from ..training.run_config import RunConfig
 from .affinity import Affinity, average, measure
@@ -66,16 +67,26 @@ def run_probe(
     else:
         texts = list(data.splits["train"]["input"]) + list(data.splits["train"]["target"])
         tokenizer = build_tokenizer(cfg.model, texts, out / "tokenizer")
+        base = build_backbone(cfg.model, tokenizer, cfg.train.seed)
+        layer = cfg.mta.replace(
+            num_experts=1, k=1, ep_size=1, route_by="type", tasks=None, task_adapter_assignment=None
+        )
+        profiles = task_profiles(cfg.data, data)  # (an encoder: one head per task)
         model = MTAModel(
-            build_backbone(cfg.model, tokenizer, cfg.train.seed),
-            cfg.mta.replace(num_experts=1, k=1, ep_size=1, route_by="type", tasks=None, task_adapter_assignment=None),
+            base, with_task_heads(layer, model_mode(base), base.config.model_type, profiles, data.registry.names)
         )
         registry = data.registry
     mode = model_mode(model.base_model)
     train, _ = tokenize_examples(
-        data.splits["train"], tokenizer, registry, cfg.data.max_input_length, cfg.data.max_target_length, mode
+        data.splits["train"],
+        tokenizer,
+        registry,
+        cfg.data.max_input_length,
+        cfg.data.max_target_length,
+        mode,
+        model.mta_config.task_heads,
     )
-    collate = Collator(tokenizer.pad_token_id, mode, "right" if mode == "seq2seq" else "left")
+    collate = Collator(tokenizer.pad_token_id, mode, "left" if mode == "causal" else "right")
     train = train.select_columns(["input_ids", "labels", "task_type_id", "task_id"]).to_list()
     rows = data.task_indices()
     rng = random.Random(cfg.train.seed)

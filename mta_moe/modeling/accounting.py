@@ -6,7 +6,7 @@ from torch import nn
 
 from .layer import component_of
 
-COMPONENTS = ("backbone", "adapters", "selector", "always_on", "shared_adapters", "gate_network")
+COMPONENTS = ("backbone", "adapters", "selector", "always_on", "shared_adapters", "gate_network", "task_heads")
 
 
 def parameter_counts(model: nn.Module) -> dict[str, dict[str, int]]:

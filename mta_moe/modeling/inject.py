@@ -185,9 +185,10 @@ class MTAModel(nn.Module):
             layer.enable_stage2()
 
     def freeze_all_but_mta(self) -> None:
-        """Stage-2 freezing: only adapters, selector, shared adapters and gate network stay trainable."""
+        """Stage-2 freezing: only adapters, selector, shared adapters and gate network stay trainable (an encoder's
+        task heads are frozen with the backbone)."""
         for name, param in self.named_parameters():
-            param.requires_grad_(component_of(name) != "backbone")
+            param.requires_grad_(component_of(name) not in ("backbone", "task_heads"))
         for layer in self.mta_layers.values():
             layer.selector.set_trainable(True)
 

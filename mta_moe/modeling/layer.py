@@ -27,6 +27,7 @@ COMPONENT_PATTERNS = {
     "shared_adapters": ".shared_adapters.",
     "gate_network": ".gate_network.",
     "base_ffn": ".base_ffn.",
+    "task_heads": ".task_heads.",  # an encoder's per-task classifiers (MTAModel.task_heads)
 }
 # ids reserved for the shared adapters / gate network and the always-on adapters in the per-layer init seeds
 _SHARED_SEED_OFFSET = 1_000
