@@ -110,14 +110,19 @@ def sharded_predictions(
     return [merged[i] for i in range(len(dataset))]
 
 
-def _classify(model: torch.nn.Module, batch: dict[str, torch.Tensor], device: torch.device) -> list[str]:
-    """Each row's label: the arg-max of its task's head."""
-    logits = model(
+def head_logits(model: torch.nn.Module, batch: dict[str, torch.Tensor], device: torch.device) -> torch.Tensor:
+    """``[batch, max classes]``: each row scored by its task's head (a model with task heads)."""
+    return model(
         input_ids=batch["input_ids"].to(device),
         attention_mask=batch["attention_mask"].to(device),
         task_type_ids=batch["task_type_ids"].to(device),
         task_ids=batch["task_ids"].to(device),
     ).logits
+
+
+def _classify(model: torch.nn.Module, batch: dict[str, torch.Tensor], device: torch.device) -> list[str]:
+    """Each row's label: the arg-max of its task's head."""
+    logits = head_logits(model, batch, device)
     return model.task_heads.label_names(batch["task_ids"], logits.argmax(dim=-1).cpu())
 
 

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from ..data import IGNORE_INDEX, Collator, TaskRegistry, tokenize_examples
 from ..metrics import normalise
+from .generation import head_logits
 
 
 @torch.no_grad()
@@ -73,13 +74,8 @@ def _head_log_probs(model, tokenizer, registry, rows, labels, max_input_length, 
     parts = []
     table = tokenized.to_list()
     for start in range(0, len(table), batch_size):
-        batch = {k: v.to(device) for k, v in collate(table[start : start + batch_size]).items()}
-        logits = model(
-            input_ids=batch["input_ids"],
-            attention_mask=batch["attention_mask"],
-            task_type_ids=batch["task_type_ids"],
-            task_ids=batch["task_ids"],
-        ).logits.float()
+        batch = collate(table[start : start + batch_size])
+        logits = head_logits(model, batch, device).float()
         log_probs = F.log_softmax(logits, dim=-1).cpu()
         for row, task_id in zip(log_probs, batch["task_ids"].tolist()):
             own = {normalise(name): i for i, name in enumerate(heads[registry.names[task_id]])}

@@ -97,6 +97,7 @@ class _Parts:
     model: MTAModel
     growth: Any  # add_task_types: what grew (None otherwise)
     new_tasks: list[str]  # adding task types to a by-task model: the data's tasks the export lacks
+    profiles: dict[str, dict[str, Any]]  # each task's kind and labels, read once from the training rows
     sampled: list[str] | None = None  # the tasks training batches come from (set by _grown)
 
 
@@ -149,7 +150,7 @@ def _build(
             )
     names = parts.data.registry.names
     balance = TaskBalance(cfg.train.weighting, names, task_weight_vector(cfg.train.task_weights, names))
-    profiles = task_profiles(d, parts.data)
+    profiles = parts.profiles
     check_free_space(out, sum(p.numel() for p in model.parameters()))
     groups, unfreeze = param_groups(cfg, model, parts.growth, balance)
     engine, scheduler = build_engine(cfg, model, groups, balance, out, logger, world)
@@ -213,6 +214,7 @@ def _data_and_model(cfg: RunConfig, rank: int, out: Path, logger: RunLogger, res
         data = load_task_data(cfg.data, task_types, out / "data", cfg.check_task_names)
     for report in data.reports:
         info(report.summary())
+    profiles = task_profiles(cfg.data, data)
     if source is None:  # stage 1 (stage 2 and add_task_types start from an export)
         train_texts = list(data.splits["train"]["input"]) + list(data.splits["train"]["target"])
         # trained once, by rank 0 (the other ranks load it); a resumed run keeps the tokenizer it trained with
@@ -224,12 +226,11 @@ def _data_and_model(cfg: RunConfig, rank: int, out: Path, logger: RunLogger, res
             tokenizer = build_tokenizer(cfg.model, train_texts, out / "tokenizer", train_here=False)
         base = build_backbone(cfg.model, tokenizer, cfg.train.seed)
         mta, registry = _layer_config(layer, data.registry)
-        profiles = task_profiles(cfg.data, data)
         mta = with_task_heads(mta, model_mode(base), base.config.model_type, profiles, registry.names)
         data.registry = registry if mta.task_heads is None else registry.in_order(list(mta.task_heads))
         model, new_tasks = MTAModel(base, mta), []
     else:
-        tokenizer, model, new_tasks = _load_init_from(cfg, source, layer, data)
+        tokenizer, model, new_tasks = _load_init_from(cfg, source, layer, data, profiles)
 
     def tokenised(mode: str, collate: Collator):
         d = cfg.data
@@ -255,7 +256,7 @@ def _data_and_model(cfg: RunConfig, rank: int, out: Path, logger: RunLogger, res
         train_rows = train_set.select_columns(["input_ids", "labels", "task_type_id", "task_id"]).to_list()
         return train_rows, data.task_indices(), val_set, val_rows
 
-    return _Parts(data, tokenizer, model, None, new_tasks), tokenised
+    return _Parts(data, tokenizer, model, None, new_tasks, profiles), tokenised
 
 
 def _layer_config(layer: MTAConfig, registry: Any) -> tuple[MTAConfig, Any]:
@@ -289,7 +290,9 @@ def _restart_config(cfg: RunConfig, source: Path) -> MTAConfig:
     return restart_config(saved, saved_stage, cfg.mta, cfg.mta_keys | {"ep_size"}, str(source), growing)
 
 
-def _load_init_from(cfg: RunConfig, source: Path, layer: MTAConfig, data: Any) -> tuple[Any, MTAModel, list[str]]:
+def _load_init_from(
+    cfg: RunConfig, source: Path, layer: MTAConfig, data: Any, profiles: dict[str, dict[str, Any]]
+) -> tuple[Any, MTAModel, list[str]]:
     """Stage 2 (or adding task types) from an export, built with the layer config of :func:`_restart_config`; the
     data's task ids follow a by-task model's order. Returns the tokenizer, the model and the new tasks (adding
     task types to a by-task model)."""
@@ -328,7 +331,7 @@ def _load_init_from(cfg: RunConfig, source: Path, layer: MTAConfig, data: Any) -
                 "mta.train.add_task_types: growing an encoder model with task heads is not supported; "
                 "train a new stage 1 with the new tasks"
             )
-        check_heads_cover(layer.task_heads, task_profiles(cfg.data, data), f"mta.train.init_from {source}")
+        check_heads_cover(layer.task_heads, profiles, f"mta.train.init_from {source}")
         data.registry = data.registry.in_order(list(layer.task_heads))
     elif layer.route_by == "task":
         trained = list(layer.tasks)
@@ -348,7 +351,7 @@ def _grown(
     """``add_task_types``: the init_from export with the new task types added; training batches come from their
     tasks only. Otherwise ``parts`` with every task sampled."""
     if cfg.train.add_task_types is None:
-        return _Parts(parts.data, parts.tokenizer, parts.model, None, parts.new_tasks, list(task_rows))
+        return _Parts(parts.data, parts.tokenizer, parts.model, None, parts.new_tasks, parts.profiles, list(task_rows))
     registry = parts.data.registry
     if parts.model.mta_config.route_by == "task":  # the new routing keys are the data's new tasks
         tasks = parts.new_tasks
@@ -380,4 +383,4 @@ def _grown(
             "warm_start": growth.warm_start,
         },
     )
-    return _Parts(parts.data, parts.tokenizer, model, growth, parts.new_tasks, tasks)
+    return _Parts(parts.data, parts.tokenizer, model, growth, parts.new_tasks, parts.profiles, tasks)
