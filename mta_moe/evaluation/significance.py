@@ -1,5 +1,5 @@
 """Paired tests between two systems scored on the same test rows: a stratified paired bootstrap over rows,
-pooled over seeds.
+pooled over seeds, and a paired t-test over seeds.
 
 Each system has one run per seed; runs of the two systems with the same seed are paired, and every run scored
 the same rows in the same order (the test split does not depend on the training seed). For each row the
@@ -7,13 +7,21 @@ difference of the two systems' primary scores is averaged over the seeds; the bo
 each task (so every task keeps its size in the macro) and recomputes each task's mean difference and the macro
 difference (the mean over tasks). The p-value is two-sided: twice the share of resamples on the other side of 0
 than the observed difference (at least one resample's worth, ``1 / resamples``).
+
+The bootstrap holds the trained models fixed: it measures how much the difference depends on which test rows were
+drawn, not on which training run was drawn. Where runs of one system differ from each other more than the test rows
+can show (a task that one seed learns and another does not), it is overconfident. The seed-level test sees that
+variance: each paired seed gives one macro difference, and a two-sided paired t-test over those (n − 1 degrees of
+freedom; 2 seeds at least) asks whether their mean is away from 0. With 3 seeds it separates only differences that
+every seed agrees on; the verdict requires both tests.
 """
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
+from scipy import stats
 
 RESAMPLES = 2000
 ALPHA = 0.05
@@ -28,7 +36,8 @@ def paired_bootstrap(
 ) -> dict:
     """``first`` / ``second``: one list of per-row scores per seed (same seeds, same rows, same order); ``tasks``:
     each row's task. Returns ``{"macro": test, "tasks": {task: test}}``, each test with ``delta`` (first − second),
-    ``low`` / ``high`` (95 % percentile interval) and ``p``."""
+    ``low`` / ``high`` (95 % percentile interval) and ``p``; ``"seed_level"``: :func:`seed_test` of the
+    per-seed macro differences."""
     a, b = np.asarray(first, dtype=np.float64), np.asarray(second, dtype=np.float64)
     if a.ndim != 2 or a.shape != b.shape or a.shape[1] != len(tasks) or a.shape[0] == 0:
         raise ValueError(
@@ -48,7 +57,30 @@ def paired_bootstrap(
     return {
         "macro": _summary(macro, np.mean([boots[n] for n in names], axis=0), resamples),
         "tasks": {n: _summary(observed[n], boots[n], resamples) for n in names},
+        "seed_level": seed_test([_macro(row, column, names) for row in a - b]),
     }
+
+
+def _macro(diff: np.ndarray, column: np.ndarray, names: Sequence[str]) -> float:
+    """One seed's macro difference: the mean over tasks of the task's mean row difference."""
+    return float(np.mean([diff[column == name].mean() for name in names]))
+
+
+def seed_test(deltas: Sequence[float]) -> dict[str, Any]:
+    """A two-sided paired t-test over per-seed macro differences: ``deltas`` (one per paired seed), ``delta``
+    (their mean), ``sd`` (sample standard deviation), ``agree`` (how many have the sign of the mean) and ``p``
+    (None below 2 seeds: one run says nothing about run-to-run variance)."""
+    values = [float(d) for d in deltas]
+    mean = float(np.mean(values)) if values else 0.0
+    sd = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+    if len(values) < 2:
+        p = None
+    elif sd == 0.0:  # every seed gave the same difference
+        p = 1.0 if mean == 0.0 else 0.0
+    else:
+        p = float(2 * stats.t.sf(abs(mean) / (sd / np.sqrt(len(values))), df=len(values) - 1))
+    agree = sum(1 for d in values if (d > 0) == (mean > 0) and d != 0)
+    return {"deltas": values, "delta": mean, "sd": sd, "agree": agree, "n": len(values), "p": p}
 
 
 def _summary(delta: float, boot: np.ndarray, resamples: int) -> dict[str, float]:

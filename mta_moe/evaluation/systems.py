@@ -60,8 +60,9 @@ def system_summary(
 
 
 def recommendation(summary: Mapping[str, Any]) -> str:
-    """Which system to pick on this data: the best mean macro if a paired test separates it from the reference,
-    otherwise the reference (one shared model is the simpler system when nothing beats it for sure)."""
+    """Which system to pick on this data: the best mean macro if the paired tests separate it from the reference
+    (the bootstrap over test rows and, with 2 seeds or more, the t-test over seeds), otherwise the reference (one
+    shared model is the simpler system when nothing beats it for sure)."""
     systems, tests, reference = summary["systems"], summary["tests"], summary["reference"]
     if not tests or reference not in systems:
         return ""
@@ -70,16 +71,29 @@ def recommendation(summary: Mapping[str, Any]) -> str:
         return f"pick `{reference}`: no system has a higher mean macro on this data"
     test = tests.get(best)
     gain = systems[best]["macro"]["mean"] - systems[reference]["macro"]["mean"]
-    if test is not None and test["macro"]["p"] < summary["alpha"]:
+    alpha = summary["alpha"]
+    if test is None or test["macro"]["p"] >= alpha:
+        p = "" if test is None else f", p = {test['macro']['p']:.3f}"
         return (
-            f"pick `{best}`: {gain:+.3f} macro over `{reference}` (paired bootstrap p = {test['macro']['p']:.3f}, "
-            f"{test['seeds']} seeds)"
+            f"pick `{reference}`: the best system, `{best}`, is {gain:+.3f} macro above it, but the paired test "
+            f"does not separate them (p ≥ {alpha}{p}); more seeds or more test rows could"
         )
-    p = "" if test is None else f", p = {test['macro']['p']:.3f}"
+    rows = f"paired bootstrap p = {test['macro']['p']:.3f}"
+    seeds = test.get("seed_level") or {"p": None}
+    if seeds["p"] is None:
+        return f"pick `{best}`: {gain:+.3f} macro over `{reference}` ({rows}; one seed: run-to-run spread untested)"
+    over = f"per-seed Δ {seed_deltas(seeds)}, t-test over {seeds['n']} seeds p = {seeds['p']:.3f}"
+    if seeds["p"] < alpha:
+        return f"pick `{best}`: {gain:+.3f} macro over `{reference}` ({rows}; {over})"
     return (
-        f"pick `{reference}`: the best system, `{best}`, is {gain:+.3f} macro above it, but the paired test "
-        f"does not separate them (p ≥ {summary['alpha']}{p}); more seeds or more test rows could"
+        f"pick `{reference}`: the best system, `{best}`, is {gain:+.3f} macro above it and the bootstrap over test "
+        f"rows separates them ({rows}), but the seeds do not ({over}); more seeds could"
     )
+
+
+def seed_deltas(seed_level: Mapping[str, Any]) -> str:
+    """Per-seed macro differences as text: ``+0.001 / -0.148 / +0.033``."""
+    return " / ".join(f"{d:+.3f}" for d in seed_level["deltas"])
 
 
 def render_system_table(
@@ -120,19 +134,30 @@ def render_system_table(
         lines += [
             f"Paired tests against `{reference}` (Δ = system − {reference}; 95 % bootstrap interval):",
             "",
-            "| system | paired seeds | Δ macro | 95 % interval | p | tasks above | tasks below |",
-            "|---|---|---|---|---|---|---|",
+            "| system | paired seeds | Δ macro | 95 % interval | p | tasks above | tasks below | per-seed Δ macro "
+            "| seed p |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for name, test in tests.items():
             macro = test["macro"]
             above = [t for t, r in test["tasks"].items() if r["p"] < summary["alpha"] and r["delta"] > 0]
             below = [t for t, r in test["tasks"].items() if r["p"] < summary["alpha"] and r["delta"] < 0]
+            seeds = test.get("seed_level") or {"deltas": [], "p": None}
             lines.append(
                 f"| {name} | {test['seeds']} | {macro['delta']:+.3f} | [{macro['low']:+.3f}, "
                 f"{macro['high']:+.3f}] | {macro['p']:.3f} | {', '.join(above) or '—'} | "
-                f"{', '.join(below) or '—'} |"
+                f"{', '.join(below) or '—'} | {seed_deltas(seeds) or '—'} | "
+                f"{'—' if seeds['p'] is None else format(seeds['p'], '.3f')} |"
             )
-        lines += ["", f"**Verdict:** {recommendation(summary)}.", ""]
+        lines += [
+            "",
+            "p: the bootstrap over test rows (the trained models fixed); seed p: a paired t-test over the per-seed "
+            "macro differences (run-to-run variance; 2 seeds at least). The verdict needs both below "
+            f"{summary['alpha']}.",
+            "",
+            f"**Verdict:** {recommendation(summary)}.",
+            "",
+        ]
     return lines
 
 
