@@ -31,7 +31,7 @@ def test_the_macro_is_the_mean_of_task_differences_and_identical_systems_tie():
     assert result["macro"]["delta"] == 0.0  # tasks weigh equally whatever their size
     tie = paired_bootstrap(a, a, TASKS)
     assert tie["macro"] == {"delta": 0.0, "low": 0.0, "high": 0.0, "p": 1.0}
-    assert tie["seed_level"] == {"deltas": [0.0], "delta": 0.0, "sd": 0.0, "agree": 0, "n": 1, "p": None}
+    assert tie["seed_level"] == {"deltas": [0.0], "delta": 0.0, "sd": 0.0, "agree": 0, "n": 1, "p": None, "seeds_needed": None}
     with pytest.raises(ValueError, match="equal shape"):
         paired_bootstrap(a, [[0.0] * 10], TASKS)
 
@@ -69,6 +69,8 @@ def test_the_seed_level_test_is_a_paired_t_test_over_per_seed_macro_differences(
     result = seed_test([0.01, 0.03, 0.02])
     assert result["delta"] == pytest.approx(0.02) and result["sd"] == pytest.approx(0.01)
     assert result["p"] == pytest.approx(1 - np.sqrt(12) / np.sqrt(14), rel=1e-9) and result["agree"] == 3
+    # at this mean and spread: t = 0.02 / (0.01 / sqrt(n)) passes t(0.975, n - 1) first at n = 4 (4.0 > 3.18)
+    assert result["seeds_needed"] == 4
     assert seed_test([0.02, 0.02])["p"] == 0.0 and seed_test([0.0, 0.0])["p"] == 1.0
     assert seed_test([0.05])["p"] is None
     # per-seed macros come from the rows: task a +0.5 in seed 0 and 0 in seed 1, task b 0 in both
@@ -99,6 +101,7 @@ def test_a_gain_that_one_seed_carries_is_not_picked_though_the_rows_separate_it(
     assert test["macro"]["p"] < 0.05 and test["seed_level"]["p"] > 0.05 and test["seed_level"]["n"] == 3
     verdict = recommendation(summary)
     assert verdict.startswith("pick `shared`: the best system, `mta`") and "but the seeds do not" in verdict
+    assert f"about {test['seed_level']['seeds_needed']} seeds would at this spread" in verdict
     table = "\n".join(render_system_table(summary, {}, {}, "Scores"))
     assert f"| {test['seed_level']['p']:.3f} |" in table and "seed p" in table
     # every seed well above: both tests agree, mta is picked

@@ -68,8 +68,9 @@ def _macro(diff: np.ndarray, column: np.ndarray, names: Sequence[str]) -> float:
 
 def seed_test(deltas: Sequence[float]) -> dict[str, Any]:
     """A two-sided paired t-test over per-seed macro differences: ``deltas`` (one per paired seed), ``delta``
-    (their mean), ``sd`` (sample standard deviation), ``agree`` (how many have the sign of the mean) and ``p``
-    (None below 2 seeds: one run says nothing about run-to-run variance)."""
+    (their mean), ``sd`` (sample standard deviation), ``agree`` (how many have the sign of the mean), ``p``
+    (None below 2 seeds: one run says nothing about run-to-run variance) and ``seeds_needed``
+    (:func:`seeds_needed` at this mean and spread)."""
     values = [float(d) for d in deltas]
     mean = float(np.mean(values)) if values else 0.0
     sd = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
@@ -80,7 +81,19 @@ def seed_test(deltas: Sequence[float]) -> dict[str, Any]:
     else:
         p = float(2 * stats.t.sf(abs(mean) / (sd / np.sqrt(len(values))), df=len(values) - 1))
     agree = sum(1 for d in values if (d > 0) == (mean > 0) and d != 0)
-    return {"deltas": values, "delta": mean, "sd": sd, "agree": agree, "n": len(values), "p": p}
+    needed = seeds_needed(mean, sd) if len(values) > 1 else None
+    return {"deltas": values, "delta": mean, "sd": sd, "agree": agree, "n": len(values), "p": p, "seeds_needed": needed}
+
+
+def seeds_needed(mean: float, sd: float, alpha: float = ALPHA, most: int = 50) -> int | None:
+    """The fewest paired seeds at which a difference of this ``mean`` and per-seed ``sd`` would reach p < ``alpha``
+    in the paired t-test (if later seeds looked like these); None for no difference or more than ``most``."""
+    if mean == 0.0:
+        return None
+    for n in range(2, most + 1):
+        if sd == 0.0 or abs(mean) / (sd / np.sqrt(n)) > stats.t.ppf(1 - alpha / 2, df=n - 1):
+            return n
+    return None
 
 
 def _summary(delta: float, boot: np.ndarray, resamples: int) -> dict[str, float]:

@@ -85,9 +85,11 @@ def recommendation(summary: Mapping[str, Any]) -> str:
     over = f"per-seed Δ {seed_deltas(seeds)}, t-test over {seeds['n']} seeds p = {seeds['p']:.3f}"
     if seeds["p"] < alpha:
         return f"pick `{best}`: {gain:+.3f} macro over `{reference}` ({rows}; {over})"
+    needed = seeds["seeds_needed"]
+    more = "more seeds could" if needed is None else f"about {needed} seeds would at this spread, if it holds"
     return (
         f"pick `{reference}`: the best system, `{best}`, is {gain:+.3f} macro above it and the bootstrap over test "
-        f"rows separates them ({rows}), but the seeds do not ({over}); more seeds could"
+        f"rows separates them ({rows}), but the seeds do not ({over}); {more}"
     )
 
 
