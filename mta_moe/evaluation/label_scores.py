@@ -48,13 +48,7 @@ def label_logits(
     for start in range(0, len(tokenized), batch_size):
         batch = collate(table[start : start + batch_size])
         batch = {k: v.to(device) for k, v in batch.items()}
-        out = model(
-            input_ids=batch["input_ids"],
-            attention_mask=batch["attention_mask"],
-            labels=batch["labels"],
-            task_type_ids=batch["task_type_ids"],
-            task_ids=batch["task_ids"],
-        )
+        out = model.forward_batch(batch)
         logits, target = out.logits.float(), batch["labels"]
         if mode == "causal":
             logits, target = logits[:, :-1], target[:, 1:]

@@ -42,13 +42,7 @@ def routing_by_task(
     for start in range(0, len(tokenized), batch_size):
         rows = table[start : start + batch_size]
         batch = {k: v.to(device) for k, v in collate(rows).items()}
-        model(
-            input_ids=batch["input_ids"],
-            attention_mask=batch["attention_mask"],
-            labels=batch["labels"],
-            task_type_ids=batch["task_type_ids"],
-            task_ids=batch["task_ids"],
-        )
+        model.forward_batch(batch)
         ids = torch.tensor([task_index[r["task"]] for r in rows])
         for name, layer in model.mta_layers.items():
             decision = layer.last_routing

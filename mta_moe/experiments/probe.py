@@ -33,13 +33,7 @@ class ProbeSettings:
 
 def token_loss(model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
     """Mean token cross-entropy of a batch (the model's own loss, routing aux loss excluded)."""
-    out = model(
-        input_ids=batch["input_ids"],
-        attention_mask=batch["attention_mask"],
-        labels=batch["labels"],
-        task_type_ids=batch["task_type_ids"],
-        task_ids=batch["task_ids"],
-    )
+    out = model.forward_batch(batch)
     return out.loss - (model.last_aux_loss if model.last_aux_loss is not None else 0.0)
 
 

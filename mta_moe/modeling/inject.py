@@ -281,6 +281,17 @@ class MTAModel(nn.Module):
             outputs.loss = outputs.loss + aux.to(outputs.loss.dtype)
         return outputs
 
+    def forward_batch(self, batch: dict[str, Tensor]):
+        """The teacher-forced forward of a collated batch (``input_ids``, ``attention_mask``, ``labels``,
+        ``task_type_ids``, ``task_ids``): its ``loss`` includes the routing aux loss (``last_aux_loss``)."""
+        return self(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            labels=batch["labels"],
+            task_type_ids=batch["task_type_ids"],
+            task_ids=batch["task_ids"],
+        )
+
     def _classify(self, outputs, attention_mask, task_ids, labels) -> SequenceClassifierOutput:
         pooled = pool(outputs.last_hidden_state, attention_mask, self.mta_config.pooling, outputs.pooler_output)
         logits = self.task_heads(pooled, task_ids)

@@ -37,13 +37,7 @@ def task_losses(
         real = len(chunk)
         batch = collate([rows[i] for i in (chunk or [0])])  # a rank out of rows runs a stand-in, uncounted
         batch = {k: v.to(device) for k, v in batch.items()}
-        out = model(
-            input_ids=batch["input_ids"],
-            attention_mask=batch["attention_mask"],
-            labels=batch["labels"],
-            task_type_ids=batch["task_type_ids"],
-            task_ids=batch["task_ids"],
-        )
+        out = model.forward_batch(batch)
         logits, labels = aligned_logits(out.logits.float(), batch["labels"], mode)
         tokens = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=IGNORE_INDEX, reduction="none")
         mask = labels != IGNORE_INDEX
