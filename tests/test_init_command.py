@@ -7,8 +7,10 @@ from pathlib import Path
 import pytest
 
 from mta_moe.cli import main
-from mta_moe.training.init_command import EPOCHS, MIN_STEPS, shipped_configs
+from mta_moe.training.init_command import EPOCHS, EPOCHS_PRETRAINED, MIN_STEPS, shipped_configs
 from mta_moe.training.run_config import build_run_config
+
+REPO_CONFIGS = Path(__file__).resolve().parents[1] / "ds_configs"
 
 
 def _write(path: Path, rows) -> str:
@@ -99,3 +101,24 @@ def test_bad_input_is_one_line_and_writes_nothing(files, tmp_path, capsys, case,
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and expected in err and "\n" not in err, err
     assert not out.exists()
+
+
+def test_an_encoder_template_fine_tunes_fewer_passes_and_refuses_generation_tasks_at_once(files, tmp_path, capsys):
+    encoder = [str(REPO_CONFIGS / "encoder_stage1.json"), str(REPO_CONFIGS / "encoder_stage2.json")]
+    out = tmp_path / "enc"
+    assert _init(files, out, "--from", encoder[0], "--from-stage2", encoder[1]) == 2
+    assert not out.exists() or not any(out.iterdir())  # nothing written
+    assert capsys.readouterr().err.strip() == (
+        "error: mta.model: bert is an encoder: it trains classification tasks, one head per task; copy (extraction) "
+        "cannot be trained on it (leave them out with mta.data.tasks, or use a text-to-text backbone)"
+    )
+    only = {  # 4800 classification rows to train on, batch 32
+        split: _write(tmp_path / f"{split}_c.jsonl", [r for r in _rows(n) if r["task"] != "copy"])
+        for split, n in (("train", 2400), ("validation", 20), ("test", 20))
+    }
+    assert _init(only, out, "--from", encoder[0], "--from-stage2", encoder[1]) == 0
+    s1 = json.loads((out / "stage1.json").read_text())
+    # a pretrained backbone is fine-tuned: 4 passes (600 steps), not the 8 of a model trained from scratch
+    assert s1["mta"]["train"]["steps"] == EPOCHS_PRETRAINED * 4800 // 32 == 600 and EPOCHS_PRETRAINED < EPOCHS
+    assert s1["mta"]["tasks"] == ["polarity", "flip"] and s1["mta"]["model"]["backbone"].endswith("all-MiniLM-L6-v2")
+    assert "fine-tuning the pretrained backbone" in capsys.readouterr().out

@@ -34,6 +34,15 @@ def with_task_heads(
                 "answers (remove the key)"
             )
         return mta
+    refuse_unclassifiable(profiles, model_type)
+    if mta.task_heads is None:
+        return mta.replace(task_heads={task: list(profiles[task]["labels"]) for task in order})
+    check_heads_cover(mta.task_heads, profiles, "mta.task_heads")
+    return mta
+
+
+def refuse_unclassifiable(profiles: dict[str, dict[str, Any]], model_type: str) -> None:
+    """An encoder trains classification tasks only: refuse, naming them and their kinds, the tasks that are not."""
     refused = {task: p["kind"] for task, p in profiles.items() if p["kind"] != "classification"}
     if refused:
         listed = ", ".join(f"{task} ({kind})" for task, kind in sorted(refused.items()))
@@ -41,10 +50,6 @@ def with_task_heads(
             f"mta.model: {model_type} is an encoder: it trains classification tasks, one head per task; {listed} "
             "cannot be trained on it (leave them out with mta.data.tasks, or use a text-to-text backbone)"
         )
-    if mta.task_heads is None:
-        return mta.replace(task_heads={task: list(profiles[task]["labels"]) for task in order})
-    check_heads_cover(mta.task_heads, profiles, "mta.task_heads")
-    return mta
 
 
 def check_heads_cover(heads: dict[str, list[str]], profiles: dict[str, dict[str, Any]], where: str) -> None:

@@ -18,6 +18,9 @@ from typing import Any, Sequence
 
 SPLITS = ("train", "validation", "test")
 EPOCHS = 8  # the shipped budget: 2600 steps of 32 over 9 tasks x 1000 rows (curriculum included) is ~8 passes
+# a pretrained backbone (mta.model.backbone) is fine-tuned, not trained: the shipped encoder budget, 800 steps of 32
+# over 6 tasks x 1000 rows, is ~4 passes
+EPOCHS_PRETRAINED = 4
 MIN_STEPS, MAX_STEPS = 300, 20000
 PIECES_PER_WORD = 2.0  # a 1000-piece sentencepiece vocabulary splits a word into ~1.3-2 pieces
 
@@ -30,14 +33,17 @@ def shipped_configs() -> tuple[Path, Path] | None:
 
 
 def profile_rows(files: dict[str, list[str]]) -> dict[str, Any]:
-    """Tasks (first-seen order), types, rows per split and the 99th-percentile input/target length in words."""
+    """Tasks (first-seen order), types, rows per split, the 99th-percentile input/target length in words and each
+    task's kind (as training infers it)."""
     from ..data.formats import load_examples
+    from ..metrics import profile_tasks
 
     tasks: dict[str, str] = {}
     rows: dict[str, int] = {}
     seen: dict[str, set[str]] = {}
     inputs: list[int] = []
     targets: list[int] = []
+    train_rows: list[tuple[str, str, str]] = []
     for split, paths in files.items():
         rows[split] = 0
         for path in paths:
@@ -54,6 +60,7 @@ def profile_rows(files: dict[str, list[str]]) -> dict[str, Any]:
                 if split == "train":
                     inputs.append(len(row["input"].split()))
                     targets.append(len(row["target"].split()))
+                    train_rows.append((row["task"], row["input"], row["target"]))
     for split in ("validation", "test"):
         unseen = sorted(seen.get(split, set()) - seen.get("train", set()))
         if unseen:
@@ -64,6 +71,9 @@ def profile_rows(files: dict[str, list[str]]) -> dict[str, Any]:
         "rows": rows,
         "input_words": _percentile(inputs, 0.99),
         "target_words": _percentile(targets, 0.99),
+        "kinds": {t: p["kind"] for t, p in profile_tasks(*(list(c) for c in zip(*train_rows))).items()}
+        if train_rows
+        else {},
     }
 
 
@@ -79,11 +89,20 @@ def _round(value: float, to: int) -> int:
 def derive(
     stage1: dict[str, Any], stage2: dict[str, Any], files: dict[str, list[str]], profile: dict[str, Any], out: Path
 ) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
-    """The two configs for this data, and one line per setting the data decided (what and why)."""
+    """The two configs for this data, and one line per setting the data decided (what and why). An encoder
+    template (BERT, RoBERTa) with a task that is not classification is refused here, as training would."""
+    from .heads_setup import refuse_unclassifiable
+    from .model_factory import ENCODER_ONLY, backbone_model_type
+
     s1, s2 = copy.deepcopy(stage1), copy.deepcopy(stage2)
+    model_type = backbone_model_type(s1["mta"].get("model") or {})
+    if model_type in ENCODER_ONLY:
+        refuse_unclassifiable({t: {"kind": k} for t, k in profile["kinds"].items()}, model_type)
     batch = s1.get("train_micro_batch_size_per_gpu", 32) * s1.get("gradient_accumulation_steps", 1)
     n_tasks, n_train = len(profile["tasks"]), profile["rows"]["train"]
-    steps = min(MAX_STEPS, max(MIN_STEPS, _round(EPOCHS * n_train / batch, 100)))
+    pretrained = bool((s1["mta"].get("model") or {}).get("backbone"))
+    epochs = EPOCHS_PRETRAINED if pretrained else EPOCHS
+    steps = min(MAX_STEPS, max(MIN_STEPS, _round(epochs * n_train / batch, 100)))
     every = max(50, _round(steps / 5, 50))
     stage2_steps = max(100, _round(steps / 8, 50))
     max_in = min(512, max(32, _round(PIECES_PER_WORD * profile["input_words"] + 8, 8)))
@@ -118,8 +137,9 @@ def derive(
         f"mta.num_experts {n_tasks})",
         f"task types: {profile['types']}",
         "rows: " + ", ".join(f"{s} {n}" for s, n in profile["rows"].items()),
-        f"stage 1: {steps} steps of {batch} (about {EPOCHS} passes over the training rows, within "
-        f"{MIN_STEPS}-{MAX_STEPS}), validation and checkpoints every {every}",
+        f"stage 1: {steps} steps of {batch} (about {epochs} passes over the training rows"
+        + (", fine-tuning the pretrained backbone" if pretrained else "")
+        + f", within {MIN_STEPS}-{MAX_STEPS}), validation and checkpoints every {every}",
         f"stage 2: {stage2_steps} steps from stage 1's export",
         f"length limits: input {max_in}, target {max_out} tokens (99th percentile {profile['input_words']} / "
         f"{profile['target_words']} words x {PIECES_PER_WORD} pieces; rows over them are truncated)",

@@ -39,6 +39,20 @@ def resolve_backbone(name: str) -> str:
     return str(Path(spec.origin).resolve().parent / folder)
 
 
+def backbone_model_type(model: dict[str, Any]) -> str | None:
+    """The ``model_type`` a raw ``mta.model`` section builds, without loading weights or going online:
+    ``from_scratch``'s, or the config in the backbone's directory (or its packaged weights); None otherwise."""
+    if model.get("from_scratch"):
+        return model["from_scratch"].get("model_type")
+    folder = resolve_backbone(model["backbone"]) if model.get("backbone") else None
+    if folder is None or not Path(folder).is_dir():
+        return None
+    try:
+        return AutoConfig.from_pretrained(folder).model_type
+    except (OSError, ValueError):
+        return None
+
+
 def build_tokenizer(
     cfg: ModelConfig, train_texts: Sequence[str], out_dir: Path, train_here: bool = True
 ) -> PreTrainedTokenizerBase:
