@@ -75,6 +75,46 @@ def test_each_row_is_scored_by_its_own_tasks_head(pooling):
     ]
 
 
+class _Engine:
+    """What the objective asks of the DeepSpeed engine on the PCGrad path: the wrapped module, called with the
+    gradients it must deposit."""
+
+    def __init__(self, module):
+        self.module = module
+
+    def __call__(self, **kwargs):
+        return self.module(**kwargs)
+
+
+def test_the_objective_trains_heads_with_their_cross_entropy_and_pcgrad_projects_per_task_gradients():
+    from types import SimpleNamespace
+
+    from mta_moe.training.gradient_projection import project_conflicts
+    from mta_moe.training.objective import Objective, TrainingModule
+    from mta_moe.training.task_balance import TaskBalance
+
+    model = _perturbed(_model())  # eval: no dropout, so the two forwards agree
+    labels, task_ids = torch.tensor([1, 2, 0, 0]), torch.tensor([0, 1, 1, 0])  # collated: one label index a row
+    batch = {**_inputs(), "labels": labels[:, None], "task_ids": task_ids, "task_type_ids": torch.zeros(4, dtype=torch.long)}
+    module = TrainingModule(model, TaskBalance(None, list(HEADS), torch.ones(2)))
+    params = module.trainable_parameters()
+    cfg = SimpleNamespace(loss_reduction="token", gradient_projection="pcgrad", seed=3)
+    result = Objective(cfg, module.balance, "classify", world=1)(_Engine(module), model, batch, step=5)
+    # by hand: one cross-entropy per row over its head's classes, each task's share, PCGrad with the step's order
+    logits = model(**_inputs(), task_ids=task_ids).logits
+    rows = torch.nn.functional.cross_entropy(logits.float(), labels, reduction="none")
+    assert result.loss.item() == pytest.approx(rows.mean().item(), rel=1e-6)
+    flats = []
+    for t in (0, 1):
+        grads = torch.autograd.grad(rows[task_ids == t].sum() / 4, params, retain_graph=True, allow_unused=True)
+        flats.append(torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1).double() for p, g in zip(params, grads)]))
+    projected, _ = project_conflicts(flats, torch.Generator().manual_seed(3 * 1_000_003 + 5))
+    result.backward.backward()
+    got = torch.cat([(torch.zeros_like(p) if p.grad is None else p.grad).reshape(-1).double() for p in params])
+    assert torch.allclose(got, projected.sum(0), atol=1e-6, rtol=1e-5)
+    assert not torch.allclose(projected.sum(0), flats[0] + flats[1])  # the tasks conflict here: PCGrad changed it
+
+
 def test_heads_save_and_load_with_the_model(tmp_path):
     model = _perturbed(_model())
     model.save_pretrained(tmp_path)
