@@ -198,6 +198,35 @@ def test_a_task_folds_into_a_stock_sequence_classifier(model_type, tmp_path):
         export_task(_model(model_type, pooling="mean"), tmp_path / "mean", task="t1")
 
 
+def test_a_model_routed_by_type_exports_each_task_with_its_types_adapters_under_its_own_head(tmp_path):
+    from types import SimpleNamespace
+
+    from mta_moe.merging.export import MERGE_FILE, _targets
+
+    model = _perturbed(_model(route_by="type", tasks=None, task_types=["a", "b"]))
+    export_task(model, tmp_path / "t2", task="t2", task_type="a")  # t2 routed by type a: adapter 0, head t2
+    stock = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path / "t2").eval()
+    inputs, ones = _inputs(), torch.ones(4, dtype=torch.long)
+    with torch.no_grad():
+        expected = model(**inputs, task_ids=ones, task_type_ids=0 * ones).logits[:, :3]
+        assert_close_to_scale(stock(**inputs).logits, expected, rtol=1e-5)
+        other_type = model(**inputs, task_ids=ones, task_type_ids=ones).logits[:, :3]
+    assert not torch.allclose(expected, other_type)  # the type's adapters matter: the fold is the right one
+    record = json.loads((tmp_path / "t2" / MERGE_FILE).read_text())
+    assert (record["task"], record["routing_key"], record["route_by"]) == ("t2", "a", "type")
+    assert "type `a` under task `t2`'s head" in (tmp_path / "t2" / "README.md").read_text()
+    with pytest.raises(MergeError, match="task 't2': name the task type it is routed by"):
+        export_task(model, tmp_path / "x", task="t2")
+    with pytest.raises(MergeError, match=r"this model has one classification head per task: name a task; its tasks are \['t1', 't2'\]"):
+        export_task(model, tmp_path / "y", task_type="a")
+    # the command reads each task's type from the export's tasks.json
+    (tmp_path / "tasks.json").write_text(json.dumps({"task_types": ["a", "b"], "tasks": {"t1": "b", "t2": "a"}}))
+    args = SimpleNamespace(all=True, task=None, type=None)
+    assert _targets(model, args, tmp_path) == [("t1", "b"), ("t2", "a")]
+    with pytest.raises(MergeError, match="export a task"):
+        _targets(model, SimpleNamespace(all=False, task=None, type="a"), tmp_path)
+
+
 def encoder_config(out_dir: Path, stage: int = 1, **train) -> dict:
     cfg = json.loads((REPO / "ds_configs" / f"encoder_stage{stage}.json").read_text())
     cfg["train_micro_batch_size_per_gpu"] = 8

@@ -57,7 +57,8 @@ def load_stock_folder(directory: str | Path, rows: datasets.Dataset, data: str, 
 
     directory = Path(directory)
     record = json.loads((directory / MERGE_FILE).read_text())
-    key, route_by = record["routing_key"], record["route_by"]
+    # a classifier carries one task's head (with route_by type, its type's adapters): the rows of that task
+    key, route_by = (record["task"], "task") if "task" in record else (record["routing_key"], record["route_by"])
     column = "task" if route_by == "task" else "type"
     kept = rows.filter(lambda r: r[column] == key)
     if len(kept) == 0:

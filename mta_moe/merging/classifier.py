@@ -1,7 +1,8 @@
 """A task of an encoder model with task heads as a stock ``AutoModelForSequenceClassification``: the folded encoder
 (its adapters in the FFN, :mod:`.fold`), the backbone's pooler and the task's head as the classifier, ``id2label``
 from the head's labels. BERT's classifier reads the pooler output; RoBERTa's reads the first token through a dense +
-tanh layer, which is the RoBERTa pooler: both are exact for ``mta.pooling: pooler``."""
+tanh layer, which is the RoBERTa pooler: both are exact for ``mta.pooling: pooler``. With ``route_by: type`` the
+task's classifier folds its type's adapters (shared by the type's tasks) under its own head."""
 
 from __future__ import annotations
 
@@ -17,6 +18,22 @@ from .fold import MergeError
 CLASSIFIERS = {"bert": "BertForSequenceClassification", "roberta": "RobertaForSequenceClassification"}
 
 
+def head_and_route(model: MTAModel, task: str | None, task_type: str | None) -> tuple[str, str | None, str | None]:
+    """A model with task heads exports one classifier per task: ``(head, task, task_type)`` to fold, the task's
+    head with the adapters it is routed to (its own, or with ``route_by: type`` its type's: ``task_type``, which
+    the caller reads from the export's tasks.json)."""
+    heads = model.task_heads.tasks
+    if task is None:
+        raise MergeError(f"this model has one classification head per task: name a task; its tasks are {heads}")
+    if task not in heads:
+        raise MergeError(f"task {task!r} has no head in this model; its tasks are {heads}")
+    if model.mta_config.route_by == "task":
+        return task, task, None
+    if task_type is None:
+        raise MergeError(f"task {task!r}: name the task type it is routed by (mta.route_by 'type')")
+    return task, None, task_type
+
+
 def check_classifier_foldable(model: MTAModel) -> None:
     """Refuse, naming the setting, an encoder model whose heads no stock classifier reproduces."""
     cfg, model_type = model.mta_config, model.base_model.config.model_type
@@ -24,11 +41,6 @@ def check_classifier_foldable(model: MTAModel) -> None:
         raise MergeError(
             f"mta.pooling is {cfg.pooling!r}: a stock {CLASSIFIERS.get(model_type, 'classifier')} reads the "
             "pooler output; only pooling 'pooler' exports exactly"
-        )
-    if cfg.route_by != "task":
-        raise MergeError(
-            "mta.route_by is 'type': the tasks of a type share its adapters but each has its own head; only a "
-            "model routed by task exports one stock classifier per task"
         )
     if model_type not in CLASSIFIERS:
         raise MergeError(f"{model_type}: no stock sequence classifier is known for this backbone")

@@ -21,7 +21,7 @@ from ..data.tokenizer import check_tokenizer, load_tokenizer
 from ..modeling.inject import MTAModel
 from ..modeling.persistence import write_files_together
 from ..names import child_path
-from .classifier import check_classifier_foldable, stock_classifier
+from .classifier import check_classifier_foldable, head_and_route, stock_classifier
 from .fold import FoldResult, MergeError, fold_task
 from .model_card import task_card
 from .tokenizer import stock_tokenizer
@@ -34,7 +34,13 @@ TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-9, torch.bfloat16: 2e-2, tor
 
 @torch.no_grad()
 def output_difference(
-    model: MTAModel, plain: torch.nn.Module, route_id: int, batch: int = 4, length: int = 12, seed: int = 0
+    model: MTAModel,
+    plain: torch.nn.Module,
+    route_id: int,
+    batch: int = 4,
+    length: int = 12,
+    seed: int = 0,
+    head_id: int | None = None,
 ) -> tuple[float, float]:
     """(largest |output difference|, largest |output|) of the MTA model (routed to ``route_id``) against ``plain``
     on random ids."""
@@ -50,10 +56,13 @@ def output_difference(
         kwargs["decoder_input_ids"] = decoder_ids.to(ref.device)
     routes = torch.full((batch,), route_id, dtype=torch.long, device=ref.device)
     by_task = model.mta_config.route_by == "task"
+    ids = {"task_ids": routes} if by_task else {"task_type_ids": routes}
+    if head_id is not None:  # a model with task heads: the head of the exported task
+        ids["task_ids"] = torch.full_like(routes, head_id)
     was_training = model.training
     model.eval()
     try:
-        mta_out = model(**kwargs, task_ids=routes if by_task else None, task_type_ids=None if by_task else routes)
+        mta_out = model(**kwargs, **ids)
     finally:
         model.train(was_training)
     plain_out = plain(**kwargs)[0].float()
@@ -74,7 +83,8 @@ def export_task(
     Args:
         model: the MTA model (ep_size 1).
         out: a new or empty directory.
-        task, task_type: the routing key to fold (a task with ``route_by: task``, else a task type).
+        task, task_type: the routing key to fold (a task with ``route_by: task``, else a task type); a model with
+            task heads names the task, and with ``route_by: type`` also the type it is routed by.
         tokenizer_dir: a tokenizer to copy in; source: where the model came from (for the card).
 
     Returns:
@@ -85,29 +95,33 @@ def export_task(
         MergeError: no exact fold exists, or the folded model's outputs differ from the MTA model's by more than
             :data:`TOLERANCE` of the parameters' dtype (relative to the largest output); nothing is written.
     """
-    if model.task_heads is not None:
-        check_classifier_foldable(model)
-    result = fold_task(model, task=task, task_type=task_type)
+    head = None
     if model.task_heads is not None:  # an encoder with task heads: the task's stock sequence classifier
-        result.model = stock_classifier(model, result.model, result.key)
+        check_classifier_foldable(model)
+        head, task, task_type = head_and_route(model, task, task_type)
+    result = fold_task(model, task=task, task_type=task_type)
+    if head is not None:
+        result.model = stock_classifier(model, result.model, head)
     route_id = model.mta_config.routing_keys.index(result.key)
-    diff, scale = output_difference(model, result.model, route_id)
+    head_id = None if head is None else model.task_heads.tasks.index(head)
+    diff, scale = output_difference(model, result.model, route_id, head_id=head_id)
     tolerance = TOLERANCE.get(next(result.model.parameters()).dtype, 1e-4) * max(1.0, scale)
     if not diff <= tolerance:
         raise MergeError(
             f"the folded model differs from the MTA model by {diff:.3g} (tolerance {tolerance:.3g}); "
             "nothing was written"
         )
-    record = _record(result, diff, source)
+    record = _record(result, diff, source, head)
     _write_folder(result, Path(out), record, tokenizer_dir, task_card(result.model, record, source))
     return record
 
 
-def _record(result: FoldResult, diff: float, source: str | None) -> dict[str, Any]:
+def _record(result: FoldResult, diff: float, source: str | None, head: str | None) -> dict[str, Any]:
     return {
         "source": source,
         "route_by": result.route_by,
         "routing_key": result.key,
+        **({} if head is None else {"task": head}),  # a classifier: the task whose head it carries
         "architecture": type(result.model).__name__,
         "ffn_widths": result.widths,
         "layers": {
@@ -153,7 +167,7 @@ def export_command(args, _=()) -> int:
         if tokenizer_dir is None:
             raise MergeError(f"{model_dir}: no tokenizer found in the export or beside it; pass --tokenizer DIR")
         check_tokenizer(load_tokenizer(tokenizer_dir), model_dir, f"--tokenizer {tokenizer_dir}")
-        targets = _targets(model, args)
+        targets = _targets(model, args, model_dir)
         out = Path(args.out)
         if len(targets) == 1:
             task, task_type = targets[0]
@@ -211,10 +225,29 @@ def _report(name: str, dest: Path, record: dict[str, Any]) -> None:
     )
 
 
-def _targets(model: MTAModel, args) -> list[tuple[str | None, str | None]]:
+def _targets(model: MTAModel, args, model_dir: Path) -> list[tuple[str | None, str | None]]:
     by_task = model.mta_config.route_by == "task"
+    if model.task_heads is not None and not by_task:  # one classifier per task, routed by its type
+        if args.type:
+            raise MergeError("this model has one classification head per task: export a task (--task NAME or --all)")
+        if not args.all and not args.task:
+            _targets_missing()
+        type_of = _task_types(model_dir)
+        return [(name, type_of.get(name)) for name in (model.task_heads.tasks if args.all else [args.task])]
     if args.all:
         return [(key, None) if by_task else (None, key) for key in model.mta_config.routing_keys]
     if not args.task and not args.type:
-        raise MergeError("name what to export: --task NAME, --type NAME or --all")
+        _targets_missing()
     return [(args.task, args.type)]
+
+
+def _targets_missing() -> None:
+    raise MergeError("name what to export: --task NAME, --type NAME or --all")
+
+
+def _task_types(model_dir: Path) -> dict[str, str]:
+    """Each task's type, from the export's tasks.json (written by the trainer)."""
+    path = model_dir / "tasks.json"
+    if not path.is_file():
+        raise MergeError(f"{path}: missing; a model routed by type needs it to find each task's type")
+    return dict(json.loads(path.read_text())["tasks"])

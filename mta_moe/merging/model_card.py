@@ -142,7 +142,11 @@ def model_card(
         f"from transformers import {auto}, AutoTokenizer",
         f"model = {auto}.from_pretrained(this_directory)  # = mta_moe.MTAModel.from_pretrained(this_directory)",
         "tokenizer = AutoTokenizer.from_pretrained(this_directory)",
-        "out = model(**inputs, task_ids=ids).logits  # ids: positions in mta_config.json's task_heads"
+        (
+            "out = model(**inputs, task_ids=ids).logits  # ids: positions in mta_config.json's task_heads"
+            if cfg.route_by == "task"
+            else "out = model(**inputs, task_ids=ids, task_type_ids=type_ids).logits  # heads; types route"
+        )
         if heads
         else f"out = model.generate(**inputs, {'task_ids' if cfg.route_by == 'task' else 'task_type_ids'}=ids)",
         "```",
@@ -154,7 +158,7 @@ def model_card(
             check_classifier_foldable(model)
         lines.append(
             "One stock Hugging Face model per task (no mta_moe needed to serve it): "
-            f"`mta-moe export --model this_directory --{cfg.route_by} NAME --out DIR`."
+            f"`mta-moe export --model this_directory --{'task' if heads else cfg.route_by} NAME --out DIR`."
         )
     except MergeError as exc:
         lines.append(f"No exact per-task stock export: {exc}.")
@@ -172,8 +176,11 @@ def task_card(model: Any, record: Mapping[str, Any], source: str | Path | None) 
     indexed = {
         t: {"kind": meta["profiles"].get(t, {}).get("kind"), "score": meta["scores"].get(t)}
         for t, task_type in tasks.items()
-        if route_by == "task" or task_type == key
+        if (route_by == "task" or task_type == key) and record.get("task", t) == t
     }
+    folded = f"{route_by} `{key}`"
+    if record.get("task", key) != key:  # a classifier of one task routed by its type: named by the task
+        key, folded = record["task"], f"type `{key}` under task `{record['task']}`'s head"
     auto = auto_class_for(model.config)
     card_source = CardSource(meta["base_model"], meta["datasets"], meta["data"])
     header = card_header(
@@ -188,7 +195,7 @@ def task_card(model: Any, record: Mapping[str, Any], source: str | Path | None) 
         header,
         f"# {key}: a stock {record['architecture']} folded from an MTA model",
         "",
-        f"The adapters of {route_by} `{key}` folded into the FFN weights of "
+        f"The adapters of {folded} folded into the FFN weights of "
         f"{'the MTA export ' + f'`{source}`' if source else 'an MTA export'} (FFN widths "
         f"{record['ffn_widths']}, {record['parameters']:,} parameters); it computes what the MTA model computes "
         f"for {key} (largest output difference at export {record['max_abs_output_difference']:.2g}). "
