@@ -33,10 +33,9 @@ def shipped_configs() -> tuple[Path, Path] | None:
 
 
 def profile_rows(files: dict[str, list[str]]) -> dict[str, Any]:
-    """Tasks (first-seen order), types, rows per split, the 99th-percentile input/target length in words and each
-    task's kind (as training infers it)."""
+    """Tasks (first-seen order), types, rows per split, the 99th-percentile input/target length in words and the
+    training rows (task, input, target)."""
     from ..data.formats import load_examples
-    from ..metrics import profile_tasks
 
     tasks: dict[str, str] = {}
     rows: dict[str, int] = {}
@@ -71,9 +70,7 @@ def profile_rows(files: dict[str, list[str]]) -> dict[str, Any]:
         "rows": rows,
         "input_words": _percentile(inputs, 0.99),
         "target_words": _percentile(targets, 0.99),
-        "kinds": {t: p["kind"] for t, p in profile_tasks(*(list(c) for c in zip(*train_rows))).items()}
-        if train_rows
-        else {},
+        "train_rows": train_rows,  # (task, input, target): an encoder template infers each task's kind from them
     }
 
 
@@ -91,13 +88,14 @@ def derive(
 ) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
     """The two configs for this data, and one line per setting the data decided (what and why). An encoder
     template (BERT, RoBERTa) with a task that is not classification is refused here, as training would."""
+    from ..metrics import profile_tasks
     from .heads_setup import refuse_unclassifiable
     from .model_factory import ENCODER_ONLY, backbone_model_type
 
     s1, s2 = copy.deepcopy(stage1), copy.deepcopy(stage2)
     model_type = backbone_model_type(s1["mta"].get("model") or {})
     if model_type in ENCODER_ONLY:
-        refuse_unclassifiable({t: {"kind": k} for t, k in profile["kinds"].items()}, model_type)
+        refuse_unclassifiable(profile_tasks(*(list(c) for c in zip(*profile["train_rows"]))), model_type)
     batch = s1.get("train_micro_batch_size_per_gpu", 32) * s1.get("gradient_accumulation_steps", 1)
     n_tasks, n_train = len(profile["tasks"]), profile["rows"]["train"]
     pretrained = bool((s1["mta"].get("model") or {}).get("backbone"))
