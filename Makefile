@@ -4,6 +4,9 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 TORCH_VERSION ?= 2.13.0
+# DeepSpeed's just-in-time ops (on CPU its shared-memory collectives) are built into the venv, once, by setup:
+# a build killed elsewhere leaves a lock in ~/.cache/torch_extensions on which every DeepSpeed start waits forever.
+export TORCH_EXTENSIONS_DIR ?= $(abspath $(VENV))/torch_extensions
 
 .PHONY: setup test test-fast lint demo clean constraints
 
@@ -17,6 +20,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	# deepspeed builds no ops when torch is already present and isolation is off.
 	$(PIP) install -c constraints.txt --no-build-isolation deepspeed==0.19.8
 	$(PIP) install -c constraints.txt -e '.[dev]'
+	$(PY) -m mta_moe.training.op_build
 	touch $@
 
 constraints: setup

@@ -217,7 +217,10 @@ def matrix(tmp_path_factory):
         capture_output=True,
         text=True,
         timeout=600,
-        env={"DS_ACCELERATOR": "cpu", "PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "HOME": str(root), "OMP_NUM_THREADS": "1"},
+        env={
+            **{"DS_ACCELERATOR": "cpu", "PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "HOME": str(root), "OMP_NUM_THREADS": "1"},
+            "TORCH_EXTENSIONS_DIR": os.environ["TORCH_EXTENSIONS_DIR"],  # the op conftest built, not a fresh build under HOME
+        },
     )
     assert run.returncode == 0, run.stderr[-3000:]
     results = json.loads((root / "results.json").read_text())

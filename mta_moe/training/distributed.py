@@ -11,6 +11,8 @@ import deepspeed
 import torch.distributed as dist
 import torch.distributed.distributed_c10d as c10d
 
+from .op_build import warn_stale_build_locks
+
 
 def slurm_to_torch_env(env: MutableMapping[str, str]) -> dict[str, str]:
     """The torch.distributed variables derived from SLURM's (DeepSpeed 0.19.8 does not read SLURM_PROCID).
@@ -60,6 +62,7 @@ def init_process_group(timeout_s: float | None = None) -> tuple[int, int]:
             # DeepSpeed creates its expert and data-parallel subgroups with new_group() and no timeout, which then
             # takes torch's module default (30 min): the configured timeout has to be that default too
             c10d.default_pg_timeout = c10d.default_pg_nccl_timeout = kwargs["timeout"]
+        warn_stale_build_locks()  # DeepSpeed builds its ops here and would wait on a dead build's lock forever
         deepspeed.init_distributed(auto_mpi_discovery=False, **kwargs)
     return dist.get_rank(), dist.get_world_size()
 
