@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 from datetime import timedelta
+from pathlib import Path
 from typing import MutableMapping
 
 import deepspeed
@@ -12,6 +13,8 @@ import torch.distributed as dist
 import torch.distributed.distributed_c10d as c10d
 
 from .op_build import warn_stale_build_locks
+
+SHM_DIR = Path("/dev/shm")  # where shm_open's names live on Linux
 
 
 def slurm_to_torch_env(env: MutableMapping[str, str]) -> dict[str, str]:
@@ -64,7 +67,30 @@ def init_process_group(timeout_s: float | None = None) -> tuple[int, int]:
             c10d.default_pg_timeout = c10d.default_pg_nccl_timeout = kwargs["timeout"]
         warn_stale_build_locks()  # DeepSpeed builds its ops here and would wait on a dead build's lock forever
         deepspeed.init_distributed(auto_mpi_discovery=False, **kwargs)
+        release_shm_segment()
     return dist.get_rank(), dist.get_world_size()
+
+
+def shm_segment(rank: int, env: MutableMapping[str, str] = os.environ) -> Path:
+    """The shared-memory file DeepSpeed's CPU allreduce creates for ``rank`` of the group at MASTER_ADDR:MASTER_PORT."""
+    name = f"deepspeed_allreduce_buffer_{os.getuid()}_{env.get('MASTER_ADDR', '')}_{env.get('MASTER_PORT', '')}_{rank}"
+    return SHM_DIR / name
+
+
+def release_shm_segment() -> bool:
+    """Unlink this rank's DeepSpeed CPU allreduce segment once every rank has mapped it; returns whether there was one.
+
+    With the ``deepspeed`` launcher on one host (it sets LOCAL_SIZE), DeepSpeed 0.19.8's CPU accelerator gives each
+    rank a ~66 MB segment in /dev/shm and never unlinks it: every run, finished or killed, left its segments in memory
+    until reboot (hundreds of runs filled a 24 GiB machine's memory). Each rank maps its peers' segments inside
+    ``init_distributed``, so after a barrier the names can go; the mappings live until the process exits.
+    """
+    own = shm_segment(dist.get_rank())
+    barrier()  # every rank has returned from init_distributed: every peer segment is mapped
+    if not own.exists():
+        return False
+    own.unlink(missing_ok=True)
+    return True
 
 
 def leave_process_group() -> None:
