@@ -46,7 +46,10 @@ def warn_stale_build_locks(root: Path | None = None) -> list[Path]:
     """Log one line per stale lock (DeepSpeed is about to wait on it forever); returns the locks."""
     locks = stale_build_locks(root)
     for lock in locks:
-        minutes = (time.time() - lock.stat().st_mtime) / 60
+        try:
+            minutes = (time.time() - lock.stat().st_mtime) / 60
+        except FileNotFoundError:  # removed since it was found
+            continue
         log.warning(
             "%s is %.0f min old: a DeepSpeed op build was killed there, and DeepSpeed waits for that file to go "
             "without a timeout. If no build is running, delete it (or set TORCH_EXTENSIONS_DIR to a fresh directory).",
