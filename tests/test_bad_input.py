@@ -218,7 +218,11 @@ def matrix(tmp_path_factory):
         text=True,
         timeout=600,
         env={
-            **{"DS_ACCELERATOR": "cpu", "PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "HOME": str(root), "OMP_NUM_THREADS": "1"},
+            "DS_ACCELERATOR": "cpu",
+            "PATH": "/usr/bin:/bin",
+            "PYTHONPATH": str(REPO),
+            "HOME": str(root),
+            "OMP_NUM_THREADS": "1",
             "TORCH_EXTENSIONS_DIR": os.environ["TORCH_EXTENSIONS_DIR"],  # the op conftest built, not a fresh build under HOME
         },
     )

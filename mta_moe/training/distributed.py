@@ -71,10 +71,10 @@ def init_process_group(timeout_s: float | None = None) -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
-def shm_segment(rank: int, env: MutableMapping[str, str] = os.environ) -> Path:
+def shm_segment(rank: int) -> Path:
     """The shared-memory file DeepSpeed's CPU allreduce creates for ``rank`` of the group at MASTER_ADDR:MASTER_PORT."""
-    name = f"deepspeed_allreduce_buffer_{os.getuid()}_{env.get('MASTER_ADDR', '')}_{env.get('MASTER_PORT', '')}_{rank}"
-    return SHM_DIR / name
+    addr, port = os.environ.get("MASTER_ADDR", ""), os.environ.get("MASTER_PORT", "")
+    return SHM_DIR / f"deepspeed_allreduce_buffer_{os.getuid()}_{addr}_{port}_{rank}"
 
 
 def release_shm_segment() -> bool:
@@ -87,9 +87,10 @@ def release_shm_segment() -> bool:
     """
     own = shm_segment(dist.get_rank())
     barrier()  # every rank has returned from init_distributed: every peer segment is mapped
-    if not own.exists():
+    try:
+        own.unlink()
+    except FileNotFoundError:  # not created: ranks on several hosts, another accelerator, or no LOCAL_SIZE
         return False
-    own.unlink(missing_ok=True)
     return True
 
 

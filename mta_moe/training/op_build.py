@@ -29,34 +29,35 @@ def extensions_root() -> Path:
 
 def stale_build_locks(root: Path | None = None, older_than_s: float = STALE_AFTER_S) -> list[Path]:
     """The DeepSpeed op build locks under ``root`` that are older than ``older_than_s`` seconds."""
+    return list(_lock_ages(root, older_than_s))
+
+
+def warn_stale_build_locks(root: Path | None = None) -> list[Path]:
+    """Log one line per stale lock (DeepSpeed is about to wait on it forever); returns the locks."""
+    ages = _lock_ages(root, STALE_AFTER_S)
+    for lock, age in ages.items():
+        log.warning(
+            "%s is %.0f min old: a DeepSpeed op build was killed there, and DeepSpeed waits for that file to go "
+            "without a timeout. If no build is running, delete it (or set TORCH_EXTENSIONS_DIR to a fresh directory).",
+            lock,
+            age / 60,
+        )
+    return list(ages)
+
+
+def _lock_ages(root: Path | None, older_than_s: float) -> dict[Path, float]:
+    """Each DeepSpeed build lock under ``root`` older than ``older_than_s``, with its age in seconds."""
     root = extensions_root() if root is None else root
     now = time.time()
-    locks = []
+    ages = {}
     for lock in sorted(root.glob("*/deepspeed*/lock")) + sorted(root.glob("deepspeed*/lock")):
         try:
             age = now - lock.stat().st_mtime
         except FileNotFoundError:  # the build finished while we looked
             continue
         if age > older_than_s:
-            locks.append(lock)
-    return locks
-
-
-def warn_stale_build_locks(root: Path | None = None) -> list[Path]:
-    """Log one line per stale lock (DeepSpeed is about to wait on it forever); returns the locks."""
-    locks = stale_build_locks(root)
-    for lock in locks:
-        try:
-            minutes = (time.time() - lock.stat().st_mtime) / 60
-        except FileNotFoundError:  # removed since it was found
-            continue
-        log.warning(
-            "%s is %.0f min old: a DeepSpeed op build was killed there, and DeepSpeed waits for that file to go "
-            "without a timeout. If no build is running, delete it (or set TORCH_EXTENSIONS_DIR to a fresh directory).",
-            lock,
-            minutes,
-        )
-    return locks
+            ages[lock] = age
+    return ages
 
 
 def build_cpu_comm_op() -> bool:
